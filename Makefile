@@ -1,0 +1,39 @@
+# The project's vocabulary. `make run` and `make test` need only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export CORRAL_DATABASE_URL ?= sqlite:///./var/corral.db
+
+.PHONY: run test lint bench docs install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A simulated lab of 20 boards on SQLite, timeouts 10x faster than production.
+# Watch it from a second terminal: .venv/bin/corral board list
+run: $(STAMP)
+	$(BIN)/corral db upgrade
+	$(BIN)/corral board import examples/simlab.yaml
+	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} $(BIN)/corral serve --simulate
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+docs: $(STAMP)
+	$(BIN)/corral machines diagram board > docs/board-machine.mmd
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

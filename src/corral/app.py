@@ -1,0 +1,82 @@
+"""Wiring: settings -> definitions, database, engine, operation backends.
+
+Start-up fails fast and clearly: malformed definitions (file, line, reason),
+an operation kind no backend runs, a bad database URL or a schema that is not
+at head all stop the process before it touches a machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.config import Settings
+from corral.engine.core import Clock, Engine, utcnow
+from corral.engine.worker import OperationWorker
+from corral.machines import DefinitionError, MachineSet, load_definitions
+from corral.machines.loader import Problem
+from corral.operations.base import Handler, board_handlers
+from corral.operations.command import CommandBackend
+from corral.operations.simulated import SimulatedLab, SimulatedRates
+from corral.store.db import create_db_engine
+from corral.store.migrate import require_current
+
+
+def load_machines(settings: Settings) -> MachineSet:
+    return MachineSet(load_definitions(Path(settings.statemachines_dir)))
+
+
+def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: bool = True
+                 ) -> Engine:
+    machines = load_machines(settings)
+    db = create_db_engine(settings.database_url,
+                          pool_size=max(5, settings.operation_threads + 2))
+    if check_schema:
+        require_current(db)
+    return Engine(db, machines, clock=clock, timeout_scale=settings.timeout_scale)
+
+
+def build_handlers(settings: Settings, *, simulate: bool | None = None) -> dict[str, Handler]:
+    if simulate or (simulate is None and settings.backend == "simulated"):
+        lab = SimulatedLab(seed=settings.sim_seed, rates=SimulatedRates(
+            power_cycle_failure=settings.sim_power_cycle_failure,
+            ping_failure=settings.sim_ping_failure,
+            poll_failure=settings.sim_poll_failure,
+            seconds=settings.sim_operation_seconds,
+            dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
+        ))
+        return board_handlers(lab, lab, lab)
+    commands = CommandBackend({
+        "power_cycle": settings.command_power_cycle,
+        "ping": settings.command_ping,
+        "poll": settings.command_poll,
+        "write_pxe_config": settings.command_write_pxe_config,
+    }, timeout=settings.command_timeout)
+    return board_handlers(commands, commands, commands)
+
+
+def check_operations(machines: MachineSet, handlers: dict[str, Handler]) -> None:
+    """Every entry operation a definition names must have a backend.
+
+    Raises:
+        DefinitionError: naming the file and line of each unknown operation.
+    """
+    problems = []
+    for machine in machines:
+        for state in machine.definition.states.values():
+            for op, line in zip(state.on_enter, state.on_enter_lines, strict=True):
+                if op not in handlers:
+                    problems.append(Problem(
+                        path=machine.definition.path, line=line,
+                        message=f"state {state.name!r}: no backend runs operation {op!r}; "
+                                f"operations: {', '.join(sorted(handlers))}"))
+    if problems:
+        raise DefinitionError(problems)
+
+
+def build_worker(engine: Engine, settings: Settings, handlers: dict[str, Handler]
+                 ) -> OperationWorker:
+    return OperationWorker(
+        engine, handlers, owner=settings.owner, threads=settings.operation_threads,
+        lease_seconds=settings.operation_lease, max_attempts=settings.operation_max_attempts,
+        retry_delay=settings.operation_retry_delay,
+    )

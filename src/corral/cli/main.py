@@ -1,0 +1,409 @@
+"""The ``corral`` command.
+
+Errors a user can cause print one line on stderr and exit non-zero (see the
+exit-code table in ``docs/operations.md``); a traceback is always a bug.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ProgrammingError as SQLProgrammingError
+
+from corral.config import Settings, load_settings
+from corral.errors import CorralError
+from corral.logs import configure_logging
+
+# A pipe gets full-width rows instead of wrapped cells.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+@dataclass
+class CliContext:
+    config_file: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file, overrides=self.overrides)
+        return self._settings
+
+    def engine(self):  # type: ignore[no-untyped-def]
+        from corral.app import build_engine
+
+        return build_engine(self.settings)
+
+
+class CorralGroup(click.Group):
+    """Turns every user-facing error into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CorralError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            click.echo(f"error: database unavailable: {reason}", err=True)
+            sys.exit(6)
+        except SQLProgrammingError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            click.echo(f"error: database schema problem ({reason}); run `corral db upgrade`",
+                       err=True)
+            sys.exit(5)
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _json(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        raise TypeError(type(o).__name__)
+
+    return json.dumps(value, default=default, indent=2, sort_keys=True)
+
+
+@click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", metavar="FILE",
+              help="Configuration file (default: $CORRAL_CONFIG, else ./corral.toml).")
+@click.option("--database-url", metavar="URL", help="Overrides database_url.")
+@click.option("--statemachines", "statemachines_dir", metavar="DIR",
+              help="Directory of state machine definitions (overrides statemachines_dir).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.version_option(package_name="corral")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, database_url: str | None,
+        statemachines_dir: str | None, log_level: str | None) -> None:
+    """Corral: persistent state machines for hardware test labs."""
+    # Commands other than serve/sweep only log problems, on stderr.
+    configure_logging(log_level or "warning", "auto")
+    ctx.obj = CliContext(config_file, {"database_url": database_url,
+                                       "statemachines_dir": statemachines_dir,
+                                       "log_level": log_level})
+
+
+# ------------------------------------------------------------------ db
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(obj: CliContext) -> None:
+    """Create or migrate the schema to the newest revision."""
+    from corral.store.db import create_db_engine
+    from corral.store.migrate import current_revision, upgrade
+
+    engine = create_db_engine(obj.settings.database_url)
+    upgrade(engine)
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(obj: CliContext) -> None:
+    """Show the schema revision of the database and the one this Corral needs."""
+    from corral.store.db import create_db_engine
+    from corral.store.migrate import current_revision, head_revision
+
+    engine = create_db_engine(obj.settings.database_url)
+    click.echo(f"current: {current_revision(engine) or 'none'}  head: {head_revision()}")
+
+
+# ------------------------------------------------------------------ serve / sweep
+
+
+@cli.command()
+@click.option("--simulate", is_flag=True,
+              help="Run a simulated lab: simulated operation backend and boards that report "
+                   "their own boot progress.")
+@click.pass_obj
+def serve(obj: CliContext, simulate: bool) -> None:
+    """Run the engine: deadline sweeps and operation workers, until SIGTERM or Ctrl-C."""
+    from corral.app import build_handlers, build_worker, check_operations
+    from corral.engine.scheduler import build_scheduler
+    from corral.simulate.boards import BoardBehaviour, SimulatedBoards
+
+    settings = obj.settings
+    configure_logging(settings.log_level, settings.log_format)
+    engine = obj.engine()
+    handlers = build_handlers(settings, simulate=simulate or None)
+    check_operations(engine.machines, handlers)
+    worker = build_worker(engine, settings, handlers)
+    jobs: dict[str, tuple[Callable[[], object], float]] = {
+        "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch),
+                           settings.sweep_interval),
+        "operations": (worker.dispatch, settings.operation_interval),
+    }
+    if simulate:
+        boards = SimulatedBoards(engine, BoardBehaviour(
+            boot_seconds=settings.sim_boot_seconds, install_seconds=settings.sim_install_seconds,
+            install_failure=settings.sim_install_failure,
+            reimage_rate=settings.sim_reimage_rate, seed=settings.sim_seed))
+        jobs["simulated_boards"] = (boards.tick, 1.0)
+    scheduler = build_scheduler(jobs)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    import structlog
+
+    log = structlog.get_logger("corral.serve")
+    scheduler.start()
+    log.info("serving", database=engine.db.url.render_as_string(hide_password=True),
+             owner=settings.owner, simulate=simulate, kinds=engine.machines.kinds())
+    stop.wait()
+    log.info("stopping")
+    scheduler.shutdown(wait=True)
+    worker.shutdown(wait=True)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, required=True,
+              help="Run one pass: fire every due timeout, then run every runnable operation.")
+@click.option("--simulate", is_flag=True, help="Run operations on the simulated backend.")
+@click.pass_obj
+def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
+    """One sweep pass, for tests and cron."""
+    from corral.app import build_handlers, build_worker, check_operations
+
+    settings = obj.settings
+    configure_logging(settings.log_level, settings.log_format)
+    engine = obj.engine()
+    handlers = build_handlers(settings, simulate=simulate or None)
+    check_operations(engine.machines, handlers)
+    fired = engine.sweep_timeouts(batch=settings.sweep_batch)
+    ran = build_worker(engine, settings, handlers).run_pending()
+    click.echo(f"timeouts fired: {fired}, operations run: {ran}")
+
+
+# ------------------------------------------------------------------ machines
+
+
+@cli.group()
+def machines() -> None:
+    """State machine definitions."""
+
+
+@machines.command("check")
+@click.pass_obj
+def machines_check(obj: CliContext) -> None:
+    """Validate every definition in the statemachines directory."""
+    from corral.app import build_handlers, check_operations, load_machines
+
+    loaded = load_machines(obj.settings)
+    check_operations(loaded, build_handlers(obj.settings))
+    for m in loaded:
+        click.echo(f"{m.definition.path}: {m.kind}: {len(m.definition.states)} states, "
+                   f"{len(m.definition.transitions)} transitions: ok")
+
+
+@machines.command("diagram")
+@click.argument("kind")
+@click.pass_obj
+def machines_diagram(obj: CliContext, kind: str) -> None:
+    """Print a mermaid diagram of a machine kind."""
+    from corral.app import load_machines
+    from corral.machines.diagram import mermaid
+
+    click.echo(mermaid(load_machines(obj.settings)[kind].definition), nl=False)
+
+
+# ------------------------------------------------------------------ boards
+
+
+def _machine_doc(row: Any, failed: bool, allowed: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "kind": row.kind, "name": row.name, "state": row.state, "failed": failed,
+        "state_entered_at": row.state_entered_at, "deadline": row.deadline,
+        "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
+        "allowed_events": list(allowed),
+    }
+
+
+def _history_doc(entry: Any) -> dict[str, Any]:
+    return {k: getattr(entry, k) for k in ("id", "epoch", "at", "event", "from_state",
+                                           "to_state", "source", "actor", "reason", "payload",
+                                           "operation_id")}
+
+
+def _since(moment: datetime | None, now: datetime) -> str:
+    """``in 40s`` for a future moment, ``3m ago`` for a past one."""
+    if moment is None:
+        return "-"
+    seconds = (moment - now).total_seconds()
+    n = int(abs(seconds))
+    text = f"{n}s" if n < 120 else f"{n // 60}m" if n < 7200 else f"{n // 3600}h"
+    return f"in {text}" if seconds > 0 else f"{text} ago"
+
+
+def add_machine_commands(group: click.Group, kind: str) -> None:
+    """The operator commands every machine kind shares: list, show, history, event,
+    force-state."""
+
+    @group.command("list")
+    @click.option("--state", "states", multiple=True, help="Only machines in this state "
+                  "(repeatable).")
+    @click.option("--failed", is_flag=True, help="Only machines in a failed state.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_obj
+    def list_cmd(obj: CliContext, states: tuple[str, ...], failed: bool, as_json: bool) -> None:
+        engine = obj.engine()
+        machine = engine.machine(kind)
+        for s in states:
+            machine.state(s)
+        wanted = list(states) or None
+        if failed:
+            wanted = [s for s in (wanted or machine.definition.failed_states)
+                      if machine.is_failed(s)]
+        rows = engine.list(kind, states=wanted)
+        if as_json:
+            click.echo(_json([_machine_doc(r, machine.is_failed(r.state),
+                                           machine.allowed_events(r.state)) for r in rows]))
+            return
+        now = engine.clock()
+        table = Table(box=None, pad_edge=False)
+        for title in ("NAME", "STATE", "ENTERED", "TIMEOUT", "EPOCH", "COUNTERS"):
+            table.add_column(title)
+        for r in rows:
+            state = f"[red]{r.state}[/red]" if machine.is_failed(r.state) else r.state
+            counters = " ".join(f"{k}={v}" for k, v in sorted(r.counters.items())) or "-"
+            table.add_row(r.name, state, _since(r.state_entered_at, now),
+                          _since(r.deadline, now), str(r.epoch), counters)
+        console.print(table)
+        console.print(f"{len(rows)} {kind}s")
+    list_cmd.help = f"List {kind}s."
+
+    @group.command("show")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_obj
+    def show_cmd(obj: CliContext, name: str, as_json: bool) -> None:
+        engine = obj.engine()
+        machine = engine.machine(kind)
+        row = engine.get(kind, name)
+        doc = _machine_doc(row, machine.is_failed(row.state), machine.allowed_events(row.state))
+        if as_json:
+            click.echo(_json(doc))
+            return
+        now = engine.clock()
+        click.echo(f"{kind}:     {row.name}")
+        click.echo(f"state:     {row.state}{'  (FAILED)' if doc['failed'] else ''}")
+        click.echo(f"entered:   {row.state_entered_at.isoformat()} "
+                   f"({_since(row.state_entered_at, now)})")
+        deadline = (f"{row.deadline.isoformat()} ({_since(row.deadline, now)})"
+                    if row.deadline else "-")
+        click.echo(f"timeout:   {deadline}")
+        click.echo(f"epoch:     {row.epoch}")
+        click.echo(f"counters:  {row.counters or '-'}")
+        click.echo(f"events:    {', '.join(doc['allowed_events']) or '-'}")
+        for key, value in sorted(row.attrs.items()):
+            click.echo(f"{key + ':':<10} {value}")
+    show_cmd.help = f"Show one {kind}."
+
+    @group.command("history")
+    @click.argument("name")
+    @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+    @click.option("--before", "before_id", type=int, help="Only entries older than this id "
+                  "(paging).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_obj
+    def history_cmd(obj: CliContext, name: str, limit: int, before_id: int | None,
+                    as_json: bool) -> None:
+        entries = obj.engine().history(kind, name, limit=limit, before_id=before_id)
+        if as_json:
+            click.echo(_json([_history_doc(e) for e in entries]))
+            return
+        table = Table(box=None, pad_edge=False)
+        for title in ("ID", "AT", "EVENT", "FROM", "TO", "SOURCE", "ACTOR", "REASON"):
+            table.add_column(title)
+        for e in reversed(entries):
+            table.add_row(str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.event,
+                          e.from_state or "-", e.to_state, e.source, e.actor or "-",
+                          e.reason or "")
+        console.print(table)
+    history_cmd.help = f"Show a {kind}'s history, newest last."
+
+    @group.command("event")
+    @click.argument("name")
+    @click.argument("event")
+    @click.option("--payload", help="A JSON document passed with the event.")
+    @click.option("--reason", help="Recorded in the history.")
+    @click.pass_obj
+    def event_cmd(obj: CliContext, name: str, event: str, payload: str | None,
+                  reason: str | None) -> None:
+        data = None
+        if payload is not None:
+            try:
+                data = json.loads(payload)
+            except json.JSONDecodeError as exc:
+                raise click.BadParameter(f"not JSON: {exc.msg}", param_hint="--payload"
+                                         ) from None
+        result = obj.engine().fire(kind, name, event, source="operator", payload=data,
+                                   actor=_actor(), reason=reason)
+        click.echo(f"{name}: {result.from_state} -> {result.to_state} (epoch {result.epoch})")
+    event_cmd.help = f"Fire an event at a {kind}, as an operator."
+
+    @group.command("force-state")
+    @click.argument("name")
+    @click.argument("state")
+    @click.option("--reason", required=True, help="Why; recorded in the history.")
+    @click.option("--if-state", help="Only if the machine is currently in this state.")
+    @click.pass_obj
+    def force_cmd(obj: CliContext, name: str, state: str, reason: str,
+                  if_state: str | None) -> None:
+        result = obj.engine().force_state(kind, name, state, actor=_actor(), reason=reason,
+                                          if_state=if_state)
+        click.echo(f"{name}: {result.from_state} -> {result.to_state} (epoch {result.epoch})")
+    force_cmd.help = (f"Force a {kind} into STATE, running its entry operations "
+                      "(Mozpool's state-change).")
+
+
+@cli.group()
+def board() -> None:
+    """Boards: import, inspect, drive."""
+
+
+add_machine_commands(board, "board")
+
+
+@board.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def board_import(obj: CliContext, file: Path) -> None:
+    """Create or update boards from a YAML inventory (all or nothing)."""
+    from corral.inventory import load_inventory
+
+    inventory = load_inventory(file)
+    engine = obj.engine()
+    created = engine.import_machines("board", inventory, actor=_actor(),
+                                     reason=f"imported from {file.name}")
+    click.echo(f"{len(created)} boards created, {len(inventory) - len(created)} updated")
+
+
+def main() -> None:
+    cli(prog_name="corral")

@@ -1,0 +1,147 @@
+"""Configuration: one TOML file, every setting also a ``CORRAL_<NAME>`` variable.
+
+Precedence, lowest first: built-in defaults, the file (``--config`` /
+``CORRAL_CONFIG``, else ``./corral.toml`` if present), environment variables,
+command-line options. Every setting is listed in ``docs/configuration.md``; a
+test keeps that page and :data:`SETTINGS` in step. A bad value stops start-up
+with the setting's name, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from corral.errors import ConfigError
+from corral.paths import DEFAULT_STATEMACHINES_DIR
+from corral.store.db import DEFAULT_DATABASE_URL
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+BACKENDS = ("simulated", "command")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    statemachines_dir: str = str(DEFAULT_STATEMACHINES_DIR)
+    log_level: str = "info"
+    log_format: str = "auto"
+    # Sweeps
+    sweep_interval: float = 1.0
+    sweep_batch: int = 500
+    timeout_scale: float = 1.0
+    # Operations
+    backend: str = "command"
+    operation_interval: float = 0.5
+    operation_threads: int = 8
+    operation_lease: float = 120.0
+    operation_max_attempts: int = 5
+    operation_retry_delay: float = 5.0
+    command_timeout: float = 60.0
+    command_power_cycle: str = ""
+    command_ping: str = "ping -c 1 -W 2 {hostname}"
+    command_poll: str = "ping -c 1 -W 2 {hostname}"
+    command_write_pxe_config: str = ""
+    worker_id: str = ""
+    # Simulated lab
+    sim_seed: int = 0
+    sim_operation_seconds: float = 0.2
+    sim_power_cycle_failure: float = 0.02
+    sim_ping_failure: float = 0.1
+    sim_poll_failure: float = 0.05
+    sim_boot_seconds: float = 8.0
+    sim_install_seconds: float = 15.0
+    sim_install_failure: float = 0.1
+    sim_reimage_rate: float = 0.02
+    sim_dead_boards: str = ""
+
+    @property
+    def owner(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+
+_POSITIVE = {"sweep_interval", "sweep_batch", "timeout_scale", "operation_interval",
+             "operation_threads", "operation_lease", "operation_max_attempts", "command_timeout"}
+_NON_NEGATIVE = {"operation_retry_delay", "sim_operation_seconds", "sim_boot_seconds",
+                 "sim_install_seconds", "sim_seed"}
+_PROBABILITIES = {"sim_power_cycle_failure", "sim_ping_failure", "sim_poll_failure",
+                  "sim_install_failure", "sim_reimage_rate"}
+_CHOICES = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS, "backend": BACKENDS}
+
+
+def _coerce(name: str, raw: Any, origin: str) -> Any:
+    field_type = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if field_type == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            value: Any = int(raw) if isinstance(raw, int | str) else _bad()
+        elif field_type == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw) if isinstance(raw, int | float | str) else _bad()
+        else:
+            value = raw if isinstance(raw, str) else _bad()
+    except ValueError:
+        kind = {"int": "a whole number", "float": "a number"}.get(str(field_type), "a string")
+        raise ConfigError(f"{name} (from {origin}) must be {kind}, not {raw!r}") from None
+    if name in _POSITIVE and not value > 0:
+        raise ConfigError(f"{name} (from {origin}) must be greater than 0, not {raw!r}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{name} (from {origin}) must not be negative, not {raw!r}")
+    if name in _PROBABILITIES and not 0 <= value <= 1:
+        raise ConfigError(f"{name} (from {origin}) must be between 0 and 1, not {raw!r}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigError(f"{name} (from {origin}) must be one of "
+                          f"{', '.join(_CHOICES[name])}, not {raw!r}")
+    return value
+
+
+def _bad() -> Any:
+    raise ValueError
+
+
+def load_settings(
+    config_file: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from file, environment and explicit overrides.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key or a bad value.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or env.get("CORRAL_CONFIG")
+    if path is None and Path("corral.toml").is_file():
+        path = "corral.toml"
+    if path:
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for key, raw in document.items():
+            if key not in SETTINGS:
+                raise ConfigError(f"{path}: unknown setting {key!r}; settings: "
+                                  f"{', '.join(SETTINGS)}")
+            values[key] = _coerce(key, raw, path)
+    for name in SETTINGS:
+        variable = f"CORRAL_{name.upper()}"
+        if variable in env:
+            values[name] = _coerce(name, env[variable], variable)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw, "the command line")
+    return Settings(**values)

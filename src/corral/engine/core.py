@@ -1,0 +1,462 @@
+"""The engine: every event is one transaction (DESIGN.md invariants 1-4).
+
+``fire`` locks the machine row, computes the outcome from the shared
+definition, and writes the new state, deadline, counters, epoch, a history row
+and the entry operations (the outbox) before committing. If anything fails,
+nothing happened. The deadline sweep claims due rows with ``SKIP LOCKED`` and
+fires ``timeout`` on each in the claiming transaction, so a due row fires
+exactly once however many engines sweep. Operation results come back through
+``report_operation`` as events carrying the operation id; a result for a state
+entry the machine has already left is recorded on the operation and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from corral.errors import (
+    Conflict,
+    CorralError,
+    EventNotAllowed,
+    NotFound,
+    StateMismatch,
+    UnknownMachine,
+)
+from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome, StateMachine
+from corral.store import queries as q
+from corral.store.schema import HISTORY_SOURCES
+
+log = structlog.get_logger("corral.engine")
+
+Clock = Callable[[], datetime]
+FORCE_EVENT = "force_state"
+CREATE_EVENT = "create"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FireResult:
+    """What an event did. ``ignored`` results changed no machine state."""
+
+    kind: str
+    name: str
+    event: str
+    from_state: str
+    to_state: str
+    epoch: int
+    entered: bool
+    operations: tuple[str, ...] = ()
+    ignored: bool = False
+    note: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Write:
+    """Everything one accepted event writes, gathered so a batch can share statements."""
+
+    change: q.StateChange
+    history: dict[str, Any]
+    operations: list[dict[str, Any]]
+    result: FireResult
+
+
+class Engine:
+    """Fires events against machines stored in one database.
+
+    Args:
+        db: a SQLAlchemy engine from :func:`corral.store.db.create_db_engine`.
+        machines: the loaded definitions.
+        clock: returns the current UTC time (tests pass a controllable clock).
+        timeout_scale: multiplies every state timeout (demos run faster with 0.1).
+    """
+
+    def __init__(
+        self,
+        db: Engine,
+        machines: MachineSet,
+        *,
+        clock: Clock = utcnow,
+        timeout_scale: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.machines = machines
+        self.clock = clock
+        self.timeout_scale = timeout_scale
+
+    # ------------------------------------------------------------ machines
+
+    def create(
+        self,
+        kind: str,
+        name: str,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> FireResult:
+        """Create a machine in its initial state (running the state's entry operations).
+
+        Raises:
+            Conflict: a machine of that kind and name already exists.
+        """
+        results = self.import_machines(kind, {name: attrs or {}}, actor=actor, reason=reason,
+                                       update_existing=False)
+        return results[0]
+
+    def import_machines(
+        self,
+        kind: str,
+        inventory: Mapping[str, Mapping[str, Any]],
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        update_existing: bool = True,
+    ) -> list[FireResult]:
+        """Create missing machines and update the attributes of existing ones, in
+        one transaction: either the whole inventory lands or none of it.
+
+        Returns a result for every created machine (existing ones keep their state).
+
+        Raises:
+            Conflict: ``update_existing`` is false and a machine already exists.
+        """
+        machine = self.machines[kind]
+        writes: list[_Write] = []
+        try:
+            with self.db.begin() as conn:
+                now = self.clock()
+                for name, attrs in inventory.items():
+                    existing = q.lock_machine(conn, kind, name)
+                    if existing is not None:
+                        if not update_existing:
+                            raise Conflict(f"{kind} {name!r} already exists")
+                        q.update_machine_attrs(conn, existing.id, attrs, now)
+                        continue
+                    outcome = machine.enter("", machine.initial, CREATE_EVENT, {})
+                    machine_id = q.insert_machine(
+                        conn, kind=kind, name=name, state=machine.initial, attrs=attrs,
+                        now=now, deadline=self._deadline(now, outcome.timeout),
+                    )
+                    placeholder = q.MachineRow(
+                        id=machine_id, kind=kind, name=name, state="", state_entered_at=now,
+                        deadline=None, counters={}, epoch=0, attrs=dict(attrs),
+                    )
+                    writes.append(self._prepare(placeholder, outcome, now=now, source="operator",
+                                                actor=actor, reason=reason, payload=None,
+                                                operation_id=None))
+                self._write(conn, writes)
+        except IntegrityError:
+            raise Conflict(f"another process created one of these {kind}s at the same time; "
+                           "nothing was imported, try again") from None
+        for write in writes:
+            self._log(write.result, "operator")
+        return [w.result for w in writes]
+
+    def get(self, kind: str, name: str) -> q.MachineRow:
+        """Raises: UnknownMachine."""
+        self.machines[kind]
+        with self.db.begin() as conn:
+            row = q.get_machine(conn, kind, name)
+        if row is None:
+            raise UnknownMachine(kind, name)
+        return row
+
+    def list(self, kind: str, *, states: list[str] | None = None) -> list[q.MachineRow]:
+        self.machines[kind]
+        with self.db.begin() as conn:
+            return q.list_machines(conn, kind, states=states)
+
+    def history(
+        self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[q.HistoryEntry]:
+        row = self.get(kind, name)
+        with self.db.begin() as conn:
+            return q.list_history(conn, row.id, limit=limit, before_id=before_id)
+
+    # ------------------------------------------------------------ events
+
+    def fire(
+        self,
+        kind: str,
+        name: str,
+        event: str,
+        *,
+        source: str,
+        payload: Any = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> FireResult:
+        """Apply one event to one machine in one transaction.
+
+        Raises:
+            UnknownMachine: no such machine.
+            EventNotAllowed: the current state does not accept ``event``; nothing changed.
+        """
+        if source not in HISTORY_SOURCES:
+            raise CorralError(f"source must be one of {', '.join(HISTORY_SOURCES)}")
+        machine = self.machines[kind]
+        if event == TIMEOUT_EVENT:
+            raise CorralError("'timeout' is fired by the deadline sweep only; to move a machine "
+                              "on, force its state")
+        with self.db.begin() as conn:
+            row = self._lock(conn, kind, name)
+            now = self.clock()
+            outcome = machine.compute(row.state, row.counters, event, name=name)
+            write = self._prepare(row, outcome, now=now, source=source, actor=actor,
+                                  reason=reason, payload=payload, operation_id=None)
+            self._write(conn, [write])
+        self._log(write.result, source)
+        return write.result
+
+    def force_state(
+        self,
+        kind: str,
+        name: str,
+        state: str,
+        *,
+        actor: str,
+        reason: str,
+        if_state: str | None = None,
+    ) -> FireResult:
+        """Put a machine into ``state`` whatever it is doing, running the state's
+        entry operations; with ``if_state``, only if it is currently in that state.
+
+        Raises:
+            UnknownMachine, NotFound (no such state), StateMismatch (``if_state`` differs).
+        """
+        if not reason or not reason.strip():
+            raise CorralError("a reason is required to force a state")
+        machine = self.machines[kind]
+        machine.state(state)
+        if if_state is not None:
+            machine.state(if_state)
+        with self.db.begin() as conn:
+            row = self._lock(conn, kind, name)
+            if if_state is not None and row.state != if_state:
+                raise StateMismatch(kind, name, if_state, row.state)
+            now = self.clock()
+            outcome = machine.enter(row.state, state, FORCE_EVENT, row.counters)
+            write = self._prepare(row, outcome, now=now, source="operator", actor=actor,
+                                  reason=reason, payload=None, operation_id=None)
+            self._write(conn, [write])
+        self._log(write.result, "operator")
+        return write.result
+
+    def set_attrs(self, kind: str, name: str, attrs: Mapping[str, Any]) -> None:
+        with self.db.begin() as conn:
+            row = self._lock(conn, kind, name)
+            q.update_machine_attrs(conn, row.id, attrs, self.clock())
+
+    # ------------------------------------------------------------ timeouts
+
+    def sweep_timeouts(self, *, batch: int = 500, max_batches: int | None = None) -> int:
+        """Fire ``timeout`` on every machine whose deadline has passed.
+
+        Each batch is one transaction: claim due rows with ``FOR UPDATE SKIP
+        LOCKED``, compute and write every outcome, commit. Returns how many
+        timeouts fired.
+        """
+        fired = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            with self.db.begin() as conn:
+                now = self.clock()
+                rows = q.claim_due_machines(conn, now, batch)
+                writes = [w for w in (self._timeout(row, now) for row in rows) if w]
+                self._write(conn, writes)
+            for write in writes:
+                self._log(write.result, "timeout")
+            fired += len(writes)
+            if len(rows) < batch:
+                break
+        return fired
+
+    def _timeout(self, row: q.MachineRow, now: datetime) -> _Write | None:
+        machine = self.machines[row.kind] if row.kind in self.machines else None
+        try:
+            if machine is None:
+                raise NotFound(f"no definition for kind {row.kind!r}")
+            outcome = machine.compute(row.state, row.counters, TIMEOUT_EVENT, name=row.name)
+        except (EventNotAllowed, NotFound) as exc:
+            # The definition changed under a stored deadline (a state lost its
+            # timeout, or a kind was removed): clear the deadline rather than
+            # claiming this row forever.
+            log.warning("stale_deadline_cleared", kind=row.kind, name=row.name, state=row.state,
+                        error=str(exc))
+            outcome = Outcome(from_state=row.state, to_state=row.state, event=TIMEOUT_EVENT,
+                              entered=False, counters=row.counters, operations=(), timeout=None)
+            change = q.StateChange(id=row.id, state=row.state,
+                                   state_entered_at=row.state_entered_at, deadline=None,
+                                   counters=row.counters, epoch=row.epoch, updated_at=now)
+            return _Write(change=change, history={
+                "machine_id": row.id, "epoch": row.epoch, "from_state": row.state,
+                "to_state": row.state, "event": TIMEOUT_EVENT, "source": "timeout",
+                "actor": None, "reason": f"deadline cleared: {exc}", "at": now,
+                "payload": None, "operation_id": None,
+            }, operations=[], result=self._result(row, outcome, row.epoch))
+        payload = {"deadline": row.deadline.isoformat() if row.deadline else None,
+                   "lag_seconds": round((now - row.deadline).total_seconds(), 6)
+                   if row.deadline else None}
+        return self._prepare(row, outcome, now=now, source="timeout", actor=None, reason=None,
+                             payload=payload, operation_id=None)
+
+    # ------------------------------------------------------------ operations
+
+    def lease_operations(self, *, owner: str, limit: int, lease_seconds: float
+                         ) -> list[q.OperationRow]:
+        """Claim up to ``limit`` runnable operations for ``owner``."""
+        with self.db.begin() as conn:
+            now = self.clock()
+            return q.lease_operations(conn, now=now, owner=owner, limit=limit,
+                                      lease_until=now + timedelta(seconds=lease_seconds))
+
+    def machine_by_id(self, machine_id: int) -> q.MachineRow | None:
+        with self.db.begin() as conn:
+            return q.get_machine_by_id(conn, machine_id)
+
+    def retry_operation(self, op: q.OperationRow, *, delay: float, error: str) -> None:
+        """Return a leased operation to the queue after a transient error."""
+        with self.db.begin() as conn:
+            current = q.lock_operation(conn, op.id)
+            if current is None or current.status != "running":
+                return
+            q.retry_operation(conn, op.id, error=error,
+                              run_after=self.clock() + timedelta(seconds=delay))
+        log.info("operation_retry", operation_id=op.id, kind=op.kind, target=op.target,
+                 attempts=op.attempts, error=error)
+
+    def report_operation(
+        self, op: q.OperationRow, *, ok: bool, detail: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> FireResult:
+        """Feed an operation's result back as ``<kind>_ok`` / ``<kind>_failed``.
+
+        One transaction: lock the machine, then the operation. A duplicate
+        result (the operation already finished) or a stale one (the machine has
+        left the state entry that wrote the operation) is recorded on the
+        operation and changes no machine.
+        """
+        event = f"{op.kind}_{'ok' if ok else 'failed'}"
+        result_doc = {"ok": ok, **(dict(detail) if detail else {})}
+        with self.db.begin() as conn:
+            row = q.get_machine_by_id(conn, op.machine_id)
+            if row is None:
+                raise NotFound(f"operation {op.id} refers to a deleted machine")
+            row = self._lock(conn, row.kind, row.name)
+            current = q.lock_operation(conn, op.id)
+            now = self.clock()
+            if current is None or current.status not in ("pending", "running"):
+                status = current.status if current else "missing"
+                return self._ignored(row, event, f"operation {op.id} already {status}")
+            machine = self.machines[row.kind]
+            note = None
+            if current.machine_epoch != row.epoch:
+                note = (f"stale: written at epoch {current.machine_epoch}, "
+                        f"machine is at epoch {row.epoch} ({row.state})")
+            elif event not in machine.allowed_events(row.state):
+                note = f"state {row.state!r} does not accept {event!r}"
+            if note is not None:
+                q.finish_operation(conn, op.id, status="stale", result=result_doc,
+                                   error=error or note, now=now)
+                log.info("operation_result_ignored", operation_id=op.id, kind=op.kind,
+                         target=op.target, _event=event, note=note)
+                return self._ignored(row, event, note)
+            outcome = machine.compute(row.state, row.counters, event, name=row.name)
+            write = self._prepare(row, outcome, now=now, source="operation", actor=None,
+                                  reason=error, payload=result_doc, operation_id=op.id)
+            self._write(conn, [write])
+            q.finish_operation(conn, op.id, status="done" if ok else "failed",
+                               result=result_doc, error=error, now=now)
+        self._log(write.result, "operation", operation_id=op.id)
+        return write.result
+
+    # ------------------------------------------------------------ internals
+
+    def _lock(self, conn: Connection, kind: str, name: str) -> q.MachineRow:
+        row = q.lock_machine(conn, kind, name)
+        if row is None:
+            raise UnknownMachine(kind, name)
+        return row
+
+    def _deadline(self, now: datetime, timeout: float | None) -> datetime | None:
+        if timeout is None:
+            return None
+        return now + timedelta(seconds=timeout * self.timeout_scale)
+
+    def _result(self, row: q.MachineRow, outcome: Outcome, epoch: int) -> FireResult:
+        return FireResult(kind=row.kind, name=row.name, event=outcome.event,
+                          from_state=outcome.from_state, to_state=outcome.to_state, epoch=epoch,
+                          entered=outcome.entered, operations=outcome.operations)
+
+    def _ignored(self, row: q.MachineRow, event: str, note: str) -> FireResult:
+        return FireResult(kind=row.kind, name=row.name, event=event, from_state=row.state,
+                          to_state=row.state, epoch=row.epoch, entered=False, ignored=True,
+                          note=note)
+
+    def _prepare(
+        self,
+        row: q.MachineRow,
+        outcome: Outcome,
+        *,
+        now: datetime,
+        source: str,
+        actor: str | None,
+        reason: str | None,
+        payload: Any,
+        operation_id: int | None,
+    ) -> _Write:
+        if outcome.entered:
+            epoch = row.epoch + 1
+            change = q.StateChange(id=row.id, state=outcome.to_state, state_entered_at=now,
+                                   deadline=self._deadline(now, outcome.timeout),
+                                   counters=outcome.counters, epoch=epoch, updated_at=now)
+        else:
+            epoch = row.epoch
+            change = q.StateChange(id=row.id, state=row.state,
+                                   state_entered_at=row.state_entered_at, deadline=row.deadline,
+                                   counters=outcome.counters, epoch=epoch, updated_at=now)
+        history = {
+            "machine_id": row.id, "epoch": epoch, "from_state": outcome.from_state,
+            "to_state": outcome.to_state, "event": outcome.event, "source": source,
+            "actor": actor, "reason": reason, "at": now, "payload": payload,
+            "operation_id": operation_id,
+        }
+        operations = [
+            {
+                "machine_id": row.id, "machine_epoch": epoch, "kind": kind, "target": row.name,
+                "payload": {"state": outcome.to_state, "event": outcome.event,
+                            "event_payload": payload if source != "timeout" else None},
+                "status": "pending", "attempts": 0, "run_after": now, "lease_owner": None,
+                "lease_expires_at": None, "result": None, "error": None, "created_at": now,
+                "finished_at": None,
+            }
+            for kind in outcome.operations
+        ]
+        return _Write(change=change, history=history, operations=operations,
+                      result=self._result(row, outcome, epoch))
+
+    def _write(self, conn: Connection, writes: list[_Write]) -> None:
+        if not writes:
+            return
+        q.update_machines(conn, [w.change for w in writes])
+        q.insert_history(conn, [w.history for w in writes])
+        q.insert_operations(conn, [op for w in writes for op in w.operations])
+
+    def _log(self, result: FireResult, source: str, **extra: Any) -> None:
+        log.info("transition", **{result.kind: result.name}, from_state=result.from_state,
+                 to_state=result.to_state, _event=result.event, source=source,
+                 epoch=result.epoch, **extra)
+
+    def machine(self, kind: str) -> StateMachine:
+        return self.machines[kind]

@@ -1,0 +1,202 @@
+"""Compute what an event does to a machine, without touching any storage.
+
+One ``transitions.Machine`` is built per definition at start-up, with no model
+and ``auto_transitions=False``. For each event a throwaway model carries the
+state read from the database row; the shared machine moves it. On top of
+``transitions`` this module adds what the Mozpool-style engine needs: timeouts
+as events, named failure counters with thresholds, counter clearing, and the
+list of entry operations to write to the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from transitions import Machine, MachineError
+
+from corral.errors import EventNotAllowed, NotFound
+from corral.machines.definition import TIMEOUT_EVENT, MachineDefinition, StateDef
+from corral.machines.loader import expand_sources
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """The result of one accepted event.
+
+    ``entered`` is true when the machine enters ``to_state`` (re-entering the
+    same state counts): its epoch increases, its deadline restarts and its entry
+    operations run. An internal event (``entered`` false) only adds history.
+    """
+
+    from_state: str
+    to_state: str
+    event: str
+    entered: bool
+    counters: Mapping[str, int]
+    operations: tuple[str, ...]
+    timeout: float | None
+    counted: str | None = None
+
+
+class _Carrier:
+    """The lightweight per-event model: it only carries a state name."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+class StateMachine:
+    """A validated definition plus its shared ``transitions`` machine."""
+
+    def __init__(self, definition: MachineDefinition) -> None:
+        self.definition = definition
+        self.kind = definition.kind
+        states = definition.states
+        spec = []
+        for t in definition.transitions:
+            for source in expand_sources(t.sources, dict(states)):
+                spec.append({"trigger": t.trigger, "source": source, "dest": t.dest})
+        for state in states.values():
+            if state.on_timeout is None:
+                continue
+            if state.on_timeout in states:
+                dest: str | None = state.on_timeout
+            else:
+                # on_timeout names an event: a timeout goes where that event goes.
+                dest = next(
+                    item["dest"] for item in spec
+                    if item["source"] == state.name and item["trigger"] == state.on_timeout
+                )
+            spec.append({"trigger": TIMEOUT_EVENT, "source": state.name, "dest": dest})
+        self._machine = Machine(
+            model=None,
+            states=list(states),
+            transitions=spec,
+            initial=definition.initial,
+            auto_transitions=False,
+            send_event=False,
+        )
+        self._allowed: dict[str, tuple[str, ...]] = {
+            name: tuple(sorted(self._machine.get_triggers(name))) for name in states
+        }
+
+    @property
+    def initial(self) -> str:
+        return self.definition.initial
+
+    def state(self, name: str) -> StateDef:
+        try:
+            return self.definition.states[name]
+        except KeyError:
+            raise NotFound(
+                f"{self.kind} has no state {name!r}; states: {', '.join(self.definition.states)}"
+            ) from None
+
+    def allowed_events(self, state: str) -> tuple[str, ...]:
+        """Events a user or an operation may send to a machine in ``state``.
+
+        ``timeout`` is left out: only the deadline sweep fires it.
+        """
+        return tuple(e for e in self._allowed.get(state, ()) if e != TIMEOUT_EVENT)
+
+    def is_failed(self, state: str) -> bool:
+        s = self.definition.states.get(state)
+        return bool(s and s.failed)
+
+    def compute(
+        self, state: str, counters: Mapping[str, int], event: str, *, name: str = "?"
+    ) -> Outcome:
+        """Apply ``event`` to a machine in ``state`` with ``counters``.
+
+        Raises:
+            EventNotAllowed: the state does not accept the event; names the allowed ones.
+        """
+        if event not in self._allowed.get(state, ()):
+            raise EventNotAllowed(self.kind, name, state, event, list(self.allowed_events(state)))
+        carrier = _Carrier(state)
+        try:
+            self._machine.events[event].trigger(carrier)
+        except MachineError:  # pragma: no cover - guarded by _allowed above
+            raise EventNotAllowed(
+                self.kind, name, state, event, list(self.allowed_events(state))
+            ) from None
+        source = self.definition.states[state]
+        to_state = carrier.state
+        transition = self._machine.get_transitions(event, source=state)[0]
+        entered = transition.dest is not None
+        new_counters = dict(counters)
+        counted = None
+        counter = source.counter
+        if counter is not None and event in counter.count:
+            counted = counter.name
+            new_counters[counter.name] = new_counters.get(counter.name, 0) + 1
+            if new_counters[counter.name] > counter.max:
+                to_state = counter.failure
+                entered = True
+        if entered:
+            return self.enter(state, to_state, event, new_counters, counted=counted)
+        return Outcome(
+            from_state=state,
+            to_state=state,
+            event=event,
+            entered=False,
+            counters=new_counters,
+            operations=(),
+            timeout=None,
+            counted=counted,
+        )
+
+    def enter(
+        self,
+        from_state: str,
+        to_state: str,
+        event: str,
+        counters: Mapping[str, int],
+        *,
+        counted: str | None = None,
+    ) -> Outcome:
+        """The outcome of entering ``to_state``, for an event or an operator's force."""
+        target = self.state(to_state)
+        new_counters = dict(counters)
+        if target.clear_counters is True:
+            new_counters = {}
+        elif target.clear_counters:
+            for name in target.clear_counters:
+                new_counters.pop(name, None)
+        return Outcome(
+            from_state=from_state,
+            to_state=to_state,
+            event=event,
+            entered=True,
+            counters=new_counters,
+            operations=target.on_enter,
+            timeout=target.timeout,
+            counted=counted,
+        )
+
+
+class MachineSet:
+    """Every machine kind the engine runs, keyed by kind."""
+
+    def __init__(self, definitions: Mapping[str, MachineDefinition]) -> None:
+        self._machines = {kind: StateMachine(d) for kind, d in definitions.items()}
+
+    def __getitem__(self, kind: str) -> StateMachine:
+        try:
+            return self._machines[kind]
+        except KeyError:
+            raise NotFound(
+                f"no state machine of kind {kind!r}; kinds: {', '.join(self._machines)}"
+            ) from None
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._machines
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._machines.values())
+
+    def kinds(self) -> list[str]:
+        return list(self._machines)

@@ -1,0 +1,64 @@
+"""A simulated lab: power, ping, poll and PXE without hardware.
+
+Every result is a pure function of the seed, the board, the operation id and
+the attempt, so a run is reproducible whatever order workers take operations
+in. ``make run`` and the tests use it; users can run a whole lab on it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from corral.operations.base import OperationContext, OperationFailed
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatedRates:
+    """Failure probabilities per operation kind, and how long each takes."""
+
+    power_cycle_failure: float = 0.02
+    ping_failure: float = 0.1
+    poll_failure: float = 0.02
+    pxe_failure: float = 0.0
+    seconds: float = 0.0
+    # Boards whose name is listed here fail every operation: a board that
+    # ends in a failed_* state for an operator to find.
+    dead_boards: tuple[str, ...] = ()
+
+
+class SimulatedLab:
+    """Implements ``PowerDriver``, ``Poller`` and ``PxeWriter`` by dice rolls."""
+
+    def __init__(self, *, seed: int = 0, rates: SimulatedRates | None = None) -> None:
+        self.seed = seed
+        self.rates = rates or SimulatedRates()
+
+    def _roll(self, ctx: OperationContext, failure_rate: float) -> None:
+        if self.rates.seconds:
+            time.sleep(self.rates.seconds)
+        if ctx.name in self.rates.dead_boards:
+            raise OperationFailed(f"simulated: {ctx.name} is dead")
+        rng = random.Random(f"{self.seed}:{ctx.name}:{ctx.operation_id}:{ctx.attempt}")
+        if rng.random() < failure_rate:
+            raise OperationFailed(f"simulated {ctx.kind} failure")
+
+    def cycle(self, ctx: OperationContext) -> Mapping[str, Any]:
+        self._roll(ctx, self.rates.power_cycle_failure)
+        return {"simulated": True}
+
+    def ping(self, ctx: OperationContext) -> Mapping[str, Any]:
+        self._roll(ctx, self.rates.ping_failure)
+        return {"simulated": True, "rtt_ms": 0.4}
+
+    def poll(self, ctx: OperationContext) -> Mapping[str, Any]:
+        self._roll(ctx, self.rates.poll_failure)
+        return {"simulated": True}
+
+    def write(self, ctx: OperationContext) -> Mapping[str, Any]:
+        self._roll(ctx, self.rates.pxe_failure)
+        return {"simulated": True, "release": (ctx.payload.get("event_payload") or {}).get(
+            "release") if isinstance(ctx.payload.get("event_payload"), dict) else None}

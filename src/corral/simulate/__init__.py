@@ -1,0 +1,1 @@
+"""Simulated lab hardware: boards that report their own progress."""

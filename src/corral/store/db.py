@@ -1,0 +1,85 @@
+"""Connecting to the database: SQLite (embedded default) or PostgreSQL.
+
+Each backend gets what Corral's invariants need from it. SQLite runs in WAL
+mode and every transaction is ``BEGIN IMMEDIATE``, so the transaction that
+reads a machine row already holds the write lock and two events on one board
+serialize instead of deadlocking. PostgreSQL uses psycopg 3 with server-side
+prepared statements for the hot queries, and rows are locked explicitly with
+``SELECT ... FOR UPDATE``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from corral.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` as psycopg 3 URLs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine configured for Corral's transaction discipline.
+
+    Raises:
+        ConfigError: the URL is malformed or names an unsupported backend.
+    """
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"database_url {url!r} is not a database URL "
+                          "(e.g. sqlite:///./var/corral.db or postgresql://host/db)") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise ConfigError("PostgreSQL is used through psycopg 3: write postgresql://...")
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"prepare_threshold": 1, "application_name": "corral"},
+        )
+    raise ConfigError(f"unsupported database {backend!r}; use sqlite or postgresql")
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not the driver, start transactions.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

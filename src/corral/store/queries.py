@@ -1,0 +1,386 @@
+"""Every query Corral runs, as a named function.
+
+Callers pass a SQLAlchemy ``Connection`` inside a transaction they own; no
+function here commits. Statements are built once at import time so that
+SQLAlchemy's compiled cache and psycopg's prepared statements are hit on the
+hot path (one event = lock, update, insert history, commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+
+from corral.store.schema import history, machines, operations
+
+# ---------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachineRow:
+    id: int
+    kind: str
+    name: str
+    state: str
+    state_entered_at: datetime
+    deadline: datetime | None
+    counters: dict[str, int]
+    epoch: int
+    attrs: dict[str, Any]
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> MachineRow:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            kind=m["kind"],
+            name=m["name"],
+            state=m["state"],
+            state_entered_at=m["state_entered_at"],
+            deadline=m["deadline"],
+            counters=dict(m["counters"] or {}),
+            epoch=m["epoch"],
+            attrs=dict(m["attrs"] or {}),
+            created_at=m.get("created_at"),
+            updated_at=m.get("updated_at"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    id: int
+    machine_id: int
+    epoch: int
+    from_state: str
+    to_state: str
+    event: str
+    source: str
+    actor: str | None
+    reason: str | None
+    at: datetime
+    payload: Any
+    operation_id: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> HistoryEntry:
+        return cls(**dict(row._mapping))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperationRow:
+    id: int
+    machine_id: int
+    machine_epoch: int
+    kind: str
+    target: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    run_after: datetime
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    result: Any
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> OperationRow:
+        return cls(**dict(row._mapping))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChange:
+    """What one accepted event writes to a machine row (see ``update_machines``)."""
+
+    id: int
+    state: str
+    state_entered_at: datetime
+    deadline: datetime | None
+    counters: Mapping[str, int]
+    epoch: int
+    updated_at: datetime
+
+
+# ---------------------------------------------------------------- machines
+
+_MACHINE_COLUMNS = (
+    machines.c.id,
+    machines.c.kind,
+    machines.c.name,
+    machines.c.state,
+    machines.c.state_entered_at,
+    machines.c.deadline,
+    machines.c.counters,
+    machines.c.epoch,
+    machines.c.attrs,
+)
+
+_select_machine = select(*_MACHINE_COLUMNS, machines.c.created_at, machines.c.updated_at).where(
+    machines.c.kind == bindparam("kind"), machines.c.name == bindparam("name")
+)
+_lock_machine = select(*_MACHINE_COLUMNS).where(
+    machines.c.kind == bindparam("kind"), machines.c.name == bindparam("name")
+).with_for_update()
+
+
+def get_machine(conn: Connection, kind: str, name: str) -> MachineRow | None:
+    row = conn.execute(_select_machine, {"kind": kind, "name": name}).first()
+    return MachineRow.from_row(row) if row else None
+
+
+def lock_machine(conn: Connection, kind: str, name: str) -> MachineRow | None:
+    """Read a machine row and lock it until the transaction ends."""
+    row = conn.execute(_lock_machine, {"kind": kind, "name": name}).first()
+    return MachineRow.from_row(row) if row else None
+
+
+def insert_machine(
+    conn: Connection,
+    *,
+    kind: str,
+    name: str,
+    state: str,
+    attrs: Mapping[str, Any],
+    now: datetime,
+    deadline: datetime | None,
+) -> int:
+    result = conn.execute(
+        insert(machines).returning(machines.c.id),
+        {
+            "kind": kind,
+            "name": name,
+            "state": state,
+            "state_entered_at": now,
+            "deadline": deadline,
+            "counters": {},
+            "epoch": 1,
+            "attrs": dict(attrs),
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    return int(result.scalar_one())
+
+
+def update_machine_attrs(
+    conn: Connection, machine_id: int, attrs: Mapping[str, Any], now: datetime
+) -> None:
+    conn.execute(
+        update(machines).where(machines.c.id == machine_id).values(attrs=dict(attrs),
+                                                                   updated_at=now)
+    )
+
+
+def list_machines(
+    conn: Connection, kind: str, *, states: Sequence[str] | None = None
+) -> list[MachineRow]:
+    query = select(*_MACHINE_COLUMNS, machines.c.created_at, machines.c.updated_at).where(
+        machines.c.kind == kind
+    )
+    if states is not None:
+        query = query.where(machines.c.state.in_(list(states)))
+    return [MachineRow.from_row(r) for r in conn.execute(query.order_by(machines.c.name))]
+
+
+def count_machines_by_state(conn: Connection) -> list[tuple[str, str, int]]:
+    query = select(machines.c.kind, machines.c.state, func.count()).group_by(
+        machines.c.kind, machines.c.state
+    )
+    return [(k, s, n) for k, s, n in conn.execute(query)]
+
+
+_update_machine = (
+    update(machines)
+    .where(machines.c.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        state_entered_at=bindparam("b_state_entered_at"),
+        deadline=bindparam("b_deadline"),
+        counters=bindparam("b_counters"),
+        epoch=bindparam("b_epoch"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+def update_machines(conn: Connection, changes: Sequence[StateChange]) -> None:
+    """Write the new state of one or many locked machine rows."""
+    if not changes:
+        return
+    conn.execute(
+        _update_machine,
+        [
+            {
+                "b_id": c.id,
+                "b_state": c.state,
+                "b_state_entered_at": c.state_entered_at,
+                "b_deadline": c.deadline,
+                "b_counters": dict(c.counters),
+                "b_epoch": c.epoch,
+                "b_updated_at": c.updated_at,
+            }
+            for c in changes
+        ],
+    )
+
+
+def claim_due_machines(conn: Connection, now: datetime, limit: int) -> list[MachineRow]:
+    """Lock up to ``limit`` machines whose deadline has passed.
+
+    Rows another transaction holds are skipped (``SKIP LOCKED``), so any number
+    of sweepers can share a database and each due row is claimed by one.
+    """
+    query = (
+        select(*_MACHINE_COLUMNS)
+        .where(machines.c.deadline <= now)
+        .order_by(machines.c.deadline)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [MachineRow.from_row(r) for r in conn.execute(query)]
+
+
+def next_deadline(conn: Connection) -> datetime | None:
+    return conn.execute(select(func.min(machines.c.deadline))).scalar()
+
+
+# ---------------------------------------------------------------- history
+
+_insert_history = insert(history)
+
+
+def insert_history(conn: Connection, entries: Sequence[Mapping[str, Any]]) -> None:
+    """Append history rows (keys are the ``history`` columns except ``id``)."""
+    if entries:
+        conn.execute(_insert_history, list(entries))
+
+
+def list_history(
+    conn: Connection, machine_id: int, *, limit: int = 100, before_id: int | None = None
+) -> list[HistoryEntry]:
+    """The newest ``limit`` entries, newest first; page with ``before_id``."""
+    query = select(history).where(history.c.machine_id == machine_id)
+    if before_id is not None:
+        query = query.where(history.c.id < before_id)
+    query = query.order_by(history.c.id.desc()).limit(limit)
+    return [HistoryEntry.from_row(r) for r in conn.execute(query)]
+
+
+# ---------------------------------------------------------------- operations
+
+_insert_operation = insert(operations)
+
+
+def insert_operations(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write outbox rows in the caller's transaction (keys are column names)."""
+    if rows:
+        conn.execute(_insert_operation, list(rows))
+
+
+def lease_operations(
+    conn: Connection, *, now: datetime, owner: str, lease_until: datetime, limit: int
+) -> list[OperationRow]:
+    """Claim operations to run: pending ones that are due, and running ones
+    whose lease has expired (their worker died). Each claim adds an attempt."""
+    claimable = (
+        select(operations.c.id)
+        .where(
+            or_(
+                and_(operations.c.status == "pending", operations.c.run_after <= now),
+                and_(operations.c.status == "running", operations.c.lease_expires_at < now),
+            )
+        )
+        .order_by(operations.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = [r[0] for r in conn.execute(claimable)]
+    if not ids:
+        return []
+    result = conn.execute(
+        update(operations)
+        .where(operations.c.id.in_(ids))
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=lease_until,
+            attempts=operations.c.attempts + 1,
+        )
+        .returning(*operations.c)
+    )
+    return sorted((OperationRow.from_row(r) for r in result), key=lambda op: op.id)
+
+
+def lock_operation(conn: Connection, operation_id: int) -> OperationRow | None:
+    row = conn.execute(
+        select(operations).where(operations.c.id == operation_id).with_for_update()
+    ).first()
+    return OperationRow.from_row(row) if row else None
+
+
+def get_operation(conn: Connection, operation_id: int) -> OperationRow | None:
+    row = conn.execute(select(operations).where(operations.c.id == operation_id)).first()
+    return OperationRow.from_row(row) if row else None
+
+
+def finish_operation(
+    conn: Connection,
+    operation_id: int,
+    *,
+    status: str,
+    result: Any,
+    error: str | None,
+    now: datetime,
+) -> None:
+    conn.execute(
+        update(operations)
+        .where(operations.c.id == operation_id)
+        .values(status=status, result=result, error=error, finished_at=now,
+                lease_owner=None, lease_expires_at=None)
+    )
+
+
+def retry_operation(
+    conn: Connection, operation_id: int, *, run_after: datetime, error: str
+) -> None:
+    """Put a leased operation back in the queue after a failed attempt."""
+    conn.execute(
+        update(operations)
+        .where(operations.c.id == operation_id)
+        .values(status="pending", run_after=run_after, error=error,
+                lease_owner=None, lease_expires_at=None)
+    )
+
+
+def list_operations(
+    conn: Connection, *, machine_id: int | None = None, statuses: Iterable[str] | None = None
+) -> list[OperationRow]:
+    query = select(operations)
+    if machine_id is not None:
+        query = query.where(operations.c.machine_id == machine_id)
+    if statuses is not None:
+        query = query.where(operations.c.status.in_(list(statuses)))
+    return [OperationRow.from_row(r) for r in conn.execute(query.order_by(operations.c.id))]
+
+
+_select_machine_by_id = select(*_MACHINE_COLUMNS).where(machines.c.id == bindparam("id"))
+
+
+def get_machine_by_id(conn: Connection, machine_id: int) -> MachineRow | None:
+    row = conn.execute(_select_machine_by_id, {"id": machine_id}).first()
+    return MachineRow.from_row(row) if row else None
+
+
+def count_open_operations(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).where(operations.c.status.in_(("pending", "running")))
+        ).scalar_one()
+    )

@@ -1,0 +1,144 @@
+"""The tables every machine kind shares: machines, history and operations.
+
+Boards, pools and jobs are all rows of ``machines`` told apart by ``kind``;
+their transitions go to ``history`` and their side effects to ``operations``
+(the outbox). A new machine kind therefore needs a definition file, not a new
+table. Later kinds keep their own extra tables (pool assignments, job specs)
+beside these, keyed by the machine row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text, which sorts
+    and compares correctly because every value is written in the same format.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+JSONDoc: Any = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments INTEGER PRIMARY KEY columns.
+BigID: Any = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+machines = Table(
+    "machines",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("state_entered_at", UTCDateTime, nullable=False),
+    # When the current state times out; NULL for states without a timeout.
+    Column("deadline", UTCDateTime, nullable=True),
+    Column("counters", JSONDoc, nullable=False),
+    # Increases by one every time the machine enters a state (re-entry too);
+    # an operation result carrying an older epoch is stale.
+    Column("epoch", BigInteger, nullable=False),
+    # Inventory and settings (arch, subarch, mac, power and poll settings...).
+    Column("attrs", JSONDoc, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("kind", "name"),
+    Index("ix_machines_deadline", "deadline"),
+    Index("ix_machines_kind_state", "kind", "state"),
+)
+
+history = Table(
+    "history",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("machine_id", BigID, ForeignKey("machines.id", ondelete="CASCADE"), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("from_state", String(64), nullable=False),
+    Column("to_state", String(64), nullable=False),
+    Column("event", String(64), nullable=False),
+    # callback | timeout | operation | operator
+    Column("source", String(16), nullable=False),
+    Column("actor", String(200), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("payload", JSONDoc, nullable=True),
+    Column("operation_id", BigID, nullable=True),
+    Index("ix_history_machine_id_id", "machine_id", "id"),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("machine_id", BigID, ForeignKey("machines.id", ondelete="CASCADE"), nullable=False),
+    # The machine's epoch when the operation was written; results are applied
+    # only while the machine is still in that state entry.
+    Column("machine_epoch", BigInteger, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("payload", JSONDoc, nullable=False),
+    # pending -> running -> done | failed | stale
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("run_after", UTCDateTime, nullable=False),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("result", JSONDoc, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_operations_status_run_after", "status", "run_after"),
+    Index("ix_operations_machine_id", "machine_id"),
+)
+
+HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")
+OPEN_OPERATION_STATUSES = ("pending", "running")
