@@ -238,7 +238,7 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
         if timeout is not None and on_timeout is None:
             check.error(body.line_of("timeout"),
                         f"state {name!r} has a timeout but no on_timeout (a state or an event)")
-        if on_timeout is not None and timeout is None:
+        if on_timeout is not None and "timeout" not in body:
             check.error(body.line_of("on_timeout"),
                         f"state {name!r} has on_timeout but no timeout (seconds)")
 

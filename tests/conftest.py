@@ -1,0 +1,140 @@
+"""Shared fixtures: a real database per test, SQLite or PostgreSQL.
+
+PostgreSQL comes from ``CORRAL_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``); each test gets its own
+database, created with a unique name and dropped afterwards. Without a
+reachable server the PostgreSQL cases skip with the reason, unless
+``CORRAL_REQUIRE_POSTGRES=1`` (CI), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine as SAEngine
+
+from corral.engine.core import Engine
+from corral.machines import MachineSet, load_definitions
+from corral.paths import DEFAULT_STATEMACHINES_DIR
+from corral.store.db import create_db_engine
+from corral.store.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL",
+                              "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = os.environ.get("CORRAL_REQUIRE_POSTGRES") == "1"
+
+
+class ManualClock:
+    """A clock tests move by hand, so deadlines come due without sleeping."""
+
+    def __init__(self) -> None:
+        self._now = datetime(2026, 1, 1, tzinfo=UTC)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += timedelta(seconds=seconds)
+
+
+def _pg_reason() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {str(exc).strip()}"
+
+
+_PG_UNAVAILABLE = _pg_reason()
+
+
+def require_postgres() -> None:
+    if _PG_UNAVAILABLE is None:
+        return
+    if REQUIRE_PG:
+        pytest.fail(f"CORRAL_REQUIRE_POSTGRES=1 but {_PG_UNAVAILABLE}")
+    pytest.skip(_PG_UNAVAILABLE)
+
+
+def create_pg_database() -> str:
+    """Create an empty database with a unique name; return its URL."""
+    name = f"corral_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database (not migrated)."""
+    require_postgres()
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each backend (not migrated)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'corral.db'}"
+        return
+    require_postgres()
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    db = create_db_engine(db_url)
+    upgrade(db)
+    db.dispose()
+    return db_url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def machines() -> MachineSet:
+    return MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR))
+
+
+@pytest.fixture
+def sa_engine(migrated_url: str) -> Iterator[SAEngine]:
+    db = create_db_engine(migrated_url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def engine(sa_engine: SAEngine, machines: MachineSet, clock: ManualClock) -> Engine:
+    return Engine(sa_engine, machines, clock=clock)
+
+
+@pytest.fixture
+def backend(db_url: str) -> str:
+    return "postgres" if db_url.startswith("postgresql") else "sqlite"

@@ -1,0 +1,144 @@
+"""Definitions are validated like input: every problem, with file and line."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from corral.machines import DefinitionError, load_definitions
+from corral.machines.loader import parse_definition
+from corral.paths import DEFAULT_STATEMACHINES_DIR
+from corral.yamlio import load_yaml
+
+MINIMAL = """\
+kind: widget
+initial: idle
+states:
+  idle:
+    timeout: 5
+    on_timeout: idle
+    on_enter: [poke]
+  broken:
+    failed: true
+transitions:
+  - {trigger: poke_ok, source: idle, dest: null}
+"""
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(DefinitionError) as info:
+        parse_definition(textwrap.dedent(text), "widget.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_shipped_definitions_load():
+    definitions = load_definitions(DEFAULT_STATEMACHINES_DIR)
+    board = definitions["board"]
+    assert board.initial == "new"
+    assert set(board.failed_states) == {"failed_power_cycling", "failed_pinging",
+                                        "failed_pxe_config", "failed_pxe_booting",
+                                        "failed_installing"}
+    for name in ("new", "ready", "power_cycling", "rebooting", "pinging", "pxe_configuring",
+                 "pxe_power_cycling", "pxe_booting", "installing", "maintenance", "retired"):
+        assert name in board.states
+
+
+def test_minimal_definition_loads():
+    definition = parse_definition(MINIMAL, "widget.yaml")
+    assert definition.kind == "widget"
+    assert definition.states["idle"].timeout == 5.0
+    assert definition.states["broken"].terminal
+
+
+def test_unknown_key_names_file_line_and_allowed_keys():
+    [problem] = problems_of(MINIMAL.replace("    on_timeout: idle\n",
+                                            "    on_timeout: idle\n    retries: 3\n"))
+    assert problem.startswith("widget.yaml:7: unknown key 'retries' in state 'idle'")
+    assert "allowed keys: description, timeout, on_timeout, counter" in problem
+
+
+def test_unknown_target_state():
+    [problem] = problems_of(MINIMAL.replace("dest: null", "dest: nowhere"))
+    assert problem.startswith("widget.yaml:11:")
+    assert "unknown target state 'nowhere'" in problem
+    assert "states: idle, broken" in problem
+
+
+def test_counter_without_failure_state():
+    text = MINIMAL.replace("    on_enter: [poke]\n",
+                           "    on_enter: [poke]\n    counter: {max: 3}\n")
+    [problem] = problems_of(text)
+    assert problem.startswith("widget.yaml:8:")
+    assert "needs failure" in problem
+
+
+def test_counter_failure_state_must_exist_and_be_terminal():
+    text = MINIMAL.replace("    on_enter: [poke]\n",
+                           "    on_enter: [poke]\n    counter: {max: 3, failure: idle}\n")
+    [problem] = problems_of(text)
+    assert "must be terminal" in problem
+    text = MINIMAL.replace("    on_enter: [poke]\n",
+                           "    on_enter: [poke]\n    counter: {max: 3, failure: gone}\n")
+    [problem] = problems_of(text)
+    assert "counter failure state 'gone' does not exist" in problem
+
+
+def test_every_problem_is_reported_at_once():
+    text = MINIMAL.replace("kind: widget", "kind: widget\ncolour: red").replace(
+        "dest: null", "dest: nowhere").replace("timeout: 5", "timeout: -1")
+    found = problems_of(text)
+    assert len(found) == 3
+    assert any("unknown key 'colour'" in p for p in found)
+    assert any("nowhere" in p for p in found)
+    assert any("timeout must be a positive number" in p for p in found)
+
+
+def test_terminal_state_cannot_time_out():
+    text = MINIMAL.replace("    failed: true\n", "    failed: true\n    timeout: 10\n")
+    assert any("terminal state 'broken' cannot have 'timeout'" in p for p in problems_of(text))
+
+
+def test_timeout_needs_on_timeout():
+    text = MINIMAL.replace("    on_timeout: idle\n", "")
+    assert any("has a timeout but no on_timeout" in p for p in problems_of(text))
+
+
+def test_on_timeout_must_be_a_state_or_an_accepted_event():
+    text = MINIMAL.replace("on_timeout: idle", "on_timeout: explode")
+    [problem] = problems_of(text)
+    assert "on_timeout 'explode' is neither a state nor an event" in problem
+
+
+def test_duplicate_trigger_from_one_source():
+    text = MINIMAL + "  - {trigger: poke_ok, source: idle, dest: broken}\n"
+    [problem] = problems_of(text)
+    assert "already defined on line 11" in problem
+
+
+def test_timeout_cannot_be_declared_as_a_transition():
+    text = MINIMAL + "  - {trigger: timeout, source: idle, dest: broken}\n"
+    assert any("fired by the deadline sweep" in p for p in problems_of(text))
+
+
+def test_syntax_error_has_a_line():
+    [problem] = problems_of("kind: widget\nstates: [unclosed\n")
+    assert problem.startswith("widget.yaml:")
+    assert not problem.startswith("widget.yaml:0:")
+
+
+def test_duplicate_keys_are_an_error():
+    [problem] = problems_of(MINIMAL.replace("initial: idle", "initial: idle\ninitial: broken"))
+    assert "duplicate key 'initial'" in problem
+
+
+def test_yaml_on_off_yes_no_stay_strings():
+    doc = load_yaml("a: on\nb: off\nc: yes\nd: no\ne: true\nf: 1.10\n")
+    assert doc == {"a": "on", "b": "off", "c": "yes", "d": "no", "e": True, "f": 1.1}
+
+
+def test_kind_defined_twice_in_a_directory(tmp_path):
+    (tmp_path / "a.yaml").write_text(MINIMAL)
+    (tmp_path / "b.yaml").write_text(MINIMAL)
+    with pytest.raises(DefinitionError, match="kind 'widget' is already defined"):
+        load_definitions(tmp_path)
