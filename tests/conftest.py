@@ -138,3 +138,19 @@ def engine(sa_engine: SAEngine, machines: MachineSet, clock: ManualClock) -> Eng
 @pytest.fixture
 def backend(db_url: str) -> str:
     return "postgres" if db_url.startswith("postgresql") else "sqlite"
+
+
+@pytest.fixture
+def pg_migrated_url(pg_url: str) -> str:
+    db = create_db_engine(pg_url)
+    upgrade(db)
+    db.dispose()
+    return pg_url
+
+
+@pytest.fixture
+def pg_engine(pg_migrated_url: str, machines: MachineSet, clock: ManualClock) -> Iterator[Engine]:
+    """An engine on a fresh, migrated PostgreSQL database."""
+    db = create_db_engine(pg_migrated_url)
+    yield Engine(db, machines, clock=clock)
+    db.dispose()
