@@ -1,0 +1,178 @@
+"""The ``corral`` command as an operator runs it: real processes, real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+@pytest.fixture
+def corral(migrated_url, tmp_path):
+    env = os.environ | {"CORRAL_DATABASE_URL": migrated_url, "CORRAL_LOG_FORMAT": "json"}
+    env.pop("CORRAL_CONFIG", None)
+
+    def run(*args: str, check: bool = True, extra_env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        result = subprocess.run([CORRAL, *args], cwd=tmp_path, env=env | (extra_env or {}),
+                                capture_output=True, text=True, timeout=timeout)
+        assert "Traceback" not in result.stderr, result.stderr
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    run.url = migrated_url  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text("boards:\n" + "".join(
+        f'  - {{name: b{i}, arch: arm64, subarch: generic, mac: "02:00:00:00:00:0{i}"}}\n'
+        for i in range(1, 4)))
+    return path
+
+
+def test_import_list_show_history(corral, inventory):
+    assert "3 boards created, 0 updated" in corral("board", "import", str(inventory)).stdout
+    assert "0 boards created, 3 updated" in corral("board", "import", str(inventory)).stdout
+    boards = json.loads(corral("board", "list", "--json").stdout)
+    assert [(b["name"], b["state"]) for b in boards] == [("b1", "new"), ("b2", "new"),
+                                                         ("b3", "new")]
+    table = corral("board", "list").stdout
+    assert "b2" in table and "new" in table
+    shown = json.loads(corral("board", "show", "b1", "--json").stdout)
+    assert shown["attrs"]["arch"] == "arm64"
+    assert shown["allowed_events"] == ["maintenance", "retire"]
+    history = json.loads(corral("board", "history", "b1", "--json").stdout)
+    assert [h["event"] for h in history] == ["create"]
+
+
+def test_event_and_force_state(corral, inventory):
+    corral("board", "import", str(inventory))
+    out = corral("board", "force-state", "b1", "ready", "--reason", "bench test").stdout
+    assert "b1: new -> ready" in out
+    out = corral("board", "event", "b1", "maintenance", "--reason", "relay swap").stdout
+    assert "b1: ready -> maintenance" in out
+    history = json.loads(corral("board", "history", "b1", "--json").stdout)
+    assert history[0]["reason"] == "relay swap" and history[0]["source"] == "operator"
+    failed = corral("board", "list", "--failed", "--json").stdout
+    assert json.loads(failed) == []
+
+
+def test_disallowed_event_exits_nonzero_with_allowed_events(corral, inventory):
+    corral("board", "import", str(inventory))
+    result = corral("board", "event", "b1", "install_ok", check=False)
+    assert result.returncode == 4
+    assert result.stderr.strip() == (
+        "error: event 'install_ok' is not allowed for board 'b1' in state 'new'; "
+        "allowed events: maintenance, retire")
+    assert json.loads(corral("board", "history", "b1", "--json").stdout)[0]["event"] == "create"
+
+
+def test_unknown_board_and_state_mismatch(corral, inventory):
+    corral("board", "import", str(inventory))
+    result = corral("board", "show", "ghost", check=False)
+    assert (result.returncode, result.stderr.strip()) == (3, "error: unknown board 'ghost'")
+    result = corral("board", "force-state", "b1", "maintenance", "--reason", "x",
+                    "--if-state", "ready", check=False)
+    assert result.returncode == 4
+    assert "is in state 'new', not 'ready'; nothing was changed" in result.stderr
+    result = corral("board", "force-state", "b1", "nowhere", "--reason", "x", check=False)
+    assert result.returncode == 3 and "board has no state 'nowhere'" in result.stderr
+
+
+def test_bad_payload_and_bad_inventory(corral, inventory, tmp_path):
+    corral("board", "import", str(inventory))
+    result = corral("board", "event", "b1", "retire", "--payload", "{nope", check=False)
+    assert result.returncode == 2 and "not JSON" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("boards:\n  - name: b9\n    colur: red\n")
+    result = corral("board", "import", str(bad), check=False)
+    assert result.returncode == 2
+    assert "bad.yaml:3: unknown key 'colur'" in result.stderr
+    assert len(json.loads(corral("board", "list", "--json").stdout)) == 3
+
+
+def _broken_machines(tmp_path: Path, old: str, new: str) -> Path:
+    directory = tmp_path / "machines"
+    directory.mkdir(exist_ok=True)
+    text = (ROOT / "statemachines" / "board.yaml").read_text()
+    assert old in text
+    (directory / "board.yaml").write_text(text.replace(old, new, 1))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    timeout: 300\n", "    timeout: 300\n    retries: 2\n",
+         "unknown key 'retries' in state 'ready'; allowed keys:"),
+        ("dest: rebooting}", "dest: rebootin}", "unknown target state 'rebootin'"),
+        ("      failure: failed_pinging\n", "", "needs failure"),
+    ],
+)
+def test_malformed_definition_stops_serve(corral, tmp_path, old, new, message):
+    directory = _broken_machines(tmp_path, old, new)
+    result = corral("--statemachines", str(directory), "serve", check=False, timeout=30)
+    assert result.returncode == 2
+    line = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")][0]
+    assert f"{directory / 'board.yaml'}:" in line
+    assert message in line
+
+
+def test_unknown_operation_stops_serve(corral, tmp_path):
+    directory = _broken_machines(tmp_path, "on_enter: [poll]", "on_enter: [pol]")
+    result = corral("--statemachines", str(directory), "serve", check=False, timeout=30)
+    assert result.returncode == 2
+    assert "no backend runs operation 'pol'" in result.stderr
+
+
+def test_serve_on_an_unmigrated_database_says_what_to_do(tmp_path):
+    env = os.environ | {"CORRAL_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    result = subprocess.run([CORRAL, "serve"], env=env, capture_output=True, text=True,
+                            timeout=30, cwd=tmp_path)
+    assert result.returncode == 5
+    assert "run `corral db upgrade`" in result.stderr
+
+
+def test_bad_configuration_is_a_clear_error(corral):
+    result = corral("board", "list", check=False, extra_env={"CORRAL_SWEEP_BATCH": "many"})
+    assert result.returncode == 2
+    assert "sweep_batch (from CORRAL_SWEEP_BATCH) must be a whole number" in result.stderr
+
+
+@pytest.mark.slow
+def test_simulated_lab_changes_states(corral, tmp_path):
+    shutil.copy(ROOT / "examples" / "simlab.yaml", tmp_path / "simlab.yaml")
+    corral("board", "import", "simlab.yaml")
+    server = subprocess.Popen(
+        [CORRAL, "serve", "--simulate"], cwd=tmp_path,
+        env=os.environ | {"CORRAL_DATABASE_URL": corral.url, "CORRAL_TIMEOUT_SCALE": "0.05",
+                          "CORRAL_SIM_OPERATION_SECONDS": "0", "CORRAL_LOG_FORMAT": "json"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        states: set[str] = set()
+        while time.monotonic() < deadline:
+            boards = json.loads(corral("board", "list", "--json").stdout)
+            states = {b["state"] for b in boards}
+            if "ready" in states:
+                break
+            time.sleep(0.5)
+        assert "ready" in states, states
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode == 0
+
