@@ -58,8 +58,6 @@ def upgrade() -> None:
         sa.Column("payload", JSONDoc, nullable=True),
         sa.Column("operation_id", BigID, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_history"),
-        sa.ForeignKeyConstraint(["machine_id"], ["machines.id"], ondelete="CASCADE",
-                                name="fk_history_machine_id_machines"),
     )
     op.create_index("ix_history_machine_id_id", "history", ["machine_id", "id"])
 
@@ -81,8 +79,6 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("finished_at", UTCDateTime, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_operations"),
-        sa.ForeignKeyConstraint(["machine_id"], ["machines.id"], ondelete="CASCADE",
-                                name="fk_operations_machine_id_machines"),
     )
     op.create_index("ix_operations_status_run_after", "operations", ["status", "run_after"])
     op.create_index("ix_operations_machine_id", "operations", ["machine_id"])

@@ -32,6 +32,7 @@ from corral.errors import (
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome, StateMachine
 from corral.store import queries as q
 from corral.store.schema import HISTORY_SOURCES
+from corral.store.transaction import SqlaTransaction, Transaction, transaction
 
 log = structlog.get_logger("corral.engine")
 
@@ -154,7 +155,9 @@ class Engine:
                     writes.append(self._prepare(placeholder, outcome, now=now, source="operator",
                                                 actor=actor, reason=reason, payload=None,
                                                 operation_id=None))
-                self._write(conn, writes)
+                SqlaTransaction(conn).write([w.change for w in writes],
+                                            [w.history for w in writes],
+                                            [op for w in writes for op in w.operations])
         except IntegrityError:
             raise Conflict(f"another process created one of these {kind}s at the same time; "
                            "nothing was imported, try again") from None
@@ -208,13 +211,13 @@ class Engine:
         if event == TIMEOUT_EVENT:
             raise CorralError("'timeout' is fired by the deadline sweep only; to move a machine "
                               "on, force its state")
-        with self.db.begin() as conn:
-            row = self._lock(conn, kind, name)
+        with transaction(self.db) as tx:
+            row = self._lock(tx, kind, name)
             now = self.clock()
             outcome = machine.compute(row.state, row.counters, event, name=name)
             write = self._prepare(row, outcome, now=now, source=source, actor=actor,
                                   reason=reason, payload=payload, operation_id=None)
-            self._write(conn, [write])
+            self._write(tx, [write])
         self._log(write.result, source)
         return write.result
 
@@ -240,21 +243,23 @@ class Engine:
         machine.state(state)
         if if_state is not None:
             machine.state(if_state)
-        with self.db.begin() as conn:
-            row = self._lock(conn, kind, name)
+        with transaction(self.db) as tx:
+            row = self._lock(tx, kind, name)
             if if_state is not None and row.state != if_state:
                 raise StateMismatch(kind, name, if_state, row.state)
             now = self.clock()
             outcome = machine.enter(row.state, state, FORCE_EVENT, row.counters)
             write = self._prepare(row, outcome, now=now, source="operator", actor=actor,
                                   reason=reason, payload=None, operation_id=None)
-            self._write(conn, [write])
+            self._write(tx, [write])
         self._log(write.result, "operator")
         return write.result
 
     def set_attrs(self, kind: str, name: str, attrs: Mapping[str, Any]) -> None:
         with self.db.begin() as conn:
-            row = self._lock(conn, kind, name)
+            row = q.lock_machine(conn, kind, name)
+            if row is None:
+                raise UnknownMachine(kind, name)
             q.update_machine_attrs(conn, row.id, attrs, self.clock())
 
     # ------------------------------------------------------------ timeouts
@@ -270,11 +275,11 @@ class Engine:
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
-            with self.db.begin() as conn:
+            with transaction(self.db) as tx:
                 now = self.clock()
-                rows = q.claim_due_machines(conn, now, batch)
+                rows = tx.claim_due_machines(now, batch)
                 writes = [w for w in (self._timeout(row, now) for row in rows) if w]
-                self._write(conn, writes)
+                self._write(tx, writes)
             for write in writes:
                 self._log(write.result, "timeout")
             fired += len(writes)
@@ -353,7 +358,8 @@ class Engine:
             row = q.get_machine_by_id(conn, op.machine_id)
             if row is None:
                 raise NotFound(f"operation {op.id} refers to a deleted machine")
-            row = self._lock(conn, row.kind, row.name)
+            row = q.lock_machine(conn, row.kind, row.name)
+            assert row is not None
             current = q.lock_operation(conn, op.id)
             now = self.clock()
             if current is None or current.status not in ("pending", "running"):
@@ -375,7 +381,7 @@ class Engine:
             outcome = machine.compute(row.state, row.counters, event, name=row.name)
             write = self._prepare(row, outcome, now=now, source="operation", actor=None,
                                   reason=error, payload=result_doc, operation_id=op.id)
-            self._write(conn, [write])
+            SqlaTransaction(conn).write([write.change], [write.history], write.operations)
             q.finish_operation(conn, op.id, status="done" if ok else "failed",
                                result=result_doc, error=error, now=now)
         self._log(write.result, "operation", operation_id=op.id)
@@ -383,8 +389,8 @@ class Engine:
 
     # ------------------------------------------------------------ internals
 
-    def _lock(self, conn: Connection, kind: str, name: str) -> q.MachineRow:
-        row = q.lock_machine(conn, kind, name)
+    def _lock(self, tx: Transaction, kind: str, name: str) -> q.MachineRow:
+        row = tx.lock_machine(kind, name)
         if row is None:
             raise UnknownMachine(kind, name)
         return row
@@ -446,12 +452,10 @@ class Engine:
         return _Write(change=change, history=history, operations=operations,
                       result=self._result(row, outcome, epoch))
 
-    def _write(self, conn: Connection, writes: list[_Write]) -> None:
-        if not writes:
-            return
-        q.update_machines(conn, [w.change for w in writes])
-        q.insert_history(conn, [w.history for w in writes])
-        q.insert_operations(conn, [op for w in writes for op in w.operations])
+    def _write(self, tx: Transaction, writes: list[_Write]) -> None:
+        if writes:
+            tx.write([w.change for w in writes], [w.history for w in writes],
+                     [op for w in writes for op in w.operations])
 
     def _log(self, result: FireResult, source: str, **extra: Any) -> None:
         log.info("transition", **{result.kind: result.name}, from_state=result.from_state,

@@ -52,7 +52,10 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            # No pre-ping: it costs a round trip per event. A connection that
+            # breaks is invalidated when its transaction fails instead.
+            pool_pre_ping=False,
+            pool_recycle=3600,
             connect_args={"prepare_threshold": 1, "application_name": "corral"},
         )
     raise ConfigError(f"unsupported database {backend!r}; use sqlite or postgresql")

@@ -1,0 +1,154 @@
+"""Engine benchmarks on PostgreSQL, each beside a baseline measured in the same run.
+
+    make bench                      # or: python -m bench.run [--seconds 15]
+
+(a) ``fire`` events/s from 8 worker processes, next to pgbench -N TPS with 8
+    clients on the same database; the ratio is the figure that matters.
+(b) 100,000 boards all due: timeouts fired per second by 1 and by 2 sweeping
+    processes.
+Results go to stdout; docs/performance.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import time
+
+import psycopg
+
+from bench.common import create_database, drop_database, pgbench_tps
+from corral.engine.core import Engine
+from corral.errors import Conflict
+from corral.logs import configure_logging
+from corral.machines import MachineSet, load_definitions
+from corral.paths import DEFAULT_STATEMACHINES_DIR
+from corral.store.db import create_db_engine
+from corral.store.migrate import upgrade
+
+WORKERS = 8
+BOARDS_PER_WORKER = 50
+
+
+def _engine(url: str) -> Engine:
+    configure_logging(os.environ.get("CORRAL_BENCH_LOG_LEVEL", "warning"), "json")
+    return Engine(create_db_engine(url, pool_size=2),
+                  MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
+
+
+def _fire_worker(url: str, index: int, seconds: float, start: mp.Event, out: mp.Queue) -> None:
+    engine = _engine(url)
+    names = [f"w{index}-b{i}" for i in range(BOARDS_PER_WORKER)]
+    # Alternate maintenance <-> leave_maintenance: every other event enters
+    # power_cycling and writes an operation, as a real event mix does.
+    events = ("maintenance", "leave_maintenance")
+    count, latencies, i = 0, [], 0
+    start.wait()
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        name = names[i % len(names)]
+        event = events[(i // len(names)) % 2]
+        t0 = time.perf_counter()
+        try:
+            engine.fire("board", name, event, source="callback")
+        except Conflict:
+            pass
+        latencies.append(time.perf_counter() - t0)
+        count += 1
+        i += 1
+    out.put((count, latencies[::10]))
+
+
+def bench_fire(url: str, seconds: float) -> dict[str, float]:
+    engine = _engine(url)
+    engine.import_machines("board", {f"w{w}-b{i}": {} for w in range(WORKERS)
+                                     for i in range(BOARDS_PER_WORKER)})
+    for row in engine.list("board"):
+        engine.force_state("board", row.name, "power_cycling", actor="bench", reason="set up")
+    engine.db.dispose()
+    start, out = mp.Event(), mp.Queue()
+    procs = [mp.Process(target=_fire_worker, args=(url, w, seconds, start, out))
+             for w in range(WORKERS)]
+    for p in procs:
+        p.start()
+    time.sleep(2)  # let every worker connect and load its definitions
+    start.set()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    total = sum(r[0] for r in results)
+    lat = sorted(x for r in results for x in r[1])
+    return {"events_per_s": total / seconds, "p50_ms": statistics.median(lat) * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+
+def _seed_due_boards(url: str, count: int) -> None:
+    """Bench set-up only: 100k ready boards whose deadline has passed."""
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("TRUNCATE machines, history, operations RESTART IDENTITY")
+        conn.execute(
+            """INSERT INTO machines (kind, name, state, state_entered_at, deadline, counters,
+                                     epoch, attrs, created_at, updated_at)
+               SELECT 'board', 'due-' || g, 'ready', now() - interval '10 min',
+                      now() - interval '1 s' * (g %% 600), '{}', 1, '{}', now(), now()
+               FROM generate_series(1, %s) g""", (count,))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE machines")
+
+
+def _sweep_worker(url: str, batch: int, start: mp.Event, out: mp.Queue) -> None:
+    engine = _engine(url)
+    start.wait()
+    out.put(engine.sweep_timeouts(batch=batch))
+
+
+def bench_sweep(url: str, boards: int, processes: int, batch: int) -> dict[str, float]:
+    _seed_due_boards(url, boards)
+    start, out = mp.Event(), mp.Queue()
+    procs = [mp.Process(target=_sweep_worker, args=(url, batch, start, out))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(2)
+    t0 = time.perf_counter()
+    start.set()
+    fired = [out.get() for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    assert sum(fired) == boards, (fired, boards)
+    return {"timeouts_per_s": boards / elapsed, "seconds": elapsed, "per_process": fired}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--boards", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    url = create_database()
+    try:
+        engine = create_db_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        print(f"database: {url.rsplit('/', 1)[1]}  cpus: {os.cpu_count()}")
+        fire = bench_fire(url, args.seconds)
+        tps = pgbench_tps(url, clients=8, seconds=int(args.seconds))
+        print(f"(a) fire, 8 worker processes:   {fire['events_per_s']:9.0f} events/s "
+              f"(p50 {fire['p50_ms']:.2f} ms, p99 {fire['p99_ms']:.2f} ms)")
+        print(f"    pgbench -N, 8 clients:      {tps:9.0f} TPS")
+        print(f"    ratio fire / pgbench:       {fire['events_per_s'] / tps:9.2f}")
+        for processes in (1, 2):
+            sweep = bench_sweep(url, args.boards, processes, args.batch)
+            print(f"(b) {args.boards} due, {processes} sweeper(s): "
+                  f"{sweep['timeouts_per_s']:9.0f} timeouts/s ({sweep['seconds']:.1f} s, "
+                  f"per process {sweep['per_process']})")
+    finally:
+        drop_database(url)
+
+
+if __name__ == "__main__":
+    main()
