@@ -20,6 +20,7 @@ import time
 import psycopg
 
 from bench.common import create_database, drop_database, pgbench_tps
+from corral.config import Settings
 from corral.engine.core import Engine
 from corral.errors import Conflict
 from corral.logs import configure_logging
@@ -99,16 +100,17 @@ def _seed_due_boards(url: str, count: int) -> None:
         conn.execute("VACUUM ANALYZE machines")
 
 
-def _sweep_worker(url: str, batch: int, start: mp.Event, out: mp.Queue) -> None:
+def _sweep_worker(url: str, batch: int, threads: int, start: mp.Event, out: mp.Queue) -> None:
     engine = _engine(url)
     start.wait()
-    out.put(engine.sweep_timeouts(batch=batch))
+    out.put(engine.sweep_timeouts(batch=batch, threads=threads))
 
 
-def bench_sweep(url: str, boards: int, processes: int, batch: int) -> dict[str, float]:
+def bench_sweep(url: str, boards: int, processes: int, batch: int, threads: int
+                ) -> dict[str, float]:
     _seed_due_boards(url, boards)
     start, out = mp.Event(), mp.Queue()
-    procs = [mp.Process(target=_sweep_worker, args=(url, batch, start, out))
+    procs = [mp.Process(target=_sweep_worker, args=(url, batch, threads, start, out))
              for _ in range(processes)]
     for p in procs:
         p.start()
@@ -127,7 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--boards", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=1000)
+    defaults = Settings()
+    parser.add_argument("--batch", type=int, default=defaults.sweep_batch)
+    parser.add_argument("--threads", type=int, default=defaults.sweep_threads,
+                        help="sweep threads per process (setting sweep_threads)")
     args = parser.parse_args()
     url = create_database()
     try:
@@ -142,8 +147,8 @@ def main() -> None:
         print(f"    pgbench -N, 8 clients:      {tps:9.0f} TPS")
         print(f"    ratio fire / pgbench:       {fire['events_per_s'] / tps:9.2f}")
         for processes in (1, 2):
-            sweep = bench_sweep(url, args.boards, processes, args.batch)
-            print(f"(b) {args.boards} due, {processes} sweeper(s): "
+            sweep = bench_sweep(url, args.boards, processes, args.batch, args.threads)
+            print(f"(b) {args.boards} due, {processes} process(es) x {args.threads} threads: "
                   f"{sweep['timeouts_per_s']:9.0f} timeouts/s ({sweep['seconds']:.1f} s, "
                   f"per process {sweep['per_process']})")
     finally:

@@ -34,7 +34,8 @@ class Settings:
     log_format: str = "auto"
     # Sweeps
     sweep_interval: float = 1.0
-    sweep_batch: int = 500
+    sweep_batch: int = 1000
+    sweep_threads: int = 2
     timeout_scale: float = 1.0
     # Operations
     backend: str = "command"
@@ -68,7 +69,7 @@ class Settings:
 
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
-_POSITIVE = {"sweep_interval", "sweep_batch", "timeout_scale", "operation_interval",
+_POSITIVE = {"sweep_interval", "sweep_batch", "sweep_threads", "timeout_scale", "operation_interval",
              "operation_threads", "operation_lease", "operation_max_attempts", "command_timeout"}
 _NON_NEGATIVE = {"operation_retry_delay", "sim_operation_seconds", "sim_boot_seconds",
                  "sim_install_seconds", "sim_seed"}

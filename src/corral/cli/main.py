@@ -156,7 +156,8 @@ def serve(obj: CliContext, simulate: bool) -> None:
     check_operations(engine.machines, handlers)
     worker = build_worker(engine, settings, handlers)
     jobs: dict[str, tuple[Callable[[], object], float]] = {
-        "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch),
+        "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch,
+                                                         threads=settings.sweep_threads),
                            settings.sweep_interval),
         "operations": (worker.dispatch, settings.operation_interval),
     }
@@ -196,7 +197,7 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
     engine = obj.engine()
     handlers = build_handlers(settings, simulate=simulate or None)
     check_operations(engine.machines, handlers)
-    fired = engine.sweep_timeouts(batch=settings.sweep_batch)
+    fired = engine.sweep_timeouts(batch=settings.sweep_batch, threads=settings.sweep_threads)
     ran = build_worker(engine, settings, handlers).run_pending()
     click.echo(f"timeouts fired: {fired}, operations run: {ran}")
 

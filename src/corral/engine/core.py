@@ -13,6 +13,7 @@ entry the machine has already left is recorded on the operation and ignored.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -148,9 +149,9 @@ class Engine:
                         conn, kind=kind, name=name, state=machine.initial, attrs=attrs,
                         now=now, deadline=self._deadline(now, outcome.timeout),
                     )
-                    placeholder = q.MachineRow(
+                    placeholder = q.MachineState(
                         id=machine_id, kind=kind, name=name, state="", state_entered_at=now,
-                        deadline=None, counters={}, epoch=0, attrs=dict(attrs),
+                        deadline=None, counters={}, epoch=0,
                     )
                     writes.append(self._prepare(placeholder, outcome, now=now, source="operator",
                                                 actor=actor, reason=reason, payload=None,
@@ -264,13 +265,24 @@ class Engine:
 
     # ------------------------------------------------------------ timeouts
 
-    def sweep_timeouts(self, *, batch: int = 500, max_batches: int | None = None) -> int:
+    def sweep_timeouts(
+        self, *, batch: int = 500, max_batches: int | None = None, threads: int = 1
+    ) -> int:
         """Fire ``timeout`` on every machine whose deadline has passed.
 
         Each batch is one transaction: claim due rows with ``FOR UPDATE SKIP
-        LOCKED``, compute and write every outcome, commit. Returns how many
-        timeouts fired.
+        LOCKED``, compute and write every outcome, commit. With ``threads`` > 1
+        (PostgreSQL only) several batches are in flight at once, so one batch's
+        commit overlaps the next one's computation. Returns how many timeouts
+        fired.
         """
+        if threads <= 1 or self.db.dialect.name != "postgresql":
+            return self._sweep_batches(batch, max_batches)
+        with ThreadPoolExecutor(threads, thread_name_prefix="corral-sweep") as pool:
+            runs = [pool.submit(self._sweep_batches, batch, max_batches) for _ in range(threads)]
+            return sum(run.result() for run in runs)
+
+    def _sweep_batches(self, batch: int, max_batches: int | None) -> int:
         fired = 0
         batches = 0
         while max_batches is None or batches < max_batches:
@@ -287,7 +299,7 @@ class Engine:
                 break
         return fired
 
-    def _timeout(self, row: q.MachineRow, now: datetime) -> _Write | None:
+    def _timeout(self, row: q.MachineState, now: datetime) -> _Write | None:
         machine = self.machines[row.kind] if row.kind in self.machines else None
         try:
             if machine is None:
@@ -310,8 +322,8 @@ class Engine:
                 "actor": None, "reason": f"deadline cleared: {exc}", "at": now,
                 "payload": None, "operation_id": None,
             }, operations=[], result=self._result(row, outcome, row.epoch))
-        payload = {"deadline": row.deadline.isoformat() if row.deadline else None,
-                   "lag_seconds": round((now - row.deadline).total_seconds(), 6)
+        # How late the sweep fired, for operators and the timeout-lag metric.
+        payload = {"lag_seconds": round((now - row.deadline).total_seconds(), 3)
                    if row.deadline else None}
         return self._prepare(row, outcome, now=now, source="timeout", actor=None, reason=None,
                              payload=payload, operation_id=None)
@@ -389,7 +401,7 @@ class Engine:
 
     # ------------------------------------------------------------ internals
 
-    def _lock(self, tx: Transaction, kind: str, name: str) -> q.MachineRow:
+    def _lock(self, tx: Transaction, kind: str, name: str) -> q.MachineState:
         row = tx.lock_machine(kind, name)
         if row is None:
             raise UnknownMachine(kind, name)
@@ -400,19 +412,19 @@ class Engine:
             return None
         return now + timedelta(seconds=timeout * self.timeout_scale)
 
-    def _result(self, row: q.MachineRow, outcome: Outcome, epoch: int) -> FireResult:
+    def _result(self, row: q.MachineState, outcome: Outcome, epoch: int) -> FireResult:
         return FireResult(kind=row.kind, name=row.name, event=outcome.event,
                           from_state=outcome.from_state, to_state=outcome.to_state, epoch=epoch,
                           entered=outcome.entered, operations=outcome.operations)
 
-    def _ignored(self, row: q.MachineRow, event: str, note: str) -> FireResult:
+    def _ignored(self, row: q.MachineState, event: str, note: str) -> FireResult:
         return FireResult(kind=row.kind, name=row.name, event=event, from_state=row.state,
                           to_state=row.state, epoch=row.epoch, entered=False, ignored=True,
                           note=note)
 
     def _prepare(
         self,
-        row: q.MachineRow,
+        row: q.MachineState,
         outcome: Outcome,
         *,
         now: datetime,

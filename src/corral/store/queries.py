@@ -20,8 +20,13 @@ from corral.store.schema import history, machines, operations
 # ---------------------------------------------------------------- values
 
 
-@dataclass(frozen=True, kw_only=True)
-class MachineRow:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MachineState:
+    """What an event reads and rewrites: the row minus inventory and timestamps.
+
+    The hot paths (lock one machine, claim due machines) load only this.
+    """
+
     id: int
     kind: str
     name: str
@@ -30,6 +35,19 @@ class MachineRow:
     deadline: datetime | None
     counters: dict[str, int]
     epoch: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> MachineState:
+        m = row._mapping
+        return cls(id=m["id"], kind=m["kind"], name=m["name"], state=m["state"],
+                   state_entered_at=m["state_entered_at"], deadline=m["deadline"],
+                   counters=dict(m["counters"] or {}), epoch=m["epoch"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MachineRow(MachineState):
+    """A whole machine row, for operators and operation backends."""
+
     attrs: dict[str, Any]
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -110,7 +128,7 @@ class StateChange:
 
 # ---------------------------------------------------------------- machines
 
-_MACHINE_COLUMNS = (
+_STATE_COLUMNS = (
     machines.c.id,
     machines.c.kind,
     machines.c.name,
@@ -119,13 +137,14 @@ _MACHINE_COLUMNS = (
     machines.c.deadline,
     machines.c.counters,
     machines.c.epoch,
-    machines.c.attrs,
 )
+_MACHINE_COLUMNS = (*_STATE_COLUMNS, machines.c.attrs, machines.c.created_at,
+                    machines.c.updated_at)
 
-_select_machine = select(*_MACHINE_COLUMNS, machines.c.created_at, machines.c.updated_at).where(
+_select_machine = select(*_MACHINE_COLUMNS).where(
     machines.c.kind == bindparam("kind"), machines.c.name == bindparam("name")
 )
-_lock_machine = select(*_MACHINE_COLUMNS).where(
+_lock_machine = select(*_STATE_COLUMNS).where(
     machines.c.kind == bindparam("kind"), machines.c.name == bindparam("name")
 ).with_for_update()
 
@@ -135,10 +154,10 @@ def get_machine(conn: Connection, kind: str, name: str) -> MachineRow | None:
     return MachineRow.from_row(row) if row else None
 
 
-def lock_machine(conn: Connection, kind: str, name: str) -> MachineRow | None:
-    """Read a machine row and lock it until the transaction ends."""
+def lock_machine(conn: Connection, kind: str, name: str) -> MachineState | None:
+    """Read a machine's state and lock its row until the transaction ends."""
     row = conn.execute(_lock_machine, {"kind": kind, "name": name}).first()
-    return MachineRow.from_row(row) if row else None
+    return MachineState.from_row(row) if row else None
 
 
 def insert_machine(
@@ -181,9 +200,7 @@ def update_machine_attrs(
 def list_machines(
     conn: Connection, kind: str, *, states: Sequence[str] | None = None
 ) -> list[MachineRow]:
-    query = select(*_MACHINE_COLUMNS, machines.c.created_at, machines.c.updated_at).where(
-        machines.c.kind == kind
-    )
+    query = select(*_MACHINE_COLUMNS).where(machines.c.kind == kind)
     if states is not None:
         query = query.where(machines.c.state.in_(list(states)))
     return [MachineRow.from_row(r) for r in conn.execute(query.order_by(machines.c.name))]
@@ -231,20 +248,20 @@ def update_machines(conn: Connection, changes: Sequence[StateChange]) -> None:
     )
 
 
-def claim_due_machines(conn: Connection, now: datetime, limit: int) -> list[MachineRow]:
+def claim_due_machines(conn: Connection, now: datetime, limit: int) -> list[MachineState]:
     """Lock up to ``limit`` machines whose deadline has passed.
 
     Rows another transaction holds are skipped (``SKIP LOCKED``), so any number
     of sweepers can share a database and each due row is claimed by one.
     """
     query = (
-        select(*_MACHINE_COLUMNS)
+        select(*_STATE_COLUMNS)
         .where(machines.c.deadline <= now)
         .order_by(machines.c.deadline)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [MachineRow.from_row(r) for r in conn.execute(query)]
+    return [MachineState.from_row(r) for r in conn.execute(query)]
 
 
 def next_deadline(conn: Connection) -> datetime | None:

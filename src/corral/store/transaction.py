@@ -24,9 +24,9 @@ from corral.store import queries as q
 
 
 class Transaction(Protocol):
-    def lock_machine(self, kind: str, name: str) -> q.MachineRow | None: ...
+    def lock_machine(self, kind: str, name: str) -> q.MachineState | None: ...
 
-    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineRow]: ...
+    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]: ...
 
     def write(
         self,
@@ -42,10 +42,10 @@ class SqlaTransaction:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def lock_machine(self, kind: str, name: str) -> q.MachineRow | None:
+    def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
         return q.lock_machine(self.conn, kind, name)
 
-    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineRow]:
+    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
         return q.claim_due_machines(self.conn, now, limit)
 
     def write(self, changes, history, operations) -> None:  # type: ignore[no-untyped-def]
@@ -54,14 +54,14 @@ class SqlaTransaction:
         q.insert_operations(self.conn, operations)
 
 
-_MACHINE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, epoch, attrs"
+_STATE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, epoch"
 
 PG_LOCK_MACHINE = f"""
-SELECT {_MACHINE_COLUMNS} FROM machines WHERE kind = %s AND name = %s FOR UPDATE
+SELECT {_STATE_COLUMNS} FROM machines WHERE kind = %s AND name = %s FOR UPDATE
 """
 
 PG_CLAIM_DUE_MACHINES = f"""
-SELECT {_MACHINE_COLUMNS} FROM machines
+SELECT {_STATE_COLUMNS} FROM machines
 WHERE deadline <= %s ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED
 """
 
@@ -122,11 +122,10 @@ FROM jsonb_to_recordset(%(operations)s::jsonb)
 """
 
 
-def _row(values: tuple[Any, ...]) -> q.MachineRow:
-    id_, kind, name, state, entered, deadline, counters, epoch, attrs = values
-    return q.MachineRow(id=id_, kind=kind, name=name, state=state, state_entered_at=entered,
-                        deadline=deadline, counters=counters or {}, epoch=epoch,
-                        attrs=attrs or {})
+def _row(values: tuple[Any, ...]) -> q.MachineState:
+    id_, kind, name, state, entered, deadline, counters, epoch = values
+    return q.MachineState(id=id_, kind=kind, name=name, state=state, state_entered_at=entered,
+                          deadline=deadline, counters=counters or {}, epoch=epoch)
 
 
 class PgTransaction:
@@ -136,12 +135,12 @@ class PgTransaction:
         self.cursor = cursor
         self.wrote = False
 
-    def lock_machine(self, kind: str, name: str) -> q.MachineRow | None:
+    def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
         self.cursor.execute(PG_LOCK_MACHINE, (kind, name))
         values = self.cursor.fetchone()
         return _row(values) if values else None
 
-    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineRow]:
+    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
         self.cursor.execute(PG_CLAIM_DUE_MACHINES, (now, limit))
         return [_row(v) for v in self.cursor.fetchall()]
 
@@ -149,10 +148,13 @@ class PgTransaction:
         if not changes and not history and not operations:
             return
         self.wrote = True
+        # A batch shares a handful of timestamps (its "now" and a deadline per
+        # timeout length): format each once instead of once per row.
+        iso = _IsoFormatter()
         ops = _dumps([
             {"machine_id": o["machine_id"], "machine_epoch": o["machine_epoch"],
              "kind": o["kind"], "target": o["target"], "payload": o["payload"],
-             "created_at": o["created_at"]}
+             "created_at": iso(o["created_at"])}
             for o in operations
         ])
         if len(changes) == 1 and len(history) == 1:
@@ -170,14 +172,25 @@ class PgTransaction:
             return
         self.cursor.execute(PG_WRITE, {
             "changes": _dumps([
-                {"id": c.id, "state": c.state, "entered": c.state_entered_at,
-                 "deadline": c.deadline, "counters": c.counters, "epoch": c.epoch,
-                 "updated": c.updated_at}
+                {"id": c.id, "state": c.state, "entered": iso(c.state_entered_at),
+                 "deadline": iso(c.deadline), "counters": c.counters, "epoch": c.epoch,
+                 "updated": iso(c.updated_at)}
                 for c in changes
             ]),
-            "history": _dumps(history),
+            "history": _dumps([h | {"at": iso(h["at"])} for h in history]),
             "operations": ops,
         })
+
+
+class _IsoFormatter(dict[datetime, str]):
+    def __call__(self, value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return self[value]
+        except KeyError:
+            text = self[value] = value.isoformat()
+            return text
 
 
 def _default(value: Any) -> Any:
