@@ -2,8 +2,10 @@
 
     make bench                      # or: python -m bench.run [--seconds 15]
 
-(a) ``fire`` events/s from 8 worker processes, next to pgbench -N TPS with 8
-    clients on the same database; the ratio is the figure that matters.
+(a) ``fire`` events/s from 8 concurrent workers, next to pgbench -N TPS with 8
+    clients on the same database; the ratio is the figure that matters. Two
+    shapes: 8 threads of one engine process (group commit shares
+    transactions), and 8 single-threaded processes (one commit per event).
 (b) 100,000 boards all due: timeouts fired per second by 1 and by 2 sweeping
     processes.
 Results go to stdout; docs/performance.md records them.
@@ -14,8 +16,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import statistics
+import threading
 import time
+from typing import Any
 
 import psycopg
 
@@ -39,8 +44,7 @@ def _engine(url: str) -> Engine:
                   MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
 
 
-def _fire_worker(url: str, index: int, seconds: float, start: mp.Event, out: mp.Queue) -> None:
-    engine = _engine(url)
+def _fire_loop(engine: Engine, index: int, seconds: float, start: Any, out: Any) -> None:
     names = [f"w{index}-b{i}" for i in range(BOARDS_PER_WORKER)]
     # Alternate maintenance <-> leave_maintenance: every other event enters
     # power_cycling and writes an operation, as a real event mix does.
@@ -62,13 +66,31 @@ def _fire_worker(url: str, index: int, seconds: float, start: mp.Event, out: mp.
     out.put((count, latencies[::10]))
 
 
-def bench_fire(url: str, seconds: float) -> dict[str, float]:
+def _fire_worker(url: str, index: int, seconds: float, start: Any, out: Any) -> None:
+    _fire_loop(_engine(url), index, seconds, start, out)
+
+
+def _seed_fire_boards(url: str) -> None:
     engine = _engine(url)
+    with engine.db.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE machines, history, operations RESTART IDENTITY")
     engine.import_machines("board", {f"w{w}-b{i}": {} for w in range(WORKERS)
                                      for i in range(BOARDS_PER_WORKER)})
-    for row in engine.list("board"):
+    for row in engine.list_machines("board"):
         engine.force_state("board", row.name, "power_cycling", actor="bench", reason="set up")
     engine.db.dispose()
+
+
+def _summary(results: list[tuple[int, list[float]]], seconds: float) -> dict[str, float]:
+    total = sum(r[0] for r in results)
+    lat = sorted(x for r in results for x in r[1])
+    return {"events_per_s": total / seconds, "p50_ms": statistics.median(lat) * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+
+def bench_fire_processes(url: str, seconds: float) -> dict[str, float]:
+    """8 worker processes, one event per transaction (no sharing across processes)."""
+    _seed_fire_boards(url)
     start, out = mp.Event(), mp.Queue()
     procs = [mp.Process(target=_fire_worker, args=(url, w, seconds, start, out))
              for w in range(WORKERS)]
@@ -79,10 +101,25 @@ def bench_fire(url: str, seconds: float) -> dict[str, float]:
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    total = sum(r[0] for r in results)
-    lat = sorted(x for r in results for x in r[1])
-    return {"events_per_s": total / seconds, "p50_ms": statistics.median(lat) * 1000,
-            "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+    return _summary(results, seconds)
+
+
+def bench_fire_threads(url: str, seconds: float) -> dict[str, float]:
+    """8 worker threads in one engine process, with group commit."""
+    _seed_fire_boards(url)
+    engine = _engine(url)
+    engine.start_group_commit()
+    start, out = threading.Event(), queue.Queue()
+    threads = [threading.Thread(target=_fire_loop, args=(engine, w, seconds, start, out))
+               for w in range(WORKERS)]
+    for t in threads:
+        t.start()
+    start.set()
+    results = [out.get() for _ in threads]
+    for t in threads:
+        t.join()
+    engine.close()
+    return _summary(results, seconds)
 
 
 def _seed_due_boards(url: str, count: int) -> None:
@@ -125,9 +162,17 @@ def bench_sweep(url: str, boards: int, processes: int, batch: int, threads: int
     return {"timeouts_per_s": boards / elapsed, "seconds": elapsed, "per_process": fired}
 
 
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median (odd counts) or just below it."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="run each measurement this many times; report the median")
     parser.add_argument("--boards", type=int, default=100_000)
     defaults = Settings()
     parser.add_argument("--batch", type=int, default=defaults.sweep_batch)
@@ -139,18 +184,33 @@ def main() -> None:
         engine = create_db_engine(url)
         upgrade(engine)
         engine.dispose()
-        print(f"database: {url.rsplit('/', 1)[1]}  cpus: {os.cpu_count()}")
-        fire = bench_fire(url, args.seconds)
-        tps = pgbench_tps(url, clients=8, seconds=int(args.seconds))
-        print(f"(a) fire, 8 worker processes:   {fire['events_per_s']:9.0f} events/s "
-              f"(p50 {fire['p50_ms']:.2f} ms, p99 {fire['p99_ms']:.2f} ms)")
-        print(f"    pgbench -N, 8 clients:      {tps:9.0f} TPS")
-        print(f"    ratio fire / pgbench:       {fire['events_per_s'] / tps:9.2f}")
-        for processes in (1, 2):
-            sweep = bench_sweep(url, args.boards, processes, args.batch, args.threads)
-            print(f"(b) {args.boards} due, {processes} process(es) x {args.threads} threads: "
-                  f"{sweep['timeouts_per_s']:9.0f} timeouts/s ({sweep['seconds']:.1f} s, "
-                  f"per process {sweep['per_process']})")
+        print(f"database: {url.rsplit('/', 1)[1]}  cpus: {os.cpu_count()}  "
+              f"median of {args.repeat} runs")
+        rows: dict[str, list[dict[str, Any]]] = {"threads": [], "processes": [], "pgbench": []}
+        for _ in range(args.repeat):
+            rows["threads"].append(bench_fire_threads(url, args.seconds))
+            rows["processes"].append(bench_fire_processes(url, args.seconds))
+            rows["pgbench"].append({"tps": pgbench_tps(url, clients=8,
+                                                       seconds=int(args.seconds))})
+        ratios = {shape: statistics.median(r["events_per_s"] / p["tps"]
+                                           for r, p in zip(rows[shape], rows["pgbench"],
+                                                           strict=True))
+                  for shape in ("threads", "processes")}
+        tps = statistics.median(p["tps"] for p in rows["pgbench"])
+        print(f"    pgbench -N, 8 clients:                   {tps:9.0f} TPS")
+        for shape, label in (("threads", "8 threads, group commit"),
+                             ("processes", "8 processes, one commit per event")):
+            fire = _median_run(rows[shape], "events_per_s")
+            print(f"(a) fire, {label + ':':<34} {fire['events_per_s']:7.0f} events/s, "
+                  f"ratio {ratios[shape]:.2f} x pgbench "
+                  f"(p50 {fire['p50_ms']:.2f} ms, p99 {fire['p99_ms']:.2f} ms)")
+        for n in (1, 2):
+            runs = [bench_sweep(url, args.boards, n, args.batch, args.threads)
+                    for _ in range(args.repeat)]
+            sweep = _median_run(runs, "timeouts_per_s")
+            print(f"(b) {args.boards} due, {n} process(es) x {args.threads} sweep threads: "
+                  f"{sweep['timeouts_per_s']:7.0f} timeouts/s ({sweep['seconds']:.1f} s; "
+                  f"all runs: {', '.join(str(round(r['timeouts_per_s'])) for r in runs)})")
     finally:
         drop_database(url)
 

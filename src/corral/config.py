@@ -37,6 +37,10 @@ class Settings:
     sweep_batch: int = 1000
     sweep_threads: int = 2
     timeout_scale: float = 1.0
+    # Group commit: concurrent events in one process share transactions
+    # (0 turns it off: one transaction per event).
+    group_commit_threads: int = 2
+    group_commit_max_batch: int = 64
     # Operations
     backend: str = "command"
     operation_interval: float = 0.5
@@ -69,10 +73,11 @@ class Settings:
 
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
-_POSITIVE = {"sweep_interval", "sweep_batch", "sweep_threads", "timeout_scale", "operation_interval",
-             "operation_threads", "operation_lease", "operation_max_attempts", "command_timeout"}
-_NON_NEGATIVE = {"operation_retry_delay", "sim_operation_seconds", "sim_boot_seconds",
-                 "sim_install_seconds", "sim_seed"}
+_POSITIVE = {"sweep_interval", "sweep_batch", "sweep_threads", "group_commit_max_batch",
+             "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
+             "operation_max_attempts", "command_timeout"}
+_NON_NEGATIVE = {"group_commit_threads", "operation_retry_delay", "sim_operation_seconds",
+                 "sim_boot_seconds", "sim_install_seconds", "sim_seed"}
 _PROBABILITIES = {"sim_power_cycle_failure", "sim_ping_failure", "sim_poll_failure",
                   "sim_install_failure", "sim_reimage_rate"}
 _CHOICES = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS, "backend": BACKENDS}

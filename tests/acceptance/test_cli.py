@@ -50,7 +50,8 @@ def test_import_list_show_history(corral, inventory):
     assert [(b["name"], b["state"]) for b in boards] == [("b1", "new"), ("b2", "new"),
                                                          ("b3", "new")]
     table = corral("board", "list").stdout
-    assert "b2" in table and "new" in table
+    assert "b2" in table
+    assert "new" in table
     shown = json.loads(corral("board", "show", "b1", "--json").stdout)
     assert shown["attrs"]["arch"] == "arm64"
     assert shown["allowed_events"] == ["maintenance", "retire"]
@@ -65,7 +66,8 @@ def test_event_and_force_state(corral, inventory):
     out = corral("board", "event", "b1", "maintenance", "--reason", "relay swap").stdout
     assert "b1: ready -> maintenance" in out
     history = json.loads(corral("board", "history", "b1", "--json").stdout)
-    assert history[0]["reason"] == "relay swap" and history[0]["source"] == "operator"
+    assert history[0]["reason"] == "relay swap"
+    assert history[0]["source"] == "operator"
     failed = corral("board", "list", "--failed", "--json").stdout
     assert json.loads(failed) == []
 
@@ -89,13 +91,15 @@ def test_unknown_board_and_state_mismatch(corral, inventory):
     assert result.returncode == 4
     assert "is in state 'new', not 'ready'; nothing was changed" in result.stderr
     result = corral("board", "force-state", "b1", "nowhere", "--reason", "x", check=False)
-    assert result.returncode == 3 and "board has no state 'nowhere'" in result.stderr
+    assert result.returncode == 3
+    assert "board has no state 'nowhere'" in result.stderr
 
 
 def test_bad_payload_and_bad_inventory(corral, inventory, tmp_path):
     corral("board", "import", str(inventory))
     result = corral("board", "event", "b1", "retire", "--payload", "{nope", check=False)
-    assert result.returncode == 2 and "not JSON" in result.stderr
+    assert result.returncode == 2
+    assert "not JSON" in result.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("boards:\n  - name: b9\n    colur: red\n")
     result = corral("board", "import", str(bad), check=False)
@@ -126,7 +130,7 @@ def test_malformed_definition_stops_serve(corral, tmp_path, old, new, message):
     directory = _broken_machines(tmp_path, old, new)
     result = corral("--statemachines", str(directory), "serve", check=False, timeout=30)
     assert result.returncode == 2
-    line = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")][0]
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("error:"))
     assert f"{directory / 'board.yaml'}:" in line
     assert message in line
 

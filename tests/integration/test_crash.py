@@ -43,7 +43,7 @@ def test_kill_during_sweep_then_every_timeout_fires_once(engine, migrated_url):
     total = 3000
     engine.import_machines("board", {f"b{i:04d}": {} for i in range(total)})
     sweeper = [sys.executable, "-m", "tests.integration.sweeper", migrated_url]
-    victim = subprocess.Popen(sweeper + ["--batch", "50", "--pause", "0.05"], cwd=ROOT,
+    victim = subprocess.Popen([*sweeper, "--batch", "50", "--pause", "0.05"], cwd=ROOT,
                               stdout=subprocess.DEVNULL)
     wait_for(lambda: count_timeouts(engine) >= 200, what="the sweep to start")
     os.kill(victim.pid, signal.SIGKILL)
@@ -61,7 +61,7 @@ def test_kill_during_sweep_then_every_timeout_fires_once(engine, migrated_url):
     assert len(per_machine) == total
     assert set(per_machine.values()) == {2}
     assert ops == total
-    assert {r.state for r in engine.list("board")} == {"power_cycling"}
+    assert {r.state for r in engine.list_machines("board")} == {"power_cycling"}
 
 
 def _serve(url: str, log: Path, **settings: str) -> subprocess.Popen:
@@ -98,7 +98,8 @@ def test_kill_while_operation_leased_then_it_completes_once(sa_engine, machines,
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
-    assert op.kind == "power_cycle" and op.attempts == 1
+    assert op.kind == "power_cycle"
+    assert op.attempts == 1
     assert engine.get("board", "b1").state == "power_cycling"
 
     second = _serve(migrated_url, log, sim_operation_seconds="0", operation_lease="30")
@@ -114,7 +115,8 @@ def test_kill_while_operation_leased_then_it_completes_once(sa_engine, machines,
         stored = conn.execute(select(operations).where(operations.c.id == op.id)).one()
         results = conn.execute(select(func.count()).where(history.c.operation_id == op.id)
                                ).scalar_one()
-        row_id = conn.execute(select(machines_table.c.id).where(machines_table.c.name == "b1")).scalar_one()
+        row_id = conn.execute(select(machines_table.c.id)
+                              .where(machines_table.c.name == "b1")).scalar_one()
     assert (stored.status, stored.attempts) == ("done", 2)
     assert results == 1
     entries = list(reversed(engine.history("board", "b1", limit=1000)))

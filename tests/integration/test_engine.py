@@ -151,7 +151,7 @@ def test_sweep_fires_each_due_deadline_once_in_batches(engine, clock):
     clock.advance(11)
     assert engine.sweep_timeouts(batch=5) == 23
     assert engine.sweep_timeouts(batch=5) == 0
-    assert {r.state for r in engine.list("board")} == {"power_cycling"}
+    assert {r.state for r in engine.list_machines("board")} == {"power_cycling"}
 
 
 def test_operations_drive_a_board_to_ready(engine, clock):
@@ -196,13 +196,15 @@ def test_stale_result_is_recorded_and_ignored(engine):
     engine.force_state("board", "b1", "maintenance", actor="t", reason="pulled the board")
     history_before = history_count(engine)
     result = engine.report_operation(op, ok=True)
-    assert result.ignored and "stale" in result.note
+    assert result.ignored
+    assert "stale" in result.note
     assert engine.get("board", "b1").state == "maintenance"
     assert history_count(engine) == history_before
     [stored] = [o for o in operations_of(engine, "b1") if o.id == op.id]
     assert stored.status == "stale"
     again = engine.report_operation(op, ok=True)
-    assert again.ignored and "already stale" in again.note
+    assert again.ignored
+    assert "already stale" in again.note
 
 
 def test_duplicate_result_is_ignored(engine):

@@ -15,7 +15,7 @@ def test_defaults_need_no_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = load_settings(environ={})
     assert settings.database_url == "sqlite:///./var/corral.db"
-    assert settings.sweep_batch == 500
+    assert settings.sweep_batch == 1000
 
 
 def test_file_then_environment_then_command_line(tmp_path):

@@ -167,6 +167,9 @@ def serve(obj: CliContext, simulate: bool) -> None:
             install_failure=settings.sim_install_failure,
             reimage_rate=settings.sim_reimage_rate, seed=settings.sim_seed))
         jobs["simulated_boards"] = (boards.tick, 1.0)
+    if settings.group_commit_threads:
+        engine.start_group_commit(threads=settings.group_commit_threads,
+                                  max_batch=settings.group_commit_max_batch)
     scheduler = build_scheduler(jobs)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -181,6 +184,7 @@ def serve(obj: CliContext, simulate: bool) -> None:
     log.info("stopping")
     scheduler.shutdown(wait=True)
     worker.shutdown(wait=True)
+    engine.close()
 
 
 @cli.command()
@@ -281,7 +285,7 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
         if failed:
             wanted = [s for s in (wanted or machine.definition.failed_states)
                       if machine.is_failed(s)]
-        rows = engine.list(kind, states=wanted)
+        rows = engine.list_machines(kind, states=wanted)
         if as_json:
             click.echo(_json([_machine_doc(r, machine.is_failed(r.state),
                                            machine.allowed_events(r.state)) for r in rows]))

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine as Database
 from sqlalchemy.exc import IntegrityError
 
 from corral.errors import (
@@ -34,6 +34,9 @@ from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome, StateMachine
 from corral.store import queries as q
 from corral.store.schema import HISTORY_SOURCES
 from corral.store.transaction import SqlaTransaction, Transaction, transaction
+
+if TYPE_CHECKING:
+    from corral.engine.group import GroupCommitter
 
 log = structlog.get_logger("corral.engine")
 
@@ -63,6 +66,19 @@ class FireResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FireRequest:
+    """One event to fire (see :meth:`Engine.fire`)."""
+
+    kind: str
+    name: str
+    event: str
+    source: str
+    payload: Any = None
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class _Write:
     """Everything one accepted event writes, gathered so a batch can share statements."""
 
@@ -84,7 +100,7 @@ class Engine:
 
     def __init__(
         self,
-        db: Engine,
+        db: Database,
         machines: MachineSet,
         *,
         clock: Clock = utcnow,
@@ -94,6 +110,7 @@ class Engine:
         self.machines = machines
         self.clock = clock
         self.timeout_scale = timeout_scale
+        self._committer: GroupCommitter | None = None
 
     # ------------------------------------------------------------ machines
 
@@ -175,7 +192,7 @@ class Engine:
             raise UnknownMachine(kind, name)
         return row
 
-    def list(self, kind: str, *, states: list[str] | None = None) -> list[q.MachineRow]:
+    def list_machines(self, kind: str, *, states: list[str] | None = None) -> list[q.MachineRow]:
         self.machines[kind]
         with self.db.begin() as conn:
             return q.list_machines(conn, kind, states=states)
@@ -200,27 +217,88 @@ class Engine:
         actor: str | None = None,
         reason: str | None = None,
     ) -> FireResult:
-        """Apply one event to one machine in one transaction.
+        """Apply one event to one machine; returns once the transition has committed.
+
+        With group commit on (:meth:`start_group_commit`), events fired by
+        concurrent threads share transactions; each is still validated alone
+        and a refused event never fails its neighbours.
 
         Raises:
             UnknownMachine: no such machine.
             EventNotAllowed: the current state does not accept ``event``; nothing changed.
         """
-        if source not in HISTORY_SOURCES:
+        request = FireRequest(kind=kind, name=name, event=event, source=source,
+                              payload=payload, actor=actor, reason=reason)
+        self._check(request)
+        if self._committer is not None:
+            outcome = self._committer.submit(request)
+        else:
+            [outcome] = self.fire_batch([request])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def fire_batch(self, requests: list[FireRequest]) -> list[FireResult | CorralError]:
+        """Apply several events in one transaction, in order.
+
+        Machines are locked in id order. Each event is computed against the
+        state its predecessors in the batch left; one that is refused gets its
+        error in the result list and changes nothing. Returns, per request, its
+        result or its error (after the commit).
+        """
+        outcomes: list[FireResult | CorralError] = []
+        writes: list[_Write] = []
+        with transaction(self.db) as tx:
+            keys = sorted({(r.kind, r.name) for r in requests})
+            if len(keys) == 1:
+                locked = tx.lock_machine(*keys[0])
+                rows = {keys[0]: locked} if locked else {}
+            else:
+                rows = {(m.kind, m.name): m for m in tx.lock_machines(keys)}
+            now = self.clock()
+            for request in requests:
+                try:
+                    self._check(request)
+                    key = (request.kind, request.name)
+                    row = rows.get(key)
+                    if row is None:
+                        raise UnknownMachine(request.kind, request.name)
+                    outcome = self.machines[request.kind].compute(
+                        row.state, row.counters, request.event, name=request.name)
+                except CorralError as exc:
+                    outcomes.append(exc)
+                    continue
+                write = self._prepare(row, outcome, now=now, source=request.source,
+                                      actor=request.actor, reason=request.reason,
+                                      payload=request.payload, operation_id=None)
+                rows[key] = write.change.applied_to(row)
+                writes.append(write)
+                outcomes.append(write.result)
+            self._write(tx, writes)
+        for write in writes:
+            self._log(write.result, write.history["source"])
+        return outcomes
+
+    def start_group_commit(self, *, threads: int = 2, max_batch: int = 64) -> None:
+        """Let concurrent :meth:`fire` calls share transactions (see :mod:`.group`)."""
+        from corral.engine.group import GroupCommitter
+
+        if self._committer is None:
+            self._committer = GroupCommitter(self, threads=threads, max_batch=max_batch)
+
+    def close(self) -> None:
+        """Stop group commit threads (pending events are finished first)."""
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+
+    def _check(self, request: FireRequest) -> None:
+        if request.source not in HISTORY_SOURCES:
             raise CorralError(f"source must be one of {', '.join(HISTORY_SOURCES)}")
-        machine = self.machines[kind]
-        if event == TIMEOUT_EVENT:
+        self.machines[request.kind]
+        if request.event == TIMEOUT_EVENT:
             raise CorralError("'timeout' is fired by the deadline sweep only; to move a machine "
                               "on, force its state")
-        with transaction(self.db) as tx:
-            row = self._lock(tx, kind, name)
-            now = self.clock()
-            outcome = machine.compute(row.state, row.counters, event, name=name)
-            write = self._prepare(row, outcome, now=now, source=source, actor=actor,
-                                  reason=reason, payload=payload, operation_id=None)
-            self._write(tx, [write])
-        self._log(write.result, source)
-        return write.result
 
     def force_state(
         self,
@@ -367,11 +445,9 @@ class Engine:
         event = f"{op.kind}_{'ok' if ok else 'failed'}"
         result_doc = {"ok": ok, **(dict(detail) if detail else {})}
         with self.db.begin() as conn:
-            row = q.get_machine_by_id(conn, op.machine_id)
+            row = q.lock_machine_by_id(conn, op.machine_id)
             if row is None:
                 raise NotFound(f"operation {op.id} refers to a deleted machine")
-            row = q.lock_machine(conn, row.kind, row.name)
-            assert row is not None
             current = q.lock_operation(conn, op.id)
             now = self.clock()
             if current is None or current.status not in ("pending", "running"):
@@ -466,7 +542,10 @@ class Engine:
 
     def _write(self, tx: Transaction, writes: list[_Write]) -> None:
         if writes:
-            tx.write([w.change for w in writes], [w.history for w in writes],
+            # A machine that took several events in one batch is written once,
+            # in its final state; every event keeps its history row.
+            final = {w.change.id: w.change for w in writes}
+            tx.write(list(final.values()), [w.history for w in writes],
                      [op for w in writes for op in w.operations])
 
     def _log(self, result: FireResult, source: str, **extra: Any) -> None:

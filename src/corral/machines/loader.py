@@ -152,7 +152,8 @@ def parse_definition(text: str, path: str) -> MachineDefinition:
 
     if check.problems:
         raise DefinitionError(check.problems)
-    assert kind is not None and isinstance(initial, str)
+    assert kind is not None
+    assert isinstance(initial, str)
     return MachineDefinition(
         kind=kind,
         initial=initial,
@@ -169,7 +170,8 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
         body.line = line
         body.key_lines = {}
     if not isinstance(body, LineDict):
-        check.error(line, f"state {name!r} must be a mapping; allowed keys: {', '.join(STATE_KEYS)}")
+        check.error(line, f"state {name!r} must be a mapping; allowed keys: "
+                    f"{', '.join(STATE_KEYS)}")
         return None
     check.unknown_keys(body, STATE_KEYS, f"state {name!r}")
 
@@ -286,7 +288,7 @@ def _parse_counter(check: _Checker, state: str, body: Any, line: int) -> Counter
     if not isinstance(count, list) or not count or not all(isinstance(c, str) for c in count):
         check.error(body.line_of("count"), "count must be a non-empty list of event names")
         ok = False
-    if not ok:
+    if not ok or not isinstance(maximum, int) or not isinstance(failure, str):
         return None
     return Counter(name=name, max=maximum, failure=failure, count=tuple(count))
 

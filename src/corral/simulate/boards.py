@@ -41,7 +41,7 @@ class SimulatedBoards:
         b = self.behaviour
         now = self.engine.clock()
         fired = 0
-        for board in self.engine.list("board"):
+        for board in self.engine.list_machines("board"):
             rng = random.Random(f"{b.seed}:{board.name}:{board.epoch}:{self._ticks}")
             waited = (now - board.state_entered_at).total_seconds()
             event = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, tuple_, update
 
 from corral.store.schema import history, machines, operations
 
@@ -125,6 +125,12 @@ class StateChange:
     epoch: int
     updated_at: datetime
 
+    def applied_to(self, row: MachineState) -> MachineState:
+        """``row`` as it is after this change."""
+        return MachineState(id=row.id, kind=row.kind, name=row.name, state=self.state,
+                            state_entered_at=self.state_entered_at, deadline=self.deadline,
+                            counters=dict(self.counters), epoch=self.epoch)
+
 
 # ---------------------------------------------------------------- machines
 
@@ -158,6 +164,24 @@ def lock_machine(conn: Connection, kind: str, name: str) -> MachineState | None:
     """Read a machine's state and lock its row until the transaction ends."""
     row = conn.execute(_lock_machine, {"kind": kind, "name": name}).first()
     return MachineState.from_row(row) if row else None
+
+
+def lock_machine_by_id(conn: Connection, machine_id: int) -> MachineState | None:
+    row = conn.execute(
+        select(*_STATE_COLUMNS).where(machines.c.id == machine_id).with_for_update()
+    ).first()
+    return MachineState.from_row(row) if row else None
+
+
+def lock_machines(conn: Connection, keys: Sequence[tuple[str, str]]) -> list[MachineState]:
+    """Lock several machines, in id order (so two callers never deadlock)."""
+    query = (
+        select(*_STATE_COLUMNS)
+        .where(tuple_(machines.c.kind, machines.c.name).in_(list(keys)))
+        .order_by(machines.c.id)
+        .with_for_update()
+    )
+    return [MachineState.from_row(r) for r in conn.execute(query)]
 
 
 def insert_machine(

@@ -26,6 +26,8 @@ from corral.store import queries as q
 class Transaction(Protocol):
     def lock_machine(self, kind: str, name: str) -> q.MachineState | None: ...
 
+    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]: ...
+
     def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]: ...
 
     def write(
@@ -45,6 +47,9 @@ class SqlaTransaction:
     def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
         return q.lock_machine(self.conn, kind, name)
 
+    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
+        return q.lock_machines(self.conn, keys)
+
     def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
         return q.claim_due_machines(self.conn, now, limit)
 
@@ -58,6 +63,14 @@ _STATE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, e
 
 PG_LOCK_MACHINE = f"""
 SELECT {_STATE_COLUMNS} FROM machines WHERE kind = %s AND name = %s FOR UPDATE
+"""
+
+# Several machines, locked in id order so that two batches never deadlock.
+PG_LOCK_MACHINES = f"""
+SELECT {_STATE_COLUMNS} FROM machines
+WHERE (kind, name) IN (SELECT k.kind, k.name
+                       FROM jsonb_to_recordset(%s::jsonb) AS k(kind text, name text))
+ORDER BY id FOR UPDATE
 """
 
 PG_CLAIM_DUE_MACHINES = f"""
@@ -140,6 +153,11 @@ class PgTransaction:
         values = self.cursor.fetchone()
         return _row(values) if values else None
 
+    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
+        self.cursor.execute(PG_LOCK_MACHINES, (_dumps([{"kind": k, "name": n}
+                                                       for k, n in keys]),))
+        return [_row(v) for v in self.cursor.fetchall()]
+
     def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
         self.cursor.execute(PG_CLAIM_DUE_MACHINES, (now, limit))
         return [_row(v) for v in self.cursor.fetchall()]
@@ -214,6 +232,7 @@ def transaction(engine: Engine) -> Iterator[Transaction]:
         return
     fairy = engine.raw_connection()
     pg = fairy.driver_connection
+    assert pg is not None
     # No BEGIN or COMMIT statements: in the extended query protocol everything
     # up to a Sync is one implicit transaction. Reading the locked row needs
     # only a Flush, so the lock is held until the pipeline's closing Sync,
