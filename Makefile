@@ -32,8 +32,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# Regenerate the diagrams in docs/ from statemachines/ (a test checks they are current).
 docs: $(STAMP)
-	$(BIN)/corral machines diagram board > docs/board-machine.mmd
+	$(BIN)/corral machines diagram board --update docs/state-machines.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -63,3 +63,14 @@ def test_diagram_mentions_every_state_and_trigger(machines):
         assert state in text
     for transition in definition.transitions:
         assert transition.trigger in text
+
+
+def test_documented_diagram_is_current(machines):
+    from pathlib import Path
+
+    from corral.machines.diagram import replace_block
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "state-machines.md"
+    text = doc.read_text()
+    assert replace_block(text, "board", mermaid(machines["board"].definition)) == text, (
+        "docs/state-machines.md is stale: run `make docs`")

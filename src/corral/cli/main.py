@@ -229,13 +229,21 @@ def machines_check(obj: CliContext) -> None:
 
 @machines.command("diagram")
 @click.argument("kind")
+@click.option("--update", "markdown", type=click.Path(dir_okay=False, path_type=Path),
+              help="Rewrite the diagram between <!-- diagram:KIND --> markers in this file "
+                   "instead of printing it.")
 @click.pass_obj
-def machines_diagram(obj: CliContext, kind: str) -> None:
+def machines_diagram(obj: CliContext, kind: str, markdown: Path | None) -> None:
     """Print a mermaid diagram of a machine kind."""
     from corral.app import load_machines
-    from corral.machines.diagram import mermaid
+    from corral.machines.diagram import mermaid, replace_block
 
-    click.echo(mermaid(load_machines(obj.settings)[kind].definition), nl=False)
+    text = mermaid(load_machines(obj.settings)[kind].definition)
+    if markdown is None:
+        click.echo(text, nl=False)
+        return
+    markdown.write_text(replace_block(markdown.read_text(), kind, text))
+    click.echo(f"updated the {kind} diagram in {markdown}")
 
 
 # ------------------------------------------------------------------ boards

@@ -40,3 +40,17 @@ def mermaid(definition: MachineDefinition) -> str:
         lines.append("    classDef failed fill:#f88,stroke:#900")
         lines.append(f"    class {','.join(s.name for s in failed)} failed")
     return "\n".join(lines) + "\n"
+
+
+def replace_block(markdown: str, kind: str, diagram: str) -> str:
+    """Put ``diagram`` between ``<!-- diagram:KIND -->`` and ``<!-- /diagram:KIND -->``.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    start, end = f"<!-- diagram:{kind} -->", f"<!-- /diagram:{kind} -->"
+    if start not in markdown or end not in markdown:
+        raise ValueError(f"no {start} ... {end} block")
+    head, rest = markdown.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n```mermaid\n{diagram}```\n{end}{tail}"
