@@ -180,3 +180,12 @@ def test_simulated_lab_changes_states(corral, tmp_path):
         server.wait(timeout=30)
     assert server.returncode == 0
 
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    env = os.environ | {"CORRAL_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/corral"}
+    result = subprocess.run([CORRAL, "board", "list"], env=env, capture_output=True, text=True,
+                            timeout=30, cwd=tmp_path)
+    assert result.returncode == 6
+    assert result.stderr.startswith("error: database unavailable:")
+    assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+
 from corral.store.db import create_db_engine
 from corral.store.migrate import current_revision, head_revision, require_current, upgrade
 from corral.store.schema import metadata

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
@@ -58,8 +59,11 @@ class CorralGroup(click.Group):
         except CorralError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        except (OperationalError, psycopg.OperationalError) as exc:
+            # SQLAlchemy wraps driver errors; the PostgreSQL hot path raises
+            # psycopg's own.
+            cause = getattr(exc, "orig", None) or exc
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
             click.echo(f"error: database unavailable: {reason}", err=True)
             sys.exit(6)
         except SQLProgrammingError as exc:

@@ -334,13 +334,6 @@ class Engine:
         self._log(write.result, "operator")
         return write.result
 
-    def set_attrs(self, kind: str, name: str, attrs: Mapping[str, Any]) -> None:
-        with self.db.begin() as conn:
-            row = q.lock_machine(conn, kind, name)
-            if row is None:
-                raise UnknownMachine(kind, name)
-            q.update_machine_attrs(conn, row.id, attrs, self.clock())
-
     # ------------------------------------------------------------ timeouts
 
     def sweep_timeouts(

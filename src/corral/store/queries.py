@@ -8,12 +8,12 @@ hot path (one event = lock, update, insert history, commit).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, tuple_, update
 
 from corral.store.schema import history, machines, operations
 
@@ -230,13 +230,6 @@ def list_machines(
     return [MachineRow.from_row(r) for r in conn.execute(query.order_by(machines.c.name))]
 
 
-def count_machines_by_state(conn: Connection) -> list[tuple[str, str, int]]:
-    query = select(machines.c.kind, machines.c.state, func.count()).group_by(
-        machines.c.kind, machines.c.state
-    )
-    return [(k, s, n) for k, s, n in conn.execute(query)]
-
-
 _update_machine = (
     update(machines)
     .where(machines.c.id == bindparam("b_id"))
@@ -286,10 +279,6 @@ def claim_due_machines(conn: Connection, now: datetime, limit: int) -> list[Mach
         .with_for_update(skip_locked=True)
     )
     return [MachineState.from_row(r) for r in conn.execute(query)]
-
-
-def next_deadline(conn: Connection) -> datetime | None:
-    return conn.execute(select(func.min(machines.c.deadline))).scalar()
 
 
 # ---------------------------------------------------------------- history
@@ -366,11 +355,6 @@ def lock_operation(conn: Connection, operation_id: int) -> OperationRow | None:
     return OperationRow.from_row(row) if row else None
 
 
-def get_operation(conn: Connection, operation_id: int) -> OperationRow | None:
-    row = conn.execute(select(operations).where(operations.c.id == operation_id)).first()
-    return OperationRow.from_row(row) if row else None
-
-
 def finish_operation(
     conn: Connection,
     operation_id: int,
@@ -400,28 +384,9 @@ def retry_operation(
     )
 
 
-def list_operations(
-    conn: Connection, *, machine_id: int | None = None, statuses: Iterable[str] | None = None
-) -> list[OperationRow]:
-    query = select(operations)
-    if machine_id is not None:
-        query = query.where(operations.c.machine_id == machine_id)
-    if statuses is not None:
-        query = query.where(operations.c.status.in_(list(statuses)))
-    return [OperationRow.from_row(r) for r in conn.execute(query.order_by(operations.c.id))]
-
-
 _select_machine_by_id = select(*_MACHINE_COLUMNS).where(machines.c.id == bindparam("id"))
 
 
 def get_machine_by_id(conn: Connection, machine_id: int) -> MachineRow | None:
     row = conn.execute(_select_machine_by_id, {"id": machine_id}).first()
     return MachineRow.from_row(row) if row else None
-
-
-def count_open_operations(conn: Connection) -> int:
-    return int(
-        conn.execute(
-            select(func.count()).where(operations.c.status.in_(("pending", "running")))
-        ).scalar_one()
-    )
