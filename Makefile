@@ -15,12 +15,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A simulated lab of 20 boards on SQLite, timeouts 10x faster than production.
+# A simulated lab of 20 boards on SQLite, timeouts 10x faster than production;
+# sim-0020 has a dead relay and ends in failed_power_cycling.
 # Watch it from a second terminal: .venv/bin/corral board list
 run: $(STAMP)
 	$(BIN)/corral db upgrade
 	$(BIN)/corral board import examples/simlab.yaml
-	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} $(BIN)/corral serve --simulate
+	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} \
+	CORRAL_SIM_DEAD_BOARDS=$${CORRAL_SIM_DEAD_BOARDS-sim-0020} \
+	$(BIN)/corral serve --simulate
 
 test: $(STAMP)
 	$(BIN)/pytest -q
