@@ -105,12 +105,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         drop_pg_database(url)
 
 
-@pytest.fixture
-def migrated_url(db_url: str) -> str:
-    db = create_db_engine(db_url)
+def _migrate(url: str) -> str:
+    db = create_db_engine(url)
     upgrade(db)
     db.dispose()
-    return db_url
+    return url
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    return _migrate(db_url)
 
 
 @pytest.fixture
@@ -142,10 +146,7 @@ def backend(db_url: str) -> str:
 
 @pytest.fixture
 def pg_migrated_url(pg_url: str) -> str:
-    db = create_db_engine(pg_url)
-    upgrade(db)
-    db.dispose()
-    return pg_url
+    return _migrate(pg_url)
 
 
 @pytest.fixture

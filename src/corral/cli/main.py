@@ -312,7 +312,7 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
             table.add_row(r.name, state, _since(r.state_entered_at, now),
                           _since(r.deadline, now), str(r.epoch), counters)
         console.print(table)
-        console.print(f"{len(rows)} {kind}s")
+        console.print(f"{len(rows)} {kind}{'' if len(rows) == 1 else 's'}")
     list_cmd.help = f"List {kind}s."
 
     @group.command("show")

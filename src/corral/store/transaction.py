@@ -78,6 +78,16 @@ SELECT {_STATE_COLUMNS} FROM machines
 WHERE deadline <= %s ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED
 """
 
+# The outbox rows of a write, expanded from one JSON document.
+_INSERT_OPERATIONS = """
+INSERT INTO operations (machine_id, machine_epoch, kind, target, payload, status, attempts,
+                        run_after, created_at)
+SELECT machine_id, machine_epoch, kind, target, payload, 'pending', 0, created_at, created_at
+FROM jsonb_to_recordset(%(operations)s::jsonb)
+     AS o(machine_id bigint, machine_epoch bigint, kind text, target text, payload jsonb,
+          created_at timestamptz)
+"""
+
 # Each batch travels as three JSON documents expanded server-side: one
 # parameter each, whatever the batch size, and cheap to serialize in Python.
 PG_WRITE = """
@@ -101,13 +111,7 @@ WITH changed AS (
               operation_id bigint)
     RETURNING id
 )
-INSERT INTO operations (machine_id, machine_epoch, kind, target, payload, status, attempts,
-                        run_after, created_at)
-SELECT machine_id, machine_epoch, kind, target, payload, 'pending', 0, created_at, created_at
-FROM jsonb_to_recordset(%(operations)s::jsonb)
-     AS o(machine_id bigint, machine_epoch bigint, kind text, target text, payload jsonb,
-          created_at timestamptz)
-"""
+""" + _INSERT_OPERATIONS
 
 
 # One event: scalar parameters, so the machine row is found through its
@@ -126,13 +130,7 @@ WITH changed AS (
             %(actor)s, %(reason)s, %(at)s, %(payload)s::jsonb, %(operation_id)s)
     RETURNING id
 )
-INSERT INTO operations (machine_id, machine_epoch, kind, target, payload, status, attempts,
-                        run_after, created_at)
-SELECT machine_id, machine_epoch, kind, target, payload, 'pending', 0, created_at, created_at
-FROM jsonb_to_recordset(%(operations)s::jsonb)
-     AS o(machine_id bigint, machine_epoch bigint, kind text, target text, payload jsonb,
-          created_at timestamptz)
-"""
+""" + _INSERT_OPERATIONS
 
 
 def _row(values: tuple[Any, ...]) -> q.MachineState:
