@@ -82,6 +82,9 @@ class StateMachine:
         self._allowed: dict[str, tuple[str, ...]] = {
             name: tuple(sorted(self._machine.get_triggers(name))) for name in states
         }
+        # (state, event) pairs that keep the state: accepted without re-entering.
+        self._internal = frozenset((item["source"], item["trigger"]) for item in spec
+                                   if item["dest"] is None)
 
     @property
     def initial(self) -> str:
@@ -125,8 +128,7 @@ class StateMachine:
             ) from None
         source = self.definition.states[state]
         to_state = carrier.state
-        transition = self._machine.get_transitions(event, source=state)[0]
-        entered = transition.dest is not None
+        entered = (state, event) not in self._internal
         new_counters = dict(counters)
         counted = None
         counter = source.counter
