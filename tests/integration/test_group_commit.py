@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from corral.engine.core import FireRequest
 from corral.errors import EventNotAllowed, UnknownMachine
 from tests.integration.helpers import snapshot
@@ -77,3 +79,39 @@ def test_group_commit_under_concurrency_keeps_histories_serial(engine, machines,
         assert (row.state, row.counters, row.epoch) == (state, counters, epoch)
         total += len(entries) - 2
     assert total == len(accepted)
+
+
+def test_idempotency_key_replays_the_first_outcome(engine):
+    engine.create("board", "b1")
+    engine.force_state("board", "b1", "ready", actor="t", reason="t")
+    first = engine.fire("board", "b1", "reboot", source="callback", idempotency=("k", "1"))
+    before = snapshot(engine)
+    again = engine.fire("board", "b1", "reboot", source="callback", idempotency=("k", "1"))
+    assert again.replayed and not first.replayed
+    assert (again.to_state, again.epoch) == (first.to_state, first.epoch)
+    assert snapshot(engine) == before
+    # Another scope has its own key space.
+    with pytest.raises(EventNotAllowed):
+        engine.fire("board", "b1", "reboot", source="callback", idempotency=("other", "1"))
+
+
+def test_idempotency_key_replays_a_refusal(engine):
+    engine.create("board", "b1")
+    with pytest.raises(EventNotAllowed):
+        engine.fire("board", "b1", "reboot", source="callback", idempotency=("k", "x"))
+    engine.force_state("board", "b1", "ready", actor="t", reason="t")
+    # Now reboot would be allowed, but the key's first answer stands.
+    with pytest.raises(EventNotAllowed) as info:
+        engine.fire("board", "b1", "reboot", source="callback", idempotency=("k", "x"))
+    assert info.value.state == "new"
+    assert engine.get("board", "b1").state == "ready"
+
+
+def test_repeated_key_in_one_batch_fires_once(engine):
+    engine.create("board", "b1")
+    engine.force_state("board", "b1", "ready", actor="t", reason="t")
+    r = FireRequest(kind="board", name="b1", event="reboot", source="callback",
+                    idempotency=("k", "same"))
+    first, second = engine.fire_batch([r, r])
+    assert second.replayed and second.epoch == first.epoch
+    assert [e.event for e in engine.history("board", "b1")].count("reboot") == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _outcome_label(outcome: object) -> str:
+    if isinstance(outcome, FireResult):
+        return "replayed" if outcome.replayed else "accepted"
+    if isinstance(outcome, UnknownMachine):
+        return "unknown"
+    return "refused"
+
+
 @dataclass(frozen=True, kw_only=True)
 class FireResult:
     """What an event did. ``ignored`` results changed no machine state."""
@@ -63,6 +72,23 @@ class FireResult:
     operations: tuple[str, ...] = ()
     ignored: bool = False
     note: str | None = None
+    replayed: bool = False
+
+
+class Observer:
+    """Receives what the engine does, for metrics. The default does nothing."""
+
+    def event(self, kind: str, event: str, source: str, outcome: str) -> None:
+        """``outcome``: accepted, refused, unknown or replayed."""
+
+    def committed(self, seconds: float, events: int) -> None:
+        """A transaction carrying ``events`` events committed after ``seconds``."""
+
+    def timeout(self, kind: str, lag_seconds: float) -> None:
+        """A timeout fired ``lag_seconds`` after its deadline."""
+
+    def operation(self, kind: str, outcome: str) -> None:
+        """An operation finished: ok, failed, stale, retry."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +102,35 @@ class FireRequest:
     payload: Any = None
     actor: str | None = None
     reason: str | None = None
+    # (scope, key): a repeat of the same pair replays the first outcome.
+    idempotency: tuple[str, str] | None = None
+
+
+def outcome_document(outcome: FireResult | CorralError) -> dict[str, Any]:
+    """How an outcome is stored for idempotent replay."""
+    if isinstance(outcome, FireResult):
+        return {"result": {k: v for k, v in outcome.__dict__.items() if k != "replayed"}
+                | {"operations": list(outcome.operations)}}
+    if isinstance(outcome, EventNotAllowed):
+        return {"error": "event_not_allowed", "kind": outcome.kind, "name": outcome.name,
+                "state": outcome.state, "event": outcome.event, "allowed": outcome.allowed}
+    if isinstance(outcome, UnknownMachine):
+        return {"error": "unknown_machine", "kind": outcome.kind, "name": outcome.name}
+    return {"error": "refused", "message": str(outcome)}
+
+
+def replay_outcome(document: Mapping[str, Any]) -> FireResult | CorralError:
+    if "result" in document:
+        fields = dict(document["result"])
+        fields["operations"] = tuple(fields.get("operations", ()))
+        return FireResult(**fields, replayed=True)
+    error = document["error"]
+    if error == "event_not_allowed":
+        return EventNotAllowed(document["kind"], document["name"], document["state"],
+                               document["event"], list(document["allowed"]))
+    if error == "unknown_machine":
+        return UnknownMachine(document["kind"], document["name"])
+    return CorralError(document.get("message", "refused"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,11 +160,13 @@ class Engine:
         *,
         clock: Clock = utcnow,
         timeout_scale: float = 1.0,
+        observer: Observer | None = None,
     ) -> None:
         self.db = db
         self.machines = machines
         self.clock = clock
         self.timeout_scale = timeout_scale
+        self.observer = observer or Observer()
         self._committer: GroupCommitter | None = None
 
     # ------------------------------------------------------------ machines
@@ -216,8 +273,12 @@ class Engine:
         payload: Any = None,
         actor: str | None = None,
         reason: str | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> FireResult:
         """Apply one event to one machine; returns once the transition has committed.
+
+        With ``idempotency`` (scope, key), a repeat of the pair returns the first
+        outcome (``replayed`` set, or the same error) without firing again.
 
         With group commit on (:meth:`start_group_commit`), events fired by
         concurrent threads share transactions; each is still validated alone
@@ -228,7 +289,8 @@ class Engine:
             EventNotAllowed: the current state does not accept ``event``; nothing changed.
         """
         request = FireRequest(kind=kind, name=name, event=event, source=source,
-                              payload=payload, actor=actor, reason=reason)
+                              payload=payload, actor=actor, reason=reason,
+                              idempotency=idempotency)
         self._check(request)
         if self._committer is not None:
             outcome = self._committer.submit(request)
@@ -248,6 +310,8 @@ class Engine:
         """
         outcomes: list[FireResult | CorralError] = []
         writes: list[_Write] = []
+        remembered: list[dict[str, Any]] = []
+        started = time.perf_counter()
         with transaction(self.db) as tx:
             keys = sorted({(r.kind, r.name) for r in requests})
             if len(keys) == 1:
@@ -255,26 +319,46 @@ class Engine:
                 rows = {keys[0]: locked} if locked else {}
             else:
                 rows = {(m.kind, m.name): m for m in tx.lock_machines(keys)}
+            # Looked up after the locks: repeats of a key aimed at one machine
+            # serialize on its row, so a key is never fired twice.
+            wanted = [r.idempotency for r in requests if r.idempotency]
+            stored = tx.idempotent_outcomes(wanted) if wanted else {}
             now = self.clock()
             for request in requests:
+                if request.idempotency in stored:
+                    outcomes.append(replay_outcome(stored[request.idempotency]))
+                    continue
+                outcome: FireResult | CorralError
                 try:
                     self._check(request)
                     key = (request.kind, request.name)
                     row = rows.get(key)
                     if row is None:
                         raise UnknownMachine(request.kind, request.name)
-                    outcome = self.machines[request.kind].compute(
+                    computed = self.machines[request.kind].compute(
                         row.state, row.counters, request.event, name=request.name)
+                    write = self._prepare(row, computed, now=now, source=request.source,
+                                          actor=request.actor, reason=request.reason,
+                                          payload=request.payload, operation_id=None)
+                    rows[key] = write.change.applied_to(row)
+                    writes.append(write)
+                    outcome = write.result
                 except CorralError as exc:
-                    outcomes.append(exc)
-                    continue
-                write = self._prepare(row, outcome, now=now, source=request.source,
-                                      actor=request.actor, reason=request.reason,
-                                      payload=request.payload, operation_id=None)
-                rows[key] = write.change.applied_to(row)
-                writes.append(write)
-                outcomes.append(write.result)
-            self._write(tx, writes)
+                    outcome = exc
+                outcomes.append(outcome)
+                if request.idempotency is not None:
+                    document = outcome_document(outcome)
+                    stored[request.idempotency] = document
+                    row = rows.get((request.kind, request.name))
+                    remembered.append({"scope": request.idempotency[0],
+                                       "key": request.idempotency[1],
+                                       "machine_id": row.id if row else None,
+                                       "outcome": document, "created_at": now})
+            self._write(tx, writes, remembered)
+        self.observer.committed(time.perf_counter() - started, len(requests))
+        for request, outcome in zip(requests, outcomes, strict=True):
+            self.observer.event(request.kind, request.event, request.source,
+                                _outcome_label(outcome))
         for write in writes:
             self._log(write.result, write.history["source"])
         return outcomes
@@ -365,6 +449,9 @@ class Engine:
                 self._write(tx, writes)
             for write in writes:
                 self._log(write.result, "timeout")
+                lag = (write.history["payload"] or {}).get("lag_seconds")
+                if lag is not None:
+                    self.observer.timeout(write.result.kind, lag)
             fired += len(writes)
             if len(rows) < batch:
                 break
@@ -423,6 +510,7 @@ class Engine:
                               run_after=self.clock() + timedelta(seconds=delay))
         log.info("operation_retry", operation_id=op.id, kind=op.kind, target=op.target,
                  attempts=op.attempts, error=error)
+        self.observer.operation(op.kind, "retry")
 
     def report_operation(
         self, op: q.OperationRow, *, ok: bool, detail: Mapping[str, Any] | None = None,
@@ -458,6 +546,7 @@ class Engine:
                                    error=error or note, now=now)
                 log.info("operation_result_ignored", operation_id=op.id, kind=op.kind,
                          target=op.target, _event=event, note=note)
+                self.observer.operation(op.kind, "stale")
                 return self._ignored(row, event, note)
             outcome = machine.compute(row.state, row.counters, event, name=row.name)
             write = self._prepare(row, outcome, now=now, source="operation", actor=None,
@@ -466,6 +555,7 @@ class Engine:
             q.finish_operation(conn, op.id, status="done" if ok else "failed",
                                result=result_doc, error=error, now=now)
         self._log(write.result, "operation", operation_id=op.id)
+        self.observer.operation(op.kind, "ok" if ok else "failed")
         return write.result
 
     # ------------------------------------------------------------ internals
@@ -533,13 +623,14 @@ class Engine:
         return _Write(change=change, history=history, operations=operations,
                       result=self._result(row, outcome, epoch))
 
-    def _write(self, tx: Transaction, writes: list[_Write]) -> None:
-        if writes:
+    def _write(self, tx: Transaction, writes: list[_Write],
+               remembered: list[dict[str, Any]] | None = None) -> None:
+        if writes or remembered:
             # A machine that took several events in one batch is written once,
             # in its final state; every event keeps its history row.
             final = {w.change.id: w.change for w in writes}
             tx.write(list(final.values()), [w.history for w in writes],
-                     [op for w in writes for op in w.operations])
+                     [op for w in writes for op in w.operations], remembered or [])
 
     def _log(self, result: FireResult, source: str, **extra: Any) -> None:
         log.info("transition", **{result.kind: result.name}, from_state=result.from_state,

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, insert, or_, select, tuple_, update
 
-from corral.store.schema import history, machines, operations
+from corral.store.schema import history, idempotency_keys, machines, operations, tokens
 
 # ---------------------------------------------------------------- values
 
@@ -390,3 +390,80 @@ _select_machine_by_id = select(*_MACHINE_COLUMNS).where(machines.c.id == bindpar
 def get_machine_by_id(conn: Connection, machine_id: int) -> MachineRow | None:
     row = conn.execute(_select_machine_by_id, {"id": machine_id}).first()
     return MachineRow.from_row(row) if row else None
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenRow:
+    id: int
+    name: str
+    role: str
+    machine_id: int | None
+    board: str | None
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+_TOKEN_COLUMNS = (tokens.c.id, tokens.c.name, tokens.c.role, tokens.c.machine_id,
+                  machines.c.name.label("board"), tokens.c.secret_hash, tokens.c.created_at,
+                  tokens.c.revoked_at)
+_tokens_with_board = tokens.outerjoin(machines, machines.c.id == tokens.c.machine_id)
+
+
+def get_token(conn: Connection, token_id: int) -> TokenRow | None:
+    row = conn.execute(select(*_TOKEN_COLUMNS).select_from(_tokens_with_board)
+                       .where(tokens.c.id == token_id)).first()
+    return TokenRow(**row._mapping) if row else None
+
+
+def list_tokens(conn: Connection) -> list[TokenRow]:
+    rows = conn.execute(select(*_TOKEN_COLUMNS).select_from(_tokens_with_board)
+                        .order_by(tokens.c.name))
+    return [TokenRow(**r._mapping) for r in rows]
+
+
+def save_token(
+    conn: Connection, *, name: str, role: str, machine_id: int | None, secret_hash: str,
+    now: datetime,
+) -> int:
+    """Create the token ``name`` or give it a new secret (rotation); returns its id."""
+    existing = conn.execute(select(tokens.c.id).where(tokens.c.name == name)
+                            .with_for_update()).scalar()
+    values = {"role": role, "machine_id": machine_id, "secret_hash": secret_hash,
+              "created_at": now, "revoked_at": None}
+    if existing is not None:
+        conn.execute(update(tokens).where(tokens.c.id == existing).values(**values))
+        return int(existing)
+    return int(conn.execute(insert(tokens).returning(tokens.c.id),
+                            {"name": name, **values}).scalar_one())
+
+
+def revoke_token(conn: Connection, name: str, now: datetime) -> bool:
+    result = conn.execute(update(tokens).where(tokens.c.name == name,
+                                               tokens.c.revoked_at.is_(None))
+                          .values(revoked_at=now))
+    return bool(result.rowcount)
+
+
+# ---------------------------------------------------------------- idempotency
+
+
+def get_idempotent_outcomes(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Any]:
+    """Stored outcomes of earlier requests, by (scope, key)."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        select(idempotency_keys.c.scope, idempotency_keys.c.key, idempotency_keys.c.outcome)
+        .where(tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(list(keys)))
+    )
+    return {(scope, key): outcome for scope, key, outcome in rows}
+
+
+def insert_idempotent_outcomes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(idempotency_keys), list(rows))

@@ -142,5 +142,32 @@ operations = Table(
     Index("ix_operations_machine_id", "machine_id"),
 )
 
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    # Operator tokens are named by their owner; a board's token is "board:NAME".
+    Column("name", String(200), nullable=False, unique=True),
+    # board | viewer | operator | admin
+    Column("role", String(16), nullable=False),
+    Column("machine_id", BigID, nullable=True),
+    # SHA-256 of the secret part; the secret itself is shown once and never stored.
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # Whose key it is (the token's name): two clients never share a key space.
+    Column("scope", String(200), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("machine_id", BigID, nullable=True),
+    # The first request's outcome, replayed for every repeat.
+    Column("outcome", JSONDoc, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")
 OPEN_OPERATION_STATUSES = ("pending", "running")

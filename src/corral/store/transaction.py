@@ -30,11 +30,16 @@ class Transaction(Protocol):
 
     def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]: ...
 
+    def idempotent_outcomes(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Any]: ...
+
     def write(
         self,
         changes: Sequence[q.StateChange],
         history: Sequence[Mapping[str, Any]],
         operations: Sequence[Mapping[str, Any]],
+        idempotency: Sequence[Mapping[str, Any]] = (),
     ) -> None: ...
 
 
@@ -53,10 +58,18 @@ class SqlaTransaction:
     def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
         return q.claim_due_machines(self.conn, now, limit)
 
-    def write(self, changes, history, operations) -> None:  # type: ignore[no-untyped-def]
+    def idempotent_outcomes(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Any]:
+        return q.get_idempotent_outcomes(self.conn, keys)
+
+    def write(  # type: ignore[no-untyped-def]
+        self, changes, history, operations, idempotency=()
+    ) -> None:
         q.update_machines(self.conn, changes)
         q.insert_history(self.conn, history)
         q.insert_operations(self.conn, operations)
+        q.insert_idempotent_outcomes(self.conn, idempotency)
 
 
 _STATE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, epoch"
@@ -73,10 +86,26 @@ WHERE (kind, name) IN (SELECT k.kind, k.name
 ORDER BY id FOR UPDATE
 """
 
+PG_IDEMPOTENT_OUTCOMES = """
+SELECT i.scope, i.key, i.outcome FROM idempotency_keys AS i
+JOIN jsonb_to_recordset(%s::jsonb) AS k(scope text, key text)
+  ON i.scope = k.scope AND i.key = k.key
+"""
+
 PG_CLAIM_DUE_MACHINES = f"""
 SELECT {_STATE_COLUMNS} FROM machines
 WHERE deadline <= %s ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED
 """
+
+# Outcomes kept for idempotent replay (usually none).
+_REMEMBER = """, remembered AS (
+    INSERT INTO idempotency_keys (scope, key, machine_id, outcome, created_at)
+    SELECT scope, key, machine_id, outcome, created_at
+    FROM jsonb_to_recordset(%(idempotency)s::jsonb)
+         AS i(scope text, key text, machine_id bigint, outcome jsonb, created_at timestamptz)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)"""
 
 # The outbox rows of a write, expanded from one JSON document.
 _INSERT_OPERATIONS = """
@@ -110,8 +139,7 @@ WITH changed AS (
               source text, actor text, reason text, at timestamptz, payload jsonb,
               operation_id bigint)
     RETURNING id
-)
-""" + _INSERT_OPERATIONS
+)""" + _REMEMBER + _INSERT_OPERATIONS
 
 
 # One event: scalar parameters, so the machine row is found through its
@@ -129,8 +157,7 @@ WITH changed AS (
     VALUES (%(id)s, %(epoch)s, %(from_state)s, %(to_state)s, %(event)s, %(source)s,
             %(actor)s, %(reason)s, %(at)s, %(payload)s::jsonb, %(operation_id)s)
     RETURNING id
-)
-""" + _INSERT_OPERATIONS
+)""" + _REMEMBER + _INSERT_OPERATIONS
 
 
 def _row(values: tuple[Any, ...]) -> q.MachineState:
@@ -160,13 +187,23 @@ class PgTransaction:
         self.cursor.execute(PG_CLAIM_DUE_MACHINES, (now, limit))
         return [_row(v) for v in self.cursor.fetchall()]
 
-    def write(self, changes, history, operations) -> None:  # type: ignore[no-untyped-def]
-        if not changes and not history and not operations:
+    def idempotent_outcomes(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Any]:
+        self.cursor.execute(PG_IDEMPOTENT_OUTCOMES,
+                            (_dumps([{"scope": s, "key": k} for s, k in keys]),))
+        return {(scope, key): outcome for scope, key, outcome in self.cursor.fetchall()}
+
+    def write(  # type: ignore[no-untyped-def]
+        self, changes, history, operations, idempotency=()
+    ) -> None:
+        if not changes and not history and not operations and not idempotency:
             return
         self.wrote = True
         # A batch shares a handful of timestamps (its "now" and a deadline per
         # timeout length): format each once instead of once per row.
         iso = _IsoFormatter()
+        remembered = _dumps([i | {"created_at": iso(i["created_at"])} for i in idempotency])
         ops = _dumps([
             {"machine_id": o["machine_id"], "machine_epoch": o["machine_epoch"],
              "kind": o["kind"], "target": o["target"], "payload": o["payload"],
@@ -184,6 +221,7 @@ class PgTransaction:
                 "actor": h["actor"], "reason": h["reason"], "at": h["at"],
                 "payload": None if h["payload"] is None else _dumps(h["payload"]),
                 "operation_id": h["operation_id"], "operations": ops,
+                "idempotency": remembered,
             })
             return
         self.cursor.execute(PG_WRITE, {
@@ -195,6 +233,7 @@ class PgTransaction:
             ]),
             "history": _dumps([h | {"at": iso(h["at"])} for h in history]),
             "operations": ops,
+            "idempotency": remembered,
         })
 
 
