@@ -32,6 +32,10 @@ class Settings:
     statemachines_dir: str = str(DEFAULT_STATEMACHINES_DIR)
     log_level: str = "info"
     log_format: str = "auto"
+    # HTTP
+    listen: str = "127.0.0.1:8080"
+    http_threads: int = 64
+    token_cache_seconds: float = 2.0
     # Sweeps
     sweep_interval: float = 1.0
     sweep_batch: int = 1000
@@ -73,10 +77,12 @@ class Settings:
 
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
-_POSITIVE = {"sweep_interval", "sweep_batch", "sweep_threads", "group_commit_max_batch",
+_POSITIVE = {"http_threads", "sweep_interval", "sweep_batch", "sweep_threads",
+             "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout"}
-_NON_NEGATIVE = {"group_commit_threads", "operation_retry_delay", "sim_operation_seconds",
+_NON_NEGATIVE = {"token_cache_seconds", "group_commit_threads", "operation_retry_delay",
+                 "sim_operation_seconds",
                  "sim_boot_seconds", "sim_install_seconds", "sim_seed"}
 _PROBABILITIES = {"sim_power_cycle_failure", "sim_ping_failure", "sim_poll_failure",
                   "sim_install_failure", "sim_reimage_rate"}
@@ -105,10 +111,26 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{name} (from {origin}) must not be negative, not {raw!r}")
     if name in _PROBABILITIES and not 0 <= value <= 1:
         raise ConfigError(f"{name} (from {origin}) must be between 0 and 1, not {raw!r}")
+    if name == "listen":
+        parse_listen(value, origin)
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{name} (from {origin}) must be one of "
                           f"{', '.join(_CHOICES[name])}, not {raw!r}")
     return value
+
+
+def parse_listen(value: str, origin: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port).
+
+    Raises:
+        ConfigError: not of that form, or the port is out of range.
+    """
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen (from {origin}) must be HOST:PORT, e.g. 127.0.0.1:8080, "
+                          f"not {value!r}")
+    return host, int(port)
 
 
 def _bad() -> Any:

@@ -146,49 +146,83 @@ def db_current(obj: CliContext) -> None:
 @click.option("--simulate", is_flag=True,
               help="Run a simulated lab: simulated operation backend and boards that report "
                    "their own boot progress.")
+@click.option("--role", type=click.Choice(["all", "api", "worker"]), default="all",
+              show_default=True,
+              help="api: the HTTP service only; worker: sweeps and operations only.")
+@click.option("--listen", metavar="HOST:PORT", help="Where the HTTP service listens "
+              "(setting listen, default 127.0.0.1:8080).")
 @click.pass_obj
-def serve(obj: CliContext, simulate: bool) -> None:
-    """Run the engine: deadline sweeps and operation workers, until SIGTERM or Ctrl-C."""
+def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> None:
+    """Run the engine until SIGTERM or Ctrl-C: HTTP API, deadline sweeps, operation workers."""
+    import structlog
+    import uvicorn
+
+    from corral.api.app import create_app
+    from corral.api.metrics import build_registry
     from corral.app import build_handlers, build_worker, check_operations
+    from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
     from corral.simulate.boards import BoardBehaviour, SimulatedBoards
+    from corral.tokens import TokenStore
 
+    if listen is not None:
+        obj.overrides["listen"] = listen
+        obj._settings = None
     settings = obj.settings
+    host, port = parse_listen(settings.listen)
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("corral.serve")
     engine = obj.engine()
-    handlers = build_handlers(settings, simulate=simulate or None)
-    check_operations(engine.machines, handlers)
-    worker = build_worker(engine, settings, handlers)
-    jobs: dict[str, tuple[Callable[[], object], float]] = {
-        "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch,
-                                                         threads=settings.sweep_threads),
-                           settings.sweep_interval),
-        "operations": (worker.dispatch, settings.operation_interval),
-    }
-    if simulate:
-        boards = SimulatedBoards(engine, BoardBehaviour(
-            boot_seconds=settings.sim_boot_seconds, install_seconds=settings.sim_install_seconds,
-            install_failure=settings.sim_install_failure,
-            reimage_rate=settings.sim_reimage_rate, seed=settings.sim_seed))
-        jobs["simulated_boards"] = (boards.tick, 1.0)
+    registry = build_registry(engine)
+    scheduler = None
+    worker = None
+    if role in ("all", "worker"):
+        handlers = build_handlers(settings, simulate=simulate or None)
+        check_operations(engine.machines, handlers)
+        worker = build_worker(engine, settings, handlers)
+        jobs: dict[str, tuple[Callable[[], object], float]] = {
+            "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch,
+                                                             threads=settings.sweep_threads),
+                               settings.sweep_interval),
+            "operations": (worker.dispatch, settings.operation_interval),
+        }
+        if simulate:
+            boards = SimulatedBoards(engine, BoardBehaviour(
+                boot_seconds=settings.sim_boot_seconds,
+                install_seconds=settings.sim_install_seconds,
+                install_failure=settings.sim_install_failure,
+                reimage_rate=settings.sim_reimage_rate, seed=settings.sim_seed))
+            jobs["simulated_boards"] = (boards.tick, 1.0)
+        scheduler = build_scheduler(jobs)
     if settings.group_commit_threads:
         engine.start_group_commit(threads=settings.group_commit_threads,
                                   max_batch=settings.group_commit_max_batch)
-    scheduler = build_scheduler(jobs)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    import structlog
-
-    log = structlog.get_logger("corral.serve")
-    scheduler.start()
-    log.info("serving", database=engine.db.url.render_as_string(hide_password=True),
-             owner=settings.owner, simulate=simulate, kinds=engine.machines.kinds())
-    stop.wait()
-    log.info("stopping")
-    scheduler.shutdown(wait=True)
-    worker.shutdown(wait=True)
-    engine.close()
+    if scheduler is not None:
+        scheduler.start()
+    log.info("serving", role=role, database=engine.db.url.render_as_string(hide_password=True),
+             listen=settings.listen if role != "worker" else None, owner=settings.owner,
+             simulate=simulate, kinds=engine.machines.kinds())
+    try:
+        if role in ("all", "api"):
+            tokens = TokenStore(engine.db, cache_seconds=settings.token_cache_seconds)
+            app = create_app(engine, tokens, registry, threads=settings.http_threads)
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                                   access_log=False, lifespan="on"))
+            server.run()  # returns on SIGTERM / SIGINT
+            if not server.started:
+                raise CorralError(f"could not listen on {settings.listen}")
+        else:
+            stop = threading.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        log.info("stopping")
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+        if worker is not None:
+            worker.shutdown(wait=True)
+        engine.close()
 
 
 @cli.command()
@@ -420,6 +454,67 @@ def board_import(obj: CliContext, file: Path) -> None:
     created = engine.import_machines("board", inventory, actor=_actor(),
                                      reason=f"imported from {file.name}")
     click.echo(f"{len(created)} boards created, {len(inventory) - len(created)} updated")
+
+
+@board.command("token")
+@click.argument("name")
+@click.pass_obj
+def board_token(obj: CliContext, name: str) -> None:
+    """Issue (or rotate) the token board NAME uses for callbacks; prints it once."""
+    from corral.tokens import TokenStore
+
+    click.echo(TokenStore(obj.engine().db).issue_for_board(name))
+
+
+@cli.group()
+def token() -> None:
+    """Operator tokens for the HTTP API."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True,
+              help="viewer reads; operator also fires events and forces states; admin also "
+                   "retires boards.")
+@click.pass_obj
+def token_create(obj: CliContext, name: str, role: str) -> None:
+    """Create (or rotate) operator token NAME; prints it once."""
+    from corral.tokens import TokenStore
+
+    click.echo(TokenStore(obj.engine().db).issue(name, role))
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def token_list(obj: CliContext, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from corral.tokens import TokenStore
+
+    rows = TokenStore(obj.engine().db).list()
+    docs = [{"name": r.name, "role": r.role, "board": r.board, "created_at": r.created_at,
+             "revoked_at": r.revoked_at} for r in rows]
+    if as_json:
+        click.echo(_json(docs))
+        return
+    table = Table(box=None, pad_edge=False)
+    for title in ("NAME", "ROLE", "CREATED", "REVOKED"):
+        table.add_column(title)
+    for r in rows:
+        table.add_row(r.name, r.role, r.created_at.strftime("%Y-%m-%d %H:%M"),
+                      r.revoked_at.strftime("%Y-%m-%d %H:%M") if r.revoked_at else "-")
+    console.print(table)
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def token_revoke(obj: CliContext, name: str) -> None:
+    """Revoke token NAME (a board's is named board:NAME)."""
+    from corral.tokens import TokenStore
+
+    TokenStore(obj.engine().db).revoke(name)
+    click.echo(f"revoked {name}")
 
 
 def main() -> None:

@@ -82,6 +82,7 @@ class StateMachine:
         self._allowed: dict[str, tuple[str, ...]] = {
             name: tuple(sorted(self._machine.get_triggers(name))) for name in states
         }
+        self.triggers = frozenset(item["trigger"] for item in spec)
         # (state, event) pairs that keep the state: accepted without re-entering.
         self._internal = frozenset((item["source"], item["trigger"]) for item in spec
                                    if item["dest"] is None)

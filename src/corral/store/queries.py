@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, tuple_, update
 
 from corral.store.schema import history, idempotency_keys, machines, operations, tokens
 
@@ -467,3 +467,27 @@ def get_idempotent_outcomes(
 def insert_idempotent_outcomes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(insert(idempotency_keys), list(rows))
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def count_machines_by_state(conn: Connection) -> list[tuple[str, str, int]]:
+    """(kind, state, count) for every populated state, computed now."""
+    query = select(machines.c.kind, machines.c.state, func.count()).group_by(
+        machines.c.kind, machines.c.state)
+    return [(k, s, int(n)) for k, s, n in conn.execute(query)]
+
+
+def operation_queue(conn: Connection) -> tuple[int, datetime | None]:
+    """How many operations wait or run, and when the oldest was written."""
+    count, oldest = conn.execute(
+        select(func.count(), func.min(operations.c.created_at))
+        .where(operations.c.status.in_(("pending", "running")))).one()
+    if isinstance(oldest, str):  # SQLite aggregates come back as text
+        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+    return int(count), oldest
+
+
+def ping(conn: Connection) -> None:
+    conn.execute(select(1))

@@ -1,0 +1,1 @@
+"""The HTTP service: board callbacks, the operator API, /metrics and health checks."""

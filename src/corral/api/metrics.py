@@ -1,0 +1,96 @@
+"""Prometheus metrics.
+
+Gauges of machines per state are computed with one ``GROUP BY`` at scrape
+time, so every engine process reports the same, correct numbers however many
+share the database. Counters and histograms count what this process did.
+Metric names follow Prometheus conventions (``_total`` counters, base units).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from corral.engine.core import Engine, Observer
+from corral.machines import MachineSet
+from corral.store import queries as q
+
+
+class StateCollector(Collector):
+    """``corral_machines``, ``corral_failed_machines`` and the operation queue."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.engine.db.begin() as conn:
+            counts = q.count_machines_by_state(conn)
+            queued, oldest = q.operation_queue(conn)
+        machines = GaugeMetricFamily("corral_machines", "Machines per kind and state.",
+                                     labels=["kind", "state"])
+        failed = GaugeMetricFamily("corral_failed_machines",
+                                   "Machines in a failed state, waiting for an operator.",
+                                   labels=["kind"])
+        failed_by_kind = {kind: 0 for kind in self.engine.machines.kinds()}
+        for kind, state, n in counts:
+            machines.add_metric([kind, state], n)
+            if kind in self.engine.machines and self.engine.machines[kind].is_failed(state):
+                failed_by_kind[kind] += n
+        for kind, n in sorted(failed_by_kind.items()):
+            failed.add_metric([kind], n)
+        depth = GaugeMetricFamily("corral_operations_queued",
+                                  "Operations pending or running.")
+        depth.add_metric([], queued)
+        age = GaugeMetricFamily("corral_operations_oldest_age_seconds",
+                                "Age of the oldest pending or running operation.")
+        age.add_metric([], (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0)
+        yield from (machines, failed, depth, age)
+
+
+class PrometheusObserver(Observer):
+    """Counts what the engine does in this process."""
+
+    def __init__(self, registry: CollectorRegistry, machines: MachineSet) -> None:
+        self._machines = machines
+        self.events = Counter("corral_events", "Events by kind, event, source and outcome.",
+                              ["kind", "event", "source", "outcome"], registry=registry)
+        self.timeouts = Counter("corral_timeouts", "Timeouts fired.", ["kind"],
+                                registry=registry)
+        self.operations = Counter("corral_operations", "Operations finished, by outcome.",
+                                  ["kind", "outcome"], registry=registry)
+        self.commit_seconds = Histogram(
+            "corral_event_commit_seconds",
+            "From taking an event (or a batch of them) to its commit.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=registry)
+        self.timeout_lag = Histogram(
+            "corral_timeout_lag_seconds", "How long after its deadline a timeout fired.",
+            ["kind"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=registry)
+
+    def event(self, kind: str, event: str, source: str, outcome: str) -> None:
+        # Refused events may carry any name a client typed; keep the label set bounded.
+        known = kind in self._machines and event in self._machines[kind].triggers
+        self.events.labels(kind, event if known else "other", source, outcome).inc()
+
+    def committed(self, seconds: float, events: int) -> None:
+        self.commit_seconds.observe(seconds)
+
+    def timeout(self, kind: str, lag_seconds: float) -> None:
+        self.timeouts.labels(kind).inc()
+        self.timeout_lag.labels(kind).observe(max(lag_seconds, 0.0))
+
+    def operation(self, kind: str, outcome: str) -> None:
+        self.operations.labels(kind, outcome).inc()
+
+
+def build_registry(engine: Engine) -> CollectorRegistry:
+    """A registry with the state gauges; installs a Prometheus observer on the engine."""
+    registry = CollectorRegistry()
+    registry.register(StateCollector(engine))
+    engine.observer = PrometheusObserver(registry, engine.machines)
+    return registry
