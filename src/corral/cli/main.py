@@ -208,7 +208,12 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
             app = create_app(engine, tokens, registry, threads=settings.http_threads)
             server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                                    access_log=False, lifespan="on"))
-            server.run()  # returns on SIGTERM / SIGINT
+            # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
+            # to the handlers it found: make those harmless, so that the clean-up
+            # below (sweeps, workers, pending group commits) still runs.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: None)
+            server.run()
             if not server.started:
                 raise CorralError(f"could not listen on {settings.listen}")
         else:

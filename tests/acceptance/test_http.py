@@ -1,0 +1,222 @@
+"""The HTTP service as boards, operators and Prometheus use it: a real
+`corral serve` on a free loopback port, a real HTTP client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+CORRAL = str(Path(sys.executable).with_name("corral"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """A running `corral serve --role api` and the CLI beside it."""
+
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.env = os.environ | {"CORRAL_DATABASE_URL": url, "CORRAL_LOG_FORMAT": "json",
+                                 "CORRAL_TOKEN_CACHE_SECONDS": "0"}
+        self.tmp = tmp
+        self.base = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run([CORRAL, *args], env=self.env, cwd=self.tmp,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def start(self) -> None:
+        with (self.tmp / "serve.log").open("a") as log:
+            self.process = subprocess.Popen(
+                [CORRAL, "serve", "--role", "api", "--listen",
+                 self.base.removeprefix("http://")],
+                env=self.env, cwd=self.tmp, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError((self.tmp / "serve.log").read_text())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+            assert self.process.returncode == 0, (self.tmp / "serve.log").read_text()
+
+    def post(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.post(self.base + path, headers=headers, timeout=30, **kwargs)
+
+    def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(self.base + path, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.fixture
+def lab(migrated_url, tmp_path):
+    lab = Lab(migrated_url, tmp_path)
+    (tmp_path / "lab.yaml").write_text("boards:\n" + "".join(
+        f"  - {{name: b{i}, arch: arm64}}\n" for i in range(1, 6)))
+    lab.cli("board", "import", "lab.yaml")
+    for i in range(1, 6):
+        lab.cli("board", "force-state", f"b{i}", "ready", "--reason", "test set-up")
+    lab.start()
+    yield lab
+    lab.stop()
+
+
+def test_callback_path_end_to_end(lab):
+    token = lab.cli("board", "token", "b1")
+    reply = lab.post("/api/v1/boards/b1/events/reboot", token, json={"uptime": 12})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert (body["board"], body["from_state"], body["state"]) == ("b1", "ready", "power_cycling")
+    reply = lab.post("/api/v1/boards/b1/events/power_cycle_ok", token)
+    assert reply.json()["state"] == "rebooting"
+    assert reply.json()["epoch"] == body["epoch"] + 1
+    operator = lab.cli("token", "create", "ann", "--role", "viewer")
+    history = lab.get("/api/v1/boards/b1/history", operator).json()["entries"]
+    reboot = [e for e in history if e["event"] == "reboot"][0]
+    assert (reboot["source"], reboot["actor"], reboot["payload"]) == (
+        "callback", "board:b1", {"uptime": 12})
+
+
+def test_every_status(lab):
+    token = lab.cli("board", "token", "b1")
+    operator = lab.cli("token", "create", "ops", "--role", "operator")
+    cases = [
+        (lab.post("/api/v1/boards/b1/events/reboot"), 401, "unauthorized"),
+        (lab.post("/api/v1/boards/b1/events/reboot", "corral_1_wrong"), 401, "unauthorized"),
+        (lab.post("/api/v1/boards/b1/events/reboot", "garbage"), 401, "unauthorized"),
+        (lab.post("/api/v1/boards/b2/events/reboot", token), 403, "forbidden"),
+        (lab.post("/api/v1/boards/ghost/events/reboot", operator), 404, "not_found"),
+        (lab.post("/api/v1/boards/b1/events/install_ok", token), 409, "event_not_allowed"),
+        (lab.post("/api/v1/boards/b1/events/reboot", token, content="{bad",
+                  headers={"Content-Type": "application/json"}), 422, "invalid_request"),
+        (lab.post("/api/v1/boards/b1/events/reboot", token, json=[1, 2]), 422,
+         "invalid_request"),
+        (lab.post("/api/v1/boards/b1/events/Not-An-Event", token), 422, "invalid_request"),
+    ]
+    for reply, status, error in cases:
+        assert (reply.status_code, reply.json()["error"]) == (status, error), reply.text
+    assert cases[0][0].headers["WWW-Authenticate"] == "Bearer"
+    conflict = cases[5][0].json()
+    assert conflict["allowed_events"] == ["maintenance", "poll_failed", "poll_ok", "reboot",
+                                          "reimage", "retire"]
+    # None of the refused requests changed anything.
+    board = lab.get("/api/v1/boards/b1", operator).json()
+    assert (board["state"], board["epoch"]) == ("ready", 2)
+
+
+def test_idempotency_key_returns_the_first_response(lab):
+    token = lab.cli("board", "token", "b1")
+    first = lab.post("/api/v1/boards/b1/events/reboot", token,
+                     headers={"Idempotency-Key": "req-1"})
+    again = lab.post("/api/v1/boards/b1/events/reboot", token,
+                     headers={"Idempotency-Key": "req-1"})
+    assert first.status_code == again.status_code == 200
+    assert first.json() | {"replayed": True} == again.json()
+    refused = lab.post("/api/v1/boards/b1/events/reboot", token,
+                       headers={"Idempotency-Key": "req-2"})
+    assert refused.status_code == 409
+    viewer = lab.cli("token", "create", "v", "--role", "viewer")
+    history = lab.get("/api/v1/boards/b1/history", viewer).json()["entries"]
+    assert [e["event"] for e in history].count("reboot") == 1
+
+
+def test_token_rotation_and_revocation(lab):
+    old = lab.cli("board", "token", "b1")
+    assert lab.post("/api/v1/boards/b1/events/poll_ok", old).status_code == 200
+    new = lab.cli("board", "token", "b1")
+    assert lab.post("/api/v1/boards/b1/events/poll_ok", old).status_code == 401
+    assert lab.post("/api/v1/boards/b1/events/poll_ok", new).status_code == 200
+    lab.cli("token", "revoke", "board:b1")
+    assert lab.post("/api/v1/boards/b1/events/poll_ok", new).status_code == 401
+
+
+def test_roles(lab):
+    viewer = lab.cli("token", "create", "vic", "--role", "viewer")
+    operator = lab.cli("token", "create", "olga", "--role", "operator")
+    admin = lab.cli("token", "create", "ada", "--role", "admin")
+    force = {"state": "maintenance", "reason": "swap SD card"}
+    assert lab.get("/api/v1/boards", viewer).status_code == 200
+    assert lab.get("/api/v1/boards").status_code == 401
+    assert lab.post("/api/v1/boards/b1/force-state", viewer, json=force).status_code == 403
+    assert lab.post("/api/v1/boards/b1/events/reboot", viewer).status_code == 403
+    reply = lab.post("/api/v1/boards/b1/force-state", operator, json=force)
+    assert reply.status_code == 200 and reply.json()["state"] == "maintenance"
+    assert lab.post("/api/v1/boards/b1/retire", operator,
+                    json={"reason": "dead"}).status_code == 403
+    assert lab.post("/api/v1/boards/b1/retire", admin,
+                    json={"reason": "dead"}).json()["state"] == "retired"
+    history = lab.get("/api/v1/boards/b1/history", viewer).json()["entries"]
+    assert [(e["event"], e["actor"], e["reason"]) for e in history[:2]] == [
+        ("retire", "ada", "dead"), ("force_state", "olga", "swap SD card")]
+    # A conditional force-state that does not match changes nothing.
+    reply = lab.post("/api/v1/boards/b2/force-state", operator,
+                     json={"state": "maintenance", "reason": "x", "if_state": "new"})
+    assert reply.status_code == 409
+    assert lab.post("/api/v1/boards/b2/force-state", operator,
+                    json={"state": "ready"}).status_code == 422
+
+
+def test_maintenance_list_filters_and_history_paging(lab):
+    operator = lab.cli("token", "create", "o", "--role", "operator")
+    on = lab.post("/api/v1/boards/b3/maintenance", operator, json={"on": True, "reason": "x"})
+    assert on.json()["state"] == "maintenance"
+    listed = lab.get("/api/v1/boards", operator, params={"state": "maintenance"}).json()
+    assert [b["name"] for b in listed] == ["b3"]
+    off = lab.post("/api/v1/boards/b3/maintenance", operator, json={"on": False})
+    assert off.json()["state"] == "power_cycling"
+    page = lab.get("/api/v1/boards/b3/history", operator, params={"limit": 2}).json()
+    assert len(page["entries"]) == 2
+    older = lab.get("/api/v1/boards/b3/history", operator,
+                    params={"limit": 2, "before": page["next_before"]}).json()
+    ids = [e["id"] for e in page["entries"] + older["entries"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 4
+
+
+def test_metrics_count_failed_boards(lab):
+    operator = lab.cli("token", "create", "o", "--role", "operator")
+    for name, state in (("b1", "failed_pinging"), ("b2", "failed_power_cycling"),
+                        ("b3", "failed_pinging"), ("b4", "maintenance")):
+        assert lab.post(f"/api/v1/boards/{name}/force-state", operator,
+                        json={"state": state, "reason": "test"}).status_code == 200
+    lab.post("/api/v1/boards/b5/events/install_ok", operator)
+    text = lab.get("/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("corral_failed_machines", (("kind", "board"),))] == 3
+    assert samples[("corral_machines", (("kind", "board"), ("state", "failed_pinging")))] == 2
+    assert samples[("corral_machines", (("kind", "board"), ("state", "ready")))] == 1
+    refused = ("corral_events_total", (("event", "install_ok"), ("kind", "board"),
+                                       ("outcome", "refused"), ("source", "operator")))
+    assert samples[refused] == 1
+    assert ("corral_operations_queued", ()) in samples
+    assert ("corral_event_commit_seconds_count", ()) in samples
+
+
+def test_health_and_readiness(lab):
+    assert lab.get("/healthz").json() == {"status": "ok"}
+    assert lab.get("/readyz").json() == {"status": "ready"}
+    assert lab.get("/openapi.json").json()["info"]["title"] == "Corral"
