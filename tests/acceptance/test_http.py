@@ -96,7 +96,7 @@ def test_callback_path_end_to_end(lab):
     assert reply.json()["epoch"] == body["epoch"] + 1
     operator = lab.cli("token", "create", "ann", "--role", "viewer")
     history = lab.get("/api/v1/boards/b1/history", operator).json()["entries"]
-    reboot = [e for e in history if e["event"] == "reboot"][0]
+    reboot = next(e for e in history if e["event"] == "reboot")
     assert (reboot["source"], reboot["actor"], reboot["payload"]) == (
         "callback", "board:b1", {"uptime": 12})
 
@@ -164,7 +164,8 @@ def test_roles(lab):
     assert lab.post("/api/v1/boards/b1/force-state", viewer, json=force).status_code == 403
     assert lab.post("/api/v1/boards/b1/events/reboot", viewer).status_code == 403
     reply = lab.post("/api/v1/boards/b1/force-state", operator, json=force)
-    assert reply.status_code == 200 and reply.json()["state"] == "maintenance"
+    assert reply.status_code == 200
+    assert reply.json()["state"] == "maintenance"
     assert lab.post("/api/v1/boards/b1/retire", operator,
                     json={"reason": "dead"}).status_code == 403
     assert lab.post("/api/v1/boards/b1/retire", admin,
@@ -193,7 +194,8 @@ def test_maintenance_list_filters_and_history_paging(lab):
     older = lab.get("/api/v1/boards/b3/history", operator,
                     params={"limit": 2, "before": page["next_before"]}).json()
     ids = [e["id"] for e in page["entries"] + older["entries"]]
-    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 4
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == 4
 
 
 def test_metrics_count_failed_boards(lab):

@@ -87,7 +87,8 @@ def test_idempotency_key_replays_the_first_outcome(engine):
     first = engine.fire("board", "b1", "reboot", source="callback", idempotency=("k", "1"))
     before = snapshot(engine)
     again = engine.fire("board", "b1", "reboot", source="callback", idempotency=("k", "1"))
-    assert again.replayed and not first.replayed
+    assert again.replayed
+    assert not first.replayed
     assert (again.to_state, again.epoch) == (first.to_state, first.epoch)
     assert snapshot(engine) == before
     # Another scope has its own key space.
@@ -113,5 +114,6 @@ def test_repeated_key_in_one_batch_fires_once(engine):
     r = FireRequest(kind="board", name="b1", event="reboot", source="callback",
                     idempotency=("k", "same"))
     first, second = engine.fire_batch([r, r])
-    assert second.replayed and second.epoch == first.epoch
+    assert second.replayed
+    assert second.epoch == first.epoch
     assert [e.event for e in engine.history("board", "b1")].count("reboot") == 1
