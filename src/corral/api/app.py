@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -128,7 +129,8 @@ def _status_of(exc: CorralError) -> tuple[int, str]:
         return 404, "not_found"
     if isinstance(exc, Conflict):
         return 409, "conflict"
-    return 400, "bad_request"
+    # Well-formed but refused (e.g. firing 'timeout' by hand).
+    return 409, "refused"
 
 
 # ------------------------------------------------------------------ the app
@@ -154,6 +156,15 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": exc.error, "message": exc.message, **exc.extra},
                             status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # A body that cannot even be parsed is a malformed request like any other.
+        status = 422 if exc.status_code == 400 else exc.status_code
+        error = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 422: "invalid_request"}.get(status, "http_error")
+        return JSONResponse({"error": error, "message": str(exc.detail)}, status_code=status,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
