@@ -63,6 +63,24 @@ class StateMismatch(Conflict):
         self.actual = actual
 
 
+class InvalidRequest(CorralError):
+    """A server refused the request as malformed."""
+
+    exit_code = 2
+
+
+class Unavailable(CorralError):
+    """The database or the Corral server cannot be reached."""
+
+    exit_code = 6
+
+
+class AuthError(CorralError):
+    """A server refused the token (missing, wrong, revoked or too small a role)."""
+
+    exit_code = 7
+
+
 class SchemaNotCurrent(CorralError):
     """The database schema is not at the revision this Corral expects."""
 

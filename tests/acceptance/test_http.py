@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -222,3 +223,36 @@ def test_health_and_readiness(lab):
     assert lab.get("/healthz").json() == {"status": "ok"}
     assert lab.get("/readyz").json() == {"status": "ready"}
     assert lab.get("/openapi.json").json()["info"]["title"] == "Corral"
+
+
+def test_cli_against_the_server_matches_the_local_cli(lab):
+    operator = lab.cli("token", "create", "remote-ops", "--role", "operator")
+
+    def run(*args: str, remote: bool) -> subprocess.CompletedProcess:
+        env = lab.env | ({"CORRAL_URL": lab.base, "CORRAL_TOKEN": operator} if remote else {})
+        return subprocess.run([CORRAL, *args], env=env, cwd=lab.tmp, capture_output=True,
+                              text=True, timeout=60)
+
+    local = run("board", "list", "--json", remote=False)
+    remote = run("board", "list", "--json", remote=True)
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    assert local.stdout == remote.stdout.replace("Z\"", "+00:00\"")
+    for args in (("board", "event", "b1", "install_ok"), ("board", "show", "ghost"),
+                 ("board", "list", "--state", "nowhere"),
+                 ("board", "force-state", "b1", "maintenance", "--reason", "x",
+                  "--if-state", "new")):
+        here, there = run(*args, remote=False), run(*args, remote=True)
+        assert (here.returncode, here.stderr) == (there.returncode, there.stderr), args
+        assert here.returncode in (3, 4)
+    moved = run("board", "force-state", "b2", "maintenance", "--reason", "remote", remote=True)
+    assert moved.stdout.strip() == "b2: ready -> maintenance (epoch 3)"
+    shown = run("board", "history", "b2", "--json", remote=True)
+    assert json.loads(shown.stdout)[0]["actor"] == "remote-ops"
+    no_token = subprocess.run([CORRAL, "--url", lab.base, "board", "list"],
+                              env={k: v for k, v in lab.env.items() if k != "CORRAL_TOKEN"},
+                              capture_output=True, text=True, timeout=60)
+    assert no_token.returncode == 7 and "CORRAL_TOKEN" in no_token.stderr
+    down = subprocess.run([CORRAL, "--url", "http://127.0.0.1:1", "board", "list"],
+                          env=lab.env | {"CORRAL_TOKEN": operator}, capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 6 and down.stderr.startswith("error: cannot reach")

@@ -21,11 +21,11 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import __version__
 from corral.engine.core import Engine, FireResult
@@ -95,6 +95,13 @@ class ForceStateIn(BaseModel):
     state: str = Field(min_length=1, max_length=64)
     reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
     if_state: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class FireIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event: str = Field(pattern=EVENT)
+    payload: dict[str, Any] | None = None
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class MaintenanceIn(BaseModel):
@@ -258,6 +265,8 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         failed: Annotated[bool, Query(description="Only boards in a failed state.")] = False,
     ) -> list[BoardOut]:
         machine = engine.machine("board")
+        for s in state or ():
+            machine.state(s)  # 404 for a state the board machine does not have
         wanted = list(state) if state else None
         if failed:
             wanted = [s for s in (wanted or machine.definition.failed_states)
@@ -293,6 +302,14 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                     who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
         return transition_doc(engine.force_state("board", name, body.state, actor=who.name,
                                                  reason=body.reason, if_state=body.if_state))
+
+    @app.post("/api/v1/boards/{name}/fire", response_model=TransitionOut, responses=ERRORS,
+              tags=["boards"], summary="Fire an event at a board as an operator, with a reason.")
+    def fire(name: BoardName, body: FireIn,
+             who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
+        return transition_doc(engine.fire("board", name, body.event, source="operator",
+                                          payload=body.payload, actor=who.name,
+                                          reason=body.reason))
 
     @app.post("/api/v1/boards/{name}/maintenance", response_model=TransitionOut,
               responses=ERRORS, tags=["boards"], summary="Put a board in or out of maintenance.")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import ProgrammingError as SQLProgrammingError
 
+from corral.cli.clients import Boards, LocalBoards, RemoteBoards
 from corral.config import Settings, load_settings
 from corral.errors import CorralError
 from corral.logs import configure_logging
@@ -36,7 +38,14 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 class CliContext:
     config_file: str | None
     overrides: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None
     _settings: Settings | None = None
+
+    def boards(self, kind: str) -> Boards:
+        """The database's machines, or a server's when --url / CORRAL_URL is given."""
+        if self.url:
+            return RemoteBoards(self.url, os.environ.get("CORRAL_TOKEN"), kind)
+        return LocalBoards(self.engine(), kind, _actor())
 
     @property
     def settings(self) -> Settings:
@@ -96,16 +105,19 @@ def _json(value: Any) -> str:
 @click.option("--statemachines", "statemachines_dir", metavar="DIR",
               help="Directory of state machine definitions (overrides statemachines_dir).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--url", envvar="CORRAL_URL", metavar="URL",
+              help="Talk to a Corral server instead of the database (board commands); the "
+                   "token comes from $CORRAL_TOKEN.")
 @click.version_option(package_name="corral")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, database_url: str | None,
-        statemachines_dir: str | None, log_level: str | None) -> None:
+        statemachines_dir: str | None, log_level: str | None, url: str | None) -> None:
     """Corral: persistent state machines for hardware test labs."""
     # Commands other than serve/sweep only log problems, on stderr.
     configure_logging(log_level or "warning", "auto")
     ctx.obj = CliContext(config_file, {"database_url": database_url,
                                        "statemachines_dir": statemachines_dir,
-                                       "log_level": log_level})
+                                       "log_level": log_level}, url=url)
 
 
 # ------------------------------------------------------------------ db
@@ -292,21 +304,6 @@ def machines_diagram(obj: CliContext, kind: str, markdown: Path | None) -> None:
 # ------------------------------------------------------------------ boards
 
 
-def _machine_doc(row: Any, failed: bool, allowed: tuple[str, ...]) -> dict[str, Any]:
-    return {
-        "kind": row.kind, "name": row.name, "state": row.state, "failed": failed,
-        "state_entered_at": row.state_entered_at, "deadline": row.deadline,
-        "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
-        "allowed_events": list(allowed),
-    }
-
-
-def _history_doc(entry: Any) -> dict[str, Any]:
-    return {k: getattr(entry, k) for k in ("id", "epoch", "at", "event", "from_state",
-                                           "to_state", "source", "actor", "reason", "payload",
-                                           "operation_id")}
-
-
 def _since(moment: datetime | None, now: datetime) -> str:
     """``in 40s`` for a future moment, ``3m ago`` for a past one."""
     if moment is None:
@@ -319,7 +316,7 @@ def _since(moment: datetime | None, now: datetime) -> str:
 
 def add_machine_commands(group: click.Group, kind: str) -> None:
     """The operator commands every machine kind shares: list, show, history, event,
-    force-state."""
+    force-state. They read and write the database, or a server given --url."""
 
     @group.command("list")
     @click.option("--state", "states", multiple=True, help="Only machines in this state "
@@ -328,30 +325,21 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_obj
     def list_cmd(obj: CliContext, states: tuple[str, ...], failed: bool, as_json: bool) -> None:
-        engine = obj.engine()
-        machine = engine.machine(kind)
-        for s in states:
-            machine.state(s)
-        wanted = list(states) or None
-        if failed:
-            wanted = [s for s in (wanted or machine.definition.failed_states)
-                      if machine.is_failed(s)]
-        rows = engine.list_machines(kind, states=wanted)
+        docs = obj.boards(kind).find(list(states) or None, failed)
         if as_json:
-            click.echo(_json([_machine_doc(r, machine.is_failed(r.state),
-                                           machine.allowed_events(r.state)) for r in rows]))
+            click.echo(_json(docs))
             return
-        now = engine.clock()
+        now = datetime.now(UTC)
         table = Table(box=None, pad_edge=False)
         for title in ("NAME", "STATE", "ENTERED", "TIMEOUT", "EPOCH", "COUNTERS"):
             table.add_column(title)
-        for r in rows:
-            state = f"[red]{r.state}[/red]" if machine.is_failed(r.state) else r.state
-            counters = " ".join(f"{k}={v}" for k, v in sorted(r.counters.items())) or "-"
-            table.add_row(r.name, state, _since(r.state_entered_at, now),
-                          _since(r.deadline, now), str(r.epoch), counters)
+        for d in docs:
+            state = f"[red]{d['state']}[/red]" if d["failed"] else d["state"]
+            counters = " ".join(f"{k}={v}" for k, v in sorted(d["counters"].items())) or "-"
+            table.add_row(d["name"], state, _since(d["state_entered_at"], now),
+                          _since(d["deadline"], now), str(d["epoch"]), counters)
         console.print(table)
-        console.print(f"{len(rows)} {kind}{'' if len(rows) == 1 else 's'}")
+        console.print(f"{len(docs)} {kind}{'' if len(docs) == 1 else 's'}")
     list_cmd.help = f"List {kind}s."
 
     @group.command("show")
@@ -359,55 +347,52 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_obj
     def show_cmd(obj: CliContext, name: str, as_json: bool) -> None:
-        engine = obj.engine()
-        machine = engine.machine(kind)
-        row = engine.get(kind, name)
-        doc = _machine_doc(row, machine.is_failed(row.state), machine.allowed_events(row.state))
+        doc = obj.boards(kind).show(name)
         if as_json:
             click.echo(_json(doc))
             return
-        now = engine.clock()
-        click.echo(f"{kind}:     {row.name}")
-        click.echo(f"state:     {row.state}{'  (FAILED)' if doc['failed'] else ''}")
-        click.echo(f"entered:   {row.state_entered_at.isoformat()} "
-                   f"({_since(row.state_entered_at, now)})")
-        deadline = (f"{row.deadline.isoformat()} ({_since(row.deadline, now)})"
-                    if row.deadline else "-")
+        now = datetime.now(UTC)
+        deadline = (f"{doc['deadline'].isoformat()} ({_since(doc['deadline'], now)})"
+                    if doc["deadline"] else "-")
+        click.echo(f"{kind}:     {doc['name']}")
+        click.echo(f"state:     {doc['state']}{'  (FAILED)' if doc['failed'] else ''}")
+        click.echo(f"entered:   {doc['state_entered_at'].isoformat()} "
+                   f"({_since(doc['state_entered_at'], now)})")
         click.echo(f"timeout:   {deadline}")
-        click.echo(f"epoch:     {row.epoch}")
-        click.echo(f"counters:  {row.counters or '-'}")
+        click.echo(f"epoch:     {doc['epoch']}")
+        click.echo(f"counters:  {doc['counters'] or '-'}")
         click.echo(f"events:    {', '.join(doc['allowed_events']) or '-'}")
-        for key, value in sorted(row.attrs.items()):
+        for key, value in sorted(doc["attrs"].items()):
             click.echo(f"{key + ':':<10} {value}")
     show_cmd.help = f"Show one {kind}."
 
     @group.command("history")
     @click.argument("name")
-    @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
-    @click.option("--before", "before_id", type=int, help="Only entries older than this id "
-                  "(paging).")
+    @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+    @click.option("--before", "before_id", type=click.IntRange(1), help="Only entries older "
+                  "than this id (paging).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_obj
     def history_cmd(obj: CliContext, name: str, limit: int, before_id: int | None,
                     as_json: bool) -> None:
-        entries = obj.engine().history(kind, name, limit=limit, before_id=before_id)
+        entries = obj.boards(kind).history(name, limit, before_id)
         if as_json:
-            click.echo(_json([_history_doc(e) for e in entries]))
+            click.echo(_json(entries))
             return
         table = Table(box=None, pad_edge=False)
         for title in ("ID", "AT", "EVENT", "FROM", "TO", "SOURCE", "ACTOR", "REASON"):
             table.add_column(title)
         for e in reversed(entries):
-            table.add_row(str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.event,
-                          e.from_state or "-", e.to_state, e.source, e.actor or "-",
-                          e.reason or "")
+            table.add_row(str(e["id"]), e["at"].strftime("%Y-%m-%d %H:%M:%S"), e["event"],
+                          e["from_state"] or "-", e["to_state"], e["source"],
+                          e["actor"] or "-", e["reason"] or "")
         console.print(table)
     history_cmd.help = f"Show a {kind}'s history, newest last."
 
     @group.command("event")
     @click.argument("name")
     @click.argument("event")
-    @click.option("--payload", help="A JSON document passed with the event.")
+    @click.option("--payload", help="A JSON object passed with the event.")
     @click.option("--reason", help="Recorded in the history.")
     @click.pass_obj
     def event_cmd(obj: CliContext, name: str, event: str, payload: str | None,
@@ -419,9 +404,11 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
             except json.JSONDecodeError as exc:
                 raise click.BadParameter(f"not JSON: {exc.msg}", param_hint="--payload"
                                          ) from None
-        result = obj.engine().fire(kind, name, event, source="operator", payload=data,
-                                   actor=_actor(), reason=reason)
-        click.echo(f"{name}: {result.from_state} -> {result.to_state} (epoch {result.epoch})")
+            if not isinstance(data, dict):
+                raise click.BadParameter("must be a JSON object", param_hint="--payload")
+        result = obj.boards(kind).fire(name, event, data, reason)
+        click.echo(f"{name}: {result['from_state']} -> {result['to_state']} "
+                   f"(epoch {result['epoch']})")
     event_cmd.help = f"Fire an event at a {kind}, as an operator."
 
     @group.command("force-state")
@@ -432,9 +419,9 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
     @click.pass_obj
     def force_cmd(obj: CliContext, name: str, state: str, reason: str,
                   if_state: str | None) -> None:
-        result = obj.engine().force_state(kind, name, state, actor=_actor(), reason=reason,
-                                          if_state=if_state)
-        click.echo(f"{name}: {result.from_state} -> {result.to_state} (epoch {result.epoch})")
+        result = obj.boards(kind).force_state(name, state, reason, if_state)
+        click.echo(f"{name}: {result['from_state']} -> {result['to_state']} "
+                   f"(epoch {result['epoch']})")
     force_cmd.help = (f"Force a {kind} into STATE, running its entry operations "
                       "(Mozpool's state-change).")
 

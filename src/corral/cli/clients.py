@@ -1,0 +1,151 @@
+"""Where the operator commands get their answers: the database, or a server.
+
+``corral board list`` and friends work the same against a local database
+(:class:`LocalBoards`) or a remote Corral (:class:`RemoteBoards`, chosen by
+``--url`` / ``CORRAL_URL`` with ``CORRAL_TOKEN``). Both return the same plain
+documents, and a remote error becomes the same :class:`CorralError` (and so the
+same message and exit code) as a local one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+
+from corral.engine.core import Engine, FireResult
+from corral.errors import (
+    AuthError,
+    Conflict,
+    CorralError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
+from corral.store.queries import HistoryEntry, MachineRow
+
+HISTORY_FIELDS = ("id", "epoch", "at", "event", "from_state", "to_state", "source", "actor",
+                  "reason", "payload", "operation_id")
+
+
+class Boards(Protocol):
+    def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]: ...
+    def show(self, name: str) -> dict[str, Any]: ...
+    def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]: ...
+    def fire(self, name: str, event: str, payload: Any, reason: str | None
+             ) -> dict[str, Any]: ...
+    def force_state(self, name: str, state: str, reason: str, if_state: str | None
+                    ) -> dict[str, Any]: ...
+
+
+def _transition(result: FireResult) -> dict[str, Any]:
+    return {"name": result.name, "event": result.event, "from_state": result.from_state,
+            "to_state": result.to_state, "epoch": result.epoch}
+
+
+class LocalBoards:
+    def __init__(self, engine: Engine, kind: str, actor: str) -> None:
+        self.engine, self.kind, self.actor = engine, kind, actor
+        self.machine = engine.machine(kind)
+
+    def _doc(self, row: MachineRow) -> dict[str, Any]:
+        return {"name": row.name, "state": row.state, "failed": self.machine.is_failed(row.state),
+                "state_entered_at": row.state_entered_at, "deadline": row.deadline,
+                "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
+                "allowed_events": list(self.machine.allowed_events(row.state))}
+
+    def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]:
+        for s in states or ():
+            self.machine.state(s)
+        wanted = states
+        if failed:
+            wanted = [s for s in (wanted or self.machine.definition.failed_states)
+                      if self.machine.is_failed(s)]
+        return [self._doc(r) for r in self.engine.list_machines(self.kind, states=wanted)]
+
+    def show(self, name: str) -> dict[str, Any]:
+        return self._doc(self.engine.get(self.kind, name))
+
+    def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
+        entries: list[HistoryEntry] = self.engine.history(self.kind, name, limit=limit,
+                                                          before_id=before)
+        return [{k: getattr(e, k) for k in HISTORY_FIELDS} for e in entries]
+
+    def fire(self, name: str, event: str, payload: Any, reason: str | None) -> dict[str, Any]:
+        return _transition(self.engine.fire(self.kind, name, event, source="operator",
+                                            payload=payload, actor=self.actor, reason=reason))
+
+    def force_state(self, name: str, state: str, reason: str, if_state: str | None
+                    ) -> dict[str, Any]:
+        return _transition(self.engine.force_state(self.kind, name, state, actor=self.actor,
+                                                   reason=reason, if_state=if_state))
+
+
+class RemoteBoards:
+    """The operator API over HTTP; the token's name is recorded as the actor."""
+
+    def __init__(self, url: str, token: str | None, kind: str = "board") -> None:
+        if kind != "board":
+            raise CorralError(f"the HTTP API does not serve {kind}s yet; use --database-url")
+        if not token:
+            raise AuthError("CORRAL_TOKEN must hold an operator token to use --url")
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            reply = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach {self.url}: {exc}") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            body = {}
+        if reply.status_code == 200:
+            return body
+        message = body.get("message") if isinstance(body, dict) else None
+        message = message or f"{reply.status_code} {reply.reason_phrase}"
+        error = {401: AuthError, 403: AuthError, 404: NotFound, 409: Conflict,
+                 422: InvalidRequest}.get(reply.status_code, CorralError)
+        raise error(message)
+
+    @staticmethod
+    def _times(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+        for key in keys:
+            if doc.get(key):
+                doc[key] = datetime.fromisoformat(doc[key])
+        return doc
+
+    def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"failed": failed}
+        if states:
+            params["state"] = states
+        return [self._times(d, "state_entered_at", "deadline")
+                for d in self._call("GET", "/api/v1/boards", params=params)]
+
+    def show(self, name: str) -> dict[str, Any]:
+        return self._times(self._call("GET", f"/api/v1/boards/{name}"),
+                           "state_entered_at", "deadline")
+
+    def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        page = self._call("GET", f"/api/v1/boards/{name}/history", params=params)
+        return [self._times(e, "at") for e in page["entries"]]
+
+    @staticmethod
+    def _transition(doc: dict[str, Any]) -> dict[str, Any]:
+        return {"name": doc["board"], "event": doc["event"], "from_state": doc["from_state"],
+                "to_state": doc["state"], "epoch": doc["epoch"]}
+
+    def fire(self, name: str, event: str, payload: Any, reason: str | None) -> dict[str, Any]:
+        return self._transition(self._call("POST", f"/api/v1/boards/{name}/fire", json={
+            "event": event, "payload": payload, "reason": reason}))
+
+    def force_state(self, name: str, state: str, reason: str, if_state: str | None
+                    ) -> dict[str, Any]:
+        return self._transition(self._call("POST", f"/api/v1/boards/{name}/force-state", json={
+            "state": state, "reason": reason, "if_state": if_state}))
