@@ -15,15 +15,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A simulated lab of 20 boards on SQLite, timeouts 10x faster than production;
-# sim-0020 has a dead relay and ends in failed_power_cycling.
+# A simulated lab of 20 boards on SQLite, timeouts 10x faster than production:
+# `corral serve --simulate` (HTTP API on 127.0.0.1:8080, simulated power/ping/PXE)
+# and `corral simulate boards` (the boards, reporting over HTTP with their tokens).
+# sim-0020 has a dead relay and ends in failed_power_cycling. Ctrl-C stops both.
 # Watch it from a second terminal: .venv/bin/corral board list
 run: $(STAMP)
 	$(BIN)/corral db upgrade
 	$(BIN)/corral board import examples/simlab.yaml
 	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} \
 	CORRAL_SIM_DEAD_BOARDS=$${CORRAL_SIM_DEAD_BOARDS-sim-0020} \
-	$(BIN)/corral serve --simulate
+	$(BIN)/corral serve --simulate & \
+	$(BIN)/corral simulate boards --count 20 --url http://127.0.0.1:8080; \
+	wait
 
 test: $(STAMP)
 	$(BIN)/pytest -q

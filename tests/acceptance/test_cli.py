@@ -161,7 +161,7 @@ def test_simulated_lab_changes_states(corral, tmp_path):
     shutil.copy(ROOT / "examples" / "simlab.yaml", tmp_path / "simlab.yaml")
     corral("board", "import", "simlab.yaml")
     server = subprocess.Popen(
-        [CORRAL, "serve", "--simulate"], cwd=tmp_path,
+        [CORRAL, "serve", "--simulate", "--role", "worker"], cwd=tmp_path,
         env=os.environ | {"CORRAL_DATABASE_URL": corral.url, "CORRAL_TIMEOUT_SCALE": "0.05",
                           "CORRAL_SIM_OPERATION_SECONDS": "0", "CORRAL_LOG_FORMAT": "json"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -256,3 +256,24 @@ def test_cli_against_the_server_matches_the_local_cli(lab):
                           env=lab.env | {"CORRAL_TOKEN": operator}, capture_output=True,
                           text=True, timeout=60)
     assert down.returncode == 6 and down.stderr.startswith("error: cannot reach")
+
+
+def test_simulated_boards_report_over_http(lab):
+    lab.cli("board", "import", "lab.yaml")
+    (lab.tmp / "sim.yaml").write_text("boards:\n  - {name: sim-0001}\n")
+    lab.cli("board", "import", "sim.yaml")
+    lab.cli("board", "force-state", "sim-0001", "pxe_booting", "--reason", "test")
+    env = lab.env | {"CORRAL_SIM_BOOT_SECONDS": "0", "CORRAL_SIM_INSTALL_SECONDS": "0",
+                     "CORRAL_SIM_INSTALL_FAILURE": "0", "CORRAL_SIM_REIMAGE_RATE": "0"}
+    result = subprocess.run([CORRAL, "simulate", "boards", "--count", "1", "--url", lab.base,
+                             "--seconds", "4"], env=env, cwd=lab.tmp, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "second_stage_started_200=1" in result.stdout
+    assert "install_ok_200=1" in result.stdout
+    viewer = lab.cli("token", "create", "v", "--role", "viewer")
+    history = lab.get("/api/v1/boards/sim-0001/history", viewer).json()["entries"]
+    assert [(e["event"], e["source"], e["actor"]) for e in history[:2]] == [
+        ("install_ok", "callback", "board:sim-0001"),
+        ("second_stage_started", "callback", "board:sim-0001")]
+    assert lab.get("/api/v1/boards/sim-0001", viewer).json()["state"] == "rebooting"

@@ -76,7 +76,8 @@ def _serve(url: str, log: Path, **settings: str) -> subprocess.Popen:
         "CORRAL_LOG_FORMAT": "json",
     } | {f"CORRAL_{k.upper()}": v for k, v in settings.items()}
     with log.open("a") as stderr:
-        return subprocess.Popen([CORRAL, "serve", "--simulate"], cwd=ROOT, env=env,
+        return subprocess.Popen([CORRAL, "serve", "--simulate", "--role", "worker"],
+                                cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
 
 

@@ -276,7 +276,10 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     @app.get("/api/v1/boards/{name}", response_model=BoardOut, responses=ERRORS,
              tags=["boards"], summary="Show one board.")
     def show_board(name: BoardName,
-                   _: Annotated[Principal, Depends(role("viewer"))]) -> BoardOut:
+                   who: Annotated[Principal, Depends(principal)]) -> BoardOut:
+        # A board may read itself (its state tells it what to report next).
+        if not (who.board == name or who.at_least("viewer")):
+            raise ApiError(403, "forbidden", f"token {who.name!r} may not read board {name!r}")
         return board_doc(engine.get("board", name))
 
     @app.get("/api/v1/boards/{name}/history", response_model=HistoryPage, responses=ERRORS,

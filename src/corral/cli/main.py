@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -156,8 +157,8 @@ def db_current(obj: CliContext) -> None:
 
 @cli.command()
 @click.option("--simulate", is_flag=True,
-              help="Run a simulated lab: simulated operation backend and boards that report "
-                   "their own boot progress.")
+              help="Run operations (power, ping, poll, PXE) on the simulated backend; "
+                   "`corral simulate boards` plays the boards themselves.")
 @click.option("--role", type=click.Choice(["all", "api", "worker"]), default="all",
               show_default=True,
               help="api: the HTTP service only; worker: sweeps and operations only.")
@@ -174,7 +175,6 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
     from corral.app import build_handlers, build_worker, check_operations
     from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
-    from corral.simulate.boards import BoardBehaviour, SimulatedBoards
     from corral.tokens import TokenStore
 
     if listen is not None:
@@ -198,13 +198,6 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
                                settings.sweep_interval),
             "operations": (worker.dispatch, settings.operation_interval),
         }
-        if simulate:
-            boards = SimulatedBoards(engine, BoardBehaviour(
-                boot_seconds=settings.sim_boot_seconds,
-                install_seconds=settings.sim_install_seconds,
-                install_failure=settings.sim_install_failure,
-                reimage_rate=settings.sim_reimage_rate, seed=settings.sim_seed))
-            jobs["simulated_boards"] = (boards.tick, 1.0)
         scheduler = build_scheduler(jobs)
     if settings.group_commit_threads:
         engine.start_group_commit(threads=settings.group_commit_threads,
@@ -507,6 +500,61 @@ def token_revoke(obj: CliContext, name: str) -> None:
 
     TokenStore(obj.engine().db).revoke(name)
     click.echo(f"revoked {name}")
+
+
+@cli.group()
+def simulate() -> None:
+    """Simulated lab hardware."""
+
+
+@simulate.command("boards")
+@click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--prefix", default="sim-", show_default=True,
+              help="Boards are named PREFIX0001, PREFIX0002, ...")
+@click.option("--url", "server", metavar="URL", envvar="CORRAL_URL",
+              default="http://127.0.0.1:8080", show_default=True,
+              help="The Corral server the boards report to.")
+@click.option("--seconds", type=float, help="Stop after this long (default: until Ctrl-C).")
+@click.pass_obj
+def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
+                    seconds: float | None) -> None:
+    """Play COUNT boards reporting their boot progress over HTTP.
+
+    Boards missing from the database are created; each gets a fresh board token
+    (issued through the database, so run this beside the server).
+    """
+    import asyncio
+
+    from corral.simulate.boards import BoardBehaviour, run_boards
+    from corral.tokens import TokenStore
+
+    settings = obj.settings
+    engine = obj.engine()
+    names = [f"{prefix}{i:04d}" for i in range(1, count + 1)]
+    existing = {row.name for row in engine.list_machines("board")}
+    missing = {n: {"arch": "amd64", "subarch": "generic"} for n in names if n not in existing}
+    if missing:
+        engine.import_machines("board", missing, actor="simulator",
+                               reason="created by corral simulate boards")
+    tokens = TokenStore(engine.db)
+    issued = {n: tokens.issue_for_board(n) for n in names}
+    behaviour = BoardBehaviour(boot_seconds=settings.sim_boot_seconds,
+                               install_seconds=settings.sim_install_seconds,
+                               install_failure=settings.sim_install_failure,
+                               reimage_rate=settings.sim_reimage_rate, seed=settings.sim_seed)
+
+    async def main() -> Counter[str]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        if seconds is not None:
+            loop.call_later(seconds, stop.set)
+        return await run_boards(server, issued, behaviour, stop)
+
+    click.echo(f"{count} simulated boards reporting to {server}", err=True)
+    tally = asyncio.run(main())
+    click.echo(" ".join(f"{k}={v}" for k, v in sorted(tally.items())) or "nothing to report")
 
 
 def main() -> None:

@@ -1,21 +1,25 @@
-"""Simulated boards: what a real board's second stage reports, without a board.
+"""Simulated boards that talk to Corral over HTTP, as real boards do.
 
-A real board that network-boots runs a second-stage script that calls Corral
-back (``second_stage_started``, then ``install_ok`` or ``install_failed``).
-This simulator plays that part for every board of a simulated lab, and now and
-then asks for a reimage of an idle board, as a job would. It fires events with
-source ``callback``, exactly as the HTTP endpoint does.
+``corral simulate boards --count N --url URL`` plays N boards (``sim-0001``
+...): each holds its own board token, reads its state from the API, and
+reports what a network-booting board's second stage reports —
+``second_stage_started``, then ``install_ok`` or ``install_failed`` — with an
+Idempotency-Key, so a retried request never fires twice. Now and then an idle
+board asks for a fresh image (``reimage``), as a test job would. Power, ping
+and poll are the engine's operations; run the server with ``--simulate`` for
+those.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import httpx
 import structlog
-
-from corral.engine.core import Engine
-from corral.errors import CorralError
 
 log = structlog.get_logger("corral.simulate")
 
@@ -26,40 +30,63 @@ class BoardBehaviour:
     install_seconds: float = 15.0
     install_failure: float = 0.1
     reimage_rate: float = 0.02
+    interval: float = 1.0
     seed: int = 0
 
 
-class SimulatedBoards:
-    def __init__(self, engine: Engine, behaviour: BoardBehaviour) -> None:
-        self.engine = engine
-        self.behaviour = behaviour
-        self._ticks = 0
+class SimulatedBoard:
+    def __init__(self, name: str, token: str, client: httpx.AsyncClient,
+                 behaviour: BoardBehaviour, tally: Counter[str]) -> None:
+        self.name, self.client, self.behaviour, self.tally = name, client, behaviour, tally
+        self.headers = {"Authorization": f"Bearer {token}"}
 
-    def tick(self) -> int:
-        """Fire the callbacks that are due now; returns how many fired."""
-        self._ticks += 1
+    async def run(self, stop: asyncio.Event) -> None:
         b = self.behaviour
-        now = self.engine.clock()
-        fired = 0
-        for board in self.engine.list_machines("board"):
-            rng = random.Random(f"{b.seed}:{board.name}:{board.epoch}:{self._ticks}")
-            waited = (now - board.state_entered_at).total_seconds()
-            event = None
-            payload = None
-            if board.state == "pxe_booting" and waited >= b.boot_seconds:
-                event = "second_stage_started"
-            elif board.state == "installing" and waited >= b.install_seconds:
-                event = "install_failed" if rng.random() < b.install_failure else "install_ok"
-            elif board.state == "ready" and rng.random() < b.reimage_rate:
-                event, payload = "reimage", {"release": "simulated-release"}
-            if event is None:
-                continue
+        while not stop.is_set():
             try:
-                self.engine.fire("board", board.name, event, source="callback", payload=payload,
-                                 actor=f"simulated:{board.name}")
-                fired += 1
-            except CorralError as exc:
-                # The board moved on between the list and the event: a real
-                # board's late callback gets the same refusal.
-                log.debug("simulated_callback_refused", board=board.name, error=str(exc))
-        return fired
+                await self.step()
+            except httpx.TransportError as exc:
+                self.tally["unreachable"] += 1
+                log.debug("simulated_board_unreachable", board=self.name, error=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=b.interval)
+            except TimeoutError:
+                pass
+
+    async def step(self) -> None:
+        b = self.behaviour
+        reply = await self.client.get(f"/api/v1/boards/{self.name}", headers=self.headers)
+        if reply.status_code != 200:
+            self.tally[f"read_{reply.status_code}"] += 1
+            return
+        board = reply.json()
+        entered = datetime.fromisoformat(board["state_entered_at"])
+        waited = (datetime.now(UTC) - entered).total_seconds()
+        rng = random.Random(f"{b.seed}:{self.name}:{board['epoch']}")
+        event = None
+        if board["state"] == "pxe_booting" and waited >= b.boot_seconds:
+            event = "second_stage_started"
+        elif board["state"] == "installing" and waited >= b.install_seconds:
+            event = "install_failed" if rng.random() < b.install_failure else "install_ok"
+        elif board["state"] == "ready" and random.random() < b.reimage_rate * b.interval:
+            event = "reimage"
+        if event is None:
+            return
+        # One key per state entry and event: a retry after a lost reply replays.
+        key = f"{self.name}:{board['epoch']}:{event}"
+        reply = await self.client.post(f"/api/v1/boards/{self.name}/events/{event}",
+                                       headers=self.headers | {"Idempotency-Key": key},
+                                       json={"simulated": True})
+        self.tally[f"{event}_{reply.status_code}"] += 1
+
+
+async def run_boards(url: str, tokens: dict[str, str], behaviour: BoardBehaviour,
+                     stop: asyncio.Event) -> Counter[str]:
+    """Run every board until ``stop`` is set; returns what they did."""
+    tally: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=min(len(tokens), 100) or 1)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        boards = [SimulatedBoard(name, token, client, behaviour, tally)
+                  for name, token in sorted(tokens.items())]
+        await asyncio.gather(*(board.run(stop) for board in boards))
+    return tally
