@@ -107,6 +107,13 @@ class TokenStore:
         with self.db.begin() as conn:
             return q.list_tokens(conn)
 
+    def cached(self, presented: str) -> Principal | None:
+        """The owner of a recently verified token, without touching the database."""
+        cached = self._cache.get(hashlib.sha256(presented.encode()).hexdigest())
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
     def verify(self, presented: str) -> Principal | None:
         """The token's owner, or ``None`` for a malformed, unknown, wrong or revoked token."""
         key = hashlib.sha256(presented.encode()).hexdigest()

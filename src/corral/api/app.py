@@ -13,6 +13,7 @@ annotations at run time, and they name dependencies defined in ``create_app``.
 """
 
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import __version__
-from corral.engine.core import Engine, FireResult
+from corral.engine.core import Engine, FireRequest, FireResult
 from corral.errors import Conflict, CorralError, NotFound, SchemaNotCurrent
 from corral.store import queries as q
 from corral.store.migrate import require_current
@@ -191,18 +192,21 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             body["allowed_events"] = exc.allowed
         return JSONResponse(body, status_code=status)
 
-    def principal(
+    async def principal(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
+        # On the event loop: a cached token costs no thread hop; a new one is
+        # checked against the database in a worker thread.
         if credentials is None:
             raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
-        found = tokens.verify(credentials.credentials)
+        found = tokens.cached(credentials.credentials) or await asyncio.to_thread(
+            tokens.verify, credentials.credentials)
         if found is None:
             raise ApiError(401, "unauthorized", "the token is not valid")
         return found
 
     def role(needed: str):  # type: ignore[no-untyped-def]
-        def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
             if not who.at_least(needed):
                 raise ApiError(403, "forbidden",
                                f"this needs the {needed} role; token {who.name!r} is "
@@ -229,7 +233,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     @app.post("/api/v1/boards/{name}/events/{event}", response_model=TransitionOut,
               responses=ERRORS, tags=["callbacks"],
               summary="Report an event for a board (board token), or fire one (operator).")
-    def post_event(
+    async def post_event(
         name: BoardName,
         event: Annotated[str, Path(pattern=EVENT, description="The event's name.")],
         who: Annotated[Principal, Depends(principal)],
@@ -249,10 +253,10 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         else:
             raise ApiError(403, "forbidden", f"token {who.name!r} is {who.role}; firing "
                            "events needs a board token or the operator role")
-        result = engine.fire("board", name, event, source=source, payload=payload,
-                             actor=who.name,
-                             idempotency=(who.name, idempotency_key) if idempotency_key
-                             else None)
+        result = await engine.fire_async(FireRequest(
+            kind="board", name=name, event=event, source=source, payload=payload,
+            actor=who.name,
+            idempotency=(who.name, idempotency_key) if idempotency_key else None))
         return transition_doc(result)
 
     # -------------------------------------------------------------- operators

@@ -12,6 +12,7 @@ entry the machine has already left is recorded on the operation and ignored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -296,6 +297,18 @@ class Engine:
             outcome = self._committer.submit(request)
         else:
             [outcome] = self.fire_batch([request])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def fire_async(self, request: FireRequest) -> FireResult:
+        """:meth:`fire` for asyncio callers: waits for the commit without holding a
+        thread (with group commit), or runs :meth:`fire_batch` in a worker thread."""
+        self._check(request)
+        if self._committer is not None:
+            outcome = await asyncio.wrap_future(self._committer.enqueue(request))
+        else:
+            [outcome] = await asyncio.to_thread(self.fire_batch, [request])
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome

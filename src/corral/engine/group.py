@@ -45,13 +45,18 @@ class GroupCommitter:
         Raises:
             Whatever made the shared transaction fail (e.g. the database is down).
         """
+        return self.enqueue(request).result()
+
+    def enqueue(self, request: FireRequest) -> Future[FireResult | CorralError]:
+        """Queue an event; the future resolves once its transaction has committed
+        (an asyncio caller awaits it without tying up a thread)."""
         future: Future[FireResult | CorralError] = Future()
         with self._ready:
             if self._closing:
                 raise CorralError("the engine is shutting down")
             self._queue.append((request, future))
             self._ready.notify()
-        return future.result()
+        return future
 
     def close(self) -> None:
         with self._ready:
