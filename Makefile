@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.callbacks
 
 # Regenerate the diagrams in docs/ from statemachines/ (a test checks they are current).
 docs: $(STAMP)
