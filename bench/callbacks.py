@@ -28,13 +28,12 @@ from typing import Any
 
 import httpx
 
-from bench.common import create_database, drop_database, pgbench_tps
+from bench.common import pgbench_tps, scratch_database
 from corral.engine.core import Engine
 from corral.logs import configure_logging
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store.db import create_db_engine
-from corral.store.migrate import upgrade
 from corral.tokens import TokenStore
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -146,11 +145,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    url = create_database()
-    try:
-        engine = create_db_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    with scratch_database() as url:
         runs = []
         for _ in range(args.repeat):
             cb = bench_callbacks(url, args.seconds, args.clients)
@@ -161,8 +156,6 @@ def main() -> None:
               f"(p50 {cb['p50_ms']:.1f} ms, p99 {cb['p99_ms']:.1f} ms); pgbench -N 8 clients "
               f"{tps:.0f} TPS; ratio {ratio:.2f} (median of {args.repeat}; all: "
               f"{', '.join(f'{r[0]:.2f}' for r in runs)})")
-    finally:
-        drop_database(url)
 
 
 if __name__ == "__main__":

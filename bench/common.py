@@ -8,8 +8,13 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
+
+from corral.store.db import create_db_engine
+from corral.store.migrate import upgrade
 
 ADMIN_URL = os.environ.get("CORRAL_BENCH_POSTGRES_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -25,6 +30,19 @@ def create_database() -> str:
 def drop_database(url: str) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    """A migrated scratch database, dropped afterwards."""
+    url = create_database()
+    try:
+        engine = create_db_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        drop_database(url)
 
 
 def pgbench_binary() -> str:

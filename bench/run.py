@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import create_database, drop_database, pgbench_tps
+from bench.common import pgbench_tps, scratch_database
 from corral.config import Settings
 from corral.engine.core import Engine
 from corral.errors import Conflict
@@ -32,7 +32,6 @@ from corral.logs import configure_logging
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store.db import create_db_engine
-from corral.store.migrate import upgrade
 
 WORKERS = 8
 BOARDS_PER_WORKER = 50
@@ -179,11 +178,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=defaults.sweep_threads,
                         help="sweep threads per process (setting sweep_threads)")
     args = parser.parse_args()
-    url = create_database()
-    try:
-        engine = create_db_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    with scratch_database() as url:
         print(f"database: {url.rsplit('/', 1)[1]}  cpus: {os.cpu_count()}  "
               f"median of {args.repeat} runs")
         rows: dict[str, list[dict[str, Any]]] = {"threads": [], "processes": [], "pgbench": []}
@@ -211,8 +206,6 @@ def main() -> None:
             print(f"(b) {args.boards} due, {n} process(es) x {args.threads} sweep threads: "
                   f"{sweep['timeouts_per_s']:7.0f} timeouts/s ({sweep['seconds']:.1f} s; "
                   f"all runs: {', '.join(str(round(r['timeouts_per_s'])) for r in runs)})")
-    finally:
-        drop_database(url)
 
 
 if __name__ == "__main__":

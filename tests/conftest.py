@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -80,15 +81,21 @@ def drop_pg_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """An empty PostgreSQL database (not migrated)."""
+@contextmanager
+def scratch_pg_database() -> Iterator[str]:
     require_postgres()
     url = create_pg_database()
     try:
         yield url
     finally:
         drop_pg_database(url)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database (not migrated)."""
+    with scratch_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -97,12 +104,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'corral.db'}"
         return
-    require_postgres()
-    url = create_pg_database()
-    try:
+    with scratch_pg_database() as url:
         yield url
-    finally:
-        drop_pg_database(url)
 
 
 def _migrate(url: str) -> str:

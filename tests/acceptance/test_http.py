@@ -251,11 +251,13 @@ def test_cli_against_the_server_matches_the_local_cli(lab):
     no_token = subprocess.run([CORRAL, "--url", lab.base, "board", "list"],
                               env={k: v for k, v in lab.env.items() if k != "CORRAL_TOKEN"},
                               capture_output=True, text=True, timeout=60)
-    assert no_token.returncode == 7 and "CORRAL_TOKEN" in no_token.stderr
+    assert no_token.returncode == 7
+    assert "CORRAL_TOKEN" in no_token.stderr
     down = subprocess.run([CORRAL, "--url", "http://127.0.0.1:1", "board", "list"],
                           env=lab.env | {"CORRAL_TOKEN": operator}, capture_output=True,
                           text=True, timeout=60)
-    assert down.returncode == 6 and down.stderr.startswith("error: cannot reach")
+    assert down.returncode == 6
+    assert down.stderr.startswith("error: cannot reach")
 
 
 def test_simulated_boards_report_over_http(lab):

@@ -15,16 +15,16 @@ from tests.acceptance.test_http import Lab
 
 
 @pytest.fixture
-def api_schema(tmp_path, migrated_url, request):
+def api_schema(tmp_path, migrated_url):
     lab = Lab(migrated_url, tmp_path)
     (tmp_path / "lab.yaml").write_text("boards:\n  - {name: b1}\n  - {name: b2}\n")
     lab.cli("board", "import", "lab.yaml")
     lab.token = lab.cli("token", "create", "fuzz", "--role", "admin")
     lab.start()
-    request.addfinalizer(lab.stop)
     schema = schemathesis.openapi.from_url(f"{lab.base}/openapi.json")
     schema.lab = lab
-    return schema
+    yield schema
+    lab.stop()
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
