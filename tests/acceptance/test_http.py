@@ -279,3 +279,26 @@ def test_simulated_boards_report_over_http(lab):
         ("install_ok", "callback", "board:sim-0001"),
         ("second_stage_started", "callback", "board:sim-0001")]
     assert lab.get("/api/v1/boards/sim-0001", viewer).json()["state"] == "rebooting"
+
+
+def test_database_outage_is_a_503(tmp_path):
+    # A server whose database disappears under it answers 503, not 500.
+    from tests.conftest import create_pg_database, drop_pg_database, require_postgres
+    from tests.conftest import _migrate
+
+    require_postgres()
+    url = _migrate(create_pg_database())
+    lab = Lab(url, tmp_path)
+    (tmp_path / "lab.yaml").write_text("boards:\n  - {name: b1}\n")
+    lab.cli("board", "import", "lab.yaml")
+    token = lab.cli("board", "token", "b1")
+    lab.start()
+    try:
+        assert lab.post("/api/v1/boards/b1/events/maintenance", token).status_code == 200
+        drop_pg_database(url)
+        reply = lab.post("/api/v1/boards/b1/events/leave_maintenance", token)
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"] == "unavailable"
+        assert lab.get("/readyz").status_code == 503
+    finally:
+        lab.stop()

@@ -20,6 +20,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
+import psycopg
+import sqlalchemy.exc
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -122,7 +124,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                        (403, "The token may not do this."),
                        (404, "No such board."),
                        (409, "The board's current state refuses this."),
-                       (422, "The request is malformed."))
+                       (422, "The request is malformed."),
+                       (503, "The database is unavailable; retry."))
 }
 
 
@@ -164,6 +167,15 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": exc.error, "message": exc.message, **exc.extra},
                             status_code=exc.status, headers=headers)
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The database went away: nothing was committed; the client may retry
+        # (with the same Idempotency-Key).
+        return JSONResponse({"error": "unavailable",
+                             "message": "the database is unavailable; retry later"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
     def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
