@@ -283,8 +283,7 @@ def test_simulated_boards_report_over_http(lab):
 
 def test_database_outage_is_a_503(tmp_path):
     # A server whose database disappears under it answers 503, not 500.
-    from tests.conftest import create_pg_database, drop_pg_database, require_postgres
-    from tests.conftest import _migrate
+    from tests.conftest import _migrate, create_pg_database, drop_pg_database, require_postgres
 
     require_postgres()
     url = _migrate(create_pg_database())
