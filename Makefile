@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CORRAL_DATABASE_URL ?= sqlite:///./var/corral.db
 
-.PHONY: run test lint bench docs install clean
+.PHONY: run test lint bench docs proto install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.callbacks
+
+# Regenerate the committed gRPC code from protos/ (a test checks it is current).
+proto: $(STAMP)
+	$(BIN)/python -m corral.mo.codegen
 
 # Regenerate the diagrams in docs/ from statemachines/ (a test checks they are current).
 docs: $(STAMP)

@@ -58,6 +58,10 @@ class Settings:
     command_poll: str = "ping -c 1 -W 2 {hostname}"
     command_write_pxe_config: str = ""
     worker_id: str = ""
+    # Maintenance Orchestrator (gRPC)
+    mo_target: str = "127.0.0.1:50051"
+    mo_deadline: float = 5.0
+    mo_attempts: int = 5
     # Simulated lab
     sim_seed: int = 0
     sim_operation_seconds: float = 0.2
@@ -80,7 +84,7 @@ SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 _POSITIVE = {"http_threads", "sweep_interval", "sweep_batch", "sweep_threads",
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
-             "operation_max_attempts", "command_timeout"}
+             "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts"}
 _NON_NEGATIVE = {"token_cache_seconds", "group_commit_threads", "operation_retry_delay",
                  "sim_operation_seconds",
                  "sim_boot_seconds", "sim_install_seconds", "sim_seed"}
@@ -111,15 +115,15 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{name} (from {origin}) must not be negative, not {raw!r}")
     if name in _PROBABILITIES and not 0 <= value <= 1:
         raise ConfigError(f"{name} (from {origin}) must be between 0 and 1, not {raw!r}")
-    if name == "listen":
-        parse_listen(value, origin)
+    if name in ("listen", "mo_target"):
+        parse_listen(value, origin, name)
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{name} (from {origin}) must be one of "
                           f"{', '.join(_CHOICES[name])}, not {raw!r}")
     return value
 
 
-def parse_listen(value: str, origin: str = "listen") -> tuple[str, int]:
+def parse_listen(value: str, origin: str = "listen", name: str = "listen") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port).
 
     Raises:
@@ -128,7 +132,7 @@ def parse_listen(value: str, origin: str = "listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen (from {origin}) must be HOST:PORT, e.g. 127.0.0.1:8080, "
+        raise ConfigError(f"{name} (from {origin}) must be HOST:PORT, e.g. 127.0.0.1:8080, "
                           f"not {value!r}")
     return host, int(port)
 
