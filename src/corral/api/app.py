@@ -229,11 +229,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     BoardName = Annotated[str, Path(pattern=NAME, description="The board's name.")]
 
     def board_doc(row: q.MachineRow) -> BoardOut:
-        machine = engine.machine("board")
-        return BoardOut(name=row.name, state=row.state, failed=machine.is_failed(row.state),
-                        state_entered_at=row.state_entered_at, deadline=row.deadline,
-                        counters=row.counters, epoch=row.epoch, attrs=row.attrs,
-                        allowed_events=list(machine.allowed_events(row.state)))
+        return BoardOut(**engine.describe(row))
 
     def transition_doc(result: FireResult) -> TransitionOut:
         return TransitionOut(board=result.name, event=result.event,
@@ -280,14 +276,9 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         state: Annotated[list[str] | None, Query(description="Only these states.")] = None,
         failed: Annotated[bool, Query(description="Only boards in a failed state.")] = False,
     ) -> list[BoardOut]:
-        machine = engine.machine("board")
-        for s in state or ():
-            machine.state(s)  # 404 for a state the board machine does not have
-        wanted = list(state) if state else None
-        if failed:
-            wanted = [s for s in (wanted or machine.definition.failed_states)
-                      if machine.is_failed(s)]
-        return [board_doc(r) for r in engine.list_machines("board", states=wanted)]
+        # An unknown state is a 404, as it is for the CLI.
+        return [board_doc(r) for r in engine.list_machines("board", states=state,
+                                                           failed=failed)]
 
     @app.get("/api/v1/boards/{name}", response_model=BoardOut, responses=ERRORS,
              tags=["boards"], summary="Show one board.")

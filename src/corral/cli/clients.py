@@ -23,7 +23,7 @@ from corral.errors import (
     NotFound,
     Unavailable,
 )
-from corral.store.queries import HistoryEntry, MachineRow
+from corral.store.queries import HistoryEntry
 
 HISTORY_FIELDS = ("id", "epoch", "at", "event", "from_state", "to_state", "source", "actor",
                   "reason", "payload", "operation_id")
@@ -47,25 +47,14 @@ def _transition(result: FireResult) -> dict[str, Any]:
 class LocalBoards:
     def __init__(self, engine: Engine, kind: str, actor: str) -> None:
         self.engine, self.kind, self.actor = engine, kind, actor
-        self.machine = engine.machine(kind)
-
-    def _doc(self, row: MachineRow) -> dict[str, Any]:
-        return {"name": row.name, "state": row.state, "failed": self.machine.is_failed(row.state),
-                "state_entered_at": row.state_entered_at, "deadline": row.deadline,
-                "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
-                "allowed_events": list(self.machine.allowed_events(row.state))}
+        engine.machine(kind)
 
     def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]:
-        for s in states or ():
-            self.machine.state(s)
-        wanted = states
-        if failed:
-            wanted = [s for s in (wanted or self.machine.definition.failed_states)
-                      if self.machine.is_failed(s)]
-        return [self._doc(r) for r in self.engine.list_machines(self.kind, states=wanted)]
+        return [self.engine.describe(r)
+                for r in self.engine.list_machines(self.kind, states=states, failed=failed)]
 
     def show(self, name: str) -> dict[str, Any]:
-        return self._doc(self.engine.get(self.kind, name))
+        return self.engine.describe(self.engine.get(self.kind, name))
 
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         entries: list[HistoryEntry] = self.engine.history(self.kind, name, limit=limit,

@@ -42,6 +42,11 @@ class CliContext:
     url: str | None = None
     _settings: Settings | None = None
 
+    def override(self, name: str, value: Any) -> None:
+        """Apply a command's own option over the configuration (before first use)."""
+        self.overrides[name] = value
+        self._settings = None
+
     def boards(self, kind: str) -> Boards:
         """The database's machines, or a server's when --url / CORRAL_URL is given."""
         if self.url:
@@ -178,8 +183,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
     from corral.tokens import TokenStore
 
     if listen is not None:
-        obj.overrides["listen"] = listen
-        obj._settings = None
+        obj.override("listen", listen)
     settings = obj.settings
     host, port = parse_listen(settings.listen)
     configure_logging(settings.log_level, settings.log_format)

@@ -250,10 +250,32 @@ class Engine:
             raise UnknownMachine(kind, name)
         return row
 
-    def list_machines(self, kind: str, *, states: list[str] | None = None) -> list[q.MachineRow]:
-        self.machines[kind]
+    def list_machines(
+        self, kind: str, *, states: list[str] | None = None, failed: bool = False
+    ) -> list[q.MachineRow]:
+        """Machines of ``kind``, optionally only in ``states`` and/or failed ones.
+
+        Raises:
+            NotFound: a state the kind's machine does not have.
+        """
+        machine = self.machines[kind]
+        for state in states or ():
+            machine.state(state)
+        wanted = states or None
+        if failed:
+            wanted = [s for s in (wanted or machine.definition.failed_states)
+                      if machine.is_failed(s)]
         with self.db.begin() as conn:
-            return q.list_machines(conn, kind, states=states)
+            return q.list_machines(conn, kind, states=wanted)
+
+    def describe(self, row: q.MachineRow) -> dict[str, Any]:
+        """A machine as operators see it: its row plus whether it has failed and
+        which events its state accepts (the CLI and the HTTP API both show this)."""
+        machine = self.machines[row.kind]
+        return {"name": row.name, "state": row.state, "failed": machine.is_failed(row.state),
+                "state_entered_at": row.state_entered_at, "deadline": row.deadline,
+                "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
+                "allowed_events": list(machine.allowed_events(row.state))}
 
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None
