@@ -14,9 +14,12 @@ from corral.engine.core import Clock, Engine, utcnow
 from corral.engine.worker import OperationWorker
 from corral.machines import DefinitionError, MachineSet, load_definitions
 from corral.machines.loader import Problem
+from corral.mo.client import MoClient
 from corral.operations.base import Handler, board_handlers
 from corral.operations.command import CommandBackend
 from corral.operations.simulated import SimulatedLab, SimulatedRates
+from corral.pools.operations import MoOperations
+from corral.pools.service import reserve_pool_events
 from corral.store.db import create_db_engine
 from corral.store.migrate import require_current
 
@@ -32,7 +35,17 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
                           pool_size=max(5, settings.operation_threads + 2))
     if check_schema:
         require_current(db)
-    return Engine(db, machines, clock=clock, timeout_scale=settings.timeout_scale)
+    engine = Engine(db, machines, clock=clock, timeout_scale=settings.timeout_scale)
+    reserve_pool_events(engine)
+    return engine
+
+
+def pool_handlers(settings: Settings) -> dict[str, Handler]:
+    """The pool machine's operations, against MO at ``mo_target`` (the channel
+    connects on first use, so a lab without pools never needs MO)."""
+    client = MoClient(settings.mo_target, deadline=settings.mo_deadline,
+                      attempts=settings.mo_attempts)
+    return MoOperations(client).handlers()
 
 
 def build_handlers(settings: Settings, *, simulate: bool | None = None) -> dict[str, Handler]:
@@ -44,14 +57,14 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None) -> dict[
             seconds=settings.sim_operation_seconds,
             dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
         ))
-        return board_handlers(lab, lab, lab)
+        return board_handlers(lab, lab, lab) | pool_handlers(settings)
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
         "ping": settings.command_ping,
         "poll": settings.command_poll,
         "write_pxe_config": settings.command_write_pxe_config,
     }, timeout=settings.command_timeout)
-    return board_handlers(commands, commands, commands)
+    return board_handlers(commands, commands, commands) | pool_handlers(settings)
 
 
 def check_operations(machines: MachineSet, handlers: dict[str, Handler]) -> None:

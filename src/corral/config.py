@@ -62,6 +62,8 @@ class Settings:
     mo_target: str = "127.0.0.1:50051"
     mo_deadline: float = 5.0
     mo_attempts: int = 5
+    # How long an override lasts at MO unless renewed (seconds; 12 h).
+    mo_override_ttl: int = 43200
     # Simulated lab
     sim_seed: int = 0
     sim_operation_seconds: float = 0.2
@@ -84,7 +86,8 @@ SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 _POSITIVE = {"http_threads", "sweep_interval", "sweep_batch", "sweep_threads",
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
-             "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts"}
+             "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
+             "mo_override_ttl"}
 _NON_NEGATIVE = {"token_cache_seconds", "group_commit_threads", "operation_retry_delay",
                  "sim_operation_seconds",
                  "sim_boot_seconds", "sim_install_seconds", "sim_seed"}

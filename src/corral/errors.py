@@ -64,7 +64,8 @@ class StateMismatch(Conflict):
 
 
 class InvalidRequest(CorralError):
-    """A server refused the request as malformed."""
+    """A malformed request: an event payload missing a declared value, or a
+    request a server refused as malformed."""
 
     exit_code = 2
 

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import __version__
 from corral.engine.core import Engine, FireRequest, FireResult
-from corral.errors import Conflict, CorralError, NotFound, SchemaNotCurrent
+from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, SchemaNotCurrent
 from corral.store import queries as q
 from corral.store.migrate import require_current
 from corral.tokens import Principal, TokenStore
@@ -138,6 +138,8 @@ class ApiError(Exception):
 def _status_of(exc: CorralError) -> tuple[int, str]:
     if isinstance(exc, NotFound):
         return 404, "not_found"
+    if isinstance(exc, InvalidRequest):
+        return 422, "invalid_request"
     if isinstance(exc, Conflict):
         return 409, "conflict"
     # Well-formed but refused (e.g. firing 'timeout' by hand).

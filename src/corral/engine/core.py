@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy import Engine as Database
 from sqlalchemy.exc import IntegrityError
 
@@ -28,6 +30,7 @@ from corral.errors import (
     Conflict,
     CorralError,
     EventNotAllowed,
+    InvalidRequest,
     NotFound,
     StateMismatch,
     UnknownMachine,
@@ -117,6 +120,8 @@ def outcome_document(outcome: FireResult | CorralError) -> dict[str, Any]:
                 "state": outcome.state, "event": outcome.event, "allowed": outcome.allowed}
     if isinstance(outcome, UnknownMachine):
         return {"error": "unknown_machine", "kind": outcome.kind, "name": outcome.name}
+    if isinstance(outcome, InvalidRequest):
+        return {"error": "invalid_request", "message": str(outcome)}
     return {"error": "refused", "message": str(outcome)}
 
 
@@ -131,6 +136,8 @@ def replay_outcome(document: Mapping[str, Any]) -> FireResult | CorralError:
                                document["event"], list(document["allowed"]))
     if error == "unknown_machine":
         return UnknownMachine(document["kind"], document["name"])
+    if error == "invalid_request":
+        return InvalidRequest(document["message"])
     return CorralError(document.get("message", "refused"))
 
 
@@ -142,6 +149,13 @@ class _Write:
     history: dict[str, Any]
     operations: list[dict[str, Any]]
     result: FireResult
+    vars: q.VarsChange | None = None
+
+
+def _write_all(tx: Transaction, writes: list[_Write], final: list[q.StateChange],
+               remembered: list[dict[str, Any]] | None = None) -> None:
+    tx.write(final, [w.history for w in writes], [op for w in writes for op in w.operations],
+             remembered or [], [w.vars for w in writes if w.vars is not None])
 
 
 class Engine:
@@ -169,6 +183,29 @@ class Engine:
         self.timeout_scale = timeout_scale
         self.observer = observer or Observer()
         self._committer: GroupCommitter | None = None
+        # (kind, event) -> how to do it instead: events only a service fires,
+        # because they change its own tables too (a pool's assign and release).
+        self._reserved: dict[tuple[str, str], str] = {}
+
+    def reserve_events(self, kind: str, events: Sequence[str], instead: str) -> None:
+        """Refuse ``events`` of ``kind`` from :meth:`fire`; only a :meth:`unit`
+        may fire them. ``instead`` tells the user what to do."""
+        for event in events:
+            self._reserved[(kind, event)] = instead
+
+    @contextmanager
+    def unit(self) -> Iterator[Unit]:
+        """One transaction in which a caller changes its own tables and fires
+        events (a pool's assignment row and its ``assign`` event, together).
+        Machines are locked through the unit; everything commits at the end or
+        nothing does."""
+        with self.db.begin() as conn:
+            unit = Unit(self, conn, self.clock())
+            yield unit
+        for write in unit.writes:
+            source = write.history["source"]
+            self.observer.event(write.result.kind, write.result.event, source, "accepted")
+            self._log(write.result, source)
 
     # ------------------------------------------------------------ machines
 
@@ -231,9 +268,7 @@ class Engine:
                     writes.append(self._prepare(placeholder, outcome, now=now, source="operator",
                                                 actor=actor, reason=reason, payload=None,
                                                 operation_id=None))
-                SqlaTransaction(conn).write([w.change for w in writes],
-                                            [w.history for w in writes],
-                                            [op for w in writes for op in w.operations])
+                _write_all(SqlaTransaction(conn), writes, [w.change for w in writes])
         except IntegrityError:
             raise Conflict(f"another process created one of these {kind}s at the same time; "
                            "nothing was imported, try again") from None
@@ -275,6 +310,7 @@ class Engine:
         return {"name": row.name, "state": row.state, "failed": machine.is_failed(row.state),
                 "state_entered_at": row.state_entered_at, "deadline": row.deadline,
                 "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
+                "vars": row.vars or {},
                 "allowed_events": list(machine.allowed_events(row.state))}
 
     def history(
@@ -371,7 +407,8 @@ class Engine:
                     if row is None:
                         raise UnknownMachine(request.kind, request.name)
                     computed = self.machines[request.kind].compute(
-                        row.state, row.counters, request.event, name=request.name)
+                        row.state, row.counters, request.event, name=request.name,
+                        payload=request.payload)
                     write = self._prepare(row, computed, now=now, source=request.source,
                                           actor=request.actor, reason=request.reason,
                                           payload=request.payload, operation_id=None)
@@ -418,6 +455,10 @@ class Engine:
         if request.event == TIMEOUT_EVENT:
             raise CorralError("'timeout' is fired by the deadline sweep only; to move a machine "
                               "on, force its state")
+        instead = self._reserved.get((request.kind, request.event))
+        if instead is not None:
+            raise Conflict(f"{request.kind} event {request.event!r} cannot be fired directly; "
+                           f"{instead}")
 
     def force_state(
         self,
@@ -586,7 +627,7 @@ class Engine:
             outcome = machine.compute(row.state, row.counters, event, name=row.name)
             write = self._prepare(row, outcome, now=now, source="operation", actor=None,
                                   reason=error, payload=result_doc, operation_id=op.id)
-            SqlaTransaction(conn).write([write.change], [write.history], write.operations)
+            _write_all(SqlaTransaction(conn), [write], [write.change])
             q.finish_operation(conn, op.id, status="done" if ok else "failed",
                                result=result_doc, error=error, now=now)
         self._log(write.result, "operation", operation_id=op.id)
@@ -655,8 +696,10 @@ class Engine:
             }
             for kind in outcome.operations
         ]
+        variables = (q.VarsChange(id=row.id, values=outcome.vars, replace=outcome.clear_vars)
+                     if outcome.changes_vars else None)
         return _Write(change=change, history=history, operations=operations,
-                      result=self._result(row, outcome, epoch))
+                      result=self._result(row, outcome, epoch), vars=variables)
 
     def _write(self, tx: Transaction, writes: list[_Write],
                remembered: list[dict[str, Any]] | None = None) -> None:
@@ -664,8 +707,7 @@ class Engine:
             # A machine that took several events in one batch is written once,
             # in its final state; every event keeps its history row.
             final = {w.change.id: w.change for w in writes}
-            tx.write(list(final.values()), [w.history for w in writes],
-                     [op for w in writes for op in w.operations], remembered or [])
+            _write_all(tx, writes, list(final.values()), remembered)
 
     def _log(self, result: FireResult, source: str, **extra: Any) -> None:
         log.info("transition", **{result.kind: result.name}, from_state=result.from_state,
@@ -674,3 +716,45 @@ class Engine:
 
     def machine(self, kind: str) -> StateMachine:
         return self.machines[kind]
+
+
+class Unit:
+    """A transaction opened by :meth:`Engine.unit`: lock machines, fire events
+    on them, and use ``conn`` for the caller's own tables."""
+
+    def __init__(self, engine: Engine, conn: Connection, now: datetime) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.now = now
+        self.writes: list[_Write] = []
+
+    def lock(self, kind: str, name: str) -> q.MachineState:
+        """Raises: UnknownMachine."""
+        self.engine.machines[kind]
+        row = q.lock_machine(self.conn, kind, name)
+        if row is None:
+            raise UnknownMachine(kind, name)
+        return row
+
+    def fire(
+        self, row: q.MachineState, event: str, *, source: str, payload: Any = None,
+        actor: str | None = None, reason: str | None = None,
+    ) -> q.MachineState:
+        """Apply ``event`` to the locked ``row``; returns the row as it is now.
+
+        Raises:
+            EventNotAllowed, InvalidRequest: nothing of the unit will commit
+            unless the caller handles it.
+        """
+        machine = self.engine.machines[row.kind]
+        outcome = machine.compute(row.state, row.counters, event, name=row.name,
+                                  payload=payload)
+        write = self.engine._prepare(row, outcome, now=self.now, source=source, actor=actor,
+                                     reason=reason, payload=payload, operation_id=None)
+        _write_all(SqlaTransaction(self.conn), [write], [write.change])
+        self.writes.append(write)
+        return write.change.applied_to(row)
+
+    @property
+    def results(self) -> list[FireResult]:
+        return [w.result for w in self.writes]

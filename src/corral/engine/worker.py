@@ -109,7 +109,7 @@ class OperationWorker:
             return
         ctx = OperationContext(operation_id=op.id, kind=op.kind, machine_kind=machine.kind,
                                name=machine.name, attrs=machine.attrs, payload=op.payload,
-                               attempt=op.attempts)
+                               attempt=op.attempts, vars=machine.vars or {})
         bound.debug("operation_started")
         try:
             detail = handler(ctx)

@@ -42,6 +42,33 @@ class StateDef:
     on_enter: tuple[str, ...] = ()
     on_enter_lines: tuple[int, ...] = ()
     clear_counters: bool | tuple[str, ...] = False
+    clear_vars: bool = False
+
+
+VAR_TYPES: Mapping[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VarDef:
+    """A value an event's payload must carry, kept in the machine's ``vars``.
+
+    Operations of the states the machine enters later read it (a pool's
+    override version, say), so it survives re-entries and timeouts.
+    """
+
+    name: str
+    type: str
+    required: bool = True
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool) and self.type != "boolean":
+            return False
+        return isinstance(value, VAR_TYPES[self.type])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,13 +76,15 @@ class TransitionDef:
     """``trigger`` moves a machine from any of ``sources`` to ``dest``.
 
     ``dest`` ``None`` is an internal transition: the event is accepted and
-    recorded, but the machine does not leave or re-enter its state.
+    recorded, but the machine does not leave or re-enter its state. ``vars``
+    are payload values the event must carry; they are stored on the machine.
     """
 
     trigger: str
     sources: tuple[str, ...]
     dest: str | None
     line: int
+    vars: tuple[VarDef, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,8 +19,10 @@ from corral.machines.definition import (
     TIMEOUT_EVENT,
     Counter,
     MachineDefinition,
+    VAR_TYPES,
     StateDef,
     TransitionDef,
+    VarDef,
 )
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
@@ -34,9 +36,11 @@ STATE_KEYS = (
     "failed",
     "on_enter",
     "clear_counters",
+    "clear_vars",
 )
 COUNTER_KEYS = ("name", "max", "failure", "count")
-TRANSITION_KEYS = ("trigger", "source", "dest")
+TRANSITION_KEYS = ("trigger", "source", "dest", "vars")
+REQUIRED_TRANSITION_KEYS = ("trigger", "source", "dest")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -192,7 +196,7 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
         on_timeout = None
 
     flags: dict[str, bool] = {}
-    for flag in ("terminal", "failed"):
+    for flag in ("terminal", "failed", "clear_vars"):
         value = body.get(flag, False)
         if not isinstance(value, bool):
             check.error(body.line_of(flag), f"{flag} must be true or false, not {value!r}")
@@ -257,6 +261,7 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
         on_enter=tuple(on_enter),
         on_enter_lines=tuple(on_enter_lines),
         clear_counters=clear,
+        clear_vars=flags["clear_vars"],
     )
 
 
@@ -309,7 +314,7 @@ def _parse_transitions(check: _Checker, doc: LineDict) -> list[TransitionDef]:
                         + ", ".join(TRANSITION_KEYS))
             continue
         check.unknown_keys(item, TRANSITION_KEYS, "a transition")
-        missing = [k for k in TRANSITION_KEYS if k not in item]
+        missing = [k for k in REQUIRED_TRANSITION_KEYS if k not in item]
         if missing:
             check.error(line, f"transition is missing {', '.join(missing)} "
                         "(dest may be null for an event that keeps the state)")
@@ -331,9 +336,35 @@ def _parse_transitions(check: _Checker, doc: LineDict) -> list[TransitionDef]:
             check.error(item.line_of("trigger"), "'timeout' is fired by the deadline sweep; "
                         "declare it with a state's timeout and on_timeout instead")
             continue
+        variables = _parse_vars(check, item) if "vars" in item else ()
         if trigger is not None:
-            result.append(TransitionDef(trigger=trigger, sources=sources, dest=dest, line=line))
+            result.append(TransitionDef(trigger=trigger, sources=sources, dest=dest, line=line,
+                                        vars=variables))
     return result
+
+
+def _parse_vars(check: _Checker, item: LineDict) -> tuple[VarDef, ...]:
+    """``vars: {os_version: string, ttl_seconds: integer?}``: a trailing ``?``
+    makes a value optional."""
+    raw = item["vars"]
+    line = item.line_of("vars")
+    types = ", ".join(VAR_TYPES)
+    if not isinstance(raw, LineDict) or not raw:
+        check.error(line, "vars must be a mapping of payload key to type "
+                    f"({types}; a trailing '?' makes it optional)")
+        return ()
+    result = []
+    for name, spec in raw.items():
+        key_line = raw.line_of(name)
+        if check.name(name, key_line, "a var name") is None:
+            continue
+        base = spec[:-1] if isinstance(spec, str) and spec.endswith("?") else spec
+        if base not in VAR_TYPES:
+            check.error(key_line, f"var {name!r} has type {spec!r}; types: {types} "
+                        "(a trailing '?' makes it optional)")
+            continue
+        result.append(VarDef(name=name, type=base, required=base == spec))
+    return tuple(result)
 
 
 def _check_references(

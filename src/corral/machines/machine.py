@@ -11,12 +11,13 @@ list of entry operations to write to the outbox.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from transitions import Machine, MachineError
 
-from corral.errors import EventNotAllowed, NotFound
-from corral.machines.definition import TIMEOUT_EVENT, MachineDefinition, StateDef
+from corral.errors import EventNotAllowed, InvalidRequest, NotFound
+from corral.machines.definition import TIMEOUT_EVENT, MachineDefinition, StateDef, VarDef
 from corral.machines.loader import expand_sources
 
 
@@ -37,6 +38,12 @@ class Outcome:
     operations: tuple[str, ...]
     timeout: float | None
     counted: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    clear_vars: bool = False
+
+    @property
+    def changes_vars(self) -> bool:
+        return self.clear_vars or bool(self.vars)
 
 
 class _Carrier:
@@ -86,6 +93,12 @@ class StateMachine:
         # (state, event) pairs that keep the state: accepted without re-entering.
         self._internal = frozenset((item["source"], item["trigger"]) for item in spec
                                    if item["dest"] is None)
+        # (state, event) -> the payload values the event must carry.
+        self._vars: dict[tuple[str, str], tuple[VarDef, ...]] = {
+            (source, t.trigger): t.vars
+            for t in definition.transitions if t.vars
+            for source in expand_sources(t.sources, dict(states))
+        }
 
     @property
     def initial(self) -> str:
@@ -110,16 +123,46 @@ class StateMachine:
         s = self.definition.states.get(state)
         return bool(s and s.failed)
 
+    def payload_vars(self, state: str, event: str) -> tuple[VarDef, ...]:
+        """The payload values ``event`` must carry in ``state`` (usually none)."""
+        return self._vars.get((state, event), ())
+
+    def _take_vars(self, state: str, event: str, payload: Any, name: str) -> dict[str, Any]:
+        wanted = self._vars.get((state, event))
+        if not wanted:
+            return {}
+        if not isinstance(payload, Mapping):
+            payload = {}
+        problems = []
+        taken = {}
+        for var in wanted:
+            if var.name not in payload:
+                if var.required:
+                    problems.append(f"{var.name} ({var.type}) is required")
+                continue
+            value = payload[var.name]
+            if not var.accepts(value):
+                problems.append(f"{var.name} must be a {var.type}, not {value!r}")
+                continue
+            taken[var.name] = value
+        if problems:
+            raise InvalidRequest(f"event {event!r} for {self.kind} {name!r}: payload: "
+                                 + "; ".join(problems))
+        return taken
+
     def compute(
-        self, state: str, counters: Mapping[str, int], event: str, *, name: str = "?"
+        self, state: str, counters: Mapping[str, int], event: str, *, name: str = "?",
+        payload: Any = None,
     ) -> Outcome:
         """Apply ``event`` to a machine in ``state`` with ``counters``.
 
         Raises:
             EventNotAllowed: the state does not accept the event; names the allowed ones.
+            InvalidRequest: the event's payload lacks a value its transition declares.
         """
         if event not in self._allowed.get(state, ()):
             raise EventNotAllowed(self.kind, name, state, event, list(self.allowed_events(state)))
+        variables = self._take_vars(state, event, payload, name)
         carrier = _Carrier(state)
         try:
             self._machine.events[event].trigger(carrier)
@@ -140,7 +183,8 @@ class StateMachine:
                 to_state = counter.failure
                 entered = True
         if entered:
-            return self.enter(state, to_state, event, new_counters, counted=counted)
+            return self.enter(state, to_state, event, new_counters, counted=counted,
+                              variables=variables)
         return Outcome(
             from_state=state,
             to_state=state,
@@ -150,6 +194,7 @@ class StateMachine:
             operations=(),
             timeout=None,
             counted=counted,
+            vars=variables,
         )
 
     def enter(
@@ -160,6 +205,7 @@ class StateMachine:
         counters: Mapping[str, int],
         *,
         counted: str | None = None,
+        variables: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """The outcome of entering ``to_state``, for an event or an operator's force."""
         target = self.state(to_state)
@@ -178,6 +224,8 @@ class StateMachine:
             operations=target.on_enter,
             timeout=target.timeout,
             counted=counted,
+            vars=dict(variables or {}),
+            clear_vars=target.clear_vars,
         )
 
 

@@ -12,7 +12,7 @@ Handlers must be idempotent: after a worker dies an operation runs again, and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -34,6 +34,8 @@ class OperationContext:
     attrs: Mapping[str, Any]
     payload: Mapping[str, Any]
     attempt: int
+    # The machine's vars: values earlier events declared for later states.
+    vars: Mapping[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[OperationContext], Mapping[str, Any] | None]

@@ -15,7 +15,14 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, tuple_, update
 
-from corral.store.schema import history, idempotency_keys, machines, operations, tokens
+from corral.store.schema import (
+    history,
+    idempotency_keys,
+    machines,
+    operations,
+    pool_assignments,
+    tokens,
+)
 
 # ---------------------------------------------------------------- values
 
@@ -51,6 +58,7 @@ class MachineRow(MachineState):
     attrs: dict[str, Any]
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    vars: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> MachineRow:
@@ -67,6 +75,7 @@ class MachineRow(MachineState):
             attrs=dict(m["attrs"] or {}),
             created_at=m.get("created_at"),
             updated_at=m.get("updated_at"),
+            vars=dict(m.get("vars") or {}),
         )
 
 
@@ -145,7 +154,7 @@ _STATE_COLUMNS = (
     machines.c.epoch,
 )
 _MACHINE_COLUMNS = (*_STATE_COLUMNS, machines.c.attrs, machines.c.created_at,
-                    machines.c.updated_at)
+                    machines.c.updated_at, machines.c.vars)
 
 _select_machine = select(*_MACHINE_COLUMNS).where(
     machines.c.kind == bindparam("kind"), machines.c.name == bindparam("name")
@@ -263,6 +272,27 @@ def update_machines(conn: Connection, changes: Sequence[StateChange]) -> None:
             for c in changes
         ],
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class VarsChange:
+    """A locked machine's vars after an event: ``values`` replace them all
+    (``replace``) or are merged over them."""
+
+    id: int
+    values: Mapping[str, Any]
+    replace: bool
+
+
+def update_vars(conn: Connection, changes: Sequence[VarsChange]) -> None:
+    """Apply vars changes in order (read, merge, write: the rows are locked)."""
+    for change in changes:
+        merged = dict(change.values)
+        if not change.replace:
+            current = conn.execute(select(machines.c.vars).where(machines.c.id == change.id)
+                                   ).scalar()
+            merged = dict(current or {}) | merged
+        conn.execute(update(machines).where(machines.c.id == change.id).values(vars=merged))
 
 
 def claim_due_machines(conn: Connection, now: datetime, limit: int) -> list[MachineState]:
@@ -467,6 +497,64 @@ def get_idempotent_outcomes(
 def insert_idempotent_outcomes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(insert(idempotency_keys), list(rows))
+
+
+# ---------------------------------------------------------------- pool assignments
+
+
+@dataclass(frozen=True, kw_only=True)
+class Assignment:
+    pool: str
+    job_run_id: str
+    assigned_at: datetime
+
+
+def _assignment(row: Any) -> Assignment:
+    return Assignment(pool=row.cb_pool_name, job_run_id=row.job_run_id,
+                      assigned_at=row.assigned_at)
+
+
+def pool_holder(conn: Connection, pool: str) -> str | None:
+    """The job holding ``pool``, if any."""
+    return conn.execute(select(pool_assignments.c.job_run_id)
+                        .where(pool_assignments.c.cb_pool_name == pool)).scalar()
+
+
+def assign_pool(conn: Connection, pool: str, job_run_id: str, now: datetime) -> None:
+    """Record that ``job_run_id`` holds ``pool``; the primary key refuses a second
+    holder (the caller also holds the pool machine's row lock)."""
+    conn.execute(insert(pool_assignments), {"cb_pool_name": pool, "job_run_id": job_run_id,
+                                            "assigned_at": now})
+
+
+def unassign_pools(conn: Connection, pools: Sequence[str], job_run_id: str) -> int:
+    result = conn.execute(pool_assignments.delete().where(
+        pool_assignments.c.cb_pool_name.in_(list(pools)),
+        pool_assignments.c.job_run_id == job_run_id))
+    return int(result.rowcount)
+
+
+def list_assignments(conn: Connection, *, job_run_id: str | None = None) -> list[Assignment]:
+    query = select(pool_assignments).order_by(pool_assignments.c.cb_pool_name)
+    if job_run_id is not None:
+        query = query.where(pool_assignments.c.job_run_id == job_run_id)
+    return [_assignment(r) for r in conn.execute(query)]
+
+
+def lock_idle_pools(
+    conn: Connection, *, kind: str, state: str, attrs: Mapping[str, str], limit: int
+) -> list[MachineState]:
+    """Lock up to ``limit`` machines of ``kind`` in ``state`` whose attrs match and
+    that no job holds, skipping rows another transaction has locked (racing
+    acquirers take different pools)."""
+    held = select(pool_assignments.c.cb_pool_name).where(
+        pool_assignments.c.cb_pool_name == machines.c.name)
+    query = select(*_STATE_COLUMNS).where(machines.c.kind == kind, machines.c.state == state,
+                                          ~held.exists())
+    for key, value in attrs.items():
+        query = query.where(machines.c.attrs[key].as_string() == value)
+    query = query.order_by(machines.c.name).limit(limit).with_for_update(skip_locked=True)
+    return [MachineState.from_row(r) for r in conn.execute(query)]
 
 
 # ---------------------------------------------------------------- monitoring

@@ -90,6 +90,9 @@ machines = Table(
     Column("attrs", JSONDoc, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Values events carried for later states (a transition's ``vars``): a
+    # pool's override version and TTL, read by its operations.
+    Column("vars", JSONDoc, nullable=False, server_default="{}"),
     UniqueConstraint("kind", "name"),
     Index("ix_machines_deadline", "deadline"),
     Index("ix_machines_kind_state", "kind", "state"),
@@ -167,6 +170,18 @@ idempotency_keys = Table(
     # The first request's outcome, replayed for every repeat.
     Column("outcome", JSONDoc, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+pool_assignments = Table(
+    "pool_assignments",
+    metadata,
+    # Which job holds which pool (seed 000). The primary key is the guarantee
+    # that a pool has one holder; rows change only in the transaction that
+    # also moves the pool machine (assign, release), under its row lock.
+    Column("cb_pool_name", String(128), primary_key=True),
+    Column("job_run_id", String(64), nullable=False),
+    Column("assigned_at", UTCDateTime, nullable=False),
+    Index("ix_pool_assignments_job_run_id", "job_run_id"),
 )
 
 HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")

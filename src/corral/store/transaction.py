@@ -40,6 +40,7 @@ class Transaction(Protocol):
         history: Sequence[Mapping[str, Any]],
         operations: Sequence[Mapping[str, Any]],
         idempotency: Sequence[Mapping[str, Any]] = (),
+        vars_changes: Sequence[q.VarsChange] = (),
     ) -> None: ...
 
 
@@ -64,12 +65,13 @@ class SqlaTransaction:
         return q.get_idempotent_outcomes(self.conn, keys)
 
     def write(  # type: ignore[no-untyped-def]
-        self, changes, history, operations, idempotency=()
+        self, changes, history, operations, idempotency=(), vars_changes=()
     ) -> None:
         q.update_machines(self.conn, changes)
         q.insert_history(self.conn, history)
         q.insert_operations(self.conn, operations)
         q.insert_idempotent_outcomes(self.conn, idempotency)
+        q.update_vars(self.conn, vars_changes)
 
 
 _STATE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, epoch"
@@ -160,6 +162,14 @@ WITH changed AS (
 )""" + _REMEMBER + _INSERT_OPERATIONS
 
 
+# A transition's vars (rare: a pool's override, say), after the main write.
+PG_UPDATE_VARS = """
+UPDATE machines
+SET vars = CASE WHEN %(replace)s THEN %(values)s::jsonb ELSE vars || %(values)s::jsonb END
+WHERE id = %(id)s
+"""
+
+
 def _row(values: tuple[Any, ...]) -> q.MachineState:
     id_, kind, name, state, entered, deadline, counters, epoch = values
     return q.MachineState(id=id_, kind=kind, name=name, state=state, state_entered_at=entered,
@@ -195,11 +205,19 @@ class PgTransaction:
         return {(scope, key): outcome for scope, key, outcome in self.cursor.fetchall()}
 
     def write(  # type: ignore[no-untyped-def]
-        self, changes, history, operations, idempotency=()
+        self, changes, history, operations, idempotency=(), vars_changes=()
     ) -> None:
         if not changes and not history and not operations and not idempotency:
             return
         self.wrote = True
+        self._write(changes, history, operations, idempotency)
+        for change in vars_changes:
+            self.cursor.execute(PG_UPDATE_VARS, {"id": change.id, "replace": change.replace,
+                                                 "values": _dumps(change.values)})
+
+    def _write(  # type: ignore[no-untyped-def]
+        self, changes, history, operations, idempotency
+    ) -> None:
         # A batch shares a handful of timestamps (its "now" and a deadline per
         # timeout length): format each once instead of once per row.
         iso = _IsoFormatter()

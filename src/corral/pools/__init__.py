@@ -1,0 +1,5 @@
+"""Pools of nodes and their OS overrides through MO (seed 000)."""
+
+from corral.pools.service import KIND, Held, PoolService, reserve_pool_events
+
+__all__ = ["KIND", "Held", "PoolService", "reserve_pool_events"]
