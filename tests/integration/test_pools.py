@@ -61,7 +61,8 @@ def test_a_job_may_reacquire_its_pool_but_not_take_another_jobs(engine, pools):
     assert held.new == (P1,)
     assert pools.acquire("job-a", P1, actor="test").new == ()
     row = engine.get("pool", P1)
-    assert row.state == "assigned" and row.vars == {"job_run_id": "job-a"}
+    assert row.state == "assigned"
+    assert row.vars == {"job_run_id": "job-a"}
     before = everything(engine)
     with pytest.raises(Conflict, match="held by job job-a"):
         pools.acquire("job-b", P1, actor="test")
@@ -82,7 +83,8 @@ def test_release_all_frees_every_pool_of_the_job(engine, pools):
     assert [a.pool for a in pools.assignments()] == ["testbed-cert-pool-3-f1"]
     for name in (P1, P2):
         row = engine.get("pool", name)
-        assert row.state == "idle" and row.vars == {}
+        assert row.state == "idle"
+        assert row.vars == {}
     assert pools.release_all("job-a", actor="test") == []
     assert pools.acquire("job-c", P1, actor="test").new == (P1,)
 
@@ -224,7 +226,8 @@ def test_a_stuck_node_ends_in_failed_override_after_the_configured_polls(
     assert timeouts == limit  # the (max + 1)-th poll timeout fails the pool
     failures = [e for e in engine.history("pool", P1, limit=1000)
                 if e.event == "check_rollout_failed"]
-    assert failures and "1 of 4 nodes not on" in failures[0].reason
+    assert failures
+    assert "1 of 4 nodes not on" in failures[0].reason
     # The job lets go; the failed pool stays failed, and free of any job,
     # until an operator brings it back.
     assert pools.release_all("job-a", actor="test") == [P1]

@@ -17,9 +17,9 @@ from typing import Any
 from corral.errors import CorralError
 from corral.machines.definition import (
     TIMEOUT_EVENT,
+    VAR_TYPES,
     Counter,
     MachineDefinition,
-    VAR_TYPES,
     StateDef,
     TransitionDef,
     VarDef,
