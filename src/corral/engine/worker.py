@@ -107,6 +107,12 @@ class OperationWorker:
         machine = self.engine.machine_by_id(op.machine_id)
         if machine is None:
             return
+        if machine.epoch != op.machine_epoch:
+            # The machine has left the state entry that wrote this operation
+            # (an operator forced it on, say): do not touch the hardware for it.
+            self.engine.report_operation(op, ok=False, error="not run: the machine has left "
+                                         "the state that asked for it")
+            return
         ctx = OperationContext(operation_id=op.id, kind=op.kind, machine_kind=machine.kind,
                                name=machine.name, attrs=machine.attrs, payload=op.payload,
                                attempt=op.attempts, vars=machine.vars or {})

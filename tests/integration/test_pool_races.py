@@ -1,0 +1,176 @@
+"""Pools under contention and crashes, on real processes.
+
+20 jobs in 4 processes race for 10 pools on PostgreSQL: no pool ever has two
+holders, checked three ways (each job's own view while it holds a pool,
+snapshots of pool_assignments against the pool states, and every pool's
+history). A worker killed in the middle of an MO call leaves a pool that the
+next worker (or an operator) recovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from corral.engine.core import Engine
+from corral.engine.worker import OperationWorker
+from corral.machines import MachineSet
+from corral.mo.client import MoClient
+from corral.mo.simulator import MoSimulator, serve_simulator
+from corral.pools import PoolService
+from corral.pools.operations import MoOperations
+from corral.store.db import create_db_engine
+from corral.store.schema import machines as machines_table
+from corral.store.schema import operations, pool_assignments
+from tests.integration.test_crash import CORRAL, ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+OS = "azurelinux3-test-x86_64-r11"
+
+
+def test_twenty_jobs_racing_for_ten_pools_never_share_one(pg_engine, pg_migrated_url, tmp_path):
+    pools = PoolService(pg_engine)
+    pools.create_fleet("race", 10, actor="test")
+    start = tmp_path / "start"
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.integration.pool_racer",
+                          pg_migrated_url, "--jobs",
+                          ",".join(f"job-{p}-{j}" for j in range(5)), "--rounds", "6",
+                          "--start-at", str(start)],
+                         cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for p in range(4)
+    ]
+    inconsistent: list[str] = []
+    samples = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        # One statement, one snapshot: an assignment row and its pool's state
+        # change in the same transaction, so they must always agree.
+        nonlocal samples
+        query = (select(pool_assignments.c.cb_pool_name, pool_assignments.c.job_run_id,
+                        machines_table.c.state, machines_table.c.vars)
+                 .join(machines_table, machines_table.c.name == pool_assignments.c.cb_pool_name))
+        while not stop.is_set():
+            with pg_engine.db.begin() as conn:
+                for pool, job, state, variables in conn.execute(query):
+                    if state != "assigned" or variables.get("job_run_id") != job:
+                        inconsistent.append(f"{pool}: held by {job} but {state} {variables}")
+            samples += 1
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    start.touch()
+    reports = {}
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0
+            reports.update(json.loads(out))
+    finally:
+        stop.set()
+        watcher.join()
+
+    assert len(reports) == 20
+    assert [v for r in reports.values() for v in r["violations"]] == []
+    assert sum(r["taken"] for r in reports.values()) == 20 * 6
+    assert sum(r["conflicts"] for r in reports.values()) > 0, "the jobs never collided"
+    assert samples > 0
+    assert inconsistent == []
+    assert pools.assignments() == []
+
+    # Every pool's history alternates assign(job) / release(same job).
+    assigns = 0
+    for row in pg_engine.list_machines("pool"):
+        holder = None
+        for entry in reversed(pg_engine.history("pool", row.name, limit=1000)):
+            if entry.event == "assign":
+                assert holder is None, f"{row.name}: {entry.payload} while {holder} held it"
+                holder = entry.payload["job_run_id"]
+                assigns += 1
+            elif entry.event == "release":
+                assert entry.payload["job_run_id"] == holder
+                holder = None
+        assert holder is None
+        assert row.state == "idle"
+    assert assigns == 20 * 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_worker_killed_mid_override_leaves_a_recoverable_pool(db_url, migrated_url,
+                                                                machines: MachineSet):
+    engine = Engine(create_db_engine(migrated_url), machines)
+    pools = PoolService(engine)
+    pools.create_fleet("f1", 2, actor="test")
+    p1, p2 = "testbed-cert-pool-1-f1", "testbed-cert-pool-2-f1"
+    pools.override(p1, job_run_id="job-a", os_version=OS, ttl_seconds=3600, actor="test")
+    pools.override(p2, job_run_id="job-b", os_version=OS, ttl_seconds=3600, actor="test")
+
+    # The worker's MO does not answer (nothing listens on the port), so it is
+    # inside the MO call, retrying, when it dies.
+    mo_port = _free_port()
+    env = os.environ | {"CORRAL_DATABASE_URL": migrated_url, "CORRAL_LOG_LEVEL": "warning",
+                        "CORRAL_MO_TARGET": f"127.0.0.1:{mo_port}", "CORRAL_MO_ATTEMPTS": "100",
+                        "CORRAL_MO_DEADLINE": "1", "CORRAL_OPERATION_LEASE": "3",
+                        "CORRAL_OPERATION_INTERVAL": "0.1"}
+    victim = subprocess.Popen([CORRAL, "serve", "--role", "worker"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def leased() -> bool:
+        with engine.db.begin() as conn:
+            return list(conn.execute(select(operations.c.status)
+                                     .where(operations.c.kind == "set_os_override"))
+                        ) == [("running",), ("running",)]
+
+    wait_for(leased, what="the worker to take both set_os_override operations")
+    time.sleep(0.3)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert engine.get("pool", p1).state == "overriding"
+
+    # An operator can always take a pool back by hand...
+    engine.force_state("pool", p2, "assigned", actor="op", reason="MO worker died",
+                       if_state="overriding")
+    assert engine.get("pool", p2).state == "assigned"
+
+    # ...and a new worker, once the dead one's lease has run out, finishes the
+    # override it was in the middle of.
+    simulator = MoSimulator(nodes_per_pool=2, batch=2, tick=0.01)
+    server, _ = serve_simulator(simulator, f"127.0.0.1:{mo_port}")
+    client = MoClient(f"127.0.0.1:{mo_port}", deadline=2)
+    try:
+        worker = OperationWorker(engine, MoOperations(client).handlers(), owner="rescuer")
+
+        def recovered() -> bool:
+            worker.run_pending()
+            return engine.get("pool", p1).state == "overridden"
+
+        wait_for(recovered, timeout=30, what="the override to finish")
+    finally:
+        client.close()
+        server.stop(grace=None)
+    assert [o.target for o in simulator.overrides(p1)] == [p1]
+    # p2's operation belonged to a state entry the operator ended: it is
+    # recorded as stale, never reaches MO and changes nothing.
+    assert simulator.overrides(p2) == []
+    assert engine.get("pool", p2).state == "assigned"
+    with engine.db.begin() as conn:
+        statuses = dict(conn.execute(select(operations.c.target, operations.c.status)
+                                     .where(operations.c.kind == "set_os_override")).all())
+    assert statuses == {p1: "done", p2: "stale"}
+    engine.db.dispose()
