@@ -91,7 +91,8 @@ def test_callback_path_end_to_end(lab):
     reply = lab.post("/api/v1/boards/b1/events/reboot", token, json={"uptime": 12})
     assert reply.status_code == 200
     body = reply.json()
-    assert (body["board"], body["from_state"], body["state"]) == ("b1", "ready", "power_cycling")
+    assert (body["kind"], body["name"], body["from_state"], body["state"]) == (
+        "board", "b1", "ready", "power_cycling")
     reply = lab.post("/api/v1/boards/b1/events/power_cycle_ok", token)
     assert reply.json()["state"] == "rebooting"
     assert reply.json()["epoch"] == body["epoch"] + 1
@@ -301,3 +302,60 @@ def test_database_outage_is_a_503(tmp_path):
         assert lab.get("/readyz").status_code == 503
     finally:
         lab.stop()
+
+
+def test_pools_over_http_and_the_cli(lab):
+    admin = lab.cli("token", "create", "root", "--role", "admin")
+    viewer = lab.cli("token", "create", "watcher", "--role", "viewer")
+    p1, p2, p3 = (f"testbed-cert-pool-{i}-f1" for i in (1, 2, 3))
+    assert lab.post("/api/v1/pools/fleet", viewer, json={"fabric": "f1", "count": 3}
+                    ).status_code == 403
+    assert lab.post("/api/v1/pools/fleet", admin, json={"fabric": "f1", "count": 3}
+                    ).json() == [p1, p2, p3]
+    os_version = "azurelinux3-test-x86_64-r11"
+    reply = lab.post(f"/api/v1/pools/{p1}/override", admin,
+                     json={"job_run_id": "j1", "os_version": os_version, "ttl_seconds": 600})
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["kind"], reply.json()["state"]) == ("pool", "overriding")
+    taken = lab.post(f"/api/v1/pools/{p1}/override", admin,
+                     json={"job_run_id": "j2", "os_version": os_version})
+    assert (taken.status_code, taken.json()["message"]) == (409, f"pool '{p1}' is held by job j1")
+    assert lab.post(f"/api/v1/pools/{p1}/override", admin, json={"job_run_id": "j1"}
+                    ).status_code == 422
+    assert lab.post("/api/v1/pools/ghost/override", admin,
+                    json={"job_run_id": "j1", "os_version": os_version}).status_code == 404
+    direct = lab.post(f"/api/v1/pools/{p1}/fire", admin, json={"event": "release"})
+    assert direct.status_code == 409
+    assert "cannot be fired directly" in direct.json()["message"]
+    shown = lab.get(f"/api/v1/pools/{p1}", viewer).json()
+    assert shown["vars"] == {"job_run_id": "j1", "os_version": os_version, "ttl_seconds": 600}
+    assert [p["name"] for p in lab.get("/api/v1/pools", viewer,
+                                       params={"state": "overriding"}).json()] == [p1]
+    held = lab.post("/api/v1/pool-assignments", admin,
+                    json={"job_run_id": "j2", "count": 2, "fabric": "f1"}).json()
+    assert held == {"job_run_id": "j2", "pools": [p2, p3], "new": [p2, p3]}
+    none_left = lab.post("/api/v1/pool-assignments", admin,
+                         json={"job_run_id": "j3", "fabric": "f1"})
+    assert none_left.status_code == 409
+
+    def run(*args: str, remote: bool) -> subprocess.CompletedProcess:
+        env = lab.env | ({"CORRAL_URL": lab.base, "CORRAL_TOKEN": admin} if remote else {})
+        return subprocess.run([CORRAL, *args], env=env, cwd=lab.tmp, capture_output=True,
+                              text=True, timeout=60)
+
+    for args in (("pool", "list", "--json"), ("pool", "assignments", "--json"),
+                 ("pool", "show", p1, "--json")):
+        here, there = run(*args, remote=False), run(*args, remote=True)
+        assert here.returncode == there.returncode == 0, there.stderr
+        assert json.loads(here.stdout) == json.loads(there.stdout.replace("Z\"", "+00:00\""))
+    for args in (("pool", "acquire", p1, "--job", "j9"),
+                 ("pool", "override", p2, "--os-version", "v2", "--job", "j9"),
+                 ("pool", "show", "ghost")):
+        here, there = run(*args, remote=False), run(*args, remote=True)
+        assert (here.returncode, here.stderr) == (there.returncode, there.stderr), args
+    released = run("pool", "release", "--job", "j2", remote=True)
+    assert released.stdout.strip() == f"released 2 pool(s) of j2: {p2}, {p3}"
+    assert [a["pool"] for a in lab.get("/api/v1/pool-assignments", viewer).json()] == [p1]
+    history = lab.get(f"/api/v1/pools/{p2}/history", viewer).json()["entries"]
+    assert [(e["event"], e["actor"]) for e in history[:2]] == [("release", "root"),
+                                                               ("assign", "root")]

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral import __version__
 from corral.engine.core import Engine, FireRequest, FireResult
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, SchemaNotCurrent
+from corral.pools import PoolService
 from corral.store import queries as q
 from corral.store.migrate import require_current
 from corral.tokens import Principal, TokenStore
@@ -44,6 +45,50 @@ EVENT = r"^[a-z][a-z0-9_]{0,62}$"
 # ------------------------------------------------------------------ documents
 
 
+JOB = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class FleetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fabric: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    count: int = Field(ge=1, le=1000)
+
+
+class AcquireIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_run_id: str = Field(pattern=JOB)
+    pool: str | None = Field(default=None, pattern=NAME,
+                             description="This pool; without it, any free ones.")
+    count: int = Field(default=1, ge=1, le=1000)
+    fabric: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_run_id: str = Field(pattern=JOB)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class OverrideIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_run_id: str = Field(pattern=JOB)
+    os_version: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    ttl_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
+
+
+class AssignmentOut(BaseModel):
+    pool: str
+    job_run_id: str
+    assigned_at: datetime
+
+
+class HeldOut(BaseModel):
+    job_run_id: str
+    pools: list[str]
+    new: list[str] = Field(description="Pools taken by this call (the others the job "
+                                       "already held).")
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str
@@ -53,7 +98,8 @@ class ErrorOut(BaseModel):
 
 
 class TransitionOut(BaseModel):
-    board: str
+    kind: str
+    name: str
     event: str
     from_state: str
     state: str
@@ -62,7 +108,7 @@ class TransitionOut(BaseModel):
                                         "request and this is its first response.")
 
 
-class BoardOut(BaseModel):
+class MachineOut(BaseModel):
     name: str
     state: str
     failed: bool
@@ -71,6 +117,8 @@ class BoardOut(BaseModel):
     counters: dict[str, int]
     epoch: int
     attrs: dict[str, Any]
+    vars: dict[str, Any] = Field(description="Values events stored for later states (a "
+                                             "pool's override version and TTL).")
     allowed_events: list[str]
 
 
@@ -122,8 +170,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in ((401, "No token, or not a valid one."),
                        (403, "The token may not do this."),
-                       (404, "No such board."),
-                       (409, "The board's current state refuses this."),
+                       (404, "No such board, pool or state."),
+                       (409, "The machine's current state (or a pool's holder) refuses "
+                             "this."),
                        (422, "The request is malformed."),
                        (503, "The database is unavailable; retry."))
 }
@@ -150,8 +199,9 @@ def _status_of(exc: CorralError) -> tuple[int, str]:
 
 
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
-               threads: int = 64) -> FastAPI:
-    """The ASGI application; ``threads`` bounds the requests handled at once."""
+               threads: int = 64, default_ttl: int = 43200) -> FastAPI:
+    """The ASGI application; ``threads`` bounds the requests handled at once;
+    ``default_ttl`` is an override's TTL when a request gives none."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -230,11 +280,8 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
 
     BoardName = Annotated[str, Path(pattern=NAME, description="The board's name.")]
 
-    def board_doc(row: q.MachineRow) -> BoardOut:
-        return BoardOut(**engine.describe(row))
-
     def transition_doc(result: FireResult) -> TransitionOut:
-        return TransitionOut(board=result.name, event=result.event,
+        return TransitionOut(kind=result.kind, name=result.name, event=result.event,
                              from_state=result.from_state, state=result.to_state,
                              epoch=result.epoch, replayed=result.replayed)
 
@@ -271,57 +318,73 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
 
     # -------------------------------------------------------------- operators
 
-    @app.get("/api/v1/boards", response_model=list[BoardOut], responses=ERRORS,
-             tags=["boards"], summary="List boards.")
-    def list_boards(
-        _: Annotated[Principal, Depends(role("viewer"))],
-        state: Annotated[list[str] | None, Query(description="Only these states.")] = None,
-        failed: Annotated[bool, Query(description="Only boards in a failed state.")] = False,
-    ) -> list[BoardOut]:
-        # An unknown state is a 404, as it is for the CLI.
-        return [board_doc(r) for r in engine.list_machines("board", states=state,
-                                                           failed=failed)]
+    def machine_routes(kind: str, plural: str) -> None:
+        """The operator routes every machine kind shares: list, show, history,
+        force-state and fire."""
+        Name = Annotated[str, Path(pattern=NAME, description=f"The {kind}'s name.")]
+        tag = plural
 
-    @app.get("/api/v1/boards/{name}", response_model=BoardOut, responses=ERRORS,
-             tags=["boards"], summary="Show one board.")
-    def show_board(name: BoardName,
-                   who: Annotated[Principal, Depends(principal)]) -> BoardOut:
-        # A board may read itself (its state tells it what to report next).
-        if not (who.board == name or who.at_least("viewer")):
-            raise ApiError(403, "forbidden", f"token {who.name!r} may not read board {name!r}")
-        return board_doc(engine.get("board", name))
+        @app.get(f"/api/v1/{plural}", response_model=list[MachineOut], responses=ERRORS,
+                 tags=[tag], summary=f"List {plural}.", operation_id=f"list_{plural}")
+        def list_machines(
+            _: Annotated[Principal, Depends(role("viewer"))],
+            state: Annotated[list[str] | None, Query(description="Only these states.")] = None,
+            failed: Annotated[bool, Query(description="Only those in a failed state.")] = False,
+        ) -> list[MachineOut]:
+            # An unknown state is a 404, as it is for the CLI.
+            return [MachineOut(**engine.describe(r))
+                    for r in engine.list_machines(kind, states=state, failed=failed)]
 
-    @app.get("/api/v1/boards/{name}/history", response_model=HistoryPage, responses=ERRORS,
-             tags=["boards"], summary="A board's history, newest first.")
-    def board_history(
-        name: BoardName,
-        _: Annotated[Principal, Depends(role("viewer"))],
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: Annotated[int | None, Query(ge=1, description="Entries older than this id."
-                                            )] = None,
-    ) -> HistoryPage:
-        entries = engine.history("board", name, limit=limit, before_id=before)
-        return HistoryPage(
-            entries=[HistoryEntryOut(**{k: getattr(e, k) for k in HistoryEntryOut.model_fields})
-                     for e in entries],
-            next_before=entries[-1].id if len(entries) == limit else None)
+        @app.get(f"/api/v1/{plural}/{{name}}", response_model=MachineOut, responses=ERRORS,
+                 tags=[tag], summary=f"Show one {kind}.", operation_id=f"show_{kind}")
+        def show_machine(name: Name, who: Annotated[Principal, Depends(principal)]
+                         ) -> MachineOut:
+            # A board may read itself (its state tells it what to report next).
+            if not ((kind == "board" and who.board == name) or who.at_least("viewer")):
+                raise ApiError(403, "forbidden",
+                               f"token {who.name!r} may not read {kind} {name!r}")
+            return MachineOut(**engine.describe(engine.get(kind, name)))
 
-    @app.post("/api/v1/boards/{name}/force-state", response_model=TransitionOut,
-              responses=ERRORS, tags=["boards"],
-              summary="Force a state (running its entry operations), optionally only from "
-                      "if_state.")
-    def force_state(name: BoardName, body: ForceStateIn,
-                    who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
-        return transition_doc(engine.force_state("board", name, body.state, actor=who.name,
-                                                 reason=body.reason, if_state=body.if_state))
+        @app.get(f"/api/v1/{plural}/{{name}}/history", response_model=HistoryPage,
+                 responses=ERRORS, tags=[tag], summary=f"A {kind}'s history, newest first.",
+                 operation_id=f"{kind}_history")
+        def machine_history(
+            name: Name,
+            _: Annotated[Principal, Depends(role("viewer"))],
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+            before: Annotated[int | None, Query(ge=1, description="Entries older than this "
+                                                "id.")] = None,
+        ) -> HistoryPage:
+            entries = engine.history(kind, name, limit=limit, before_id=before)
+            return HistoryPage(
+                entries=[HistoryEntryOut(**{k: getattr(e, k)
+                                            for k in HistoryEntryOut.model_fields})
+                         for e in entries],
+                next_before=entries[-1].id if len(entries) == limit else None)
 
-    @app.post("/api/v1/boards/{name}/fire", response_model=TransitionOut, responses=ERRORS,
-              tags=["boards"], summary="Fire an event at a board as an operator, with a reason.")
-    def fire(name: BoardName, body: FireIn,
-             who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
-        return transition_doc(engine.fire("board", name, body.event, source="operator",
-                                          payload=body.payload, actor=who.name,
-                                          reason=body.reason))
+        @app.post(f"/api/v1/{plural}/{{name}}/force-state", response_model=TransitionOut,
+                  responses=ERRORS, tags=[tag], operation_id=f"force_{kind}_state",
+                  summary="Force a state (running its entry operations), optionally only "
+                          "from if_state.")
+        def force_state(name: Name, body: ForceStateIn,
+                        who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
+            return transition_doc(engine.force_state(kind, name, body.state, actor=who.name,
+                                                     reason=body.reason,
+                                                     if_state=body.if_state))
+
+        @app.post(f"/api/v1/{plural}/{{name}}/fire", response_model=TransitionOut,
+                  responses=ERRORS, tags=[tag], operation_id=f"fire_{kind}_event",
+                  summary=f"Fire an event at a {kind} as an operator, with a reason.")
+        def fire(name: Name, body: FireIn,
+                 who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
+            return transition_doc(engine.fire(kind, name, body.event, source="operator",
+                                              payload=body.payload, actor=who.name,
+                                              reason=body.reason))
+
+    for kind in engine.machines.kinds():
+        machine_routes(kind, f"{kind}s")
+    if "pool" in engine.machines:
+        pool_routes(app, PoolService(engine, default_ttl=default_ttl), role, transition_doc)
 
     @app.post("/api/v1/boards/{name}/maintenance", response_model=TransitionOut,
               responses=ERRORS, tags=["boards"], summary="Put a board in or out of maintenance.")
@@ -366,3 +429,52 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         return {"status": "ready"}
 
     return app
+
+
+def pool_routes(app: FastAPI, pools: PoolService, role: Any, transition_doc: Any) -> None:
+    """Fleets, assignments and overrides (operator role; creating a fleet: admin)."""
+    PoolName = Annotated[str, Path(pattern=NAME, description="The pool's name.")]
+
+    def held_doc(held: Any) -> HeldOut:
+        return HeldOut(job_run_id=held.job_run_id, pools=list(held.pools), new=list(held.new))
+
+    @app.post("/api/v1/pools/fleet", response_model=list[str], responses=ERRORS,
+              tags=["pools"], summary="Create testbed-cert-pool-{1..count}-{fabric} (admin); "
+                                      "returns the pools created.")
+    def create_fleet(body: FleetIn,
+                     who: Annotated[Principal, Depends(role("admin"))]) -> list[str]:
+        return [r.name for r in pools.create_fleet(body.fabric, body.count, actor=who.name)]
+
+    @app.get("/api/v1/pool-assignments", response_model=list[AssignmentOut],
+             responses=ERRORS, tags=["pools"], summary="Which job holds which pool.")
+    def assignments(
+        _: Annotated[Principal, Depends(role("viewer"))],
+        job_run_id: Annotated[str | None, Query(pattern=JOB)] = None,
+    ) -> list[AssignmentOut]:
+        return [AssignmentOut(pool=a.pool, job_run_id=a.job_run_id, assigned_at=a.assigned_at)
+                for a in pools.assignments(job_run_id)]
+
+    @app.post("/api/v1/pool-assignments", response_model=HeldOut, responses=ERRORS,
+              tags=["pools"], summary="Take a pool (or any free ones) for a job.")
+    def acquire(body: AcquireIn,
+                who: Annotated[Principal, Depends(role("operator"))]) -> HeldOut:
+        if body.pool is not None:
+            return held_doc(pools.acquire(body.job_run_id, body.pool, actor=who.name))
+        return held_doc(pools.acquire_any(body.job_run_id, count=body.count,
+                                          fabric=body.fabric, actor=who.name))
+
+    @app.post("/api/v1/pool-assignments/release", response_model=list[str],
+              responses=ERRORS, tags=["pools"],
+              summary="Free every pool a job holds; returns them.")
+    def release(body: ReleaseIn,
+                who: Annotated[Principal, Depends(role("operator"))]) -> list[str]:
+        return pools.release_all(body.job_run_id, actor=who.name, reason=body.reason)
+
+    @app.post("/api/v1/pools/{name}/override", response_model=TransitionOut,
+              responses=ERRORS, tags=["pools"],
+              summary="Start an OS override of a pool for a job (taking the pool if free).")
+    def override(name: PoolName, body: OverrideIn,
+                 who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
+        return transition_doc(pools.override(name, job_run_id=body.job_run_id,
+                                             os_version=body.os_version,
+                                             ttl_seconds=body.ttl_seconds, actor=who.name))

@@ -23,6 +23,7 @@ from corral.errors import (
     NotFound,
     Unavailable,
 )
+from corral.pools import PoolService
 from corral.store.queries import HistoryEntry
 
 HISTORY_FIELDS = ("id", "epoch", "at", "event", "from_state", "to_state", "source", "actor",
@@ -75,10 +76,10 @@ class RemoteBoards:
     """The operator API over HTTP; the token's name is recorded as the actor."""
 
     def __init__(self, url: str, token: str | None, kind: str = "board") -> None:
-        if kind != "board":
-            raise CorralError(f"the HTTP API does not serve {kind}s yet; use --database-url")
         if not token:
             raise AuthError("CORRAL_TOKEN must hold an operator token to use --url")
+        self.kind = kind
+        self.base = f"/api/v1/{kind}s"
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"})
@@ -112,29 +113,89 @@ class RemoteBoards:
         if states:
             params["state"] = states
         return [self._times(d, "state_entered_at", "deadline")
-                for d in self._call("GET", "/api/v1/boards", params=params)]
+                for d in self._call("GET", self.base, params=params)]
 
     def show(self, name: str) -> dict[str, Any]:
-        return self._times(self._call("GET", f"/api/v1/boards/{name}"),
+        return self._times(self._call("GET", f"{self.base}/{name}"),
                            "state_entered_at", "deadline")
 
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if before is not None:
             params["before"] = before
-        page = self._call("GET", f"/api/v1/boards/{name}/history", params=params)
+        page = self._call("GET", f"{self.base}/{name}/history", params=params)
         return [self._times(e, "at") for e in page["entries"]]
 
     @staticmethod
     def _transition(doc: dict[str, Any]) -> dict[str, Any]:
-        return {"name": doc["board"], "event": doc["event"], "from_state": doc["from_state"],
+        return {"name": doc["name"], "event": doc["event"], "from_state": doc["from_state"],
                 "to_state": doc["state"], "epoch": doc["epoch"]}
 
     def fire(self, name: str, event: str, payload: Any, reason: str | None) -> dict[str, Any]:
-        return self._transition(self._call("POST", f"/api/v1/boards/{name}/fire", json={
+        return self._transition(self._call("POST", f"{self.base}/{name}/fire", json={
             "event": event, "payload": payload, "reason": reason}))
 
     def force_state(self, name: str, state: str, reason: str, if_state: str | None
                     ) -> dict[str, Any]:
-        return self._transition(self._call("POST", f"/api/v1/boards/{name}/force-state", json={
+        return self._transition(self._call("POST", f"{self.base}/{name}/force-state", json={
             "state": state, "reason": reason, "if_state": if_state}))
+
+
+class LocalPools(LocalBoards):
+    """Pool commands against the database (fleets, assignments, overrides)."""
+
+    def __init__(self, engine: Engine, actor: str, default_ttl: int) -> None:
+        super().__init__(engine, "pool", actor)
+        self.service = PoolService(engine, default_ttl=default_ttl)
+
+    def create_fleet(self, fabric: str, count: int) -> list[str]:
+        return [r.name for r in self.service.create_fleet(fabric, count, actor=self.actor)]
+
+    def acquire(self, job: str, pool: str | None, count: int, fabric: str | None
+                ) -> dict[str, Any]:
+        held = (self.service.acquire(job, pool, actor=self.actor) if pool else
+                self.service.acquire_any(job, count=count, fabric=fabric, actor=self.actor))
+        return {"job_run_id": held.job_run_id, "pools": list(held.pools),
+                "new": list(held.new)}
+
+    def release(self, job: str, reason: str | None) -> list[str]:
+        return self.service.release_all(job, actor=self.actor, reason=reason)
+
+    def override(self, pool: str, job: str, os_version: str, ttl: int | None
+                 ) -> dict[str, Any]:
+        return _transition(self.service.override(pool, job_run_id=job, os_version=os_version,
+                                                 ttl_seconds=ttl, actor=self.actor))
+
+    def assignments(self, job: str | None) -> list[dict[str, Any]]:
+        return [{"pool": a.pool, "job_run_id": a.job_run_id, "assigned_at": a.assigned_at}
+                for a in self.service.assignments(job)]
+
+
+class RemotePools(RemoteBoards):
+    """The same pool commands over the HTTP API."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        super().__init__(url, token, "pool")
+
+    def create_fleet(self, fabric: str, count: int) -> list[str]:
+        return list(self._call("POST", "/api/v1/pools/fleet",
+                               json={"fabric": fabric, "count": count}))
+
+    def acquire(self, job: str, pool: str | None, count: int, fabric: str | None
+                ) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/v1/pool-assignments", json={
+            "job_run_id": job, "pool": pool, "count": count, "fabric": fabric}))
+
+    def release(self, job: str, reason: str | None) -> list[str]:
+        return list(self._call("POST", "/api/v1/pool-assignments/release",
+                               json={"job_run_id": job, "reason": reason}))
+
+    def override(self, pool: str, job: str, os_version: str, ttl: int | None
+                 ) -> dict[str, Any]:
+        return self._transition(self._call("POST", f"/api/v1/pools/{pool}/override", json={
+            "job_run_id": job, "os_version": os_version, "ttl_seconds": ttl}))
+
+    def assignments(self, job: str | None) -> list[dict[str, Any]]:
+        params = {"job_run_id": job} if job else {}
+        return [self._times(a, "assigned_at")
+                for a in self._call("GET", "/api/v1/pool-assignments", params=params)]

@@ -26,7 +26,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import ProgrammingError as SQLProgrammingError
 
-from corral.cli.clients import Boards, LocalBoards, RemoteBoards
+from corral.cli.clients import Boards, LocalBoards, LocalPools, RemoteBoards, RemotePools
 from corral.config import Settings, load_settings
 from corral.errors import CorralError
 from corral.logs import configure_logging
@@ -52,6 +52,11 @@ class CliContext:
         if self.url:
             return RemoteBoards(self.url, os.environ.get("CORRAL_TOKEN"), kind)
         return LocalBoards(self.engine(), kind, _actor())
+
+    def pools(self) -> LocalPools | RemotePools:
+        if self.url:
+            return RemotePools(self.url, os.environ.get("CORRAL_TOKEN"))
+        return LocalPools(self.engine(), _actor(), self.settings.mo_override_ttl)
 
     @property
     def settings(self) -> Settings:
@@ -214,7 +219,8 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
     try:
         if role in ("all", "api"):
             tokens = TokenStore(engine.db, cache_seconds=settings.token_cache_seconds)
-            app = create_app(engine, tokens, registry, threads=settings.http_threads)
+            app = create_app(engine, tokens, registry, threads=settings.http_threads,
+                             default_ttl=settings.mo_override_ttl)
             server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                                    access_log=False, lifespan="on"))
             # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
@@ -361,6 +367,8 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
         click.echo(f"events:    {', '.join(doc['allowed_events']) or '-'}")
         for key, value in sorted(doc["attrs"].items()):
             click.echo(f"{key + ':':<10} {value}")
+        for key, value in sorted(doc.get("vars", {}).items()):
+            click.echo(f"{'vars.' + key + ':':<10} {value}")
     show_cmd.help = f"Show one {kind}."
 
     @group.command("history")
@@ -453,6 +461,87 @@ def board_token(obj: CliContext, name: str) -> None:
     from corral.tokens import TokenStore
 
     click.echo(TokenStore(obj.engine().db).issue_for_board(name))
+
+
+@cli.group()
+def pool() -> None:
+    """Pools: fleets, assignments to jobs, OS overrides through MO."""
+
+
+add_machine_commands(pool, "pool")
+
+
+@pool.command("create-fleet")
+@click.option("--fabric", required=True, help="The fabric, e.g. f1.")
+@click.option("--count", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.pass_obj
+def pool_create_fleet(obj: CliContext, fabric: str, count: int) -> None:
+    """Create testbed-cert-pool-{1..COUNT}-{FABRIC} (rampClass CERTIFICATION); existing
+    pools keep their state."""
+    created = obj.pools().create_fleet(fabric, count)
+    click.echo(f"{len(created)} pools created, {count - len(created)} already existed")
+
+
+@pool.command("acquire")
+@click.argument("name", required=False)
+@click.option("--job", "job", required=True, help="The job run id that takes the pool(s).")
+@click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Without NAME: how many free pools to take (all or none).")
+@click.option("--fabric", help="Without NAME: only pools of this fabric.")
+@click.pass_obj
+def pool_acquire(obj: CliContext, name: str | None, job: str, count: int,
+                 fabric: str | None) -> None:
+    """Take pool NAME (or any free ones) for a job; a job may re-take its own pool."""
+    held = obj.pools().acquire(job, name, count, fabric)
+    for pool_name in held["pools"]:
+        note = "" if pool_name in held["new"] else " (already held)"
+        click.echo(f"{pool_name}: held by {held['job_run_id']}{note}")
+
+
+@pool.command("release")
+@click.option("--job", "job", required=True, help="The job run id whose pools to free.")
+@click.option("--reason", help="Recorded in each pool's history.")
+@click.pass_obj
+def pool_release(obj: CliContext, job: str, reason: str | None) -> None:
+    """Free every pool a job holds."""
+    released = obj.pools().release(job, reason)
+    click.echo(f"released {len(released)} pool(s) of {job}"
+               + (f": {', '.join(sorted(released))}" if released else ""))
+
+
+@pool.command("override")
+@click.argument("name")
+@click.option("--os-version", required=True, help="The OS version MO rolls out, e.g. "
+              "azurelinux3-test-x86_64-r11.")
+@click.option("--job", "job", required=True, help="The job run id; it takes the pool if free.")
+@click.option("--ttl", type=click.IntRange(1), help="Seconds the override lasts at MO "
+              "(default: setting mo_override_ttl).")
+@click.pass_obj
+def pool_override(obj: CliContext, name: str, os_version: str, job: str,
+                  ttl: int | None) -> None:
+    """Start an OS override of pool NAME through MO; follow it with `pool show`."""
+    result = obj.pools().override(name, job, os_version, ttl)
+    click.echo(f"{name}: {result['from_state']} -> {result['to_state']} "
+               f"(epoch {result['epoch']})")
+
+
+@pool.command("assignments")
+@click.option("--job", "job", help="Only this job's pools.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def pool_assignments(obj: CliContext, job: str | None, as_json: bool) -> None:
+    """Which job holds which pool."""
+    rows = obj.pools().assignments(job)
+    if as_json:
+        click.echo(_json(rows))
+        return
+    table = Table(box=None, pad_edge=False)
+    for title in ("POOL", "JOB", "SINCE"):
+        table.add_column(title)
+    now = datetime.now(UTC)
+    for r in rows:
+        table.add_row(r["pool"], r["job_run_id"], _since(r["assigned_at"], now))
+    console.print(table)
 
 
 @cli.group()
