@@ -18,11 +18,14 @@ install: $(STAMP)
 # A simulated lab of 20 boards on SQLite, timeouts 10x faster than production:
 # `corral serve --simulate` (HTTP API on 127.0.0.1:8080, simulated power/ping/PXE)
 # and `corral simulate boards` (the boards, reporting over HTTP with their tokens).
-# sim-0020 has a dead relay and ends in failed_power_cycling. Ctrl-C stops both.
+# sim-0020 has a dead relay and ends in failed_power_cycling. A simulated MO
+# (`corral mo-sim`) serves the ten pools of fabric `sim`. Ctrl-C stops them all.
 # Watch it from a second terminal: .venv/bin/corral board list
 run: $(STAMP)
 	$(BIN)/corral db upgrade
 	$(BIN)/corral board import examples/simlab.yaml
+	$(BIN)/corral pool create-fleet --fabric sim --count 10
+	$(BIN)/corral mo-sim --listen 127.0.0.1:50051 --nodes-per-pool 4 --batch 1 --tick 2 & \
 	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} \
 	CORRAL_SIM_DEAD_BOARDS=$${CORRAL_SIM_DEAD_BOARDS-sim-0020} \
 	$(BIN)/corral serve --simulate & \
@@ -47,6 +50,7 @@ proto: $(STAMP)
 # Regenerate the diagrams in docs/ from statemachines/ (a test checks they are current).
 docs: $(STAMP)
 	$(BIN)/corral machines diagram board --update docs/state-machines.md
+	$(BIN)/corral machines diagram pool --update docs/state-machines.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

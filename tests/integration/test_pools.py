@@ -121,7 +121,7 @@ def test_an_event_missing_its_declared_vars_is_refused(engine, pools):
                                                source="operator",
                                                payload={"os_version": 11})])
     assert isinstance(outcome, InvalidRequest)
-    assert "os_version must be a string" in str(outcome)
+    assert "os_version must be of type string" in str(outcome)
     assert "ttl_seconds (integer) is required" in str(outcome)
     assert everything(engine) == before
 

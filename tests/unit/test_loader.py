@@ -142,3 +142,26 @@ def test_kind_defined_twice_in_a_directory(tmp_path):
     (tmp_path / "b.yaml").write_text(MINIMAL)
     with pytest.raises(DefinitionError, match="kind 'widget' is already defined"):
         load_definitions(tmp_path)
+
+
+def test_transition_vars_are_typed_and_optional_with_a_question_mark():
+    definition = parse_definition(MINIMAL.replace(
+        "  - {trigger: poke_ok, source: idle, dest: null}",
+        "  - trigger: poke_ok\n    source: idle\n    dest: null\n"
+        "    vars:\n      version: string\n      ttl: integer?"), "widget.yaml")
+    [transition] = definition.transitions
+    assert [(v.name, v.type, v.required) for v in transition.vars] == [
+        ("version", "string", True), ("ttl", "integer", False)]
+
+
+def test_bad_vars_name_the_line_and_the_types():
+    text = MINIMAL.replace("  - {trigger: poke_ok, source: idle, dest: null}",
+                           "  - trigger: poke_ok\n    source: idle\n    dest: null\n"
+                           "    vars: {version: text, Bad: string}")
+    found = problems_of(text)
+    assert found[0].startswith("widget.yaml:14: var 'version' has type 'text'; types: string, "
+                               "integer, number, boolean")
+    assert "widget.yaml:14: a var name must be" in found[1]
+    assert problems_of(MINIMAL.replace("dest: null}", "dest: null, vars: [a]}")) == [
+        "widget.yaml:11: vars must be a mapping of payload key to type (string, integer, "
+        "number, boolean; a trailing '?' makes it optional)"]

@@ -65,12 +65,35 @@ def test_diagram_mentions_every_state_and_trigger(machines):
         assert transition.trigger in text
 
 
-def test_documented_diagram_is_current(machines):
+@pytest.mark.parametrize("kind", ["board", "pool"])
+def test_documented_diagram_is_current(machines, kind):
     from pathlib import Path
 
     from corral.machines.diagram import replace_block
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "state-machines.md"
     text = doc.read_text()
-    assert replace_block(text, "board", mermaid(machines["board"].definition)) == text, (
+    assert replace_block(text, kind, mermaid(machines[kind].definition)) == text, (
         "docs/state-machines.md is stale: run `make docs`")
+
+
+def test_declared_vars_are_taken_from_the_payload_and_checked(machines):
+    import re
+
+    from corral.errors import InvalidRequest
+
+    pool = machines["pool"]
+    outcome = pool.compute("assigned", {}, "override", name="p1",
+                           payload={"os_version": "v1", "ttl_seconds": 60, "extra": 1})
+    assert outcome.vars == {"os_version": "v1", "ttl_seconds": 60}
+    assert not outcome.clear_vars
+    for payload, problem in ((None, "os_version (string) is required"),
+                             ({"os_version": "v1", "ttl_seconds": True},
+                              "ttl_seconds must be of type integer, not True"),
+                             ({"os_version": 1.1, "ttl_seconds": 5},
+                              "os_version must be of type string, not 1.1")):
+        with pytest.raises(InvalidRequest, match=re.escape(problem)):
+            pool.compute("assigned", {}, "override", name="p1", payload=payload)
+    # Entering idle empties the vars; forcing a state does too.
+    assert pool.compute("overridden", {}, "release").clear_vars
+    assert pool.enter("failed_override", "idle", "force_state", {}).clear_vars

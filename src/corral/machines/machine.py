@@ -142,7 +142,7 @@ class StateMachine:
                 continue
             value = payload[var.name]
             if not var.accepts(value):
-                problems.append(f"{var.name} must be a {var.type}, not {value!r}")
+                problems.append(f"{var.name} must be of type {var.type}, not {value!r}")
                 continue
             taken[var.name] = value
         if problems:
