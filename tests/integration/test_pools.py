@@ -212,9 +212,13 @@ def test_bursts_of_unavailable_are_retried_until_the_rollout_converges(engine, p
     assert simulator.unavailable_answers >= 5
 
 
+@pytest.mark.parametrize(("faults", "reported"), [
+    (Faults(stuck_nodes=1), "base-os"),
+    (Faults(wrong_version_nodes=1), f"{OS}-mismatch"),
+], ids=["stuck", "wrong-version"])
 def test_a_stuck_node_ends_in_failed_override_after_the_configured_polls(
-        engine, machines, pools, lab):
-    _, step = lab(Faults(stuck_nodes=1))
+        engine, machines, pools, lab, faults, reported):
+    _, step = lab(faults)
     # A TTL longer than all the polls, so that MO never reverts the pool meanwhile.
     pools.override(P1, job_run_id="job-a", os_version=OS, ttl_seconds=86400, actor="test")
     step()
@@ -227,7 +231,7 @@ def test_a_stuck_node_ends_in_failed_override_after_the_configured_polls(
     failures = [e for e in engine.history("pool", P1, limit=1000)
                 if e.event == "check_rollout_failed"]
     assert failures
-    assert "1 of 4 nodes not on" in failures[0].reason
+    assert f"1 of 4 nodes not on {OS} (they report {reported})" == failures[0].reason
     # The job lets go; the failed pool stays failed, and free of any job,
     # until an operator brings it back.
     assert pools.release_all("job-a", actor="test") == [P1]

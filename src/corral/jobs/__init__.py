@@ -1,0 +1,1 @@
+"""Jobs: versioned specs, and running them as state machines."""
