@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.jobs.actions import TYPES
-from corral.jobs.checks import Checker, duration_doc
+from corral.jobs.checks import Checker, describe, duration_doc
 from corral.jobs.spec import (
     PRIORITY_LABELS,
     ActionSpec,
@@ -93,7 +93,7 @@ def parse(doc: Any) -> JobSpec:
                               what="lowercase letters, digits and '-'")
     context = top.get("context")
     if "context" in top and not isinstance(context, Mapping):
-        check.error("context", f"must be a mapping, not a {type(context).__name__}")
+        check.error("context", f"must be a mapping, not {describe(context)}")
     job_timeout = action_timeout = None
     if "timeouts" in top:
         timeouts = check.mapping(top["timeouts"], "timeouts", ("job", "action"),

@@ -1,0 +1,183 @@
+"""Job specs: the frozen golden corpus, negative fixtures, round trips
+(hypothesis), downgrades, Maize input, and the documented reference."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corral.jobs import maize, v1, versions
+from corral.jobs.actions import TYPES
+from corral.jobs.actions.base import ActionType
+from corral.jobs.spec import ActionSpec, DowngradeError, JobSpec, SpecError, StageSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "jobspec"
+V1 = sorted(p for p in (GOLDEN / "v1").glob("*.*")
+            if p.suffix in (".yaml", ".json") and not p.name.endswith(".internal.json"))
+INVALID = sorted((GOLDEN / "v1" / "invalid").glob("*.yaml"))
+
+
+def expected_errors(path: Path) -> list[str]:
+    return [line.removeprefix("# error: ") for line in path.read_text().splitlines()
+            if line.startswith("# error: ")]
+
+
+@pytest.mark.parametrize("path", V1, ids=lambda p: p.name)
+def test_golden_specs_load_to_their_frozen_internal_form(path):
+    submitted = versions.load(path.read_text())
+    assert submitted.api_version == "corral/v1"
+    assert submitted.format == ("json" if path.suffix == ".json" else "yaml")
+    frozen = json.loads(path.with_name(path.stem + ".internal.json").read_text())
+    assert submitted.spec.to_json() == frozen
+    assert JobSpec.from_json(frozen) == submitted.spec
+
+
+def _paths(value, prefix: str = "") -> set[str]:
+    """Field paths of a document, list indices written as []."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            found.add(path)
+            if not (prefix == "" and key == "context") and not path.endswith(
+                    ("timeout", "timeouts.job", "timeouts.action", "duration")):
+                found |= _paths(item, path)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _paths(item, prefix + "[]")
+    return found
+
+
+def test_every_v1_field_appears_in_a_golden_spec():
+    used: set[str] = set()
+    for path in V1:
+        used |= _paths(versions.parse_text(path.read_text())[1])
+    assert {f[0] for f in v1.FIELDS} - used == set()
+    assert used - {f[0] for f in v1.FIELDS} == set()
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_negative_fixtures_fail_with_their_errors(path):
+    wanted = expected_errors(path)
+    assert wanted, f"{path.name} names no expected error"
+    with pytest.raises(SpecError) as info:
+        versions.load(path.read_text())
+    problems = info.value.problems
+    for error in wanted:
+        assert any(p == error or p.startswith(error + ":") for p in problems), (
+            error, problems)
+    assert len(problems) == len(wanted), problems
+
+
+def test_documented_errors_are_the_fixtures_errors():
+    doc = (ROOT / "docs" / "jobs.md").read_text()
+    for path in INVALID:
+        for error in expected_errors(path):
+            assert error in doc, f"docs/jobs.md does not show: {error}"
+
+
+def test_documented_reference_matches_the_schema():
+    doc = (ROOT / "docs" / "jobs.md").read_text()
+    start, end = "<!-- fields:v1 -->\n", "<!-- /fields:v1 -->"
+    table = doc[doc.index(start) + len(start):doc.index(end)]
+    assert table == reference_table(), "docs/jobs.md is stale: run `make docs`"
+
+
+def reference_table() -> str:
+    from corral.jobs.reference import v1_table
+
+    return v1_table()
+
+
+def test_a_spec_converts_down_only_without_loss(monkeypatch):
+    class Future(ActionType):
+        key = "futureAction"
+        since = 2
+
+    monkeypatch.setitem(TYPES, "futureAction", Future())
+    spec = versions.load((GOLDEN / "v1" / "maize-minimal.yaml").read_text()).spec
+    future = JobSpec(**{**spec.__dict__, "stages": (*spec.stages, StageSpec(
+        name="later", actions=(ActionSpec(name="f", type="futureAction", params={}),)))})
+    with pytest.raises(DowngradeError, match=re.escape(
+            "stages[1].actions[0]: action type futureAction needs corral/v2; corral/v1 "
+            "cannot express it")):
+        versions.convert(future, "corral/v1")
+    assert versions.convert(spec, "corral/v1")["stages"][0]["name"] == "os-override"
+
+
+def test_maize_snapshot_becomes_one_override_stage():
+    job = maize.job_from_maize({"snapshot": {"release": "azurelinux3-test-x86_64-r11"}},
+                               fabric="f1")
+    spec = v1.parse(job)
+    [(stage, index, action)] = spec.actions()
+    assert (stage, index) == (0, 0)
+    assert (action.type, action.params) == ("osOverrideAction",
+                                            {"os_version": "azurelinux3-test-x86_64-r11"})
+    assert spec.fabric == "f1"
+    for doc, error in (({}, "(top level): missing required key 'snapshot'"),
+                       ({"snapshot": {"release": 11}},
+                        "snapshot.release: must be a string, not the number 11"),
+                       ({"snapshot": {"release": "r1", "x": 1}},
+                        "snapshot.x: unknown key; allowed keys: release")):
+        with pytest.raises(SpecError) as info:
+            maize.job_from_maize(doc)
+        assert info.value.problems == [error]
+
+
+# ---------------------------------------------------------------- round trips
+
+names = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40)
+durations = st.sampled_from([1, 59, 60, 90, 3600, 5400, 86400, 172800])
+plain = st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters=" -_."),
+                max_size=20)
+contexts = st.none() | st.dictionaries(
+    plain.filter(bool), st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6)
+                                     | plain, lambda c: st.lists(c, max_size=3), max_leaves=5),
+    max_size=4)
+
+
+@st.composite
+def specs(draw) -> JobSpec:
+    job = draw(durations)
+    default = draw(durations.filter(lambda d: d <= job))
+    stages = []
+    for stage_name in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+        actions = []
+        for action_name in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+            timeout = draw(st.none() | durations.filter(lambda d: d <= job))
+            kind = draw(st.sampled_from(sorted(TYPES)))
+            if kind == "osOverrideAction":
+                params = {"os_version": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,30}",
+                                                           fullmatch=True))}
+            elif kind == "holdAction":
+                params = {"duration_seconds": draw(durations.filter(
+                    lambda d, t=timeout or default: d <= t))}
+            else:
+                params = {"event": draw(st.from_regex(r"[a-z][a-z0-9_.-]{0,20}",
+                                                      fullmatch=True))}
+            actions.append(ActionSpec(name=action_name, type=kind, params=params,
+                                      timeout_seconds=timeout,
+                                      failure_retry=draw(st.integers(0, v1.MAX_RETRY))))
+        stages.append(StageSpec(name=stage_name, actions=tuple(actions)))
+    return JobSpec(job_name=draw(names), priority=draw(st.integers(0, 100)),
+                   job_timeout_seconds=job, action_timeout_seconds=default,
+                   stages=tuple(stages),
+                   fabric=draw(st.none() | st.from_regex(r"[a-z0-9][a-z0-9-]{0,10}",
+                                                         fullmatch=True)),
+                   context=draw(contexts))
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs(), st.sampled_from(["yaml", "json"]))
+def test_v1_round_trips_through_text_without_loss(spec, fmt):
+    text = versions.dumps(versions.convert(spec, "corral/v1"), fmt)
+    submitted = versions.load(text)
+    assert submitted.format == fmt
+    assert submitted.spec == spec
+    assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
