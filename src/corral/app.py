@@ -7,11 +7,13 @@ at head all stop the process before it touches a machine.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
 from corral.engine.worker import OperationWorker
+from corral.jobs.service import JobOperations, JobService, reserve_job_events
 from corral.machines import DefinitionError, MachineSet, load_definitions
 from corral.machines.loader import Problem
 from corral.mo.client import MoClient
@@ -37,18 +39,30 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
         require_current(db)
     engine = Engine(db, machines, clock=clock, timeout_scale=settings.timeout_scale)
     reserve_pool_events(engine)
+    reserve_job_events(engine)
     return engine
 
 
-def pool_handlers(settings: Settings) -> dict[str, Handler]:
-    """The pool machine's operations, against MO at ``mo_target`` (the channel
-    connects on first use, so a lab without pools never needs MO)."""
-    client = MoClient(settings.mo_target, deadline=settings.mo_deadline,
-                      attempts=settings.mo_attempts)
-    return MoOperations(client).handlers()
+def mo_client(settings: Settings) -> MoClient:
+    """MO at ``mo_target`` (the channel connects on first use, so a lab without
+    pools never needs MO)."""
+    return MoClient(settings.mo_target, deadline=settings.mo_deadline,
+                    attempts=settings.mo_attempts)
 
 
-def build_handlers(settings: Settings, *, simulate: bool | None = None) -> dict[str, Handler]:
+def build_handlers(settings: Settings, *, simulate: bool | None = None,
+                   engine: Engine | None = None) -> dict[str, Handler]:
+    """Every operation backend: boards (simulated or commands), pools (MO) and,
+    given the engine, jobs."""
+    mo = mo_client(settings)
+    handlers = _board_handlers(settings, simulate) | MoOperations(mo).handlers()
+    if engine is not None and "job" in engine.machines:
+        service = JobService(engine, default_ttl=settings.mo_override_ttl)
+        handlers |= JobOperations(service, mo).handlers()
+    return handlers
+
+
+def _board_handlers(settings: Settings, simulate: bool | None) -> dict[str, Handler]:
     if simulate or (simulate is None and settings.backend == "simulated"):
         lab = SimulatedLab(seed=settings.sim_seed, rates=SimulatedRates(
             power_cycle_failure=settings.sim_power_cycle_failure,
@@ -57,27 +71,28 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None) -> dict[
             seconds=settings.sim_operation_seconds,
             dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
         ))
-        return board_handlers(lab, lab, lab) | pool_handlers(settings)
+        return board_handlers(lab, lab, lab)
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
         "ping": settings.command_ping,
         "poll": settings.command_poll,
         "write_pxe_config": settings.command_write_pxe_config,
     }, timeout=settings.command_timeout)
-    return board_handlers(commands, commands, commands) | pool_handlers(settings)
+    return board_handlers(commands, commands, commands)
 
 
-def check_operations(machines: MachineSet, handlers: dict[str, Handler]) -> None:
+def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:
     """Every entry operation a definition names must have a backend.
 
     Raises:
         DefinitionError: naming the file and line of each unknown operation.
     """
+    names = set(handlers)
     problems = []
     for machine in machines:
         for state in machine.definition.states.values():
             for op, line in zip(state.on_enter, state.on_enter_lines, strict=True):
-                if op not in handlers:
+                if op not in names:
                     problems.append(Problem(
                         path=machine.definition.path, line=line,
                         message=f"state {state.name!r}: no backend runs operation {op!r}; "

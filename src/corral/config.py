@@ -58,6 +58,8 @@ class Settings:
     command_poll: str = "ping -c 1 -W 2 {hostname}"
     command_write_pxe_config: str = ""
     worker_id: str = ""
+    # Jobs: how often the scheduler gives free pools to queued jobs (seconds).
+    job_dispatch_interval: float = 1.0
     # Maintenance Orchestrator (gRPC)
     mo_target: str = "127.0.0.1:50051"
     mo_deadline: float = 5.0
@@ -87,7 +89,7 @@ _POSITIVE = {"http_threads", "sweep_interval", "sweep_batch", "sweep_threads",
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
-             "mo_override_ttl"}
+             "mo_override_ttl", "job_dispatch_interval"}
 _NON_NEGATIVE = {"token_cache_seconds", "group_commit_threads", "operation_retry_delay",
                  "sim_operation_seconds",
                  "sim_boot_seconds", "sim_install_seconds", "sim_seed"}

@@ -308,9 +308,9 @@ def test_pools_over_http_and_the_cli(lab):
     admin = lab.cli("token", "create", "root", "--role", "admin")
     viewer = lab.cli("token", "create", "watcher", "--role", "viewer")
     p1, p2, p3 = (f"testbed-cert-pool-{i}-f1" for i in (1, 2, 3))
-    assert lab.post("/api/v1/pools/fleet", viewer, json={"fabric": "f1", "count": 3}
+    assert lab.post("/api/v1/pool-fleets", viewer, json={"fabric": "f1", "count": 3}
                     ).status_code == 403
-    assert lab.post("/api/v1/pools/fleet", admin, json={"fabric": "f1", "count": 3}
+    assert lab.post("/api/v1/pool-fleets", admin, json={"fabric": "f1", "count": 3}
                     ).json() == [p1, p2, p3]
     os_version = "azurelinux3-test-x86_64-r11"
     reply = lab.post(f"/api/v1/pools/{p1}/override", admin,

@@ -25,6 +25,7 @@ import sqlalchemy.exc
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -230,13 +231,22 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                             status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
-    def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # A body that cannot even be parsed is a malformed request like any other.
         status = 422 if exc.status_code == 400 else exc.status_code
         error = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 422: "invalid_request"}.get(status, "http_error")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if status == 405:
+            # Starlette names only the first route matching the path; a path
+            # served by several routes (GET /pools/{name}, POST /pools/fleet...)
+            # allows the methods of all of them.
+            headers["Allow"] = ", ".join(sorted({
+                method for route in app.routes
+                if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+                for method in route.methods}))
         return JSONResponse({"error": error, "message": str(exc.detail)}, status_code=status,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -438,7 +448,7 @@ def pool_routes(app: FastAPI, pools: PoolService, role: Any, transition_doc: Any
     def held_doc(held: Any) -> HeldOut:
         return HeldOut(job_run_id=held.job_run_id, pools=list(held.pools), new=list(held.new))
 
-    @app.post("/api/v1/pools/fleet", response_model=list[str], responses=ERRORS,
+    @app.post("/api/v1/pool-fleets", response_model=list[str], responses=ERRORS,
               tags=["pools"], summary="Create testbed-cert-pool-{1..count}-{fabric} (admin); "
                                       "returns the pools created.")
     def create_fleet(body: FleetIn,

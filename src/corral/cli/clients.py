@@ -178,7 +178,7 @@ class RemotePools(RemoteBoards):
         super().__init__(url, token, "pool")
 
     def create_fleet(self, fabric: str, count: int) -> list[str]:
-        return list(self._call("POST", "/api/v1/pools/fleet",
+        return list(self._call("POST", "/api/v1/pool-fleets",
                                json={"fabric": fabric, "count": count}))
 
     def acquire(self, job: str, pool: str | None, count: int, fabric: str | None

@@ -198,7 +198,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
     scheduler = None
     worker = None
     if role in ("all", "worker"):
-        handlers = build_handlers(settings, simulate=simulate or None)
+        handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
         check_operations(engine.machines, handlers)
         worker = build_worker(engine, settings, handlers)
         jobs: dict[str, tuple[Callable[[], object], float]] = {
@@ -207,6 +207,11 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> Non
                                settings.sweep_interval),
             "operations": (worker.dispatch, settings.operation_interval),
         }
+        if "job" in engine.machines:
+            from corral.jobs.service import JobService
+
+            scheduler_jobs = JobService(engine, default_ttl=settings.mo_override_ttl)
+            jobs["dispatch_jobs"] = (scheduler_jobs.dispatch_pass, settings.job_dispatch_interval)
         scheduler = build_scheduler(jobs)
     if settings.group_commit_threads:
         engine.start_group_commit(threads=settings.group_commit_threads,
@@ -257,11 +262,16 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
     settings = obj.settings
     configure_logging(settings.log_level, settings.log_format)
     engine = obj.engine()
-    handlers = build_handlers(settings, simulate=simulate or None)
+    handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
     check_operations(engine.machines, handlers)
     fired = engine.sweep_timeouts(batch=settings.sweep_batch, threads=settings.sweep_threads)
+    assigned = 0
+    if "job" in engine.machines:
+        from corral.jobs.service import JobService
+
+        assigned = len(JobService(engine, default_ttl=settings.mo_override_ttl).dispatch_pass())
     ran = build_worker(engine, settings, handlers).run_pending()
-    click.echo(f"timeouts fired: {fired}, operations run: {ran}")
+    click.echo(f"timeouts fired: {fired}, jobs assigned: {assigned}, operations run: {ran}")
 
 
 # ------------------------------------------------------------------ machines
@@ -278,8 +288,10 @@ def machines_check(obj: CliContext) -> None:
     """Validate every definition in the statemachines directory."""
     from corral.app import build_handlers, check_operations, load_machines
 
+    from corral.jobs.service import JobOperations
+
     loaded = load_machines(obj.settings)
-    check_operations(loaded, build_handlers(obj.settings))
+    check_operations(loaded, set(build_handlers(obj.settings)) | set(JobOperations.KINDS))
     for m in loaded:
         click.echo(f"{m.definition.path}: {m.kind}: {len(m.definition.states)} states, "
                    f"{len(m.definition.transitions)} transitions: ok")

@@ -79,6 +79,17 @@ class FireResult:
     replayed: bool = False
 
 
+def _timestamp(value: Any) -> datetime | None:
+    """A deadline var: an ISO 8601 timestamp (UTC when it names no zone)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"deadline {value!r} is not an ISO 8601 timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Observer:
     """Receives what the engine does, for metrics. The default does nothing."""
 
@@ -244,37 +255,21 @@ class Engine:
         Raises:
             Conflict: ``update_existing`` is false and a machine already exists.
         """
-        machine = self.machines[kind]
-        writes: list[_Write] = []
+        self.machines[kind]
         try:
-            with self.db.begin() as conn:
-                now = self.clock()
+            with self.unit() as unit:
                 for name, attrs in inventory.items():
-                    existing = q.lock_machine(conn, kind, name)
+                    existing = q.lock_machine(unit.conn, kind, name)
                     if existing is not None:
                         if not update_existing:
                             raise Conflict(f"{kind} {name!r} already exists")
-                        q.update_machine_attrs(conn, existing.id, attrs, now)
+                        q.update_machine_attrs(unit.conn, existing.id, attrs, unit.now)
                         continue
-                    outcome = machine.enter("", machine.initial, CREATE_EVENT, {})
-                    machine_id = q.insert_machine(
-                        conn, kind=kind, name=name, state=machine.initial, attrs=attrs,
-                        now=now, deadline=self._deadline(now, outcome.timeout),
-                    )
-                    placeholder = q.MachineState(
-                        id=machine_id, kind=kind, name=name, state="", state_entered_at=now,
-                        deadline=None, counters={}, epoch=0,
-                    )
-                    writes.append(self._prepare(placeholder, outcome, now=now, source="operator",
-                                                actor=actor, reason=reason, payload=None,
-                                                operation_id=None))
-                _write_all(SqlaTransaction(conn), writes, [w.change for w in writes])
+                    unit.create(kind, name, attrs, actor=actor, reason=reason)
         except IntegrityError:
             raise Conflict(f"another process created one of these {kind}s at the same time; "
                            "nothing was imported, try again") from None
-        for write in writes:
-            self._log(write.result, "operator")
-        return [w.result for w in writes]
+        return unit.results
 
     def get(self, kind: str, name: str) -> q.MachineRow:
         """Raises: UnknownMachine."""
@@ -590,16 +585,18 @@ class Engine:
 
     def report_operation(
         self, op: q.OperationRow, *, ok: bool, detail: Mapping[str, Any] | None = None,
-        error: str | None = None,
+        error: str | None = None, outcome: str | None = None,
     ) -> FireResult:
-        """Feed an operation's result back as ``<kind>_ok`` / ``<kind>_failed``.
+        """Feed an operation's result back as ``<kind>_ok`` / ``<kind>_failed``, or
+        ``<kind>_<outcome>`` for a named outcome. The result document is the
+        event's payload, so a transition may keep values from it (``vars``).
 
         One transaction: lock the machine, then the operation. A duplicate
         result (the operation already finished) or a stale one (the machine has
         left the state entry that wrote the operation) is recorded on the
         operation and changes no machine.
         """
-        event = f"{op.kind}_{'ok' if ok else 'failed'}"
+        event = f"{op.kind}_{outcome or ('ok' if ok else 'failed')}"
         result_doc = {"ok": ok, **(dict(detail) if detail else {})}
         with self.db.begin() as conn:
             row = q.lock_machine_by_id(conn, op.machine_id)
@@ -624,8 +621,9 @@ class Engine:
                          target=op.target, _event=event, note=note)
                 self.observer.operation(op.kind, "stale")
                 return self._ignored(row, event, note)
-            outcome = machine.compute(row.state, row.counters, event, name=row.name)
-            write = self._prepare(row, outcome, now=now, source="operation", actor=None,
+            computed = machine.compute(row.state, row.counters, event, name=row.name,
+                                       payload=result_doc)
+            write = self._prepare(row, computed, now=now, source="operation", actor=None,
                                   reason=error, payload=result_doc, operation_id=op.id)
             _write_all(SqlaTransaction(conn), [write], [write.change])
             q.finish_operation(conn, op.id, status="done" if ok else "failed",
@@ -671,8 +669,11 @@ class Engine:
     ) -> _Write:
         if outcome.entered:
             epoch = row.epoch + 1
+            deadline = self._deadline(now, outcome.timeout)
+            if outcome.deadline_var is not None:
+                deadline = _timestamp(outcome.vars.get(outcome.deadline_var))
             change = q.StateChange(id=row.id, state=outcome.to_state, state_entered_at=now,
-                                   deadline=self._deadline(now, outcome.timeout),
+                                   deadline=deadline,
                                    counters=outcome.counters, epoch=epoch, updated_at=now)
         else:
             epoch = row.epoch
@@ -735,6 +736,24 @@ class Unit:
         if row is None:
             raise UnknownMachine(kind, name)
         return row
+
+    def create(self, kind: str, name: str, attrs: Mapping[str, Any], *, actor: str | None,
+               reason: str | None) -> q.MachineState:
+        """Create a machine in its initial state; returns its (locked) row."""
+        machine = self.engine.machines[kind]
+        outcome = machine.enter("", machine.initial, CREATE_EVENT, {})
+        machine_id = q.insert_machine(self.conn, kind=kind, name=name, state=machine.initial,
+                                      attrs=attrs, now=self.now,
+                                      deadline=self.engine._deadline(self.now, outcome.timeout))
+        placeholder = q.MachineState(id=machine_id, kind=kind, name=name, state="",
+                                     state_entered_at=self.now, deadline=None, counters={},
+                                     epoch=0)
+        write = self.engine._prepare(placeholder, outcome, now=self.now, source="operator",
+                                     actor=actor, reason=reason, payload=None,
+                                     operation_id=None)
+        _write_all(SqlaTransaction(self.conn), [write], [write.change])
+        self.writes.append(write)
+        return write.change.applied_to(placeholder)
 
     def fire(
         self, row: q.MachineState, event: str, *, source: str, payload: Any = None,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 
 from corral.engine.core import Engine
-from corral.operations.base import Handler, OperationContext, OperationFailed
+from corral.operations.base import Handler, OperationContext, OperationFailed, Reported
 from corral.store.queries import OperationRow
 
 log = structlog.get_logger("corral.worker")
@@ -130,5 +130,9 @@ class OperationWorker:
             else:
                 delay = self.retry_delay * 2 ** (op.attempts - 1)
                 self.engine.retry_operation(op, delay=delay, error=error)
+            return
+        if isinstance(detail, Reported):
+            self.engine.report_operation(op, ok=True, detail=detail.detail,
+                                         outcome=detail.outcome)
             return
         self.engine.report_operation(op, ok=True, detail=detail)

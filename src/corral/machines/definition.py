@@ -43,6 +43,9 @@ class StateDef:
     on_enter_lines: tuple[int, ...] = ()
     clear_counters: bool | tuple[str, ...] = False
     clear_vars: bool = False
+    # Instead of a fixed timeout: the var holding the deadline (an ISO 8601
+    # UTC timestamp) that the event entering the state carries.
+    deadline_var: str | None = None
 
 
 VAR_TYPES: Mapping[str, tuple[type, ...]] = {

@@ -37,6 +37,7 @@ STATE_KEYS = (
     "on_enter",
     "clear_counters",
     "clear_vars",
+    "deadline_var",
 )
 COUNTER_KEYS = ("name", "max", "failure", "count")
 TRANSITION_KEYS = ("trigger", "source", "dest", "vars")
@@ -235,8 +236,15 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
     if "counter" in body:
         counter = _parse_counter(check, name, body["counter"], body.line_of("counter"))
 
+    deadline_var = body.get("deadline_var")
+    if deadline_var is not None:
+        if check.name(deadline_var, body.line_of("deadline_var"), "deadline_var") is None:
+            deadline_var = None
+        elif "timeout" in body:
+            check.error(body.line_of("deadline_var"), f"state {name!r} has both timeout and "
+                        "deadline_var; use one")
     if terminal:
-        for key in ("timeout", "on_timeout", "counter"):
+        for key in ("timeout", "on_timeout", "counter", "deadline_var"):
             if key in body:
                 check.error(body.line_of(key), f"terminal state {name!r} cannot have {key!r}: "
                             "a terminal state waits for an operator")
@@ -244,9 +252,13 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
         if timeout is not None and on_timeout is None:
             check.error(body.line_of("timeout"),
                         f"state {name!r} has a timeout but no on_timeout (a state or an event)")
-        if on_timeout is not None and "timeout" not in body:
+        if deadline_var is not None and on_timeout is None:
+            check.error(body.line_of("deadline_var"),
+                        f"state {name!r} has a deadline_var but no on_timeout")
+        if on_timeout is not None and "timeout" not in body and deadline_var is None:
             check.error(body.line_of("on_timeout"),
-                        f"state {name!r} has on_timeout but no timeout (seconds)")
+                        f"state {name!r} has on_timeout but no timeout (seconds) or "
+                        "deadline_var")
 
     return StateDef(
         name=name,
@@ -262,6 +274,7 @@ def _parse_state(check: _Checker, name: str, body: Any, line: int) -> StateDef |
         on_enter_lines=tuple(on_enter_lines),
         clear_counters=clear,
         clear_vars=flags["clear_vars"],
+        deadline_var=deadline_var,
     )
 
 
@@ -389,6 +402,12 @@ def _check_references(
             seen[key] = t.line
             triggers_by_state[source].add(t.trigger)
 
+    for t in transitions:
+        target = states.get(t.dest or "")
+        if target is not None and target.deadline_var is not None and target.deadline_var \
+                not in {v.name for v in t.vars}:
+            check.error(t.line, f"transition {t.trigger!r} enters {target.name!r}, whose "
+                        f"deadline comes from var {target.deadline_var!r}: declare it in vars")
     for state in states.values():
         if state.on_timeout is not None and state.on_timeout not in states:
             if state.on_timeout not in triggers_by_state[state.name]:
@@ -407,7 +426,7 @@ def _check_references(
                             "operator)")
             for event in counter.count:
                 if event == TIMEOUT_EVENT:
-                    if state.timeout is None:
+                    if state.timeout is None and state.deadline_var is None:
                         check.error(state.line, f"state {state.name!r} counts timeouts but "
                                     "has no timeout")
                 elif event not in triggers_by_state[state.name]:

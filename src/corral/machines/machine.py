@@ -40,6 +40,8 @@ class Outcome:
     counted: str | None = None
     vars: Mapping[str, Any] = field(default_factory=dict)
     clear_vars: bool = False
+    # The entered state's deadline is vars[deadline_var] (an ISO timestamp).
+    deadline_var: str | None = None
 
     @property
     def changes_vars(self) -> bool:
@@ -226,6 +228,7 @@ class StateMachine:
             counted=counted,
             vars=dict(variables or {}),
             clear_vars=target.clear_vars,
+            deadline_var=target.deadline_var,
         )
 
 

@@ -25,6 +25,15 @@ class OperationFailed(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class Reported:
+    """Returned by a handler to report ``<kind>_<outcome>`` instead of ``<kind>_ok``
+    (a job's ``start_action`` reports ``complete`` when no action is left)."""
+
+    outcome: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, kw_only=True)
 class OperationContext:
     operation_id: int
@@ -38,7 +47,7 @@ class OperationContext:
     vars: Mapping[str, Any] = field(default_factory=dict)
 
 
-Handler = Callable[[OperationContext], Mapping[str, Any] | None]
+Handler = Callable[[OperationContext], "Mapping[str, Any] | Reported | None"]
 
 
 class PowerDriver(Protocol):

@@ -132,6 +132,17 @@ class PoolService:
         names = tuple(r.name for r in rows)
         return Held(job_run_id=job_run_id, pools=names, new=names)
 
+    def take_free(self, unit: Unit, job_run_id: str, *, fabric: str | None, actor: str
+                  ) -> str | None:
+        """Inside the caller's unit: take one idle pool (of ``fabric``) that no job
+        holds for the job; returns its name, or None when none is free."""
+        rows = q.lock_idle_pools(unit.conn, kind=KIND, state="idle",
+                                 attrs={"fabric": fabric} if fabric else {}, limit=1)
+        if not rows:
+            return None
+        self._take(unit, rows[0], job_run_id, actor)
+        return rows[0].name
+
     def release_all(self, job_run_id: str, *, actor: str, reason: str | None = None
                     ) -> list[str]:
         """Free every pool the job holds (whatever their state); returns their names.

@@ -184,5 +184,27 @@ pool_assignments = Table(
     Index("ix_pool_assignments_job_run_id", "job_run_id"),
 )
 
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    # The job machine's name (job-<id>), also its job_run_id for pools.
+    Column("name", String(64), nullable=False, unique=True),
+    # The spec exactly as submitted, with its version and format...
+    Column("api_version", String(32), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("spec_text", Text, nullable=False),
+    # ...and its internal form, which is what runs.
+    Column("spec", JSONDoc, nullable=False),
+    Column("job_name", String(200), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("fabric", String(63), nullable=True),
+    Column("submitted_at", UTCDateTime, nullable=False),
+    Column("submitted_by", String(200), nullable=True),
+    Column("failure_comment", Text, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_jobs_priority_id", "priority", "id"),
+)
+
 HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")
 OPEN_OPERATION_STATUSES = ("pending", "running")
