@@ -136,7 +136,7 @@ def test_failure_retry_tries_again_and_a_signal_completes(engine, lab):
     step(601)
     doc = service.describe(job)
     assert (doc["state"], doc["current"]["attempt"]) == ("waiting", 2)
-    with pytest.raises(Conflict, match="waits for event 'tests.done'"):
+    with pytest.raises(Conflict, match=r"waits for event 'tests\.done'"):
         service.signal(job, "other", actor="ci")
     with pytest.raises(Conflict, match="cannot be fired directly"):
         engine.fire("job", job, "action_done", source="operator")

@@ -34,6 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral import __version__
 from corral.engine.core import Engine, FireRequest, FireResult
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, SchemaNotCurrent
+from corral.jobs import versions
+from corral.jobs.service import JobService
 from corral.pools import PoolService
 from corral.store import queries as q
 from corral.store.migrate import require_current
@@ -75,6 +77,57 @@ class OverrideIn(BaseModel):
     job_run_id: str = Field(pattern=JOB)
     os_version: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
     ttl_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
+
+
+class JobOut(MachineOut):
+    job_name: str
+    priority: int
+    fabric: str | None
+    api_version: str
+    submitted_at: datetime
+    submitted_by: str | None
+    pool: str | None = Field(description="The pool the scheduler gave the job.")
+    current: dict[str, Any] | None = Field(
+        description="The action under way: stage, action, type, attempt.")
+    failure_comment: str | None = Field(description="Why the job ended incomplete or "
+                                                    "canceled.")
+    finished_at: datetime | None
+
+
+class SubmitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: str = Field(min_length=1, max_length=1 << 20,
+                      description="The job spec as YAML or JSON text (apiVersion corral/v1).")
+
+
+class MaizeSnapshot(BaseModel):
+    release: str
+
+
+class MaizeIn(BaseModel):
+    snapshot: MaizeSnapshot
+
+
+class SubmittedOut(BaseModel):
+    name: str = Field(description="The job's id.")
+    state: str
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class SignalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")
+
+
+class SpecOut(BaseModel):
+    name: str
+    api_version: str
+    format: str
+    text: str = Field(description="The spec as submitted, or converted to api_version.")
 
 
 class AssignmentOut(BaseModel):
@@ -244,7 +297,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             headers["Allow"] = ", ".join(sorted({
                 method for route in app.routes
                 if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
-                for method in route.methods}))
+                for method in route.methods or ()}))
         return JSONResponse({"error": error, "message": str(exc.detail)}, status_code=status,
                             headers=headers or None)
 
@@ -345,7 +398,15 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             return [MachineOut(**engine.describe(r))
                     for r in engine.list_machines(kind, states=state, failed=failed)]
 
-        @app.get(f"/api/v1/{plural}/{{name}}", response_model=MachineOut, responses=ERRORS,
+        # A job's document adds its spec's name, priority, progress and outcome.
+        out: type[MachineOut] = JobOut if kind == "job" else MachineOut
+
+        def document(name: str) -> MachineOut:
+            if kind == "job":
+                return JobOut(**JobService(engine).describe(name))
+            return MachineOut(**engine.describe(engine.get(kind, name)))
+
+        @app.get(f"/api/v1/{plural}/{{name}}", response_model=out, responses=ERRORS,
                  tags=[tag], summary=f"Show one {kind}.", operation_id=f"show_{kind}")
         def show_machine(name: Name, who: Annotated[Principal, Depends(principal)]
                          ) -> MachineOut:
@@ -353,7 +414,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             if not ((kind == "board" and who.board == name) or who.at_least("viewer")):
                 raise ApiError(403, "forbidden",
                                f"token {who.name!r} may not read {kind} {name!r}")
-            return MachineOut(**engine.describe(engine.get(kind, name)))
+            return document(name)
 
         @app.get(f"/api/v1/{plural}/{{name}}/history", response_model=HistoryPage,
                  responses=ERRORS, tags=[tag], summary=f"A {kind}'s history, newest first.",
@@ -395,6 +456,8 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         machine_routes(kind, f"{kind}s")
     if "pool" in engine.machines:
         pool_routes(app, PoolService(engine, default_ttl=default_ttl), role, transition_doc)
+    if "job" in engine.machines:
+        job_routes(app, JobService(engine, default_ttl=default_ttl), role, transition_doc)
 
     @app.post("/api/v1/boards/{name}/maintenance", response_model=TransitionOut,
               responses=ERRORS, tags=["boards"], summary="Put a board in or out of maintenance.")
@@ -488,3 +551,50 @@ def pool_routes(app: FastAPI, pools: PoolService, role: Any, transition_doc: Any
         return transition_doc(pools.override(name, job_run_id=body.job_run_id,
                                              os_version=body.os_version,
                                              ttl_seconds=body.ttl_seconds, actor=who.name))
+
+
+def job_routes(app: FastAPI, jobs: JobService, role: Any, transition_doc: Any) -> None:
+    """Submitting, canceling and signalling jobs (operator role)."""
+    JobName = Annotated[str, Path(pattern=NAME, description="The job's id.")]
+
+    def submitted(result: FireResult) -> SubmittedOut:
+        return SubmittedOut(name=result.name, state=result.to_state)
+
+    @app.post("/api/v1/jobs", response_model=SubmittedOut, responses=ERRORS, tags=["jobs"],
+              summary="Submit a job spec; answers its id once the schema check passed.")
+    def submit(body: SubmitIn,
+               who: Annotated[Principal, Depends(role("operator"))]) -> SubmittedOut:
+        return submitted(jobs.submit(body.spec, actor=who.name))
+
+    @app.post("/api/v1/maize-snapshots", response_model=SubmittedOut, responses=ERRORS,
+              tags=["jobs"], summary="Submit a Maize snapshot as an OS override job.")
+    def submit_maize(
+        body: MaizeIn, who: Annotated[Principal, Depends(role("operator"))],
+        fabric: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = None,
+    ) -> SubmittedOut:
+        return submitted(jobs.submit_maize(body.model_dump_json(), actor=who.name,
+                                           fabric=fabric))
+
+    @app.get("/api/v1/jobs/{name}/spec", response_model=SpecOut, responses=ERRORS,
+             tags=["jobs"], summary="The spec as submitted, or converted to another version.")
+    def spec(name: JobName, _: Annotated[Principal, Depends(role("viewer"))],
+             api_version: Annotated[str | None, Query(max_length=32)] = None) -> SpecOut:
+        record = jobs.record(name)
+        if api_version is None or api_version == record["api_version"]:
+            return SpecOut(name=name, api_version=record["api_version"],
+                           format=record["format"], text=record["spec_text"])
+        doc = versions.convert(jobs.spec(name), api_version)
+        return SpecOut(name=name, api_version=api_version, format="yaml",
+                       text=versions.dumps(doc, "yaml"))
+
+    @app.post("/api/v1/jobs/{name}/cancel", response_model=TransitionOut, responses=ERRORS,
+              tags=["jobs"], summary="Cancel a job that has not ended; its pools are released.")
+    def cancel(name: JobName, body: CancelIn,
+               who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
+        return transition_doc(jobs.cancel(name, actor=who.name, reason=body.reason))
+
+    @app.post("/api/v1/jobs/{name}/signal", response_model=TransitionOut, responses=ERRORS,
+              tags=["jobs"], summary="Send the event a waitForEventAction waits for.")
+    def signal(name: JobName, body: SignalIn,
+               who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
+        return transition_doc(jobs.signal(name, body.event, actor=who.name))

@@ -23,6 +23,8 @@ from corral.errors import (
     NotFound,
     Unavailable,
 )
+from corral.jobs import versions
+from corral.jobs.service import JobService
 from corral.pools import PoolService
 from corral.store.queries import HistoryEntry
 
@@ -199,3 +201,62 @@ class RemotePools(RemoteBoards):
         params = {"job_run_id": job} if job else {}
         return [self._times(a, "assigned_at")
                 for a in self._call("GET", "/api/v1/pool-assignments", params=params)]
+
+
+class LocalJobs(LocalBoards):
+    """Job commands against the database."""
+
+    def __init__(self, engine: Engine, actor: str, default_ttl: int) -> None:
+        super().__init__(engine, "job", actor)
+        self.service = JobService(engine, default_ttl=default_ttl)
+
+    def show(self, name: str) -> dict[str, Any]:
+        return self.service.describe(name)
+
+    def submit(self, text: str, maize: bool, fabric: str | None) -> dict[str, Any]:
+        result = (self.service.submit_maize(text, actor=self.actor, fabric=fabric) if maize
+                  else self.service.submit(text, actor=self.actor))
+        return {"name": result.name, "state": result.to_state}
+
+    def cancel(self, name: str, reason: str | None) -> dict[str, Any]:
+        return _transition(self.service.cancel(name, actor=self.actor, reason=reason))
+
+    def signal(self, name: str, event: str) -> dict[str, Any]:
+        return _transition(self.service.signal(name, event, actor=self.actor))
+
+    def spec(self, name: str, api_version: str | None) -> dict[str, Any]:
+        record = self.service.record(name)
+        if api_version is None or api_version == record["api_version"]:
+            return {"api_version": record["api_version"], "text": record["spec_text"]}
+        doc = versions.convert(self.service.spec(name), api_version)
+        return {"api_version": api_version, "text": versions.dumps(doc, "yaml")}
+
+
+class RemoteJobs(RemoteBoards):
+    """The same job commands over the HTTP API."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        super().__init__(url, token, "job")
+
+    def show(self, name: str) -> dict[str, Any]:
+        return self._times(super().show(name), "submitted_at", "finished_at")
+
+    def submit(self, text: str, maize: bool, fabric: str | None) -> dict[str, Any]:
+        if maize:
+            _, doc = versions.parse_text(text)
+            return dict(self._call("POST", "/api/v1/maize-snapshots", json=doc,
+                                   params={"fabric": fabric} if fabric else {}))
+        return dict(self._call("POST", "/api/v1/jobs", json={"spec": text}))
+
+    def cancel(self, name: str, reason: str | None) -> dict[str, Any]:
+        return self._transition(self._call("POST", f"/api/v1/jobs/{name}/cancel",
+                                           json={"reason": reason}))
+
+    def signal(self, name: str, event: str) -> dict[str, Any]:
+        return self._transition(self._call("POST", f"/api/v1/jobs/{name}/signal",
+                                           json={"event": event}))
+
+    def spec(self, name: str, api_version: str | None) -> dict[str, Any]:
+        params = {"api_version": api_version} if api_version else {}
+        doc = self._call("GET", f"/api/v1/jobs/{name}/spec", params=params)
+        return {"api_version": doc["api_version"], "text": doc["text"]}

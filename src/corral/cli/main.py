@@ -26,9 +26,18 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import ProgrammingError as SQLProgrammingError
 
-from corral.cli.clients import Boards, LocalBoards, LocalPools, RemoteBoards, RemotePools
+from corral.cli.clients import (
+    Boards,
+    LocalBoards,
+    LocalJobs,
+    LocalPools,
+    RemoteBoards,
+    RemoteJobs,
+    RemotePools,
+)
 from corral.config import Settings, load_settings
 from corral.errors import CorralError
+from corral.jobs.spec import SpecError
 from corral.logs import configure_logging
 
 # A pipe gets full-width rows instead of wrapped cells.
@@ -53,6 +62,11 @@ class CliContext:
             return RemoteBoards(self.url, os.environ.get("CORRAL_TOKEN"), kind)
         return LocalBoards(self.engine(), kind, _actor())
 
+    def jobs(self) -> LocalJobs | RemoteJobs:
+        if self.url:
+            return RemoteJobs(self.url, os.environ.get("CORRAL_TOKEN"))
+        return LocalJobs(self.engine(), _actor(), self.settings.mo_override_ttl)
+
     def pools(self) -> LocalPools | RemotePools:
         if self.url:
             return RemotePools(self.url, os.environ.get("CORRAL_TOKEN"))
@@ -76,6 +90,12 @@ class CorralGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except SpecError as exc:
+            # One problem per line: a spec often has several.
+            click.echo("error: invalid job spec:", err=True)
+            for problem in exc.problems:
+                click.echo(f"  {problem}", err=True)
+            sys.exit(exc.exit_code)
         except CorralError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -329,7 +349,25 @@ def _since(moment: datetime | None, now: datetime) -> str:
     return f"in {text}" if seconds > 0 else f"{text} ago"
 
 
-def add_machine_commands(group: click.Group, kind: str) -> None:
+def _print_machine(kind: str, doc: dict[str, Any]) -> None:
+    now = datetime.now(UTC)
+    deadline = (f"{doc['deadline'].isoformat()} ({_since(doc['deadline'], now)})"
+                if doc["deadline"] else "-")
+    click.echo(f"{kind}:     {doc['name']}")
+    click.echo(f"state:     {doc['state']}{'  (FAILED)' if doc['failed'] else ''}")
+    click.echo(f"entered:   {doc['state_entered_at'].isoformat()} "
+               f"({_since(doc['state_entered_at'], now)})")
+    click.echo(f"timeout:   {deadline}")
+    click.echo(f"epoch:     {doc['epoch']}")
+    click.echo(f"counters:  {doc['counters'] or '-'}")
+    click.echo(f"events:    {', '.join(doc['allowed_events']) or '-'}")
+    for key, value in sorted(doc["attrs"].items()):
+        click.echo(f"{key + ':':<10} {value}")
+    for key, value in sorted(doc.get("vars", {}).items()):
+        click.echo(f"{'vars.' + key + ':':<10} {value}")
+
+
+def add_machine_commands(group: click.Group, kind: str, *, show: bool = True) -> None:
     """The operator commands every machine kind shares: list, show, history, event,
     force-state. They read and write the database, or a server given --url."""
 
@@ -357,7 +395,6 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
         console.print(f"{len(docs)} {kind}{'' if len(docs) == 1 else 's'}")
     list_cmd.help = f"List {kind}s."
 
-    @group.command("show")
     @click.argument("name")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_obj
@@ -366,22 +403,9 @@ def add_machine_commands(group: click.Group, kind: str) -> None:
         if as_json:
             click.echo(_json(doc))
             return
-        now = datetime.now(UTC)
-        deadline = (f"{doc['deadline'].isoformat()} ({_since(doc['deadline'], now)})"
-                    if doc["deadline"] else "-")
-        click.echo(f"{kind}:     {doc['name']}")
-        click.echo(f"state:     {doc['state']}{'  (FAILED)' if doc['failed'] else ''}")
-        click.echo(f"entered:   {doc['state_entered_at'].isoformat()} "
-                   f"({_since(doc['state_entered_at'], now)})")
-        click.echo(f"timeout:   {deadline}")
-        click.echo(f"epoch:     {doc['epoch']}")
-        click.echo(f"counters:  {doc['counters'] or '-'}")
-        click.echo(f"events:    {', '.join(doc['allowed_events']) or '-'}")
-        for key, value in sorted(doc["attrs"].items()):
-            click.echo(f"{key + ':':<10} {value}")
-        for key, value in sorted(doc.get("vars", {}).items()):
-            click.echo(f"{'vars.' + key + ':':<10} {value}")
-    show_cmd.help = f"Show one {kind}."
+        _print_machine(kind, doc)
+    if show:
+        group.command("show", help=f"Show one {kind}.")(show_cmd)
 
     @group.command("history")
     @click.argument("name")
@@ -554,6 +578,78 @@ def pool_assignments(obj: CliContext, job: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r["pool"], r["job_run_id"], _since(r["assigned_at"], now))
     console.print(table)
+
+
+@cli.group()
+def job() -> None:
+    """Jobs: submit specs, follow them, cancel them, signal them."""
+
+
+add_machine_commands(job, "job", show=False)
+
+
+@job.command("submit")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--maize", is_flag=True, help="FILE is a Maize snapshot document "
+              '({"snapshot": {"release": ...}}): submit an OS override job for it.')
+@click.option("--fabric", help="With --maize: only pools of this fabric.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def job_submit(obj: CliContext, file: Any, maize: bool, fabric: str | None,
+               as_json: bool) -> None:
+    """Submit a job spec (YAML or JSON; FILE may be - for stdin); prints the job id."""
+    result = obj.jobs().submit(file.read(), maize, fabric)
+    click.echo(_json(result) if as_json else f"{result['name']}: {result['state']}")
+
+
+@job.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def job_show(obj: CliContext, name: str, as_json: bool) -> None:
+    """Show a job: its state, spec, progress and outcome."""
+    doc = obj.jobs().show(name)
+    if as_json:
+        click.echo(_json(doc))
+        return
+    _print_machine("job", doc)
+    click.echo(f"pool:      {doc['pool'] or '-'}")
+    current = doc.get("current")
+    if current:
+        click.echo(f"action:    {current['stage']} / {current['action']} ({current['type']}, "
+                   f"attempt {current['attempt']})")
+    if doc.get("failure_comment"):
+        click.echo(f"failure:   {doc['failure_comment']}")
+
+
+@job.command("cancel")
+@click.argument("name")
+@click.option("--reason", help="Recorded in the history and as the failure comment.")
+@click.pass_obj
+def job_cancel(obj: CliContext, name: str, reason: str | None) -> None:
+    """Cancel a job that has not ended; its pools are released."""
+    result = obj.jobs().cancel(name, reason)
+    click.echo(f"{name}: {result['from_state']} -> {result['to_state']}")
+
+
+@job.command("signal")
+@click.argument("name")
+@click.argument("event")
+@click.pass_obj
+def job_signal(obj: CliContext, name: str, event: str) -> None:
+    """Send EVENT to a job whose waitForEventAction waits for it."""
+    result = obj.jobs().signal(name, event)
+    click.echo(f"{name}: {result['from_state']} -> {result['to_state']}")
+
+
+@job.command("spec")
+@click.argument("name")
+@click.option("--api-version", help="Convert to this version (refused if it would lose "
+              "information) instead of printing the spec as submitted.")
+@click.pass_obj
+def job_spec(obj: CliContext, name: str, api_version: str | None) -> None:
+    """Print a job's spec as submitted."""
+    click.echo(obj.jobs().spec(name, api_version)["text"], nl=False)
 
 
 @cli.group()

@@ -110,8 +110,10 @@ def parse(doc: Any) -> JobSpec:
         if "stages" in top else ()
     if check.problems:
         raise SpecError(check.problems)
-    assert job_name is not None and priority is not None
-    assert job_timeout is not None and action_timeout is not None
+    assert job_name is not None
+    assert priority is not None
+    assert job_timeout is not None
+    assert action_timeout is not None
     return JobSpec(job_name=job_name, priority=priority, job_timeout_seconds=job_timeout,
                    action_timeout_seconds=action_timeout, stages=stages, fabric=fabric,
                    context=_plain(context) if context is not None else None)
