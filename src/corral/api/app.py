@@ -79,21 +79,6 @@ class OverrideIn(BaseModel):
     ttl_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
 
 
-class JobOut(MachineOut):
-    job_name: str
-    priority: int
-    fabric: str | None
-    api_version: str
-    submitted_at: datetime
-    submitted_by: str | None
-    pool: str | None = Field(description="The pool the scheduler gave the job.")
-    current: dict[str, Any] | None = Field(
-        description="The action under way: stage, action, type, attempt.")
-    failure_comment: str | None = Field(description="Why the job ended incomplete or "
-                                                    "canceled.")
-    finished_at: datetime | None
-
-
 class SubmitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spec: str = Field(min_length=1, max_length=1 << 20,
@@ -174,6 +159,21 @@ class MachineOut(BaseModel):
     vars: dict[str, Any] = Field(description="Values events stored for later states (a "
                                              "pool's override version and TTL).")
     allowed_events: list[str]
+
+
+class JobOut(MachineOut):
+    job_name: str
+    priority: int
+    fabric: str | None
+    api_version: str
+    submitted_at: datetime
+    submitted_by: str | None
+    pool: str | None = Field(description="The pool the scheduler gave the job.")
+    current: dict[str, Any] | None = Field(
+        description="The action under way: stage, action, type, attempt.")
+    failure_comment: str | None = Field(description="Why the job ended incomplete or "
+                                                    "canceled.")
+    finished_at: datetime | None
 
 
 class HistoryEntryOut(BaseModel):

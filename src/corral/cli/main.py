@@ -307,7 +307,6 @@ def machines() -> None:
 def machines_check(obj: CliContext) -> None:
     """Validate every definition in the statemachines directory."""
     from corral.app import build_handlers, check_operations, load_machines
-
     from corral.jobs.service import JobOperations
 
     loaded = load_machines(obj.settings)
