@@ -51,6 +51,8 @@ proto: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/corral machines diagram board --update docs/state-machines.md
 	$(BIN)/corral machines diagram pool --update docs/state-machines.md
+	$(BIN)/corral machines diagram job --update docs/state-machines.md
+	$(BIN)/python -m corral.jobs.reference --update docs/jobs.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

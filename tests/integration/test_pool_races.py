@@ -173,3 +173,68 @@ def test_a_worker_killed_mid_override_leaves_a_recoverable_pool(db_url, migrated
                                      .where(operations.c.kind == "set_os_override")).all())
     assert statuses == {p1: "done", p2: "stale"}
     engine.db.dispose()
+
+
+def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_migrated_url,
+                                                               tmp_path):
+    import random
+
+    from corral.jobs.service import JobService
+    from corral.store.schema import history
+
+    service = JobService(pg_engine)
+    service.pools.create_fleet("f1", 10, actor="test")
+    rng = random.Random(5)
+    submitted = {}
+    for i in range(50):
+        priority = rng.choice(["low", "medium", "high", str(rng.randint(0, 100))])
+        text = ("apiVersion: corral/v1\nkind: Job\njob_name: job %d\npriority: %s\n"
+                "fabric: f1\ntimeouts: {job: {minutes: 10}, action: {minutes: 1}}\n"
+                "stages: [{name: s, actions: [{name: hold, holdAction: "
+                "{duration: {seconds: 1}}}]}]\n" % (i, priority))
+        name = service.submit(text, actor="test").name
+        submitted[name] = service.record(name)["priority"]
+    env = os.environ | {"CORRAL_DATABASE_URL": pg_migrated_url, "CORRAL_LOG_LEVEL": "warning",
+                        "CORRAL_JOB_DISPATCH_INTERVAL": "0.1", "CORRAL_SWEEP_INTERVAL": "0.1",
+                        "CORRAL_OPERATION_INTERVAL": "0.05"}
+    workers = [subprocess.Popen([CORRAL, "serve", "--role", "worker"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(3)]
+    try:
+        def all_ended() -> bool:
+            # Ended, and every job's finish_job has released its pool.
+            states = {r.state for r in pg_engine.list_machines("job")}
+            return states <= {"complete", "incomplete", "canceled"} and \
+                service.pools.assignments() == []
+
+        wait_for(all_ended, timeout=180, what="every job to end")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+    assert {r.state for r in pg_engine.list_machines("job")} == {"complete"}
+    assert service.pools.assignments() == []
+
+    # Every job was queued before the schedulers started, so pools must have
+    # gone out strictly by priority, then by submission.
+    ids = {r.id: r.name for r in pg_engine.list_machines("job")}
+    with pg_engine.db.begin() as conn:
+        assigns = conn.execute(select(history.c.machine_id).where(history.c.event == "assign",
+                                                                  history.c.machine_id.in_(ids))
+                               .order_by(history.c.id)).scalars().all()
+    order = [ids[m] for m in assigns]
+    assert len(order) == 50
+    assert order == sorted(submitted, key=lambda n: (-submitted[n], int(n.split("-")[1])))
+
+    # No pool ever had two jobs: assign/release alternate in every pool's history.
+    for pool in pg_engine.list_machines("pool"):
+        holder = None
+        for entry in reversed(pg_engine.history("pool", pool.name, limit=1000)):
+            if entry.event == "assign":
+                assert holder is None
+                holder = entry.payload["job_run_id"]
+            elif entry.event == "release":
+                assert entry.payload["job_run_id"] == holder
+                holder = None
+        assert holder is None

@@ -65,7 +65,7 @@ def test_diagram_mentions_every_state_and_trigger(machines):
         assert transition.trigger in text
 
 
-@pytest.mark.parametrize("kind", ["board", "pool"])
+@pytest.mark.parametrize("kind", ["board", "pool", "job"])
 def test_documented_diagram_is_current(machines, kind):
     from pathlib import Path
 

@@ -23,7 +23,9 @@ def mermaid(definition: MachineDefinition) -> str:
                 (t.dest or state.name) for t in definition.transitions
                 if t.trigger == state.on_timeout and state.name in expand_sources(
                     t.sources, dict(states)))
-            edge(state.name, dest, f"{TIMEOUT_EVENT} {state.timeout:g}s")
+            when = f"{state.timeout:g}s" if state.timeout is not None else \
+                f"at {state.deadline_var}"
+            edge(state.name, dest, f"{TIMEOUT_EVENT} {when}")
         if state.counter is not None:
             c = state.counter
             edge(state.name, c.failure, f"{c.name} > {c.max}")
