@@ -359,3 +359,56 @@ def test_pools_over_http_and_the_cli(lab):
     history = lab.get(f"/api/v1/pools/{p2}/history", viewer).json()["entries"]
     assert [(e["event"], e["actor"]) for e in history[:2]] == [("release", "root"),
                                                                ("assign", "root")]
+
+
+def test_jobs_over_http_and_the_cli(lab):
+    admin = lab.cli("token", "create", "pipeline", "--role", "admin")
+    viewer = lab.cli("token", "create", "watcher", "--role", "viewer")
+    lab.post("/api/v1/pool-fleets", admin, json={"fabric": "f1", "count": 1})
+    spec = ("apiVersion: corral/v1\nkind: Job\njob_name: http job\npriority: high\n"
+            "timeouts: {job: {hours: 1}, action: {minutes: 10}}\n"
+            "stages: [{name: s, actions: [{name: w, waitForEventAction: {event: go}}]}]\n")
+    assert lab.post("/api/v1/jobs", viewer, json={"spec": spec}).status_code == 403
+    reply = lab.post("/api/v1/jobs", admin, json={"spec": spec})
+    assert reply.json() == {"name": "job-1", "state": "queued"}
+    bad = lab.post("/api/v1/jobs", admin, json={"spec": spec.replace("high", "urgent")})
+    assert bad.status_code == 422
+    assert "priority: must be high, medium, low or an integer 0-100" in bad.json()["message"]
+    maize = lab.post("/api/v1/maize-snapshots", admin, params={"fabric": "f1"},
+                     json={"snapshot": {"release": "azurelinux3-test-x86_64-r11"}})
+    assert maize.json() == {"name": "job-2", "state": "queued"}
+    shown = lab.get("/api/v1/jobs/job-1", viewer).json()
+    assert (shown["job_name"], shown["priority"], shown["state"]) == ("http job", 100,
+                                                                     "queued")
+    stored = lab.get("/api/v1/jobs/job-1/spec", viewer).json()
+    assert (stored["api_version"], stored["text"]) == ("corral/v1", spec)
+    assert lab.post("/api/v1/jobs/job-1/signal", admin, json={"event": "go"}
+                    ).status_code == 409
+    assert lab.post("/api/v1/jobs/job-1/fire", admin, json={"event": "assign"}
+                    ).status_code == 409
+    assert lab.post("/api/v1/jobs/job-9/cancel", admin, json={}).status_code == 404
+    canceled = lab.post("/api/v1/jobs/job-1/cancel", admin, json={"reason": "test"})
+    assert (canceled.json()["from_state"], canceled.json()["state"]) == ("queued", "canceled")
+    assert lab.post("/api/v1/jobs/job-1/cancel", admin, json={}).status_code == 409
+
+    def run(*args: str, remote: bool) -> subprocess.CompletedProcess:
+        env = lab.env | ({"CORRAL_URL": lab.base, "CORRAL_TOKEN": admin} if remote else {})
+        return subprocess.run([CORRAL, *args], env=env, cwd=lab.tmp, capture_output=True,
+                              text=True, timeout=60)
+
+    (lab.tmp / "job.yaml").write_text(spec)
+    (lab.tmp / "bad.yaml").write_text(spec.replace("{hours: 1}", "{hours: 1, minutes: 2}"))
+    assert run("job", "submit", "job.yaml", remote=True).stdout.strip() == "job-3: queued"
+    for args in (("job", "show", "job-2", "--json"), ("job", "list", "--json")):
+        here, there = run(*args, remote=False), run(*args, remote=True)
+        assert here.returncode == there.returncode == 0, there.stderr
+        assert json.loads(here.stdout) == json.loads(there.stdout.replace("Z\"", "+00:00\""))
+    for args in (("job", "submit", "bad.yaml"), ("job", "signal", "job-1", "go"),
+                 ("job", "show", "job-9")):
+        here, there = run(*args, remote=False), run(*args, remote=True)
+        assert here.returncode == there.returncode != 0, args
+    submitted = run("job", "submit", "bad.yaml", remote=False)
+    assert submitted.returncode == 2
+    assert submitted.stderr.splitlines() == [
+        "error: invalid job spec:",
+        "  timeouts.job: must have exactly one of days, hours, minutes, seconds, not 2"]

@@ -184,12 +184,14 @@ def test_dispatch_validation_failure_ends_the_job_incomplete(engine, lab):
     assert PoolService(engine).assignments() == []
 
 
-@pytest.mark.parametrize("where", ["queued", "assigned", "running", "waiting"])
+@pytest.mark.parametrize("where", ["submitted", "queued", "assigned", "running", "waiting"])
 def test_cancel_works_from_every_non_final_state(engine, lab, where):
     service, step, _ = lab(pools=1)
     job = service.submit(spec("{name: wait, waitForEventAction: {event: go}}"),
                          actor="ci").name
-    if where != "queued":
+    if where == "submitted":
+        engine.force_state("job", job, where, actor="test", reason="set-up")
+    elif where != "queued":
         service.dispatch_pass()
         if where != "assigned":
             engine.force_state("job", job, where, actor="test", reason="set-up")

@@ -188,10 +188,11 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     submitted = {}
     for i in range(50):
         priority = rng.choice(["low", "medium", "high", str(rng.randint(0, 100))])
-        text = ("apiVersion: corral/v1\nkind: Job\njob_name: job %d\npriority: %s\n"
-                "fabric: f1\ntimeouts: {job: {minutes: 10}, action: {minutes: 1}}\n"
+        text = (f"apiVersion: corral/v1\nkind: Job\njob_name: job {i}\n"
+                f"priority: {priority}\nfabric: f1\n"
+                "timeouts: {job: {minutes: 10}, action: {minutes: 1}}\n"
                 "stages: [{name: s, actions: [{name: hold, holdAction: "
-                "{duration: {seconds: 1}}}]}]\n" % (i, priority))
+                "{duration: {seconds: 1}}}]}]\n")
         name = service.submit(text, actor="test").name
         submitted[name] = service.record(name)["priority"]
     env = os.environ | {"CORRAL_DATABASE_URL": pg_migrated_url, "CORRAL_LOG_LEVEL": "warning",
