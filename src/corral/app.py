@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from corral.bootres.pxe import BootResourcePxe
 from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
 from corral.engine.worker import OperationWorker
@@ -71,14 +72,21 @@ def _board_handlers(settings: Settings, simulate: bool | None) -> dict[str, Hand
             seconds=settings.sim_operation_seconds,
             dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
         ))
-        return board_handlers(lab, lab, lab)
+        return board_handlers(lab, lab, _pxe(settings) or lab)
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
         "ping": settings.command_ping,
         "poll": settings.command_poll,
         "write_pxe_config": settings.command_write_pxe_config,
     }, timeout=settings.command_timeout)
-    return board_handlers(commands, commands, commands)
+    return board_handlers(commands, commands, _pxe(settings) or commands)
+
+
+def _pxe(settings: Settings) -> BootResourcePxe | None:
+    """PXE configurations from the published boot resources, when pxe_root is set."""
+    if not settings.pxe_root:
+        return None
+    return BootResourcePxe(Path(settings.bootres_storage), Path(settings.pxe_root))
 
 
 def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:

@@ -58,6 +58,10 @@ class Settings:
     command_poll: str = "ping -c 1 -W 2 {hostname}"
     command_write_pxe_config: str = ""
     worker_id: str = ""
+    # Boot resources: where imports publish, and (when set) where the PXE
+    # configuration of a reimaged board is written from them.
+    bootres_storage: str = "./var/boot-resources"
+    pxe_root: str = ""
     # Jobs: how often the scheduler gives free pools to queued jobs (seconds).
     job_dispatch_interval: float = 1.0
     # Maintenance Orchestrator (gRPC)

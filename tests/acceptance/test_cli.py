@@ -189,3 +189,42 @@ def test_unreachable_database_is_one_line(tmp_path):
     assert result.returncode == 6
     assert result.stderr.startswith("error: database unavailable:")
     assert "Traceback" not in result.stderr
+
+
+def test_bootres_import_and_list(corral, tmp_path):
+    from tests.integration.mirrors import Mirror
+
+    mirror = Mirror(tmp_path / "mirror")
+    mirror.product("com.example:trusty:amd64", arch="amd64", release="trusty",
+                   subarches="generic,hwe-t",
+                   versions={"20140301": {"items": mirror.boot_items("t", "trusty")}})
+    mirror.write()
+    (tmp_path / "import.yaml").write_text(
+        f"sources:\n  - url: {mirror.url}\n    mask: ['amd64/generic/*']\n"
+        "sorting: [sources_order, num_subarches(less)]\nstorage: boot\n")
+    result = corral("bootres", "import", "--config", "import.yaml")
+    assert result.stdout.startswith("published snapshot ")
+    assert "1 arch/subarch/release, 2 objects (2 downloaded)" in result.stdout
+    listed = json.loads(corral("bootres", "list", "--storage", "boot", "--json").stdout)
+    assert [(w["arch"], w["subarch"], w["release"], w["version"]) for w in listed] == [
+        ("amd64", "generic", "trusty", "20140301")]
+    table = corral("bootres", "list", "--storage", "boot").stdout
+    assert "com.example:trusty:amd64" in table
+    # Unchanged sources: the objects are already there, nothing is downloaded.
+    again = corral("bootres", "import", "--config", "import.yaml")
+    assert "2 objects (0 downloaded)" in again.stdout
+    mirror.product("com.example:trusty:amd64", arch="amd64", release="trusty",
+                   subarches="generic,hwe-t",
+                   versions={"20140302": {"items": mirror.boot_items("t2", "trusty2")}})
+    mirror.write()
+    (mirror.root / "t2" / "kernel").write_bytes(b"kernel trustyX")
+    failed = corral("bootres", "import", "--config", "import.yaml", check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: ")
+    assert "t2/kernel: sha256 mismatch" in failed.stderr
+    assert json.loads(corral("bootres", "list", "--storage", "boot", "--json").stdout
+                      )[0]["version"] == "20140301"
+    (tmp_path / "bad.yaml").write_text("sources: []\nstorage: boot\n")
+    bad = corral("bootres", "import", "--config", "bad.yaml", check=False)
+    assert bad.returncode == 2
+    assert "bad.yaml: sources: must be a non-empty list" in bad.stderr

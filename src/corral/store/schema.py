@@ -206,5 +206,33 @@ jobs = Table(
     Index("ix_jobs_priority_id", "priority", "id"),
 )
 
+bootres_imports = Table(
+    "bootres_imports",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    # running | published | failed
+    Column("status", String(16), nullable=False),
+    Column("storage", Text, nullable=False),
+    Column("sources", JSONDoc, nullable=False),
+    Column("snapshot", String(64), nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+bootres_published = Table(
+    "bootres_published",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("import_id", BigID, nullable=False),
+    Column("arch", String(64), nullable=False),
+    Column("subarch", String(64), nullable=False),
+    Column("release", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("product", String(255), nullable=False),
+    Column("version", String(64), nullable=False),
+    Index("ix_bootres_published_import_id", "import_id"),
+)
+
 HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")
 OPEN_OPERATION_STATUSES = ("pending", "running")

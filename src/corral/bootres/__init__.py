@@ -1,0 +1,1 @@
+"""Boot resources: simplestreams imports, winners per triple, published snapshots."""

@@ -1,0 +1,167 @@
+"""``corral bootres import``: read every source, choose the winners, pull and
+verify them, publish a snapshot atomically, record it in the database.
+
+Any failure — an unreachable source, a bad signature, a size or checksum
+mismatch — stops the import with the reason: nothing is published, no other
+candidate is tried in the failed one's place, and the previous snapshot stays
+current.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine as Database
+from sqlalchemy import insert, select, update
+
+from corral.bootres.config import ImportConfig
+from corral.bootres.select import Winner, choose
+from corral.bootres.store import Storage
+from corral.bootres.streams import Candidate, Fetcher, ImportFailed, join, read_source
+from corral.store.schema import bootres_imports, bootres_published
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportResult:
+    snapshot: str
+    winners: list[Winner]
+    objects: int
+    downloaded: int
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_import(config: ImportConfig, db: Database | None = None, *,
+               progress: Progress | None = None, fetcher: Fetcher | None = None
+               ) -> ImportResult:
+    """Raises: ImportFailed with the reason; nothing is published then."""
+    started = _now()
+    import_id = _record_start(db, config, started)
+    own_fetcher = fetcher is None
+    fetcher = fetcher or Fetcher()
+    try:
+        result = _import(config, fetcher, started, progress)
+    except ImportFailed as exc:
+        _record_end(db, import_id, status="failed", error=str(exc))
+        raise
+    finally:
+        if own_fetcher:
+            fetcher.close()
+    _record_end(db, import_id, status="published", snapshot=result.snapshot,
+                winners=result.winners)
+    return result
+
+
+def _import(config: ImportConfig, fetcher: Fetcher, started: str,
+            progress: Progress | None) -> ImportResult:
+    candidates: list[Candidate] = []
+    for index, source in enumerate(config.sources):
+        candidates.extend(read_source(fetcher, index, source.url, source.keyring))
+    winners = choose(candidates, [s.mask for s in config.sources], config.sorting)
+    if not winners:
+        raise ImportFailed("no source offers anything the masks admit; nothing to publish")
+    storage = Storage(config.storage)
+    storage.prepare()
+    # Each distinct file is pulled once, however many winners share it.
+    wanted: dict[str, tuple[Any, str]] = {}
+    for winner in winners:
+        for item in winner.candidate.items:
+            location = join(winner.candidate.mirror_root, item.path)
+            wanted.setdefault(location, (item, location))
+    total = sum(item.size or 0 for item, _ in wanted.values())
+    done = 0
+    digests: dict[str, str] = {}
+    downloaded = 0
+    for location, (item, _) in sorted(wanted.items()):
+        known = item.checksums.get("sha256")
+        if known and storage.has(known.lower()):
+            digests[location] = known.lower()
+            done += item.size or 0
+            if progress:
+                progress(location, done, total)
+            continue
+
+        def advance(n: int, where: str = location) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(where, done, total)
+
+        digests[location] = storage.store(item, fetcher.stream(location), location, advance)
+        downloaded += 1
+    leaves: dict[tuple[str, str, str, str], str] = {}
+    manifest_winners = []
+    for winner in winners:
+        c = winner.candidate
+        files = {}
+        for item in c.items:
+            digest = digests[join(c.mirror_root, item.path)]
+            leaves[(winner.arch, winner.subarch, winner.release, item.leaf)] = digest
+            files[item.leaf] = digest
+        manifest_winners.append({"arch": winner.arch, "subarch": winner.subarch,
+                                 "release": winner.release, "source": c.source_url,
+                                 "product": c.product, "version": c.version, "items": files})
+    snapshot = storage.publish(leaves, {"started_at": started, "winners": manifest_winners})
+    return ImportResult(snapshot=snapshot, winners=winners, objects=len(set(digests.values())),
+                        downloaded=downloaded)
+
+
+def _record_start(db: Database | None, config: ImportConfig, started: str) -> int | None:
+    if db is None:
+        return None
+    with db.begin() as conn:
+        return int(conn.execute(insert(bootres_imports).returning(bootres_imports.c.id), {
+            "started_at": datetime.fromisoformat(started), "status": "running",
+            "storage": str(config.storage),
+            "sources": [s.url for s in config.sources]}).scalar_one())
+
+
+def _record_end(db: Database | None, import_id: int | None, *, status: str,
+                snapshot: str | None = None, error: str | None = None,
+                winners: list[Winner] | None = None) -> None:
+    if db is None or import_id is None:
+        return
+    with db.begin() as conn:
+        conn.execute(update(bootres_imports).where(bootres_imports.c.id == import_id).values(
+            status=status, snapshot=snapshot, error=error, finished_at=datetime.now(UTC)))
+        rows = [{"import_id": import_id, "arch": w.arch, "subarch": w.subarch,
+                 "release": w.release, "source": w.candidate.source_url,
+                 "product": w.candidate.product, "version": w.candidate.version}
+                for w in winners or ()]
+        if rows:
+            conn.execute(insert(bootres_published), rows)
+
+
+def list_imports(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    with db.begin() as conn:
+        rows = conn.execute(select(bootres_imports).order_by(bootres_imports.c.id.desc())
+                            .limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+
+def progress_bar() -> tuple[Progress | None, Callable[[], None]]:
+    """A rich progress bar on a terminal (stderr), else nothing."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task("importing", total=None)
+    bar.start()
+
+    def update_bar(where: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total or None,
+                   description=where.rsplit("/", 1)[-1][:40])
+
+    return update_bar, bar.stop
