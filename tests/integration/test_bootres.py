@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -184,7 +185,7 @@ def test_signed_sources_are_verified_and_a_tampered_index_fails(tmp_path):
     good = run_import(cfg)
     signed = m.root / "streams" / "v1" / "index.sjson"
     signed.write_text(signed.read_text().replace("products:1.0", "products:1.1", 1))
-    with pytest.raises(ImportFailed, match="index.sjson: signature check failed"):
+    with pytest.raises(ImportFailed, match=re.escape("index.sjson: signature check failed")):
         run_import(cfg)
     assert os.readlink(cfg.storage / "current").endswith(good.snapshot)
     # An unsigned mirror with a keyring configured fails too.
@@ -192,7 +193,7 @@ def test_signed_sources_are_verified_and_a_tampered_index_fails(tmp_path):
     plain.product("p", arch="amd64", release="trusty", subarches="generic",
                   versions={"1": {"items": plain.boot_items("p", "x")}})
     plain.write()
-    with pytest.raises(ImportFailed, match="index.sjson"):
+    with pytest.raises(ImportFailed, match=re.escape("index.sjson")):
         run_import(config(tmp_path, Source(url=plain.url, keyring=str(signer.keyring))))
 
 
@@ -202,9 +203,9 @@ def test_bad_item_paths_and_unreachable_sources_fail(tmp_path):
               versions={"1": {"items": {"boot-kernel": {"path": "../../etc/passwd",
                                                         "size": 1, "md5": "0" * 32}}}})
     m.write()
-    with pytest.raises(ImportFailed, match="refusing item path '../../etc/passwd'"):
+    with pytest.raises(ImportFailed, match=re.escape("refusing item path '../../etc/passwd'")):
         run_import(config(tmp_path, Source(url=m.url)))
-    with pytest.raises(ImportFailed, match="nowhere/streams/v1/index.json"):
+    with pytest.raises(ImportFailed, match=re.escape("nowhere/streams/v1/index.json")):
         run_import(config(tmp_path, Source(url=str(tmp_path / "nowhere"))))
     assert not (tmp_path / "storage" / "current").exists()
 
