@@ -305,3 +305,34 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     failed = next(e for e in engine.history("board", "odd-1", limit=50)
                   if e.event == "write_pxe_config_failed")
     assert failed.reason == "no boot resources for s390x/generic/trusty in the current snapshot"
+
+
+def test_an_http_source_is_read_like_a_local_one(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    m = Mirror(tmp_path / "m")
+    m.product("p", arch="amd64", release="noble", subarches="generic",
+              versions={"1": {"items": m.boot_items("p", "over http")}})
+    m.write()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Quiet, directory=str(m.root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        cfg = config(tmp_path, Source(url=url))
+        run_import(cfg)
+        assert leaf(cfg, "amd64", "generic", "noble", "boot-kernel") == b"kernel over http"
+        with pytest.raises(ImportFailed, match=re.escape("missing/streams/v1/index.json: "
+                                                         "HTTP 404")):
+            run_import(config(tmp_path, Source(url=url + "missing/")))
+    finally:
+        server.shutdown()
+        server.server_close()
