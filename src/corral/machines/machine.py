@@ -95,6 +95,7 @@ class StateMachine:
         # (state, event) pairs that keep the state: accepted without re-entering.
         self._internal = frozenset((item["source"], item["trigger"]) for item in spec
                                    if item["dest"] is None)
+        self._outcomes: dict[tuple[str, str, tuple[tuple[str, int], ...]], Outcome] = {}
         # (state, event) -> the payload values the event must carry.
         self._vars: dict[tuple[str, str], tuple[VarDef, ...]] = {
             (source, t.trigger): t.vars
@@ -164,6 +165,22 @@ class StateMachine:
         """
         if event not in self._allowed.get(state, ()):
             raise EventNotAllowed(self.kind, name, state, event, list(self.allowed_events(state)))
+        if (state, event) in self._vars:
+            return self._compute(state, counters, event, payload, name)
+        # Without vars an outcome depends only on the state, the event and the
+        # counters: the deadline sweep computes the same few outcomes over and
+        # over, so they are kept (never mutate an outcome's counters).
+        key = (state, event, tuple(sorted(counters.items())) if counters else ())
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            if len(self._outcomes) >= 4096:
+                self._outcomes.clear()
+            outcome = self._outcomes[key] = self._compute(state, counters, event, None, name)
+        return outcome
+
+    def _compute(
+        self, state: str, counters: Mapping[str, int], event: str, payload: Any, name: str
+    ) -> Outcome:
         variables = self._take_vars(state, event, payload, name)
         carrier = _Carrier(state)
         try:
