@@ -691,9 +691,7 @@ class Engine:
                 "machine_id": row.id, "machine_epoch": epoch, "kind": kind, "target": row.name,
                 "payload": {"state": outcome.to_state, "event": outcome.event,
                             "event_payload": payload if source != "timeout" else None},
-                "status": "pending", "attempts": 0, "run_after": now, "lease_owner": None,
-                "lease_expires_at": None, "result": None, "error": None, "created_at": now,
-                "finished_at": None,
+                "created_at": now,
             }
             for kind in outcome.operations
         ]

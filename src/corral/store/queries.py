@@ -338,10 +338,17 @@ def list_history(
 _insert_operation = insert(operations)
 
 
+_NEW_OPERATION = {"status": "pending", "attempts": 0, "lease_owner": None,
+                  "lease_expires_at": None, "result": None, "error": None, "finished_at": None}
+
+
 def insert_operations(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write outbox rows in the caller's transaction (keys are column names)."""
+    """Write new outbox rows in the caller's transaction: each row gives
+    machine_id, machine_epoch, kind, target, payload and created_at; it is
+    pending and runnable from created_at."""
     if rows:
-        conn.execute(_insert_operation, list(rows))
+        conn.execute(_insert_operation, [_NEW_OPERATION | dict(r) | {"run_after": r["created_at"]}
+                                         for r in rows])
 
 
 def lease_operations(

@@ -222,12 +222,7 @@ class PgTransaction:
         # timeout length): format each once instead of once per row.
         iso = _IsoFormatter()
         remembered = _dumps([i | {"created_at": iso(i["created_at"])} for i in idempotency])
-        ops = _dumps([
-            {"machine_id": o["machine_id"], "machine_epoch": o["machine_epoch"],
-             "kind": o["kind"], "target": o["target"], "payload": o["payload"],
-             "created_at": iso(o["created_at"])}
-            for o in operations
-        ])
+        ops = _dumps([o | {"created_at": iso(o["created_at"])} for o in operations])
         if len(changes) == 1 and len(history) == 1:
             [c], [h] = changes, history
             assert h["machine_id"] == c.id
