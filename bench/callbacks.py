@@ -90,7 +90,8 @@ def _generator(port: int, tokens: dict[str, str], first: int, count: int, second
     out.put(asyncio.run(_clients(port, tokens, first, count, seconds)))
 
 
-def bench_callbacks(url: str, seconds: float, clients: int) -> dict[str, float]:
+def bench_callbacks(url: str, seconds: float, clients: int, processes: int = 1
+                    ) -> dict[str, float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -106,7 +107,8 @@ def bench_callbacks(url: str, seconds: float, clients: int) -> dict[str, float]:
     tokens = {n: store.issue_for_board(n) for n in names}
     engine.db.dispose()
     env = os.environ | {"CORRAL_DATABASE_URL": url, "CORRAL_LOG_LEVEL": "warning",
-                        "CORRAL_HTTP_THREADS": str(max(64, clients))}
+                        "CORRAL_HTTP_THREADS": str(max(64, clients)),
+                        "CORRAL_HTTP_PROCESSES": str(processes)}
     server = subprocess.Popen([CORRAL, "serve", "--role", "api", "--listen",
                                f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -118,6 +120,8 @@ def bench_callbacks(url: str, seconds: float, clients: int) -> dict[str, float]:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
+        # Extra API processes start in fresh interpreters: let them all listen.
+        time.sleep(2 * (processes - 1))
         start, out = mp.Event(), mp.Queue()
         half = clients // 2
         procs = [mp.Process(target=_generator, args=(port, tokens, first, count, seconds,
@@ -144,18 +148,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--processes", default="1,2",
+                        help="API process counts to measure (http_processes), e.g. 1,2")
     args = parser.parse_args()
     with scratch_database() as url:
-        runs = []
-        for _ in range(args.repeat):
-            cb = bench_callbacks(url, args.seconds, args.clients)
-            tps = pgbench_tps(url, clients=8, seconds=int(args.seconds))
-            runs.append((cb["per_s"] / tps, cb, tps))
-        ratio, cb, tps = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
-        print(f"(c) HTTP callbacks, {args.clients} clients: {cb['per_s']:7.0f} req/s "
-              f"(p50 {cb['p50_ms']:.1f} ms, p99 {cb['p99_ms']:.1f} ms); pgbench -N 8 clients "
-              f"{tps:.0f} TPS; ratio {ratio:.2f} (median of {args.repeat}; all: "
-              f"{', '.join(f'{r[0]:.2f}' for r in runs)})")
+        for processes in (int(p) for p in args.processes.split(",")):
+            runs = []
+            for _ in range(args.repeat):
+                cb = bench_callbacks(url, args.seconds, args.clients, processes)
+                tps = pgbench_tps(url, clients=8, seconds=int(args.seconds))
+                runs.append((cb["per_s"] / tps, cb, tps))
+            ratio, cb, tps = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+            print(f"(c) HTTP callbacks, {args.clients} clients, {processes} API "
+                  f"process(es): {cb['per_s']:7.0f} req/s (p50 {cb['p50_ms']:.1f} ms, "
+                  f"p99 {cb['p99_ms']:.1f} ms); pgbench -N 8 clients {tps:.0f} TPS; "
+                  f"ratio {ratio:.2f} (median of {args.repeat}; all: "
+                  f"{', '.join(f'{r[0]:.2f}' for r in runs)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ class Settings:
     # HTTP
     listen: str = "127.0.0.1:8080"
     http_threads: int = 64
+    # API processes sharing the listen address (SO_REUSEPORT); about one core each.
+    http_processes: int = 1
     token_cache_seconds: float = 2.0
     # Sweeps
     sweep_interval: float = 1.0
@@ -89,7 +91,7 @@ class Settings:
 
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
-_POSITIVE = {"http_threads", "sweep_interval", "sweep_batch", "sweep_threads",
+_POSITIVE = {"http_threads", "http_processes", "sweep_interval", "sweep_batch", "sweep_threads",
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",

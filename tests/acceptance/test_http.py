@@ -412,3 +412,37 @@ def test_jobs_over_http_and_the_cli(lab):
     assert submitted.stderr.splitlines() == [
         "error: invalid job spec:",
         "  timeouts.job: must have exactly one of days, hours, minutes, seconds, not 2"]
+
+
+def test_several_api_processes_share_the_address_and_the_metrics(migrated_url, tmp_path):
+    lab = Lab(migrated_url, tmp_path)
+    lab.env = lab.env | {"CORRAL_HTTP_PROCESSES": "3"}
+    (tmp_path / "lab.yaml").write_text("boards:\n  - {name: b1}\n")
+    lab.cli("board", "import", "lab.yaml")
+    lab.cli("board", "force-state", "b1", "maintenance", "--reason", "test set-up")
+    token = lab.cli("board", "token", "b1")
+    lab.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(subprocess.run(
+                ["pgrep", "-P", str(lab.process.pid)], capture_output=True, text=True
+        ).stdout.split()) < 2:
+            time.sleep(0.2)
+        # Give the extra processes time to listen; refused events count too.
+        time.sleep(3)
+        for _ in range(10):
+            assert lab.post("/api/v1/boards/b1/events/reboot", token).status_code == 409
+        sent = 0
+        # Each request on a new connection: the kernel spreads them over the processes.
+        for _ in range(30):
+            assert lab.post("/api/v1/boards/b1/events/reboot", token).status_code == 409
+            sent += 1
+        families = {f.name: f for f in text_string_to_metric_families(
+            lab.get("/metrics").text)}
+        refused = sum(s.value for s in families["corral_events"].samples
+                      if s.name == "corral_events_total" and s.labels["outcome"] == "refused")
+        assert refused >= sent + 10
+    finally:
+        lab.stop()
+    assert subprocess.run(["pgrep", "-P", str(lab.process.pid)],
+                          capture_output=True).returncode == 1

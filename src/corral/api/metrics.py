@@ -88,9 +88,20 @@ class PrometheusObserver(Observer):
         self.operations.labels(kind, outcome).inc()
 
 
-def build_registry(engine: Engine) -> CollectorRegistry:
-    """A registry with the state gauges; installs a Prometheus observer on the engine."""
+def build_registry(engine: Engine, *, multiprocess: bool = False) -> CollectorRegistry:
+    """The registry ``/metrics`` shows: the state gauges, and the counters and
+    histograms of a Prometheus observer it installs on the engine.
+
+    With ``multiprocess`` (several API processes, PROMETHEUS_MULTIPROC_DIR
+    set), the counters and histograms are read from every process's files.
+    """
     registry = CollectorRegistry()
     registry.register(StateCollector(engine))
-    engine.observer = PrometheusObserver(registry, engine.machines)
+    if not multiprocess:
+        engine.observer = PrometheusObserver(registry, engine.machines)
+        return registry
+    from prometheus_client import multiprocess as mp
+
+    engine.observer = PrometheusObserver(CollectorRegistry(), engine.machines)
+    mp.MultiProcessCollector(registry)
     return registry

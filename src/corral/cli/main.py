@@ -6,6 +6,7 @@ exit-code table in ``docs/operations.md``); a traceback is always a bug.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -194,80 +195,78 @@ def db_current(obj: CliContext) -> None:
               help="api: the HTTP service only; worker: sweeps and operations only.")
 @click.option("--listen", metavar="HOST:PORT", help="Where the HTTP service listens "
               "(setting listen, default 127.0.0.1:8080).")
+@click.option("--processes", type=click.IntRange(1, 64), help="API processes sharing the "
+              "address (setting http_processes, default 1).")
 @click.pass_obj
-def serve(obj: CliContext, simulate: bool, role: str, listen: str | None) -> None:
+def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
+          processes: int | None) -> None:
     """Run the engine until SIGTERM or Ctrl-C: HTTP API, deadline sweeps, operation workers."""
     import structlog
-    import uvicorn
 
-    from corral.api.app import create_app
-    from corral.api.metrics import build_registry
+    from corral.api.server import api_processes, metrics_registry, run_http
     from corral.app import build_handlers, build_worker, check_operations
     from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
-    from corral.tokens import TokenStore
 
     if listen is not None:
         obj.override("listen", listen)
+    if processes is not None:
+        obj.override("http_processes", processes)
     settings = obj.settings
-    host, port = parse_listen(settings.listen)
+    parse_listen(settings.listen)
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("corral.serve")
     engine = obj.engine()
-    registry = build_registry(engine)
-    scheduler = None
-    worker = None
-    if role in ("all", "worker"):
-        handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
-        check_operations(engine.machines, handlers)
-        worker = build_worker(engine, settings, handlers)
-        jobs: dict[str, tuple[Callable[[], object], float]] = {
-            "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch,
-                                                             threads=settings.sweep_threads),
-                               settings.sweep_interval),
-            "operations": (worker.dispatch, settings.operation_interval),
-        }
-        if "job" in engine.machines:
-            from corral.jobs.service import JobService
+    serving_http = role in ("all", "api")
+    # Extra API processes first, so that every process (this one too) counts
+    # in Prometheus' multiprocess mode from its first event.
+    extra = api_processes(settings) if serving_http else contextlib.nullcontext()
+    with extra:
+        registry = metrics_registry(engine)
+        scheduler = None
+        worker = None
+        if role in ("all", "worker"):
+            handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
+            check_operations(engine.machines, handlers)
+            worker = build_worker(engine, settings, handlers)
+            jobs: dict[str, tuple[Callable[[], object], float]] = {
+                "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch,
+                                                                 threads=settings.sweep_threads),
+                                   settings.sweep_interval),
+                "operations": (worker.dispatch, settings.operation_interval),
+            }
+            if "job" in engine.machines:
+                from corral.jobs.service import JobService
 
-            scheduler_jobs = JobService(engine, default_ttl=settings.mo_override_ttl)
-            jobs["dispatch_jobs"] = (scheduler_jobs.dispatch_pass, settings.job_dispatch_interval)
-        scheduler = build_scheduler(jobs)
-    if settings.group_commit_threads:
-        engine.start_group_commit(threads=settings.group_commit_threads,
-                                  max_batch=settings.group_commit_max_batch)
-    if scheduler is not None:
-        scheduler.start()
-    log.info("serving", role=role, database=engine.db.url.render_as_string(hide_password=True),
-             listen=settings.listen if role != "worker" else None, owner=settings.owner,
-             simulate=simulate, kinds=engine.machines.kinds())
-    try:
-        if role in ("all", "api"):
-            tokens = TokenStore(engine.db, cache_seconds=settings.token_cache_seconds)
-            app = create_app(engine, tokens, registry, threads=settings.http_threads,
-                             default_ttl=settings.mo_override_ttl)
-            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                                   access_log=False, lifespan="on"))
-            # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
-            # to the handlers it found: make those harmless, so that the clean-up
-            # below (sweeps, workers, pending group commits) still runs.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: None)
-            server.run()
-            if not server.started:
-                raise CorralError(f"could not listen on {settings.listen}")
-        else:
-            stop = threading.Event()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: stop.set())
-            stop.wait()
-    finally:
-        log.info("stopping")
+                scheduler_jobs = JobService(engine, default_ttl=settings.mo_override_ttl)
+                jobs["dispatch_jobs"] = (scheduler_jobs.dispatch_pass,
+                                         settings.job_dispatch_interval)
+            scheduler = build_scheduler(jobs)
+        if settings.group_commit_threads:
+            engine.start_group_commit(threads=settings.group_commit_threads,
+                                      max_batch=settings.group_commit_max_batch)
         if scheduler is not None:
-            scheduler.shutdown(wait=True)
-        if worker is not None:
-            worker.shutdown(wait=True)
-        engine.close()
+            scheduler.start()
+        log.info("serving", role=role,
+                 database=engine.db.url.render_as_string(hide_password=True),
+                 listen=settings.listen if serving_http else None, owner=settings.owner,
+                 simulate=simulate, kinds=engine.machines.kinds(),
+                 http_processes=settings.http_processes if serving_http else 0)
+        try:
+            if serving_http:
+                run_http(engine, settings, registry)
+            else:
+                stop = threading.Event()
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, lambda *_: stop.set())
+                stop.wait()
+        finally:
+            log.info("stopping")
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
+            if worker is not None:
+                worker.shutdown(wait=True)
+            engine.close()
 
 
 @cli.command()
