@@ -40,9 +40,9 @@ def lab(engine, clock):
     move both clocks, sweep, schedule, run operations."""
     servers = []
 
-    def start(*, pools: int = 2, mo: bool = True):
+    def start(*, pools: int = 2, mo: bool = True, batch: int = 2, tick: float = 30.0):
         sim_clock = SimClock()
-        simulator = MoSimulator(nodes_per_pool=3, batch=2, tick=30.0, clock=sim_clock)
+        simulator = MoSimulator(nodes_per_pool=3, batch=batch, tick=tick, clock=sim_clock)
         if mo:
             server, port = serve_simulator(simulator, "127.0.0.1:0")
         else:
@@ -66,6 +66,7 @@ def lab(engine, clock):
                 service.dispatch_pass()
                 worker.run_pending()
 
+        step.handlers = handlers  # type: ignore[attr-defined]
         return service, step, simulator
 
     yield start
@@ -231,3 +232,35 @@ def test_maize_snapshot_submits_an_override_job(engine, lab):
     with engine.db.begin() as conn:
         stored = conn.execute(select(jobs.c.spec_text).where(jobs.c.name == job)).scalar()
     assert f"osVersion: {OS}" in stored
+
+
+def test_a_retried_override_waits_for_the_rollout_already_under_way(engine, lab):
+    service, step, simulator = lab(batch=1, tick=50.0)
+    job = service.submit(spec(f"{{name: os, osOverrideAction: {{osVersion: {OS}}}, "
+                              "failure_retry: 1, timeout: {seconds: 90}}"), actor="ci").name
+    step()
+    pool = service.describe(job)["pool"]
+    step(61)
+    assert engine.get("pool", pool).state == "rolling_out"
+    step(30)
+    doc = service.describe(job)
+    assert (doc["state"], doc["current"]["attempt"]) == ("waiting", 2)
+    step(30)
+    assert state(engine, job) == "complete"
+    assert len(simulator.overrides(pool)) == 1
+
+
+def test_news_from_a_pool_before_its_job_waits_is_retried(engine, lab):
+    from corral.jobs.service import JobNotWaitingYet
+    from corral.operations.base import OperationContext
+
+    service, step, _ = lab()
+    job = service.submit(spec(OVERRIDE), actor="ci").name
+    service.dispatch_pass()
+    pool = service.describe(job)["pool"]
+    engine.force_state("job", job, "running", actor="test", reason="set-up")
+    ctx = OperationContext(operation_id=0, kind="notify_job", machine_kind="pool", name=pool,
+                           attrs={}, payload={"state": "overridden"}, attempt=1,
+                           vars={"job_run_id": job})
+    with pytest.raises(JobNotWaitingYet):
+        step.handlers["notify_job"](ctx)

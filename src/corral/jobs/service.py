@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import insert, select, text, update
 
 from corral.engine.core import Engine, FireResult
-from corral.errors import Conflict, CorralError, NotFound, UnknownMachine
+from corral.errors import Conflict, CorralError, EventNotAllowed, NotFound, UnknownMachine
 from corral.jobs import maize, versions
 from corral.jobs.actions import TYPES
 from corral.jobs.spec import JobSpec, duration_text
@@ -196,6 +196,10 @@ class JobService:
         return dict(row.vars or {}) if row else {}
 
 
+class JobNotWaitingYet(Exception):
+    """Transient: a pool's news arrived before its job started waiting for it."""
+
+
 class _Run:
     """What an action may use while it starts (see ``RunContext``)."""
 
@@ -209,6 +213,15 @@ class _Run:
         try:
             self.service.pools.override(self.pool, job_run_id=self.job, os_version=os_version,
                                         ttl_seconds=self.ttl, actor=self.job)
+        except EventNotAllowed as exc:
+            # A retried action whose rollout of the same version is still under
+            # way: wait for that one instead of failing.
+            pool = self.service.engine.get("pool", self.pool)
+            if pool.state in ("overriding", "rolling_out") and \
+                    (pool.vars or {}).get("os_version") == os_version:
+                return
+            raise OperationFailed(f"cannot start the override of pool {self.pool}: {exc}"
+                                  ) from None
         except CorralError as exc:
             raise OperationFailed(f"cannot start the override of pool {self.pool}: {exc}"
                                   ) from None
@@ -281,7 +294,10 @@ class JobOperations:
         spec = self.service.spec(ctx.name)
         order = spec.actions()
         now = self.engine.clock()
-        job_deadline = datetime.fromisoformat(ctx.vars["job_deadline"])
+        # Set at dispatch; a job an operator forced past dispatch starts its clock now.
+        job_deadline = (datetime.fromisoformat(ctx.vars["job_deadline"])
+                        if "job_deadline" in ctx.vars
+                        else now + timedelta(seconds=spec.job_timeout_seconds))
         entered_by = ctx.payload.get("event")
         position = (ctx.vars.get("stage"), ctx.vars.get("action"))
         index = next((i for i, (s, a, _) in enumerate(order) if (s, a) == position), None)
@@ -354,6 +370,10 @@ class JobOperations:
         with self.engine.unit() as unit:
             row = unit.lock(KIND, job)
             variables = JobService._vars(unit.conn, row.id)
+            if row.state == "running" and variables.get("pool") == ctx.name:
+                # The job has asked for the override but not yet recorded that it
+                # waits for it: try again shortly (the worker retries with backoff).
+                raise JobNotWaitingYet(f"job {job} is still starting its action")
             if row.state != "waiting" or variables.get("pool") != ctx.name:
                 return {"note": f"job {job} is {row.state}; not waiting on this pool"}
             action = spec.stages[variables["stage"]].actions[variables["action"]]
