@@ -258,14 +258,16 @@ class Engine:
         self.machines[kind]
         try:
             with self.unit() as unit:
+                missing = {}
                 for name, attrs in inventory.items():
                     existing = q.lock_machine(unit.conn, kind, name)
-                    if existing is not None:
-                        if not update_existing:
-                            raise Conflict(f"{kind} {name!r} already exists")
+                    if existing is None:
+                        missing[name] = attrs
+                    elif not update_existing:
+                        raise Conflict(f"{kind} {name!r} already exists")
+                    else:
                         q.update_machine_attrs(unit.conn, existing.id, attrs, unit.now)
-                        continue
-                    unit.create(kind, name, attrs, actor=actor, reason=reason)
+                unit.create_many(kind, missing, actor=actor, reason=reason)
         except IntegrityError:
             raise Conflict(f"another process created one of these {kind}s at the same time; "
                            "nothing was imported, try again") from None
@@ -738,20 +740,32 @@ class Unit:
     def create(self, kind: str, name: str, attrs: Mapping[str, Any], *, actor: str | None,
                reason: str | None) -> q.MachineState:
         """Create a machine in its initial state; returns its (locked) row."""
+        [row] = self.create_many(kind, {name: attrs}, actor=actor, reason=reason)
+        return row
+
+    def create_many(self, kind: str, inventory: Mapping[str, Mapping[str, Any]], *,
+                    actor: str | None, reason: str | None) -> list[q.MachineState]:
+        """Create machines in their initial state; their history and entry
+        operations are written in one batch."""
         machine = self.engine.machines[kind]
         outcome = machine.enter("", machine.initial, CREATE_EVENT, {})
-        machine_id = q.insert_machine(self.conn, kind=kind, name=name, state=machine.initial,
-                                      attrs=attrs, now=self.now,
-                                      deadline=self.engine._deadline(self.now, outcome.timeout))
-        placeholder = q.MachineState(id=machine_id, kind=kind, name=name, state="",
-                                     state_entered_at=self.now, deadline=None, counters={},
-                                     epoch=0)
-        write = self.engine._prepare(placeholder, outcome, now=self.now, source="operator",
-                                     actor=actor, reason=reason, payload=None,
-                                     operation_id=None)
-        _write_all(SqlaTransaction(self.conn), [write], [write.change])
-        self.writes.append(write)
-        return write.change.applied_to(placeholder)
+        deadline = self.engine._deadline(self.now, outcome.timeout)
+        writes, rows = [], []
+        for name, attrs in inventory.items():
+            machine_id = q.insert_machine(self.conn, kind=kind, name=name,
+                                          state=machine.initial, attrs=attrs, now=self.now,
+                                          deadline=deadline)
+            placeholder = q.MachineState(id=machine_id, kind=kind, name=name, state="",
+                                         state_entered_at=self.now, deadline=None,
+                                         counters={}, epoch=0)
+            write = self.engine._prepare(placeholder, outcome, now=self.now,
+                                         source="operator", actor=actor, reason=reason,
+                                         payload=None, operation_id=None)
+            writes.append(write)
+            rows.append(write.change.applied_to(placeholder))
+        _write_all(SqlaTransaction(self.conn), writes, [w.change for w in writes])
+        self.writes.extend(writes)
+        return rows
 
     def fire(
         self, row: q.MachineState, event: str, *, source: str, payload: Any = None,
