@@ -130,6 +130,48 @@ def test_every_status(lab):
     assert (board["state"], board["epoch"]) == ("ready", 2)
 
 
+def test_malformed_callbacks_change_nothing(lab):
+    """What the callback front refuses before the engine sees it."""
+    token = lab.cli("board", "token", "b1")
+    viewer = lab.cli("token", "create", "vic", "--role", "viewer")
+    before = lab.get("/api/v1/boards/b1/history", viewer).json()["entries"]
+    json_type = {"Content-Type": "application/json"}
+    cases = [
+        # Larger than MAX_PAYLOAD (64 KiB).
+        (lab.post("/api/v1/boards/b1/events/reboot", token,
+                  json={"log": "x" * 70_000}), 413, "payload_too_large"),
+        (lab.post("/api/v1/boards/b1/events/reboot", token, content="uptime=12",
+                  headers={"Content-Type": "application/x-www-form-urlencoded"}), 422,
+         "invalid_request"),
+        # Python would read NaN; no database stores it as JSON.
+        (lab.post("/api/v1/boards/b1/events/reboot", token, content='{"temp": NaN}',
+                  headers=json_type), 422, "invalid_request"),
+        (lab.post("/api/v1/boards/b1/events/reboot", token, content="12",
+                  headers=json_type), 422, "invalid_request"),
+        (lab.post("/api/v1/boards/b1/events/reboot", token,
+                  headers={"Idempotency-Key": "k" * 201}), 422, "invalid_request"),
+        (lab.post("/api/v1/boards/b%20b/events/reboot", token), 422, "invalid_request"),
+    ]
+    for reply, status, error in cases:
+        assert (reply.status_code, reply.json()["error"]) == (status, error), reply.text
+    assert "65536" in cases[0][0].json()["message"]
+    assert "NaN" in cases[2][0].json()["message"]
+    assert cases[5][0].json()["details"][0]["loc"] == ["path", "name"]
+    assert lab.get("/api/v1/boards/b1/history", viewer).json()["entries"] == before
+    # A JSON null, a JSON type with parameters and a +json type are payloads.
+    assert lab.post("/api/v1/boards/b1/events/reboot", token, content="null",
+                    headers=json_type).status_code == 200
+    assert lab.post("/api/v1/boards/b1/events/power_cycle_ok", token, content='{"a": 1}',
+                    headers={"Content-Type": "application/json; charset=utf-8"}
+                    ).status_code == 200
+    reply = lab.post("/api/v1/boards/b1/events/maintenance", token, content='{"a": 2}',
+                     headers={"Content-Type": "application/vnd.corral+json"})
+    assert (reply.status_code, reply.json()["state"]) == (200, "maintenance")
+    # Other methods on the path still get the framework's 405.
+    reply = httpx.get(lab.base + "/api/v1/boards/b1/events/reboot", timeout=30)
+    assert (reply.status_code, reply.headers["Allow"]) == (405, "POST")
+
+
 def test_idempotency_key_returns_the_first_response(lab):
     token = lab.cli("board", "token", "b1")
     first = lab.post("/api/v1/boards/b1/events/reboot", token,

@@ -1,7 +1,9 @@
 """The HTTP API: board callbacks, the operator API, metrics and health.
 
-Endpoints are plain functions run in a thread pool; concurrent callbacks reach
-:meth:`Engine.fire` together and share transactions through group commit.
+Board callbacks, the hot path, are answered in :mod:`corral.api.callbacks`
+without the framework; the operator endpoints are plain functions run in a
+thread pool. Concurrent events reach the engine together and share
+transactions through group commit.
 A response is sent only after the transaction holding its event has
 committed. Every error is JSON ``{"error", "message", ...}`` with a status
 that says what to do: 401 (no or bad token), 403 (token not allowed here), 404
@@ -13,7 +15,6 @@ annotations at run time, and they name dependencies defined in ``create_app``.
 """
 
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -22,7 +23,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 import psycopg
 import sqlalchemy.exc
-from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -32,18 +33,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import __version__
-from corral.engine.core import Engine, FireRequest, FireResult
-from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, SchemaNotCurrent
+from corral.api.callbacks import (
+    EVENT,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PAYLOAD,
+    NAME,
+    UNAVAILABLE,
+    ApiError,
+    Callbacks,
+    Front,
+    corral_error_answer,
+)
+from corral.engine.core import Engine, FireResult
+from corral.errors import CorralError, SchemaNotCurrent
 from corral.jobs import versions
 from corral.jobs.service import JobService
 from corral.pools import PoolService
 from corral.store import queries as q
 from corral.store.migrate import require_current
 from corral.tokens import Principal, TokenStore
-
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
-EVENT = r"^[a-z][a-z0-9_]{0,62}$"
-
 
 # ------------------------------------------------------------------ documents
 
@@ -232,30 +240,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message, self.extra = status, error, message, extra
-
-
-def _status_of(exc: CorralError) -> tuple[int, str]:
-    if isinstance(exc, NotFound):
-        return 404, "not_found"
-    if isinstance(exc, InvalidRequest):
-        return 422, "invalid_request"
-    if isinstance(exc, Conflict):
-        return 409, "conflict"
-    # Well-formed but refused (e.g. firing 'timeout' by hand).
-    return 409, "refused"
-
-
 # ------------------------------------------------------------------ the app
 
 
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
-               threads: int = 64, default_ttl: int = 43200) -> FastAPI:
-    """The ASGI application; ``threads`` bounds the requests handled at once;
-    ``default_ttl`` is an override's TTL when a request gives none."""
+               threads: int = 64, default_ttl: int = 43200) -> Front:
+    """The ASGI application: board callbacks answered by :class:`Front`, the rest
+    by FastAPI (``Front.app``). ``threads`` bounds the operator requests handled
+    at once; ``default_ttl`` is an override's TTL when a request gives none."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -264,24 +256,22 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         yield
 
+    callbacks = Callbacks(engine, tokens)
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,
                   description="Persistent state machines for hardware test labs.")
     bearer = HTTPBearer(auto_error=False, description="A board or operator token.")
 
+    def answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=headers or None)
+
     @app.exception_handler(ApiError)
     def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.error, "message": exc.message, **exc.extra},
-                            status_code=exc.status, headers=headers)
+        return answer(*exc.answer())
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-        # The database went away: nothing was committed; the client may retry
-        # (with the same Idempotency-Key).
-        return JSONResponse({"error": "unavailable",
-                             "message": "the database is unavailable; retry later"},
-                            status_code=503, headers={"Retry-After": "1"})
+        return answer(*UNAVAILABLE)
 
     @app.exception_handler(StarletteHTTPException)
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -312,25 +302,12 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
 
     @app.exception_handler(CorralError)
     def _corral_error(_: Request, exc: CorralError) -> JSONResponse:
-        status, error = _status_of(exc)
-        body: dict[str, Any] = {"error": error, "message": str(exc)}
-        if hasattr(exc, "allowed"):
-            body["error"] = "event_not_allowed"
-            body["allowed_events"] = exc.allowed
-        return JSONResponse(body, status_code=status)
+        return answer(*corral_error_answer(exc))
 
     async def principal(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        # On the event loop: a cached token costs no thread hop; a new one is
-        # checked against the database in a worker thread.
-        if credentials is None:
-            raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
-        found = tokens.cached(credentials.credentials) or await asyncio.to_thread(
-            tokens.verify, credentials.credentials)
-        if found is None:
-            raise ApiError(401, "unauthorized", "the token is not valid")
-        return found
+        return await callbacks.principal(credentials.credentials if credentials else None)
 
     def role(needed: str):  # type: ignore[no-untyped-def]
         async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -350,40 +327,32 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
 
     # -------------------------------------------------------------- callbacks
 
-    # The hot path: the response is built directly (no response-model pass);
-    # its schema is still documented as TransitionOut.
+    # Served by corral.api.callbacks.Front before the framework sees it; this
+    # route documents it and answers with the same code when the app runs
+    # without the front (the tests compare the two).
     @app.post("/api/v1/boards/{name}/events/{event}", response_model=None,
               responses=ERRORS | {200: {"model": TransitionOut,
-                                        "description": "The transition, committed."}},
+                                        "description": "The transition, committed."},
+                                  413: {"model": ErrorOut, "description": "The payload is "
+                                        f"larger than {MAX_PAYLOAD} bytes."}},
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
+                  "anyOf": [{"type": "object", "additionalProperties": True},
+                            {"type": "null"}],
+                  "title": "Payload",
+                  "description": "Optional JSON object recorded with the event."}}}}},
               tags=["callbacks"],
               summary="Report an event for a board (board token), or fire one (operator).")
     async def post_event(
+        request: Request,
         name: BoardName,
         event: Annotated[str, Path(pattern=EVENT, description="The event's name.")],
-        who: Annotated[Principal, Depends(principal)],
-        payload: Annotated[dict[str, Any] | None, Body(
-            description="Optional JSON object recorded with the event.")] = None,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         idempotency_key: Annotated[str | None, Header(
-            alias="Idempotency-Key", min_length=1, max_length=200,
+            alias="Idempotency-Key", min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
             description="Repeat a request safely: a repeated key returns the first "
                         "response without firing again.")] = None,
     ) -> JSONResponse:
-        if who.role == "board":
-            if who.board != name:
-                raise ApiError(403, "forbidden", f"this token belongs to board {who.board!r}")
-            source = "callback"
-        elif who.at_least("operator"):
-            source = "operator"
-        else:
-            raise ApiError(403, "forbidden", f"token {who.name!r} is {who.role}; firing "
-                           "events needs a board token or the operator role")
-        result = await engine.fire_async(FireRequest(
-            kind="board", name=name, event=event, source=source, payload=payload,
-            actor=who.name,
-            idempotency=(who.name, idempotency_key) if idempotency_key else None))
-        return JSONResponse({"kind": result.kind, "name": result.name, "event": result.event,
-                             "from_state": result.from_state, "state": result.to_state,
-                             "epoch": result.epoch, "replayed": result.replayed})
+        return answer(*await callbacks.serve(request.scope, request.receive, name, event))
 
     # -------------------------------------------------------------- operators
 
@@ -507,7 +476,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                                 status_code=503)
         return {"status": "ready"}
 
-    return app
+    return Front(callbacks, app)
 
 
 def pool_routes(app: FastAPI, pools: PoolService, role: Any, transition_doc: Any) -> None:

@@ -12,6 +12,7 @@ gauges are read from the database at scrape time anyway.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import shutil
@@ -74,6 +75,10 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
     # follows (sweeps, workers, pending group commits) still runs.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
+    # Everything built so far (modules, definitions, the app) lives as long as
+    # the process: keep it out of the collector's full passes, which otherwise
+    # stall every request in flight (p99 of the callback benchmark: 86 -> 46 ms).
+    gc.freeze()
     try:
         server.run(sockets=[sock])
     finally:

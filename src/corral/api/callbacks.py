@@ -1,0 +1,258 @@
+"""The board callback endpoint, served without the framework.
+
+``POST /api/v1/boards/{name}/events/{event}`` is what every board calls many
+times an hour, and the framework's routing, dependency injection and
+middleware cost about three times what committing the event does. So
+:class:`Front` answers that one route itself, as a plain ASGI application in
+front of the FastAPI app, and hands every other request to it.
+
+:meth:`Callbacks.respond` is the whole endpoint once the request is parsed:
+authentication, the board/role check, firing and the answer. The FastAPI route
+of the same path (which documents it in ``/openapi.json``) calls it too, after
+the framework's own parsing; a test holds both parsers to the same answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+import structlog
+
+from corral.engine.core import Engine, FireRequest
+from corral.errors import Conflict, CorralError, InvalidRequest, NotFound
+from corral.tokens import Principal, TokenStore
+
+log = structlog.get_logger("corral.api")
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+EVENT = r"^[a-z][a-z0-9_]{0,62}$"
+# Board progress reports are small; a history row is not a place for bulk data.
+MAX_PAYLOAD = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 200
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+PATH = re.compile(r"/api/v1/boards/([^/]+)/events/([^/]+)")
+_NAME = re.compile(NAME)
+_EVENT = re.compile(EVENT)
+
+
+class ApiError(Exception):
+    """An answer other than 200, with its JSON error document."""
+
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.extra = status, error, message, extra
+
+    def answer(self) -> Answer:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return self.status, {"error": self.error, "message": self.message, **self.extra}, headers
+
+
+def invalid(where: str, message: str) -> ApiError:
+    """A 422 shaped like the framework's own: one detail per problem."""
+    return ApiError(422, "invalid_request", f"{where}: {message}",
+                    details=[{"loc": where.split("."), "msg": message}])
+
+
+def corral_error_answer(exc: CorralError) -> Answer:
+    """The status and document for an error the engine raised."""
+    if isinstance(exc, NotFound):
+        status, error = 404, "not_found"
+    elif isinstance(exc, InvalidRequest):
+        status, error = 422, "invalid_request"
+    elif isinstance(exc, Conflict):
+        status, error = 409, "conflict"
+    else:
+        # Well-formed but refused (e.g. firing 'timeout' by hand).
+        status, error = 409, "refused"
+    body: dict[str, Any] = {"error": error, "message": str(exc)}
+    if hasattr(exc, "allowed"):
+        body["error"] = "event_not_allowed"
+        body["allowed_events"] = exc.allowed
+    return status, body, {}
+
+
+# The database went away: nothing was committed; the client may retry (with the
+# same Idempotency-Key).
+UNAVAILABLE: Answer = (503, {"error": "unavailable",
+                             "message": "the database is unavailable; retry later"},
+                       {"Retry-After": "1"})
+DATABASE_DOWN = (psycopg.OperationalError, sqlalchemy.exc.OperationalError)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if it is one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def too_large() -> ApiError:
+    return ApiError(413, "payload_too_large",
+                    f"the payload is larger than {MAX_PAYLOAD} bytes")
+
+
+def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any] | None:
+    """The event's payload: nothing, ``null`` or a JSON object."""
+    if not body:
+        return None
+    if content_type is not None:
+        kind = content_type.partition(";")[0].strip().lower()
+        if kind != "application/json" and not (kind.startswith("application/")
+                                                and kind.endswith("+json")):
+            raise invalid("body", f"the payload must be JSON (Content-Type "
+                                  f"application/json), not {kind or 'empty'!r}")
+    try:
+        payload = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise invalid("body", f"not valid JSON: {exc}") from None
+    if payload is not None and not isinstance(payload, dict):
+        raise invalid("body", f"the payload must be a JSON object, not "
+                              f"{type(payload).__name__}")
+    return payload
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class Callbacks:
+    """The endpoint itself, whichever parser read the request."""
+
+    def __init__(self, engine: Engine, tokens: TokenStore) -> None:
+        self.engine = engine
+        self.tokens = tokens
+
+    async def principal(self, token: str | None) -> Principal:
+        """Who presented ``token`` (from an ``Authorization: Bearer`` header)."""
+        # On the event loop: a cached token costs no thread hop; a new one is
+        # checked against the database in a worker thread.
+        if token is None:
+            raise ApiError(401, "unauthorized", "an Authorization: Bearer token is required")
+        found = self.tokens.cached(token) or await asyncio.to_thread(self.tokens.verify, token)
+        if found is None:
+            raise ApiError(401, "unauthorized", "the token is not valid")
+        return found
+
+    async def respond(self, name: str, event: str, who: Principal,
+                      payload: dict[str, Any] | None, idempotency_key: str | None
+                      ) -> dict[str, Any]:
+        """Fire the event for its board; the transition document once committed.
+
+        Raises:
+            ApiError: the token may not fire events at this board.
+            CorralError: the engine refused the event (see :func:`corral_error_answer`).
+        """
+        if who.role == "board":
+            if who.board != name:
+                raise ApiError(403, "forbidden", f"this token belongs to board {who.board!r}")
+            source = "callback"
+        elif who.at_least("operator"):
+            source = "operator"
+        else:
+            raise ApiError(403, "forbidden", f"token {who.name!r} is {who.role}; firing "
+                           "events needs a board token or the operator role")
+        result = await self.engine.fire_async(FireRequest(
+            kind="board", name=name, event=event, source=source, payload=payload,
+            actor=who.name,
+            idempotency=(who.name, idempotency_key) if idempotency_key else None))
+        return {"kind": result.kind, "name": result.name, "event": result.event,
+                "from_state": result.from_state, "state": result.to_state,
+                "epoch": result.epoch, "replayed": result.replayed}
+
+    async def serve(self, scope: Scope, receive: Receive, name: str, event: str) -> Answer:
+        """Parse a raw ASGI request for the route and answer it."""
+        try:
+            authorization = idempotency_key = content_type = None
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif key == b"idempotency-key":
+                    idempotency_key = value.decode("latin-1")
+                elif key == b"content-type":
+                    content_type = value.decode("latin-1")
+            # Checked in the framework's order: path, headers, token, body.
+            if not _NAME.match(name):
+                raise invalid("path.name", f"String should match pattern '{NAME}'")
+            if not _EVENT.match(event):
+                raise invalid("path.event", f"String should match pattern '{EVENT}'")
+            if idempotency_key is not None and not (
+                    0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
+                raise invalid("header.Idempotency-Key", "should have 1 to "
+                              f"{MAX_IDEMPOTENCY_KEY} characters")
+            who = await self.principal(bearer(authorization))
+            payload = parse_payload(await _body(receive), content_type)
+            return 200, await self.respond(name, event, who, payload, idempotency_key), {}
+        except ApiError as exc:
+            return exc.answer()
+        except CorralError as exc:
+            return corral_error_answer(exc)
+        except DATABASE_DOWN:
+            return UNAVAILABLE
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_PAYLOAD:
+            # Stop reading: the answer is 413 whatever follows.
+            raise too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class Front:
+    """The ASGI application ``corral serve`` runs: callbacks here, the rest to ``app``."""
+
+    def __init__(self, callbacks: Callbacks, app: Callable[[Scope, Receive, Send],
+                                                           Awaitable[None]]) -> None:
+        self.callbacks = callbacks
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = PATH.fullmatch(scope["path"])
+            if found is not None:
+                try:
+                    status, body, headers = await self.callbacks.serve(
+                        scope, receive, *found.groups())
+                except Exception:
+                    log.exception("callback_failed", path=scope["path"])
+                    status, body, headers = 500, {"error": "internal", "message":
+                                                  "internal error; see the server log"}, {}
+                await _answer(send, status, body, headers)
+                return
+        await self.app(scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        # The FastAPI app's attributes (openapi(), routes, state) stay reachable.
+        return getattr(self.app, name)
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]
+                  ) -> None:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    raw = [(b"content-type", b"application/json"),
+           (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})

@@ -1,0 +1,89 @@
+"""The callback route has two parsers: :class:`corral.api.callbacks.Front`,
+which serves it, and the FastAPI route that documents it. Both must answer
+every request alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from corral.api.app import create_app
+from corral.tokens import TokenStore
+
+PATH = "/api/v1/boards/{}/events/{}"
+
+
+def _requests(board: str, operator: str, viewer: str) -> list[tuple[str, dict]]:
+    json_type = {"Content-Type": "application/json"}
+    return [
+        (PATH.format("b1", "reboot"), {}),
+        (PATH.format("b1", "reboot"), {"headers": {"Authorization": "Basic abc"}}),
+        (PATH.format("b1", "reboot"), {"token": "corral_1_wrong"}),
+        (PATH.format("b2", "reboot"), {"token": board}),
+        (PATH.format("b1", "reboot"), {"token": viewer}),
+        (PATH.format("ghost", "reboot"), {"token": operator}),
+        (PATH.format("-bad", "reboot"), {"token": operator}),
+        (PATH.format("b1", "Bad-Event"), {"token": board}),
+        (PATH.format("b1", "install_ok"), {"token": board}),
+        (PATH.format("b1", "reboot"), {"token": board, "content": "{bad",
+                                       "headers": json_type}),
+        (PATH.format("b1", "reboot"), {"token": board, "json": [1, 2]}),
+        (PATH.format("b1", "reboot"), {"token": board, "content": "x=1",
+                                       "headers": {"Content-Type": "text/plain"}}),
+        (PATH.format("b1", "reboot"), {"token": board, "headers": {"Idempotency-Key": ""}}),
+        (PATH.format("b1", "poll_ok"), {"token": board, "json": {"load": 0.5}}),
+        (PATH.format("b1", "reboot"), {"token": board, "headers": {"Idempotency-Key": "k1"}}),
+        (PATH.format("b1", "reboot"), {"token": board, "headers": {"Idempotency-Key": "k1"}}),
+        (PATH.format("b1", "reboot"), {"token": board}),
+        (PATH.format("b1", "power_cycle_ok"), {"token": operator, "content": "null",
+                                               "headers": json_type}),
+    ]
+
+
+async def _answers(app, requests) -> list[tuple[int, str | None, dict]]:
+    answers = []
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://corral") as client:
+        for path, options in requests:
+            options = dict(options)
+            headers = dict(options.pop("headers", {}))
+            if token := options.pop("token", None):
+                headers["Authorization"] = f"Bearer {token}"
+            reply = await client.post(path, headers=headers, **options)
+            body = reply.json()
+            answers.append((reply.status_code, body.get("error"),
+                            {k: v for k, v in body.items() if k not in ("message", "details")}))
+    return answers
+
+
+def test_front_and_framework_route_answer_alike(engine, tmp_path):
+    engine.import_machines("board", {"b1": {}, "b2": {}})
+    results = []
+    for attempt in ("front", "framework"):
+        for name in ("b1", "b2"):
+            engine.force_state("board", name, "ready", actor="test", reason=attempt)
+        tokens = TokenStore(engine.db, cache_seconds=0)
+        board = tokens.issue_for_board("b1")
+        operator = tokens.issue(f"ops-{attempt}", "operator")
+        viewer = tokens.issue(f"viewer-{attempt}", "viewer")
+        front = create_app(engine, tokens, CollectorRegistry())
+        app = front if attempt == "front" else front.app
+        requests = _requests(board, operator, viewer)
+        # Idempotency keys are per token name; each attempt has its own board
+        # token name, so rename the key instead.
+        requests = [(p, o | {"headers": {"Idempotency-Key": f"{attempt}-k1"}})
+                    if o.get("headers", {}).get("Idempotency-Key") == "k1" else (p, o)
+                    for p, o in requests]
+        results.append(asyncio.run(_answers(app, requests)))
+    front_answers, framework_answers = results
+    # Epochs differ between the rounds (the board went on); the rest must not.
+    strip = [[(s, e, {k: v for k, v in d.items() if k != "epoch"}) for s, e, d in r]
+             for r in results]
+    assert strip[0] == strip[1]
+    statuses = [s for s, _, _ in front_answers]
+    assert statuses == [401, 401, 401, 403, 403, 404, 422, 422, 409, 422, 422, 422, 422,
+                        200, 200, 200, 409, 200]
+    assert [d.get("replayed") for _, _, d in front_answers[14:16]] == [False, True]
+    assert framework_answers[8][2]["allowed_events"] == front_answers[8][2]["allowed_events"]
