@@ -148,20 +148,28 @@ def test_malformed_callbacks_change_nothing(lab):
                   headers=json_type), 422, "invalid_request"),
         (lab.post("/api/v1/boards/b1/events/reboot", token, content="12",
                   headers=json_type), 422, "invalid_request"),
+        # JSON, but not storable: a NUL and an unpaired surrogate.
+        (lab.post("/api/v1/boards/b1/events/reboot", token, content='{"a": "x\\u0000"}',
+                  headers=json_type), 422, "invalid_request"),
+        (lab.post("/api/v1/boards/b1/events/reboot", token, content='{"a": "\\ud800"}',
+                  headers=json_type), 422, "invalid_request"),
         (lab.post("/api/v1/boards/b1/events/reboot", token,
                   headers={"Idempotency-Key": "k" * 201}), 422, "invalid_request"),
         (lab.post("/api/v1/boards/b%20b/events/reboot", token), 422, "invalid_request"),
+        # A name pattern's $ must not let a trailing newline through.
+        (lab.post("/api/v1/boards/b1%0A/events/reboot", token), 422, "invalid_request"),
     ]
     for reply, status, error in cases:
         assert (reply.status_code, reply.json()["error"]) == (status, error), reply.text
     assert "65536" in cases[0][0].json()["message"]
     assert "NaN" in cases[2][0].json()["message"]
-    assert cases[5][0].json()["details"][0]["loc"] == ["path", "name"]
+    assert cases[7][0].json()["details"][0]["loc"] == ["path", "name"]
     assert lab.get("/api/v1/boards/b1/history", viewer).json()["entries"] == before
     # A JSON null, a JSON type with parameters and a +json type are payloads.
     assert lab.post("/api/v1/boards/b1/events/reboot", token, content="null",
                     headers=json_type).status_code == 200
-    assert lab.post("/api/v1/boards/b1/events/power_cycle_ok", token, content='{"a": 1}',
+    assert lab.post("/api/v1/boards/b1/events/power_cycle_ok", token,
+                    content='{"a": "caf\\u00e9 \\ud83d\\ude00"}',
                     headers={"Content-Type": "application/json; charset=utf-8"}
                     ).status_code == 200
     reply = lab.post("/api/v1/boards/b1/events/maintenance", token, content='{"a": 2}',

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import psycopg
@@ -120,7 +120,32 @@ def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any] | Non
     if payload is not None and not isinstance(payload, dict):
         raise invalid("body", f"the payload must be a JSON object, not "
                               f"{type(payload).__name__}")
+    if b"\\u" in body:
+        # Escapes JSON allows but a database's JSON does not (PostgreSQL's
+        # jsonb refuses NUL and unpaired surrogates): refused here, before the
+        # event joins a shared transaction that it would fail.
+        for text in _strings(payload):
+            if "\x00" in text:
+                raise invalid("body", "the payload holds a NUL character (\\u0000)")
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise invalid("body", "the payload holds an unpaired surrogate "
+                                      "(\\ud800-\\udfff)") from None
     return payload
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON document, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _no_constant(name: str) -> Any:
@@ -183,9 +208,9 @@ class Callbacks:
                 elif key == b"content-type":
                     content_type = value.decode("latin-1")
             # Checked in the framework's order: path, headers, token, body.
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise invalid("path.name", f"String should match pattern '{NAME}'")
-            if not _EVENT.match(event):
+            if not _EVENT.fullmatch(event):
                 raise invalid("path.event", f"String should match pattern '{EVENT}'")
             if idempotency_key is not None and not (
                     0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
