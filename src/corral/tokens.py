@@ -13,9 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import Engine as Database
 from sqlalchemy.exc import IntegrityError
 
@@ -27,6 +30,11 @@ ROLES = ("viewer", "operator", "admin")
 BOARD_ROLE = "board"
 RANK = {BOARD_ROLE: 0, "viewer": 1, "operator": 2, "admin": 3}
 PREFIX = "corral"
+# A cached token nobody has presented for this long is forgotten at the next
+# revalidation rather than re-read for ever.
+IDLE_SECONDS = 600.0
+
+log = structlog.get_logger("corral.tokens")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,19 +54,34 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+@dataclass(slots=True)
+class _Cached:
+    principal: Principal
+    secret_hash: str
+    valid_until: float  # time.monotonic()
+    used: float
+
+
 class TokenStore:
     """Issue, rotate, revoke and verify tokens.
 
     ``cache_seconds`` keeps a verified token in memory that long, sparing a
     query per request; a revoked or rotated token stops working within it.
+    :meth:`start_revalidating` (the API processes run it) re-reads every
+    cached token with one query each ``cache_seconds / 2`` and extends those
+    still valid, so that tokens in use are never re-verified one by one.
     """
 
     def __init__(self, db: Database, *, clock: Clock = utcnow,
-                 cache_seconds: float = 2.0) -> None:
+                 cache_seconds: float = 2.0,
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self.db = db
         self.clock = clock
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self.timer = timer
+        self._cache: dict[str, _Cached] = {}
+        self._stop = threading.Event()
+        self._revalidator: threading.Thread | None = None
 
     def issue(self, name: str, role: str) -> str:
         """Create or rotate the operator token ``name``; returns the token (shown once).
@@ -109,28 +132,87 @@ class TokenStore:
 
     def cached(self, presented: str) -> Principal | None:
         """The owner of a recently verified token, without touching the database."""
-        cached = self._cache.get(hashlib.sha256(presented.encode()).hexdigest())
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        entry = self._cache.get(_digest(presented))
+        if entry is not None:
+            now = self.timer()
+            if entry.valid_until > now:
+                entry.used = now
+                return entry.principal
         return None
 
     def verify(self, presented: str) -> Principal | None:
         """The token's owner, or ``None`` for a malformed, unknown, wrong or revoked token."""
-        key = hashlib.sha256(presented.encode()).hexdigest()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        found = self.cached(presented)
+        if found is not None:
+            return found
         prefix, _, rest = presented.partition("_")
         token_id, _, secret = rest.partition("_")
         if prefix != PREFIX or not token_id.isdigit() or not secret:
             return None
+        started = self.timer()
         with self.db.begin() as conn:
             row = q.get_token(conn, int(token_id))
         if row is None or row.revoked_at is not None:
             return None
         if not hmac.compare_digest(row.secret_hash, _digest(secret)):
             return None
-        principal = Principal(token_id=row.id, name=row.name, role=row.role, board=row.board)
+        principal = _principal(row)
         if self.cache_seconds > 0:
-            self._cache[key] = (time.monotonic() + self.cache_seconds, principal)
+            self._cache[_digest(presented)] = _Cached(
+                principal, row.secret_hash, started + self.cache_seconds, started)
         return principal
+
+    def revalidate(self) -> int:
+        """Re-read every cached token in one query: extend the ones still valid,
+        drop the revoked, rotated and long unused. Returns how many remain."""
+        started = self.timer()
+        entries = {key: entry for key, entry in list(self._cache.items())
+                   if started - entry.used < IDLE_SECONDS}
+        for key in self._cache.keys() - entries.keys():
+            self._cache.pop(key, None)
+        if not entries:
+            return 0
+        with self.db.begin() as conn:
+            rows = {row.id: row for row in q.get_tokens(
+                conn, (entry.principal.token_id for entry in entries.values()))}
+        for key, entry in entries.items():
+            row = rows.get(entry.principal.token_id)
+            if (row is None or row.revoked_at is not None
+                    or not hmac.compare_digest(row.secret_hash, entry.secret_hash)):
+                if self._cache.get(key) is entry:
+                    del self._cache[key]
+                continue
+            # Valid as of the moment this query started: the same bound a
+            # single verification gives.
+            entry.principal = _principal(row)
+            entry.valid_until = max(entry.valid_until, started + self.cache_seconds)
+        return len(self._cache)
+
+    def start_revalidating(self) -> None:
+        """Revalidate the cache every ``cache_seconds / 2`` in a background thread
+        (until :meth:`close`). Does nothing when caching is off."""
+        if self.cache_seconds <= 0 or self._revalidator is not None:
+            return
+        self._stop.clear()
+        self._revalidator = threading.Thread(target=self._revalidate_loop,
+                                             name="corral-token-cache", daemon=True)
+        self._revalidator.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._revalidator is not None:
+            self._revalidator.join()
+            self._revalidator = None
+
+    def _revalidate_loop(self) -> None:
+        while not self._stop.wait(self.cache_seconds / 2):
+            try:
+                self.revalidate()
+            except Exception as exc:
+                # The entries then run out, and requests verify their tokens
+                # one by one (and get 503 while the database is away).
+                log.warning("token_revalidation_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _principal(row: q.TokenRow) -> Principal:
+    return Principal(token_id=row.id, name=row.name, role=row.role, board=row.board)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 import threading
 
 import pytest
@@ -117,3 +119,50 @@ def test_repeated_key_in_one_batch_fires_once(engine):
     assert second.replayed
     assert second.epoch == first.epoch
     assert [e.event for e in engine.history("board", "b1")].count("reboot") == 1
+
+
+def test_coroutines_wait_for_their_own_outcomes(engine, machines):
+    """fire_async with group commit: each coroutine gets its own event's outcome,
+    and an exception that fails a whole batch reaches every coroutine in it."""
+    boards = [f"b{i}" for i in range(6)]
+    engine.import_machines("board", {b: {} for b in boards})
+    for b in boards:
+        engine.force_state("board", b, "ready", actor="t", reason="t")
+    engine.start_group_commit(threads=2, max_batch=8)
+    rng = random.Random(7)
+    requests = [req(rng.choice(boards), rng.choice(EVENTS)) for _ in range(120)]
+
+    async def fire_all():
+        return await asyncio.gather(*(engine.fire_async(r) for r in requests),
+                                    return_exceptions=True)
+
+    outcomes = asyncio.run(fire_all())
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            assert isinstance(outcome, EventNotAllowed), outcome
+        else:
+            assert (outcome.name, outcome.event) == (request.name, request.event)
+    fired = sum(not isinstance(o, Exception) for o in outcomes)
+    assert 0 < fired < len(requests)
+    histories = 0
+    for b in boards:
+        entries = list(reversed(engine.history("board", b, limit=10_000)))
+        state, _, epoch = replay(machines["board"], entries)
+        assert (engine.get("board", b).state, engine.get("board", b).epoch) == (state, epoch)
+        histories += len(entries) - 2
+    assert histories == fired
+
+    # A payload the store cannot write fails the shared transaction: every
+    # coroutine of that batch gets the error and nothing of it is written.
+    engine.force_state("board", "b0", "ready", actor="t", reason="t")
+    before = snapshot(engine)
+    poison = FireRequest(kind="board", name="b0", event="maintenance", source="callback",
+                         payload={"bad": object()})
+
+    async def fire_poisoned():
+        return await asyncio.gather(engine.fire_async(poison), return_exceptions=True)
+
+    [failed] = asyncio.run(fire_poisoned())
+    assert re.search("not JSON serializable|cannot store object as JSON", str(failed))
+    assert snapshot(engine) == before
+    engine.close()

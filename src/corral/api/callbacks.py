@@ -44,6 +44,7 @@ Answer = tuple[int, dict[str, Any], dict[str, str]]
 
 PATH = re.compile(r"/api/v1/boards/([^/]+)/events/([^/]+)")
 _NAME = re.compile(NAME)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 _EVENT = re.compile(EVENT)
 
 
@@ -275,7 +276,7 @@ class Front:
 
 async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]
                   ) -> None:
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = _ENCODER.encode(body).encode()
     raw = [(b"content-type", b"application/json"),
            (b"content-length", str(len(data)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]

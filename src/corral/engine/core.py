@@ -361,7 +361,7 @@ class Engine:
         thread (with group commit), or runs :meth:`fire_batch` in a worker thread."""
         self._check(request)
         if self._committer is not None:
-            outcome = await asyncio.wrap_future(self._committer.enqueue(request))
+            outcome = await self._committer.submit_async(request)
         else:
             [outcome] = await asyncio.to_thread(self.fire_batch, [request])
         if isinstance(outcome, BaseException):

@@ -12,10 +12,11 @@ Under light load a batch is one event and costs one extra thread hand-off.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import structlog
 
@@ -26,12 +27,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("corral.group_commit")
 
+Outcome: TypeAlias = "FireResult | CorralError"
+# Who waits for an event: a thread (a concurrent future) or a coroutine (an
+# asyncio future and its loop).
+Waiter: TypeAlias = ("Future[Outcome] | "
+                     "tuple[asyncio.AbstractEventLoop, asyncio.Future[Outcome]]")
+
 
 class GroupCommitter:
     def __init__(self, engine: Engine, *, threads: int = 2, max_batch: int = 64) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._queue: deque[tuple[FireRequest, Future[FireResult | CorralError]]] = deque()
+        self._queue: deque[tuple[FireRequest, Waiter]] = deque()
         self._ready = threading.Condition()
         self._closing = False
         self._threads = [threading.Thread(target=self._run, name=f"corral-commit-{i}",
@@ -39,24 +46,30 @@ class GroupCommitter:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, request: FireRequest) -> FireResult | CorralError:
+    def submit(self, request: FireRequest) -> Outcome:
         """Queue an event and wait until the transaction holding it has committed.
 
         Raises:
             Whatever made the shared transaction fail (e.g. the database is down).
         """
-        return self.enqueue(request).result()
+        future: Future[Outcome] = Future()
+        self._put(request, future)
+        return future.result()
 
-    def enqueue(self, request: FireRequest) -> Future[FireResult | CorralError]:
-        """Queue an event; the future resolves once its transaction has committed
-        (an asyncio caller awaits it without tying up a thread)."""
-        future: Future[FireResult | CorralError] = Future()
+    async def submit_async(self, request: FireRequest) -> Outcome:
+        """:meth:`submit` for a coroutine: it waits without holding a thread, and
+        all the coroutines of one loop in a batch are woken by a single call."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._put(request, (loop, future))
+        return await future
+
+    def _put(self, request: FireRequest, waiter: Waiter) -> None:
         with self._ready:
             if self._closing:
                 raise CorralError("the engine is shutting down")
-            self._queue.append((request, future))
+            self._queue.append((request, waiter))
             self._ready.notify()
-        return future
 
     def close(self) -> None:
         with self._ready:
@@ -75,12 +88,39 @@ class GroupCommitter:
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
             try:
-                outcomes = self.engine.fire_batch([request for request, _ in batch])
+                outcomes: list[Any] = self.engine.fire_batch([request for request, _ in batch])
+                failed = False
             except BaseException as exc:
                 log.warning("group_commit_failed", events=len(batch),
                             error=f"{type(exc).__name__}: {exc}")
-                for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                future.set_result(outcome)
+                outcomes, failed = [exc] * len(batch), True
+            _settle([waiter for _, waiter in batch], outcomes, failed)
+
+
+def _settle(waiters: list[Waiter], outcomes: list[Any], failed: bool) -> None:
+    """Hand every waiter its outcome (or the exception that failed the batch)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcome], Any]]] = {}
+    for waiter, outcome in zip(waiters, outcomes, strict=True):
+        if isinstance(waiter, Future):
+            if failed:
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+        else:
+            loop, future = waiter
+            by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, settled, failed)
+        except RuntimeError:
+            pass  # The loop has closed: nobody waits any more.
+
+
+def _settle_on_loop(settled: list[tuple[asyncio.Future[Outcome], Any]], failed: bool) -> None:
+    for future, outcome in settled:
+        if future.done():
+            continue  # Cancelled: the client went away; the event stands.
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

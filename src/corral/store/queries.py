@@ -8,7 +8,7 @@ hot path (one event = lock, update, insert history, commit).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -454,6 +454,13 @@ def get_token(conn: Connection, token_id: int) -> TokenRow | None:
     row = conn.execute(select(*_TOKEN_COLUMNS).select_from(_tokens_with_board)
                        .where(tokens.c.id == token_id)).first()
     return TokenRow(**row._mapping) if row else None
+
+
+def get_tokens(conn: Connection, token_ids: Iterable[int]) -> list[TokenRow]:
+    """The tokens of these ids that exist (revoked ones included)."""
+    rows = conn.execute(select(*_TOKEN_COLUMNS).select_from(_tokens_with_board)
+                        .where(tokens.c.id.in_(sorted(set(token_ids)))))
+    return [TokenRow(**r._mapping) for r in rows]
 
 
 def list_tokens(conn: Connection) -> list[TokenRow]:
