@@ -16,6 +16,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.engine.core import Engine
+from corral.machines import MachineSet, load_definitions
+from corral.paths import DEFAULT_STATEMACHINES_DIR
+from corral.store.db import create_db_engine
+
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
 
@@ -79,8 +84,12 @@ def lab(migrated_url, tmp_path):
     (tmp_path / "lab.yaml").write_text("boards:\n" + "".join(
         f"  - {{name: b{i}, arch: arm64}}\n" for i in range(1, 6)))
     lab.cli("board", "import", "lab.yaml")
+    # The CLI's force-state has its own tests; here it would cost a process each.
+    db = create_db_engine(migrated_url)
+    engine = Engine(db, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
     for i in range(1, 6):
-        lab.cli("board", "force-state", f"b{i}", "ready", "--reason", "test set-up")
+        engine.force_state("board", f"b{i}", "ready", actor="test", reason="test set-up")
+    db.dispose()
     lab.start()
     yield lab
     lab.stop()
