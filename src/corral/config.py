@@ -38,6 +38,8 @@ class Settings:
     # API processes sharing the listen address (SO_REUSEPORT); about one core each.
     http_processes: int = 1
     token_cache_seconds: float = 2.0
+    # How long a callback's Idempotency-Key is remembered (hours; 0: forever).
+    idempotency_key_hours: float = 24.0
     # Sweeps
     sweep_interval: float = 1.0
     sweep_batch: int = 1000
@@ -96,8 +98,8 @@ _POSITIVE = {"http_threads", "http_processes", "sweep_interval", "sweep_batch", 
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}
-_NON_NEGATIVE = {"token_cache_seconds", "group_commit_threads", "operation_retry_delay",
-                 "sim_operation_seconds",
+_NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "group_commit_threads",
+                 "operation_retry_delay", "sim_operation_seconds",
                  "sim_boot_seconds", "sim_install_seconds", "sim_seed"}
 _PROBABILITIES = {"sim_power_cycle_failure", "sim_ping_failure", "sim_poll_failure",
                   "sim_install_failure", "sim_reimage_rate"}

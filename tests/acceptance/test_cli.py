@@ -8,9 +8,15 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from corral.engine.core import Engine, FireRequest
+from corral.machines import MachineSet, load_definitions
+from corral.paths import DEFAULT_STATEMACHINES_DIR
+from corral.store.db import create_db_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -70,6 +76,24 @@ def test_event_and_force_state(corral, inventory):
     assert history[0]["source"] == "operator"
     failed = corral("board", "list", "--failed", "--json").stdout
     assert json.loads(failed) == []
+
+
+def test_sweep_once_forgets_old_idempotency_keys(corral, inventory):
+    corral("board", "import", str(inventory))
+    db = create_db_engine(corral.url)
+    machines = MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR))
+    for hours_ago, keys in ((30, ["a", "b"]), (1, ["c"])):
+        at = datetime.now(UTC) - timedelta(hours=hours_ago)
+        engine = Engine(db, machines, clock=lambda at=at: at)
+        engine.fire_batch([FireRequest(kind="board", name="b1", event="reboot",
+                                       source="callback", idempotency=("board:b1", key))
+                           for key in keys])
+    db.dispose()
+    kept = corral("sweep", "--once", extra_env={"CORRAL_IDEMPOTENCY_KEY_HOURS": "0"})
+    assert "idempotency keys forgotten: 0" in kept.stdout
+    assert "idempotency keys forgotten: 2" in corral("sweep", "--once").stdout
+    assert "idempotency keys forgotten: 1" in corral(
+        "sweep", "--once", extra_env={"CORRAL_IDEMPOTENCY_KEY_HOURS": "0.5"}).stdout
 
 
 def test_disallowed_event_exits_nonzero_with_allowed_events(corral, inventory):

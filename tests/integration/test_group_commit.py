@@ -6,11 +6,14 @@ import asyncio
 import random
 import re
 import threading
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from corral.engine.core import FireRequest
 from corral.errors import EventNotAllowed, UnknownMachine
+from corral.store.schema import idempotency_keys
 from tests.integration.helpers import snapshot
 from tests.integration.test_concurrency import EVENTS, replay
 
@@ -119,6 +122,56 @@ def test_repeated_key_in_one_batch_fires_once(engine):
     assert second.replayed
     assert second.epoch == first.epoch
     assert [e.event for e in engine.history("board", "b1")].count("reboot") == 1
+
+
+def keyed(key):
+    return FireRequest(kind="board", name="b1", event="reboot", source="callback",
+                       idempotency=("board:b1", key))
+
+
+def stored_keys(engine):
+    with engine.db.begin() as conn:
+        return {k for k, in conn.execute(select(idempotency_keys.c.key))}
+
+
+def test_expired_idempotency_keys_are_forgotten(engine, clock):
+    engine.create("board", "b1")
+    # Refusals are remembered like transitions: b1 is `new`, reboot is refused.
+    engine.fire_batch([keyed(f"old{i}") for i in range(20)])
+    clock.advance(2 * 3600)
+    engine.fire_batch([keyed(f"young{i}") for i in range(3)])
+    clock.advance(23 * 3600)
+    # In batches of 7: three full ones, then one of 6 ends the pass.
+    assert engine.expire_idempotency_keys(timedelta(hours=24), batch=7) == 20
+    assert stored_keys(engine) == {"young0", "young1", "young2"}
+    assert engine.expire_idempotency_keys(timedelta(hours=24), batch=7) == 0
+    engine.force_state("board", "b1", "ready", actor="t", reason="t")
+    # A forgotten key is a new request; a remembered one still replays.
+    fresh = engine.fire_batch([keyed("old0")])[0]
+    assert not fresh.replayed
+    assert fresh.to_state == "power_cycling"
+    with pytest.raises(EventNotAllowed) as info:
+        engine.fire("board", "b1", "reboot", source="callback",
+                    idempotency=("board:b1", "young0"))
+    assert info.value.state == "new"
+    assert stored_keys(engine) == {"young0", "young1", "young2", "old0"}
+
+
+@pytest.mark.postgres
+def test_workers_expiring_at_once_forget_each_key_once(pg_engine, clock):
+    pg_engine.create("board", "b1")
+    for start in range(0, 2000, 500):
+        pg_engine.fire_batch([keyed(f"k{i}") for i in range(start, start + 500)])
+    clock.advance(48 * 3600)
+    counts: list[int] = []
+    workers = [threading.Thread(target=lambda: counts.append(
+        pg_engine.expire_idempotency_keys(timedelta(hours=24), batch=50))) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sum(counts) == 2000
+    assert stored_keys(pg_engine) == set()
 
 
 def test_coroutines_wait_for_their_own_outcomes(engine, machines):

@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ from corral.config import Settings, load_settings
 from corral.errors import CorralError
 from corral.jobs.spec import SpecError
 from corral.logs import configure_logging
+
+# How often `corral serve` (worker roles) forgets expired idempotency keys.
+IDEMPOTENCY_EXPIRY_INTERVAL = 60.0
 
 # A pipe gets full-width rows instead of wrapped cells.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -235,6 +238,10 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                                    settings.sweep_interval),
                 "operations": (worker.dispatch, settings.operation_interval),
             }
+            if settings.idempotency_key_hours:
+                keep = timedelta(hours=settings.idempotency_key_hours)
+                jobs["expire_idempotency_keys"] = (
+                    lambda: engine.expire_idempotency_keys(keep), IDEMPOTENCY_EXPIRY_INTERVAL)
             if "job" in engine.machines:
                 from corral.jobs.service import JobService
 
@@ -290,7 +297,12 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
 
         assigned = len(JobService(engine, default_ttl=settings.mo_override_ttl).dispatch_pass())
     ran = build_worker(engine, settings, handlers).run_pending()
-    click.echo(f"timeouts fired: {fired}, jobs assigned: {assigned}, operations run: {ran}")
+    forgotten = 0
+    if settings.idempotency_key_hours:
+        forgotten = engine.expire_idempotency_keys(
+            timedelta(hours=settings.idempotency_key_hours))
+    click.echo(f"timeouts fired: {fired}, jobs assigned: {assigned}, operations run: {ran}, "
+               f"idempotency keys forgotten: {forgotten}")
 
 
 # ------------------------------------------------------------------ machines

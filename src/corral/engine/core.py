@@ -491,6 +491,27 @@ class Engine:
         self._log(write.result, "operator")
         return write.result
 
+    # ------------------------------------------------------------ idempotency
+
+    def expire_idempotency_keys(self, older_than: timedelta, *, batch: int = 1000) -> int:
+        """Forget idempotency keys stored more than ``older_than`` ago.
+
+        A repeat of a forgotten key fires again, like a new request. Deletes in
+        transactions of at most ``batch`` rows, so a large backlog never holds
+        many locks or one long transaction. Returns how many were forgotten.
+        """
+        cutoff = self.clock() - older_than
+        forgotten = 0
+        while True:
+            with self.db.begin() as conn:
+                deleted = q.delete_idempotency_keys_before(conn, cutoff, batch)
+            forgotten += deleted
+            if deleted < batch:
+                break
+        if forgotten:
+            log.info("idempotency_keys_expired", count=forgotten, before=cutoff.isoformat())
+        return forgotten
+
     # ------------------------------------------------------------ timeouts
 
     def sweep_timeouts(

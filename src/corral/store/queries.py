@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from corral.store.schema import (
     history,
@@ -511,6 +522,23 @@ def get_idempotent_outcomes(
 def insert_idempotent_outcomes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(insert(idempotency_keys), list(rows))
+
+
+def delete_idempotency_keys_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Forget up to ``limit`` of the oldest keys stored before ``cutoff``.
+
+    Rows another transaction holds are skipped (PostgreSQL), so several
+    workers expiring at once neither wait for each other nor collide.
+    """
+    oldest = (select(idempotency_keys.c.scope, idempotency_keys.c.key)
+              .where(idempotency_keys.c.created_at < cutoff)
+              .order_by(idempotency_keys.c.created_at)
+              .limit(limit))
+    if conn.dialect.name == "postgresql":
+        oldest = oldest.with_for_update(skip_locked=True)
+    result = conn.execute(delete(idempotency_keys).where(
+        tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(oldest)))
+    return result.rowcount
 
 
 # ---------------------------------------------------------------- pool assignments

@@ -170,6 +170,8 @@ idempotency_keys = Table(
     # The first request's outcome, replayed for every repeat.
     Column("outcome", JSONDoc, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Keys are forgotten oldest first (idempotency_key_hours).
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 pool_assignments = Table(
