@@ -2,10 +2,10 @@
 
 Interval jobs (worker roles): the deadline sweep, the operation dispatcher,
 the job scheduler and the expiry of old idempotency keys. Each job runs at
-most once at a time in a process and swallows and logs its own errors, so a database restart costs a
-few failed sweeps, not the process. Correctness never depends on the
-schedule: the database decides what is due, and ``SKIP LOCKED`` decides who
-handles it.
+most once at a time in a process and swallows and logs its own errors, so a
+database restart costs a few failed sweeps, not the process. Correctness
+never depends on the schedule: the database decides what is due, and
+``SKIP LOCKED`` decides who handles it.
 """
 
 from __future__ import annotations
