@@ -17,6 +17,7 @@ from corral.engine.core import Engine, FireRequest
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store.db import create_db_engine
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -200,9 +201,8 @@ def test_simulated_lab_changes_states(corral, tmp_path):
             time.sleep(0.5)
         assert "ready" in states, states
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert server.returncode == 0
+        returncode = stop(server)
+    assert returncode == 0
 
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from corral.engine.core import Engine
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store.db import create_db_engine
+from tests.processes import stop
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
@@ -63,9 +63,8 @@ class Lab:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-            assert self.process.returncode == 0, (self.tmp / "serve.log").read_text()
+            log = self.tmp / "serve.log"
+            assert stop(self.process, log=log, what="corral serve") == 0, log.read_text()
 
     def post(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:
         headers = kwargs.pop("headers", {})

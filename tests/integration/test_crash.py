@@ -17,6 +17,7 @@ from corral.engine.core import Engine
 from corral.store.schema import history, operations
 from corral.store.schema import machines as machines_table
 from tests.integration.test_concurrency import replay
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -108,9 +109,8 @@ def test_kill_while_operation_leased_then_it_completes_once(sa_engine, machines,
         wait_for(lambda: engine.get("board", "b1").state in ("rebooting", "pinging", "ready"),
                  timeout=60, what="the re-run operation to move the board on")
     finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=30)
-    assert second.returncode == 0, log.read_text()
+        returncode = stop(second, log=log)
+    assert returncode == 0, log.read_text()
 
     with engine.db.begin() as conn:
         stored = conn.execute(select(operations).where(operations.c.id == op.id)).one()

@@ -32,6 +32,7 @@ from corral.store.db import create_db_engine
 from corral.store.schema import machines as machines_table
 from corral.store.schema import operations, pool_assignments
 from tests.integration.test_crash import CORRAL, ROOT, wait_for
+from tests.processes import stop
 
 pytestmark = pytest.mark.slow
 OS = "azurelinux3-test-x86_64-r11"
@@ -198,9 +199,12 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     env = os.environ | {"CORRAL_DATABASE_URL": pg_migrated_url, "CORRAL_LOG_LEVEL": "warning",
                         "CORRAL_JOB_DISPATCH_INTERVAL": "0.1", "CORRAL_SWEEP_INTERVAL": "0.1",
                         "CORRAL_OPERATION_INTERVAL": "0.05"}
-    workers = [subprocess.Popen([CORRAL, "serve", "--role", "worker"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for _ in range(3)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    workers = []
+    for log in logs:
+        with log.open("w") as out:
+            workers.append(subprocess.Popen([CORRAL, "serve", "--role", "worker"], cwd=ROOT,
+                                            env=env, stdout=out, stderr=out))
     try:
         def all_ended() -> bool:
             # Ended, and every job's finish_job has released its pool.
@@ -212,8 +216,8 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            worker.wait(timeout=60)
+        for worker, log in zip(workers, logs, strict=True):
+            stop(worker, timeout=60, log=log, what="worker")
     assert {r.state for r in pg_engine.list_machines("job")} == {"complete"}
     assert service.pools.assignments() == []
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from corral.cli.clients import (
     RemoteJobs,
     RemotePools,
 )
+from corral.cli.signals import wait_for_stop_signal
 from corral.config import Settings, load_settings
 from corral.errors import CorralError
 from corral.jobs.spec import SpecError
@@ -263,10 +263,8 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
             if serving_http:
                 run_http(engine, settings, registry)
             else:
-                stop = threading.Event()
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(signum, lambda *_: stop.set())
-                stop.wait()
+                received = wait_for_stop_signal()
+                log.info("signal_received", signal=received.name)
         finally:
             log.info("stopping")
             if scheduler is not None:
@@ -855,10 +853,7 @@ def mo_sim(listen: str, nodes_per_pool: int, batch: int, tick: float,
     except (OSError, RuntimeError) as exc:
         raise CorralError(f"cannot listen on {listen}: {exc}") from None
     click.echo(f"simulated MO listening on port {port}", err=True)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop_signal()
     server.stop(grace=2).wait()
 
 
