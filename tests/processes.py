@@ -10,14 +10,15 @@ import pytest
 
 
 def stop(process: subprocess.Popen, *, timeout: float = 30.0, log: Path | None = None,
-         what: str = "corral") -> int:
-    """SIGTERM ``process`` and wait for it; returns its exit code.
+         what: str = "corral", signalled: bool = False) -> int:
+    """SIGTERM ``process`` (unless the caller already has: ``signalled``) and
+    wait for it; returns its exit code.
 
     A process that does not stop in time is killed (so that it cannot load
     the machine under the tests that follow) and the test fails, with the
     tail of ``log`` when there is one.
     """
-    if process.poll() is None:
+    if not signalled and process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
         return process.wait(timeout=timeout)

@@ -216,8 +216,9 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
-        for worker, log in zip(workers, logs, strict=True):
-            stop(worker, timeout=60, log=log, what="worker")
+        codes = [stop(worker, timeout=60, log=log, what="worker", signalled=True)
+                 for worker, log in zip(workers, logs, strict=True)]
+    assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
     assert {r.state for r in pg_engine.list_machines("job")} == {"complete"}
     assert service.pools.assignments() == []
 
