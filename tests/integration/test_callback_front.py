@@ -1,6 +1,8 @@
-"""The callback route has two parsers: :class:`corral.api.callbacks.Front`,
-which serves it, and the FastAPI route that documents it. Both must answer
-every request alike."""
+"""The callback route has three parsers: the HTTP protocol of
+:mod:`corral.api.protocol`, which serves it in `corral serve`;
+:class:`corral.api.callbacks.Front`, which serves it under any other ASGI
+server; and the FastAPI route that documents it. All must answer every
+request alike."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from corral.api.app import create_app
 from corral.tokens import TokenStore
+from tests.serving import serving
 
 PATH = "/api/v1/boards/{}/events/{}"
 
@@ -42,26 +45,35 @@ def _requests(board: str, operator: str, viewer: str) -> list[tuple[str, dict]]:
     ]
 
 
-async def _answers(app, requests) -> list[tuple[int, str | None, dict]]:
+async def _answers(client: httpx.AsyncClient, requests) -> list[tuple[int, str | None, dict]]:
     answers = []
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://corral") as client:
-        for path, options in requests:
-            options = dict(options)
-            headers = dict(options.pop("headers", {}))
-            if token := options.pop("token", None):
-                headers["Authorization"] = f"Bearer {token}"
-            reply = await client.post(path, headers=headers, **options)
-            body = reply.json()
-            answers.append((reply.status_code, body.get("error"),
-                            {k: v for k, v in body.items() if k not in ("message", "details")}))
+    for path, options in requests:
+        options = dict(options)
+        headers = dict(options.pop("headers", {}))
+        if token := options.pop("token", None):
+            headers["Authorization"] = f"Bearer {token}"
+        reply = await client.post(path, headers=headers, **options)
+        body = reply.json()
+        answers.append((reply.status_code, body.get("error"),
+                        {k: v for k, v in body.items() if k not in ("message", "details")}))
     return answers
 
 
-def test_front_and_framework_route_answer_alike(engine, tmp_path):
+async def _answers_over_asgi(app, requests) -> list[tuple[int, str | None, dict]]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://corral") as client:
+        return await _answers(client, requests)
+
+
+async def _answers_over_http(base: str, requests) -> list[tuple[int, str | None, dict]]:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        return await _answers(client, requests)
+
+
+def test_protocol_front_and_framework_route_answer_alike(engine, tmp_path):
     engine.import_machines("board", {"b1": {}, "b2": {}})
     results = []
-    for attempt in ("front", "framework"):
+    for attempt in ("protocol", "front", "framework"):
         for name in ("b1", "b2"):
             engine.force_state("board", name, "ready", actor="test", reason=attempt)
         tokens = TokenStore(engine.db, cache_seconds=0)
@@ -76,12 +88,17 @@ def test_front_and_framework_route_answer_alike(engine, tmp_path):
         requests = [(p, o | {"headers": {"Idempotency-Key": f"{attempt}-k1"}})
                     if o.get("headers", {}).get("Idempotency-Key") == "k1" else (p, o)
                     for p, o in requests]
-        results.append(asyncio.run(_answers(app, requests)))
-    front_answers, framework_answers = results
+        if attempt == "protocol":
+            with serving(front) as (host, port):
+                results.append(asyncio.run(_answers_over_http(f"http://{host}:{port}",
+                                                              requests)))
+        else:
+            results.append(asyncio.run(_answers_over_asgi(app, requests)))
+    _, front_answers, framework_answers = results
     # Epochs differ between the rounds (the board went on); the rest must not.
     strip = [[(s, e, {k: v for k, v in d.items() if k != "epoch"}) for s, e, d in r]
              for r in results]
-    assert strip[0] == strip[1]
+    assert strip[0] == strip[1] == strip[2]
     statuses = [s for s, _, _ in front_answers]
     assert statuses == [401, 401, 401, 403, 403, 404, 422, 422, 409, 422, 422, 422, 422,
                         200, 200, 200, 409, 200]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 import psycopg
@@ -90,6 +90,9 @@ UNAVAILABLE: Answer = (503, {"error": "unavailable",
                              "message": "the database is unavailable; retry later"},
                        {"Retry-After": "1"})
 DATABASE_DOWN = (psycopg.OperationalError, sqlalchemy.exc.OperationalError)
+# A bug: logged with its traceback, never shown to the client.
+INTERNAL: Answer = (500, {"error": "internal", "message": "internal error; see the server log"},
+                    {})
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -197,11 +200,17 @@ class Callbacks:
                 "from_state": result.from_state, "state": result.to_state,
                 "epoch": result.epoch, "replayed": result.replayed}
 
-    async def serve(self, scope: Scope, receive: Receive, name: str, event: str) -> Answer:
-        """Parse a raw ASGI request for the route and answer it."""
+    async def answer(self, name: str, event: str, headers: Iterable[tuple[bytes, bytes]],
+                     read_body: Callable[[], Awaitable[bytes]]) -> Answer:
+        """Answer a parsed request for the route, whoever parsed it.
+
+        ``headers`` are the request's, names in lower case (as in an ASGI
+        scope); ``read_body`` returns the body, or raises the 413 ``ApiError``
+        of :func:`too_large`. It is called only once the token has passed.
+        """
         try:
             authorization = idempotency_key = content_type = None
-            for key, value in scope["headers"]:
+            for key, value in headers:
                 if key == b"authorization":
                     authorization = value.decode("latin-1")
                 elif key == b"idempotency-key":
@@ -218,7 +227,7 @@ class Callbacks:
                 raise invalid("header.Idempotency-Key", "should have 1 to "
                               f"{MAX_IDEMPOTENCY_KEY} characters")
             who = await self.principal(bearer(authorization))
-            payload = parse_payload(await _body(receive), content_type)
+            payload = parse_payload(await read_body(), content_type)
             return 200, await self.respond(name, event, who, payload, idempotency_key), {}
         except ApiError as exc:
             return exc.answer()
@@ -226,6 +235,13 @@ class Callbacks:
             return corral_error_answer(exc)
         except DATABASE_DOWN:
             return UNAVAILABLE
+        except Exception:
+            log.exception("callback_failed", board=name, event=event)
+            return INTERNAL
+
+    async def serve(self, scope: Scope, receive: Receive, name: str, event: str) -> Answer:
+        """Answer a raw ASGI request for the route."""
+        return await self.answer(name, event, scope["headers"], lambda: _body(receive))
 
 
 async def _body(receive: Receive) -> bytes:
@@ -258,14 +274,11 @@ class Front:
         if scope["type"] == "http" and scope["method"] == "POST":
             found = PATH.fullmatch(scope["path"])
             if found is not None:
-                try:
-                    status, body, headers = await self.callbacks.serve(
-                        scope, receive, *found.groups())
-                except Exception:
-                    log.exception("callback_failed", path=scope["path"])
-                    status, body, headers = 500, {"error": "internal", "message":
-                                                  "internal error; see the server log"}, {}
-                await _answer(send, status, body, headers)
+                status, fields, data = encode_answer(
+                    *await self.callbacks.serve(scope, receive, *found.groups()))
+                await send({"type": "http.response.start", "status": status,
+                            "headers": fields})
+                await send({"type": "http.response.body", "body": data})
                 return
         await self.app(scope, receive, send)
 
@@ -274,11 +287,11 @@ class Front:
         return getattr(self.app, name)
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]
-                  ) -> None:
-    data = _ENCODER.encode(body).encode()
+def encode_answer(status: int, document: dict[str, Any], headers: dict[str, str]
+                  ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An answer as HTTP: its status, its header fields and its body."""
+    data = _ENCODER.encode(document).encode()
     raw = [(b"content-type", b"application/json"),
            (b"content-length", str(len(data)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
+    return status, raw, data

@@ -28,7 +28,10 @@ from corral.engine.core import Engine
 from corral.errors import CorralError
 
 if TYPE_CHECKING:
+    import uvicorn
     from prometheus_client import CollectorRegistry
+
+    from corral.api.callbacks import Front
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -57,6 +60,20 @@ def metrics_registry(engine: Engine) -> CollectorRegistry:
     return build_registry(engine, multiprocess=bool(os.environ.get(MULTIPROC_ENV)))
 
 
+def uvicorn_config(app: Front) -> uvicorn.Config:
+    """How ``corral serve`` runs uvicorn: the callback route answered in the
+    HTTP protocol (:mod:`corral.api.protocol`), no access log (the engine logs
+    every transition), no proxy-header rewriting (nothing here depends on the
+    client's address, and the middleware would wrap every request)."""
+    import uvicorn
+
+    from corral.api.protocol import callback_protocol
+
+    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                          proxy_headers=False, server_header=False,
+                          http=callback_protocol(app.callbacks) or "auto")
+
+
 def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) -> None:
     """Serve the API in this process until SIGTERM or SIGINT."""
     import uvicorn
@@ -68,11 +85,7 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
     app = create_app(engine, tokens, registry, threads=settings.http_threads,
                      default_ttl=settings.mo_override_ttl)
     sock = _socket(settings, reuse_port=settings.http_processes > 1)
-    # No proxy-header rewriting: nothing here depends on the client's address,
-    # and the middleware would wrap every request.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                           lifespan="on", proxy_headers=False,
-                                           server_header=False))
+    server = uvicorn.Server(uvicorn_config(app))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
     # to the handlers it found: make those harmless, so that the clean-up that
     # follows (sweeps, workers, pending group commits) still runs.

@@ -1,0 +1,169 @@
+"""The callback route answered in the HTTP protocol (corral.api.protocol),
+over real sockets: what uvicorn does for every other route must still hold for
+it: pipelining in order, 100-continue, the payload limit, connection close,
+clients that leave early."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import BinaryIO
+
+import pytest
+import structlog
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from corral.api import protocol
+from corral.api.app import create_app
+from corral.api.protocol import CallbackProtocol
+from corral.api.server import uvicorn_config
+from corral.tokens import TokenStore
+from tests.serving import read_response, request, serving
+
+EVENT = "/api/v1/boards/{}/events/{}"
+
+
+@pytest.fixture
+def lab(engine):
+    engine.import_machines("board", {"b1": {}, "b2": {}})
+    for name in ("b1", "b2"):
+        engine.force_state("board", name, "ready", actor="test", reason="set up")
+    engine.start_group_commit(threads=2)
+    tokens = TokenStore(engine.db, cache_seconds=0)
+    app = create_app(engine, tokens, CollectorRegistry())
+    with serving(app) as address:
+        yield address, {"b1": tokens.issue_for_board("b1"),
+                        "viewer": tokens.issue("viewer", "viewer")}
+    engine.close()
+
+
+@pytest.fixture
+def connect():
+    """Opens connections, closed when the test ends however it ends."""
+    opened: list[socket.socket | BinaryIO] = []
+
+    def connect(address: tuple[str, int]) -> tuple[socket.socket, BinaryIO]:
+        sock = socket.create_connection(address, timeout=30)
+        stream = sock.makefile("rb")
+        opened.extend((stream, sock))
+        return sock, stream
+
+    yield connect
+    for each in opened:
+        each.close()
+
+
+def test_serve_answers_callbacks_in_the_protocol(engine):
+    app = create_app(engine, TokenStore(engine.db), CollectorRegistry())
+    assert issubclass(uvicorn_config(app).http, CallbackProtocol)
+
+
+def test_unknown_uvicorn_release_falls_back_to_asgi(engine, monkeypatch):
+    monkeypatch.setattr(uvicorn, "__version__", "9.1.0")
+    app = create_app(engine, TokenStore(engine.db), CollectorRegistry())
+    with structlog.testing.capture_logs() as logs:
+        assert protocol.callback_protocol(app.callbacks) is None
+        assert uvicorn_config(app).http == "auto"
+    assert logs[0]["event"] == "callback_protocol_unsupported"
+
+
+def test_pipelined_requests_are_answered_in_order(lab, engine, connect):
+    address, tokens = lab
+    sock, stream = connect(address)
+    # Callbacks and framework routes mixed, all in one write.
+    sock.sendall(b"".join([
+        request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"]),
+        request("GET", "/api/v1/boards/b1", token=tokens["viewer"]),
+        request("POST", EVENT.format("b1", "power_cycle_ok"), token=tokens["b1"]),
+        request("POST", EVENT.format("b1", "install_ok"), token=tokens["b1"]),
+        request("GET", "/api/v1/boards/b1", token=tokens["viewer"]),
+    ]))
+    answers = [read_response(stream) for _ in range(5)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 409, 200]
+    documents = [json.loads(body) for _, _, body in answers]
+    assert (documents[0]["from_state"], documents[0]["state"]) == ("ready", "power_cycling")
+    assert documents[1]["state"] == "power_cycling"
+    assert (documents[2]["from_state"], documents[2]["state"]) == ("power_cycling",
+                                                                   "rebooting")
+    assert documents[3]["error"] == "event_not_allowed"
+    assert documents[4]["state"] == "rebooting"
+    for _, fields, body in answers:
+        assert fields["content-type"] == "application/json"
+        assert int(fields["content-length"]) == len(body)
+        assert "date" in fields
+        assert "connection" not in fields
+
+
+def test_expect_100_continue(lab, engine, connect):
+    address, tokens = lab
+    sock, stream = connect(address)
+    body = json.dumps({"uptime": 7}).encode()
+    head = request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"], headers={
+        "Content-Type": "application/json", "Expect": "100-continue"})
+    sock.sendall(head.replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode()))
+    # The client sends the body only once told to.
+    assert stream.readline() == b"HTTP/1.1 100 Continue\r\n"
+    assert stream.readline() == b"\r\n"
+    sock.sendall(body)
+    status, _, answer = read_response(stream)
+    assert (status, json.loads(answer)["state"]) == (200, "power_cycling")
+    [entry] = [e for e in engine.history("board", "b1") if e.event == "reboot"]
+    assert entry.payload == {"uptime": 7}
+
+
+def test_oversized_payload_is_refused_and_the_connection_goes_on(lab, engine, connect):
+    address, tokens = lab
+    sock, stream = connect(address)
+    big = json.dumps({"log": "x" * 70_000}).encode()
+    json_type = {"Content-Type": "application/json"}
+    # The token is checked before the body.
+    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token="corral_1_wrong",
+                         body=big, headers=json_type))
+    status, _, answer = read_response(stream)
+    assert (status, json.loads(answer)["error"]) == (401, "unauthorized")
+    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"],
+                         body=big, headers=json_type))
+    status, _, answer = read_response(stream)
+    assert (status, json.loads(answer)["error"]) == (413, "payload_too_large")
+    assert engine.get("board", "b1").state == "ready"
+    # The rest of the big body was read and dropped: the next request parses.
+    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"]))
+    status, _, answer = read_response(stream)
+    assert (status, json.loads(answer)["state"]) == (200, "power_cycling")
+
+
+@pytest.mark.parametrize(("version", "headers"), [("1.0", {}),
+                                                  ("1.1", {"Connection": "close"})])
+def test_connection_close(lab, connect, version, headers):
+    address, tokens = lab
+    sock, stream = connect(address)
+    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"],
+                         headers=headers, version=version))
+    status, fields, _ = read_response(stream)
+    assert (status, fields["connection"]) == (200, "close")
+    assert stream.read() == b""  # the server closed the connection
+
+
+def test_percent_encoded_path(lab, connect):
+    address, tokens = lab
+    sock, stream = connect(address)
+    sock.sendall(request("POST", EVENT.format("b%31", "reboot"), token=tokens["b1"]))
+    status, _, answer = read_response(stream)
+    assert (status, json.loads(answer)["name"]) == (200, "b1")
+
+
+def test_client_gone_before_the_answer_still_commits(lab, engine, connect):
+    address, tokens = lab
+    sock, _ = connect(address)
+    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"]))
+    sock.close()  # before the answer
+    deadline = time.monotonic() + 30
+    while engine.get("board", "b1").state != "power_cycling":
+        assert time.monotonic() < deadline, "the event was not committed"
+        time.sleep(0.05)
+    # The server is unharmed.
+    sock, stream = connect(address)
+    sock.sendall(request("POST", EVENT.format("b1", "power_cycle_ok"), token=tokens["b1"]))
+    assert read_response(stream)[0] == 200
