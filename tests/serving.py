@@ -18,9 +18,10 @@ from corral.api.server import uvicorn_config
 
 
 @contextmanager
-def serving(app: Front) -> Iterator[tuple[str, int]]:
+def serving(app: Front) -> Iterator[tuple[tuple[str, int], uvicorn.Server]]:
     """Serve ``app`` on a free loopback port until the block ends; yields the
-    address. Stopping is uvicorn's graceful shutdown, as on SIGTERM."""
+    address and the server. Stopping is uvicorn's graceful shutdown, as on
+    SIGTERM (``server.should_exit``)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn_config(app))
@@ -32,7 +33,7 @@ def serving(app: Front) -> Iterator[tuple[str, int]]:
         assert time.monotonic() < deadline, "the server did not start in time"
         time.sleep(0.01)
     try:
-        yield sock.getsockname()
+        yield sock.getsockname(), server
     finally:
         server.should_exit = True
         thread.join(timeout=30)

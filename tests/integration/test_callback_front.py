@@ -89,7 +89,7 @@ def test_protocol_front_and_framework_route_answer_alike(engine, tmp_path):
                     if o.get("headers", {}).get("Idempotency-Key") == "k1" else (p, o)
                     for p, o in requests]
         if attempt == "protocol":
-            with serving(front) as (host, port):
+            with serving(front) as ((host, port), _):
                 results.append(asyncio.run(_answers_over_http(f"http://{host}:{port}",
                                                               requests)))
         else:

@@ -5,8 +5,10 @@ clients that leave early."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 import time
 from typing import BinaryIO
 
@@ -33,7 +35,7 @@ def lab(engine):
     engine.start_group_commit(threads=2)
     tokens = TokenStore(engine.db, cache_seconds=0)
     app = create_app(engine, tokens, CollectorRegistry())
-    with serving(app) as address:
+    with serving(app) as (address, _):
         yield address, {"b1": tokens.issue_for_board("b1"),
                         "viewer": tokens.issue("viewer", "viewer")}
     engine.close()
@@ -167,3 +169,32 @@ def test_client_gone_before_the_answer_still_commits(lab, engine, connect):
     sock, stream = connect(address)
     sock.sendall(request("POST", EVENT.format("b1", "power_cycle_ok"), token=tokens["b1"]))
     assert read_response(stream)[0] == 200
+
+
+def test_shutdown_finishes_the_answers_in_flight(engine, connect, monkeypatch):
+    engine.import_machines("board", {"b1": {}})
+    engine.force_state("board", "b1", "ready", actor="test", reason="set up")
+    tokens = TokenStore(engine.db, cache_seconds=0)
+    token = tokens.issue_for_board("b1")
+    # A commit that takes until the test says so (a slow database, say).
+    entered, release = threading.Event(), threading.Event()
+    fire_async = engine.fire_async
+
+    async def slow_fire(request):
+        entered.set()
+        await asyncio.to_thread(release.wait, 30)
+        return await fire_async(request)
+
+    monkeypatch.setattr(engine, "fire_async", slow_fire)
+    app = create_app(engine, tokens, CollectorRegistry())
+    with serving(app) as (address, server):
+        sock, stream = connect(address)
+        sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=token))
+        assert entered.wait(30)
+        server.should_exit = True  # as on SIGTERM
+        time.sleep(0.5)  # the server's shutdown has begun (it looks every 0.1 s)
+        release.set()
+        status, fields, answer = read_response(stream)
+        assert (status, fields["connection"]) == (200, "close")
+        assert json.loads(answer)["state"] == "power_cycling"
+        assert stream.read() == b""
