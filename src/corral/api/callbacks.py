@@ -3,13 +3,16 @@
 ``POST /api/v1/boards/{name}/events/{event}`` is what every board calls many
 times an hour, and the framework's routing, dependency injection and
 middleware cost about three times what committing the event does. So
-:class:`Front` answers that one route itself, as a plain ASGI application in
-front of the FastAPI app, and hands every other request to it.
+``corral serve`` answers that one route in the HTTP protocol
+(:mod:`corral.api.protocol`), and :class:`Front` answers it as a plain ASGI
+application in front of the FastAPI app (which gets every other request)
+wherever that protocol is not in use.
 
-:meth:`Callbacks.respond` is the whole endpoint once the request is parsed:
-authentication, the board/role check, firing and the answer. The FastAPI route
-of the same path (which documents it in ``/openapi.json``) calls it too, after
-the framework's own parsing; a test holds both parsers to the same answers.
+:meth:`Callbacks.answer` is the whole endpoint once the request line is
+parsed: headers, authentication, the body, the board/role check, firing and
+the answer. The protocol, :class:`Front` and the FastAPI route of the same
+path (which documents it in ``/openapi.json``) all call it; a test holds the
+three parsers to the same answers.
 """
 
 from __future__ import annotations
