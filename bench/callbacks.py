@@ -213,5 +213,6 @@ def main() -> None:
                   f"{args.repeat}; all: {', '.join(f'{r[0]:.2f}' for r in runs)}; pgbench "
                   f"runs: {', '.join(f'{t:.0f}' for t in tps)})", flush=True)
 
+
 if __name__ == "__main__":
     main()
