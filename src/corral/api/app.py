@@ -254,7 +254,12 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         # Endpoints run in anyio's thread pool: its size is how many events can
         # wait on one group commit together.
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        yield
+        # Board callbacks share transactions on this loop (PostgreSQL).
+        await engine.start_loop_group_commit()
+        try:
+            yield
+        finally:
+            await engine.stop_loop_group_commit()
 
     callbacks = Callbacks(engine, tokens)
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,

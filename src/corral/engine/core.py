@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import structlog
 from sqlalchemy import Connection
 from sqlalchemy import Engine as Database
@@ -38,10 +39,15 @@ from corral.errors import (
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome, StateMachine
 from corral.store import queries as q
 from corral.store.schema import HISTORY_SOURCES
-from corral.store.transaction import SqlaTransaction, Transaction, transaction
+from corral.store.transaction import (
+    SqlaTransaction,
+    Transaction,
+    async_transaction,
+    transaction,
+)
 
 if TYPE_CHECKING:
-    from corral.engine.group import GroupCommitter
+    from corral.engine.group import AsyncGroupCommitter, GroupCommitter
 
 log = structlog.get_logger("corral.engine")
 
@@ -163,10 +169,30 @@ class _Write:
     vars: q.VarsChange | None = None
 
 
+@dataclass
+class _Batch:
+    """What a batch of events computed, before it is written."""
+
+    outcomes: list[FireResult | CorralError] = field(default_factory=list)
+    writes: list[_Write] = field(default_factory=list)
+    remembered: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _final_changes(writes: list[_Write]) -> list[q.StateChange]:
+    """A machine that took several events in one batch is written once, in its
+    final state; every event keeps its history row."""
+    return list({w.change.id: w.change for w in writes}.values())
+
+
+def _write_args(writes: list[_Write], final: list[q.StateChange],
+                remembered: list[dict[str, Any]] | None = None) -> tuple[Any, ...]:
+    return (final, [w.history for w in writes], [op for w in writes for op in w.operations],
+            remembered or [], [w.vars for w in writes if w.vars is not None])
+
+
 def _write_all(tx: Transaction, writes: list[_Write], final: list[q.StateChange],
                remembered: list[dict[str, Any]] | None = None) -> None:
-    tx.write(final, [w.history for w in writes], [op for w in writes for op in w.operations],
-             remembered or [], [w.vars for w in writes if w.vars is not None])
+    tx.write(*_write_args(writes, final, remembered))
 
 
 class Engine:
@@ -194,6 +220,7 @@ class Engine:
         self.timeout_scale = timeout_scale
         self.observer = observer or Observer()
         self._committer: GroupCommitter | None = None
+        self._loop_committer: AsyncGroupCommitter | None = None
         # (kind, event) -> how to do it instead: events only a service fires,
         # because they change its own tables too (a pool's assign and release).
         self._reserved: dict[tuple[str, str], str] = {}
@@ -360,7 +387,10 @@ class Engine:
         """:meth:`fire` for asyncio callers: waits for the commit without holding a
         thread (with group commit), or runs :meth:`fire_batch` in a worker thread."""
         self._check(request)
-        if self._committer is not None:
+        on_loop = self._loop_committer
+        if on_loop is not None and on_loop.loop is asyncio.get_running_loop():
+            outcome = await on_loop.submit(request)
+        elif self._committer is not None:
             outcome = await self._committer.submit_async(request)
         else:
             [outcome] = await asyncio.to_thread(self.fire_batch, [request])
@@ -376,9 +406,6 @@ class Engine:
         error in the result list and changes nothing. Returns, per request, its
         result or its error (after the commit).
         """
-        outcomes: list[FireResult | CorralError] = []
-        writes: list[_Write] = []
-        remembered: list[dict[str, Any]] = []
         started = time.perf_counter()
         with transaction(self.db) as tx:
             keys = sorted({(r.kind, r.name) for r in requests})
@@ -391,46 +418,79 @@ class Engine:
             # serialize on its row, so a key is never fired twice.
             wanted = [r.idempotency for r in requests if r.idempotency]
             stored = tx.idempotent_outcomes(wanted) if wanted else {}
-            now = self.clock()
-            for request in requests:
-                if request.idempotency in stored:
-                    outcomes.append(replay_outcome(stored[request.idempotency]))
-                    continue
-                outcome: FireResult | CorralError
-                try:
-                    self._check(request)
-                    key = (request.kind, request.name)
-                    row = rows.get(key)
-                    if row is None:
-                        raise UnknownMachine(request.kind, request.name)
-                    computed = self.machines[request.kind].compute(
-                        row.state, row.counters, request.event, name=request.name,
-                        payload=request.payload)
-                    write = self._prepare(row, computed, now=now, source=request.source,
-                                          actor=request.actor, reason=request.reason,
-                                          payload=request.payload, operation_id=None)
-                    rows[key] = write.change.applied_to(row)
-                    writes.append(write)
-                    outcome = write.result
-                except CorralError as exc:
-                    outcome = exc
-                outcomes.append(outcome)
-                if request.idempotency is not None:
-                    document = outcome_document(outcome)
-                    stored[request.idempotency] = document
-                    row = rows.get((request.kind, request.name))
-                    remembered.append({"scope": request.idempotency[0],
-                                       "key": request.idempotency[1],
-                                       "machine_id": row.id if row else None,
-                                       "outcome": document, "created_at": now})
-            self._write(tx, writes, remembered)
+            batch = self._apply(requests, rows, stored)
+            self._write(tx, batch.writes, batch.remembered)
+        return self._committed(requests, batch, started)
+
+    async def fire_batch_async(self, conn: psycopg.AsyncConnection[Any],
+                               requests: list[FireRequest]) -> list[FireResult | CorralError]:
+        """:meth:`fire_batch` on an asyncio PostgreSQL connection (see
+        :func:`corral.store.transaction.async_transaction`), for a group
+        committer that runs on the event loop."""
+        started = time.perf_counter()
+        async with async_transaction(conn) as tx:
+            keys = sorted({(r.kind, r.name) for r in requests})
+            if len(keys) == 1:
+                locked = await tx.lock_machine(*keys[0])
+                rows = {keys[0]: locked} if locked else {}
+            else:
+                rows = {(m.kind, m.name): m for m in await tx.lock_machines(keys)}
+            wanted = [r.idempotency for r in requests if r.idempotency]
+            stored = await tx.idempotent_outcomes(wanted) if wanted else {}
+            batch = self._apply(requests, rows, stored)
+            if batch.writes or batch.remembered:
+                await tx.write(*_write_args(batch.writes, _final_changes(batch.writes),
+                                            batch.remembered))
+        return self._committed(requests, batch, started)
+
+    def _apply(self, requests: list[FireRequest], rows: dict[tuple[str, str], q.MachineState],
+               stored: dict[tuple[str, str], Any]) -> _Batch:
+        """Compute a batch's events against its locked rows, in order."""
+        batch = _Batch()
+        now = self.clock()
+        for request in requests:
+            if request.idempotency in stored:
+                batch.outcomes.append(replay_outcome(stored[request.idempotency]))
+                continue
+            outcome: FireResult | CorralError
+            try:
+                self._check(request)
+                key = (request.kind, request.name)
+                row = rows.get(key)
+                if row is None:
+                    raise UnknownMachine(request.kind, request.name)
+                computed = self.machines[request.kind].compute(
+                    row.state, row.counters, request.event, name=request.name,
+                    payload=request.payload)
+                write = self._prepare(row, computed, now=now, source=request.source,
+                                      actor=request.actor, reason=request.reason,
+                                      payload=request.payload, operation_id=None)
+                rows[key] = write.change.applied_to(row)
+                batch.writes.append(write)
+                outcome = write.result
+            except CorralError as exc:
+                outcome = exc
+            batch.outcomes.append(outcome)
+            if request.idempotency is not None:
+                document = outcome_document(outcome)
+                stored[request.idempotency] = document
+                row = rows.get((request.kind, request.name))
+                batch.remembered.append({"scope": request.idempotency[0],
+                                         "key": request.idempotency[1],
+                                         "machine_id": row.id if row else None,
+                                         "outcome": document, "created_at": now})
+        return batch
+
+    def _committed(self, requests: list[FireRequest], batch: _Batch,
+                   started: float) -> list[FireResult | CorralError]:
+        """Metrics and log lines of a committed batch; its outcomes."""
         self.observer.committed(time.perf_counter() - started, len(requests))
-        for request, outcome in zip(requests, outcomes, strict=True):
+        for request, outcome in zip(requests, batch.outcomes, strict=True):
             self.observer.event(request.kind, request.event, request.source,
                                 _outcome_label(outcome))
-        for write in writes:
+        for write in batch.writes:
             self._log(write.result, write.history["source"])
-        return outcomes
+        return batch.outcomes
 
     def start_group_commit(self, *, threads: int = 2, max_batch: int = 64) -> None:
         """Let concurrent :meth:`fire` calls share transactions (see :mod:`.group`)."""
@@ -438,6 +498,28 @@ class Engine:
 
         if self._committer is None:
             self._committer = GroupCommitter(self, threads=threads, max_batch=max_batch)
+
+    async def start_loop_group_commit(self) -> None:
+        """With group commit on and PostgreSQL, let :meth:`fire_async` calls from
+        the running event loop share transactions on the loop itself (see
+        :class:`~corral.engine.group.AsyncGroupCommitter`), with as many
+        connections as there are committer threads. Other callers keep the
+        threads. Call :meth:`stop_loop_group_commit` before the loop ends."""
+        from corral.engine.group import AsyncGroupCommitter
+
+        threaded = self._committer
+        if (threaded is None or self._loop_committer is not None
+                or self.db.dialect.name != "postgresql"):
+            return
+        self._loop_committer = AsyncGroupCommitter(self, connections=threaded.threads,
+                                                   max_batch=threaded.max_batch)
+
+    async def stop_loop_group_commit(self) -> None:
+        """Finish the events queued on the loop and close its connections; later
+        :meth:`fire_async` calls use the committer threads."""
+        committer, self._loop_committer = self._loop_committer, None
+        if committer is not None:
+            await committer.aclose()
 
     def close(self) -> None:
         """Stop group commit threads (pending events are finished first)."""
@@ -726,10 +808,7 @@ class Engine:
     def _write(self, tx: Transaction, writes: list[_Write],
                remembered: list[dict[str, Any]] | None = None) -> None:
         if writes or remembered:
-            # A machine that took several events in one batch is written once,
-            # in its final state; every event keeps its history row.
-            final = {w.change.id: w.change for w in writes}
-            _write_all(tx, writes, list(final.values()), remembered)
+            _write_all(tx, writes, _final_changes(writes), remembered)
 
     def _log(self, result: FireResult, source: str, **extra: Any) -> None:
         log.info("transition", **{result.kind: result.name}, from_state=result.from_state,

@@ -8,6 +8,14 @@ and applies them with :meth:`Engine.fire_batch`: one transaction, machines
 locked in id order, each event validated alone against the state its
 predecessors left. A caller returns only after the commit that holds its event.
 Under light load a batch is one event and costs one extra thread hand-off.
+
+The HTTP service fires board callbacks from its event loop. There,
+:class:`AsyncGroupCommitter` does the same on the loop itself, over asyncio
+PostgreSQL connections: while a batch waits for the database the loop goes on
+reading requests, and no thread waits for the interpreter lock held by
+another. (With committer threads, every step of a batch, each result read
+back from the database, first waited for the event loop to let go of the
+lock: that wait, not the database, was most of a batch's time.)
 """
 
 from __future__ import annotations
@@ -18,9 +26,11 @@ from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import psycopg
 import structlog
 
 from corral.errors import CorralError
+from corral.store.transaction import connect_async
 
 if TYPE_CHECKING:
     from corral.engine.core import Engine, FireRequest, FireResult
@@ -37,6 +47,7 @@ Waiter: TypeAlias = ("Future[Outcome] | "
 class GroupCommitter:
     def __init__(self, engine: Engine, *, threads: int = 2, max_batch: int = 64) -> None:
         self.engine = engine
+        self.threads = threads
         self.max_batch = max_batch
         self._queue: deque[tuple[FireRequest, Waiter]] = deque()
         self._ready = threading.Condition()
@@ -124,3 +135,73 @@ def _settle_on_loop(settled: list[tuple[asyncio.Future[Outcome], Any]], failed: 
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+
+
+class AsyncGroupCommitter:
+    """Group commit on the running event loop (PostgreSQL only).
+
+    Up to ``connections`` batches are in flight at once, each on its own
+    connection (opened when first needed, and again after one breaks). An
+    event submitted while a connection is free starts a batch at once; the
+    others queue, and the next batch to start takes up to ``max_batch`` of
+    them. Nothing here blocks the loop: a batch's only synchronous part is
+    computing the transitions.
+    """
+
+    def __init__(self, engine: Engine, *, connections: int = 2, max_batch: int = 64) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.loop = asyncio.get_running_loop()
+        self._queue: deque[tuple[FireRequest, asyncio.Future[Outcome]]] = deque()
+        # A free slot per connection not in use; None until first connected.
+        self._free: list[psycopg.AsyncConnection[Any] | None] = [None] * connections
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def submit(self, request: FireRequest) -> Outcome:
+        """Queue an event; its outcome once the transaction holding it has committed.
+
+        Raises:
+            Whatever made the shared transaction fail (e.g. the database is down).
+        """
+        if self._closing:
+            raise CorralError("the engine is shutting down")
+        future: asyncio.Future[Outcome] = self.loop.create_future()
+        self._queue.append((request, future))
+        if self._free:
+            task = self.loop.create_task(self._run(self._free.pop()))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        # A waiter that goes away (its client hung up) cancels only its future:
+        # the event stays queued, and commits all the same.
+        return await future
+
+    async def _run(self, conn: psycopg.AsyncConnection[Any] | None) -> None:
+        try:
+            while self._queue:
+                batch = [self._queue.popleft()
+                         for _ in range(min(self.max_batch, len(self._queue)))]
+                try:
+                    if conn is None or conn.closed:
+                        conn = await connect_async(self.engine.db)
+                    outcomes: list[Any] = await self.engine.fire_batch_async(
+                        conn, [request for request, _ in batch])
+                    failed = False
+                except Exception as exc:
+                    log.warning("group_commit_failed", events=len(batch),
+                                error=f"{type(exc).__name__}: {exc}")
+                    outcomes, failed = [exc] * len(batch), True
+                _settle_on_loop([(future, outcome) for (_, future), outcome
+                                 in zip(batch, outcomes, strict=True)], failed)
+        finally:
+            self._free.append(conn)
+
+    async def aclose(self) -> None:
+        """Refuse new events, finish the queued ones, close the connections."""
+        self._closing = True
+        while self._running:
+            await asyncio.wait(set(self._running))
+        for conn in self._free:
+            if conn is not None:
+                await conn.close()
+        self._free = []

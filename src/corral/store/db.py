@@ -58,12 +58,12 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             pool_pre_ping=False,
             pool_recycle=3600,
             connect_args={"prepare_threshold": 1, "application_name": "corral"},
-            json_deserializer=_loads_json,
+            json_deserializer=loads_json,
         )
     raise ConfigError(f"unsupported database {backend!r}; use sqlite or postgresql")
 
 
-def _loads_json(data: bytes | str) -> Any:
+def loads_json(data: bytes | str) -> Any:
     """``json.loads``, with the empty object most counters and vars hold read for
     free (the sweep reads one per due row)."""
     if data == b"{}" or data == "{}":

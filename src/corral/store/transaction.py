@@ -13,11 +13,12 @@ closing Sync commits the implicit transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import Connection, Engine
 
 from corral.store import queries as q
@@ -178,6 +179,53 @@ def _row(values: tuple[Any, ...]) -> q.MachineState:
                           deadline=deadline, counters=counters or {}, epoch=epoch)
 
 
+def _key_arrays(keys: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    return [a for a, _ in keys], [b for _, b in keys]
+
+
+def _write_statements(  # type: ignore[no-untyped-def]
+    changes, history, operations, idempotency, vars_changes
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The statements of one write: the main one (every table a batch touches,
+    expanded from JSON documents), then any vars changes."""
+    # A batch shares a handful of timestamps (its "now" and a deadline per
+    # timeout length): format each once instead of once per row.
+    iso = _IsoFormatter()
+    remembered = _dumps([i | {"created_at": iso(i["created_at"])} for i in idempotency])
+    ops = _dumps([o | {"created_at": iso(o["created_at"])} for o in operations])
+    statements: list[tuple[str, Mapping[str, Any]]]
+    if len(changes) == 1 and len(history) == 1:
+        [c], [h] = changes, history
+        assert h["machine_id"] == c.id
+        statements = [(PG_WRITE_ONE, {
+            "id": c.id, "state": c.state, "entered": c.state_entered_at,
+            "deadline": c.deadline, "counters": _dumps(c.counters), "epoch": c.epoch,
+            "updated": c.updated_at, "from_state": h["from_state"],
+            "to_state": h["to_state"], "event": h["event"], "source": h["source"],
+            "actor": h["actor"], "reason": h["reason"], "at": h["at"],
+            "payload": None if h["payload"] is None else _dumps(h["payload"]),
+            "operation_id": h["operation_id"], "operations": ops,
+            "idempotency": remembered,
+        })]
+    else:
+        statements = [(PG_WRITE, {
+            "changes": _dumps([
+                {"id": c.id, "state": c.state, "entered": iso(c.state_entered_at),
+                 "deadline": iso(c.deadline), "counters": c.counters, "epoch": c.epoch,
+                 "updated": iso(c.updated_at)}
+                for c in changes
+            ]),
+            "ids": [c.id for c in changes],
+            "history": _dumps([h | {"at": iso(h["at"])} for h in history]),
+            "operations": ops,
+            "idempotency": remembered,
+        })]
+    statements += [(PG_UPDATE_VARS, {"id": change.id, "replace": change.replace,
+                                     "values": _dumps(change.values)})
+                   for change in vars_changes]
+    return statements
+
+
 class PgTransaction:
     """PostgreSQL through the psycopg connection, in pipeline mode."""
 
@@ -191,7 +239,7 @@ class PgTransaction:
         return _row(values) if values else None
 
     def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
-        self.cursor.execute(PG_LOCK_MACHINES, ([k for k, _ in keys], [n for _, n in keys]))
+        self.cursor.execute(PG_LOCK_MACHINES, _key_arrays(keys))
         return [_row(v) for v in self.cursor.fetchall()]
 
     def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
@@ -201,7 +249,7 @@ class PgTransaction:
     def idempotent_outcomes(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], Any]:
-        self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, ([s for s, _ in keys], [k for _, k in keys]))
+        self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys))
         return {(scope, key): outcome for scope, key, outcome in self.cursor.fetchall()}
 
     def write(  # type: ignore[no-untyped-def]
@@ -210,45 +258,43 @@ class PgTransaction:
         if not changes and not history and not operations and not idempotency:
             return
         self.wrote = True
-        self._write(changes, history, operations, idempotency)
-        for change in vars_changes:
-            self.cursor.execute(PG_UPDATE_VARS, {"id": change.id, "replace": change.replace,
-                                                 "values": _dumps(change.values)})
+        for statement, params in _write_statements(changes, history, operations,
+                                                   idempotency, vars_changes):
+            self.cursor.execute(statement, params)
 
-    def _write(  # type: ignore[no-untyped-def]
-        self, changes, history, operations, idempotency
+
+class AsyncPgTransaction:
+    """:class:`PgTransaction` on an asyncio psycopg connection: the same
+    statements, awaited. Only what firing events needs."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.wrote = False
+
+    async def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
+        await self.cursor.execute(PG_LOCK_MACHINE, (kind, name))
+        values = await self.cursor.fetchone()
+        return _row(values) if values else None
+
+    async def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
+        await self.cursor.execute(PG_LOCK_MACHINES, _key_arrays(keys))
+        return [_row(v) for v in await self.cursor.fetchall()]
+
+    async def idempotent_outcomes(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Any]:
+        await self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys))
+        return {(scope, key): outcome for scope, key, outcome in await self.cursor.fetchall()}
+
+    async def write(  # type: ignore[no-untyped-def]
+        self, changes, history, operations, idempotency=(), vars_changes=()
     ) -> None:
-        # A batch shares a handful of timestamps (its "now" and a deadline per
-        # timeout length): format each once instead of once per row.
-        iso = _IsoFormatter()
-        remembered = _dumps([i | {"created_at": iso(i["created_at"])} for i in idempotency])
-        ops = _dumps([o | {"created_at": iso(o["created_at"])} for o in operations])
-        if len(changes) == 1 and len(history) == 1:
-            [c], [h] = changes, history
-            assert h["machine_id"] == c.id
-            self.cursor.execute(PG_WRITE_ONE, {
-                "id": c.id, "state": c.state, "entered": c.state_entered_at,
-                "deadline": c.deadline, "counters": _dumps(c.counters), "epoch": c.epoch,
-                "updated": c.updated_at, "from_state": h["from_state"],
-                "to_state": h["to_state"], "event": h["event"], "source": h["source"],
-                "actor": h["actor"], "reason": h["reason"], "at": h["at"],
-                "payload": None if h["payload"] is None else _dumps(h["payload"]),
-                "operation_id": h["operation_id"], "operations": ops,
-                "idempotency": remembered,
-            })
+        if not changes and not history and not operations and not idempotency:
             return
-        self.cursor.execute(PG_WRITE, {
-            "changes": _dumps([
-                {"id": c.id, "state": c.state, "entered": iso(c.state_entered_at),
-                 "deadline": iso(c.deadline), "counters": c.counters, "epoch": c.epoch,
-                 "updated": iso(c.updated_at)}
-                for c in changes
-            ]),
-            "ids": [c.id for c in changes],
-            "history": _dumps([h | {"at": iso(h["at"])} for h in history]),
-            "operations": ops,
-            "idempotency": remembered,
-        })
+        self.wrote = True
+        for statement, params in _write_statements(changes, history, operations,
+                                                   idempotency, vars_changes):
+            await self.cursor.execute(statement, params)
 
 
 class _IsoFormatter(dict[datetime, str]):
@@ -309,3 +355,44 @@ def transaction(engine: Engine) -> Iterator[Transaction]:
         if not pg.closed:
             pg.autocommit = False
         fairy.close()
+
+
+@asynccontextmanager
+async def async_transaction(conn: psycopg.AsyncConnection[Any]
+                            ) -> AsyncIterator[AsyncPgTransaction]:
+    """:func:`transaction` on an asyncio psycopg connection in autocommit mode
+    (see :func:`connect_async`): two round trips, the closing Sync commits.
+
+    On an error the connection is closed if the transaction had queued writes
+    (the closing Sync would commit them; the server rolls back instead) or if
+    the server went away; the caller then needs a new one.
+    """
+    try:
+        async with conn.pipeline():
+            tx = AsyncPgTransaction(conn.cursor())
+            try:
+                yield tx
+            except BaseException:
+                if tx.wrote:
+                    await conn.close()
+                raise
+    except BaseException:
+        if conn.broken:
+            await conn.close()
+        raise
+
+
+async def connect_async(engine: Engine) -> psycopg.AsyncConnection[Any]:
+    """An asyncio connection to the engine's PostgreSQL database, set up as the
+    engine's own are (server-side prepared statements, JSON read the same way),
+    in autocommit mode for :func:`async_transaction`."""
+    from psycopg.types.json import set_json_loads
+
+    from corral.store.db import loads_json
+
+    url = engine.url.set(drivername="postgresql")
+    conn = await psycopg.AsyncConnection.connect(
+        url.render_as_string(hide_password=False), autocommit=True, prepare_threshold=1,
+        application_name="corral")
+    set_json_loads(loads_json, conn)
+    return conn
