@@ -8,6 +8,7 @@ import asyncio
 import random
 import socket
 import threading
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -38,7 +39,7 @@ class Batches(Observer):
 
 
 @pytest.fixture
-def lab(pg_engine: Engine) -> Engine:
+def lab(pg_engine: Engine) -> Iterator[Engine]:
     boards = [f"b{i}" for i in range(6)]
     pg_engine.import_machines("board", {b: {} for b in boards})
     for b in boards:

@@ -385,7 +385,9 @@ class Engine:
 
     async def fire_async(self, request: FireRequest) -> FireResult:
         """:meth:`fire` for asyncio callers: waits for the commit without holding a
-        thread (with group commit), or runs :meth:`fire_batch` in a worker thread."""
+        thread (with group commit: on this loop if :meth:`start_loop_group_commit`
+        was called on it, else through the committer threads), or runs
+        :meth:`fire_batch` in a worker thread."""
         self._check(request)
         on_loop = self._loop_committer
         if on_loop is not None and on_loop.loop is asyncio.get_running_loop():
