@@ -233,3 +233,25 @@ def test_the_served_callback_route_commits_on_the_server_loop(lab):
     assert threads
     assert not any(t.startswith("corral-commit") for t in threads), threads
     assert {lab.get("board", b).state for b in board_tokens} == {"power_cycling"}
+
+
+def test_old_connections_are_replaced_before_use(lab, monkeypatch):
+    from corral.engine import group
+
+    def pids(board):
+        return lambda: fired_on(board)
+
+    async def fired_on(board):
+        seen = []
+        for event in ("reboot", "power_cycle_ok"):
+            await lab.fire_async(req(board, event))
+            [conn] = [c for c in lab._loop_committer._free if c is not None]
+            seen.append(conn.info.backend_pid)
+        return seen
+
+    first, second = on_loop(lab, pids("b1"))
+    assert first == second
+    monkeypatch.setattr(group, "RECYCLE_SECONDS", -1)
+    first, second = on_loop(lab, pids("b2"))
+    assert first != second
+    assert {lab.get("board", b).state for b in ("b1", "b2")} == {"rebooting"}

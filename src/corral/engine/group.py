@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -30,6 +32,7 @@ import psycopg
 import structlog
 
 from corral.errors import CorralError
+from corral.store.db import RECYCLE_SECONDS
 from corral.store.transaction import connect_async
 
 if TYPE_CHECKING:
@@ -155,6 +158,8 @@ class AsyncGroupCommitter:
         self._queue: deque[tuple[FireRequest, asyncio.Future[Outcome]]] = deque()
         # A free slot per connection not in use; None until first connected.
         self._free: list[psycopg.AsyncConnection[Any] | None] = [None] * connections
+        self._opened: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary())
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -182,8 +187,12 @@ class AsyncGroupCommitter:
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
                 try:
-                    if conn is None or conn.closed:
+                    if conn is not None and (conn.closed or self._expired(conn)):
+                        await conn.close()
+                        conn = None
+                    if conn is None:
                         conn = await connect_async(self.engine.db)
+                        self._opened[conn] = time.monotonic()
                     outcomes: list[Any] = await self.engine.fire_batch_async(
                         conn, [request for request, _ in batch])
                     failed = False
@@ -195,6 +204,10 @@ class AsyncGroupCommitter:
                                  in zip(batch, outcomes, strict=True)], failed)
         finally:
             self._free.append(conn)
+
+    def _expired(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Older than the engine's other connections may get (as its pool's recycle)."""
+        return time.monotonic() - self._opened.get(conn, 0.0) > RECYCLE_SECONDS
 
     async def aclose(self) -> None:
         """Refuse new events, finish the queued ones, close the connections."""

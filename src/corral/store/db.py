@@ -21,6 +21,8 @@ from sqlalchemy.exc import ArgumentError
 from corral.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
+# PostgreSQL connections older than this are replaced before their next use.
+RECYCLE_SECONDS = 3600
 
 
 def normalize_url(url: str) -> str:
@@ -56,7 +58,7 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             # No pre-ping: it costs a round trip per event. A connection that
             # breaks is invalidated when its transaction fails instead.
             pool_pre_ping=False,
-            pool_recycle=3600,
+            pool_recycle=RECYCLE_SECONDS,
             connect_args={"prepare_threshold": 1, "application_name": "corral"},
             json_deserializer=loads_json,
         )
