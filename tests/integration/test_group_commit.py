@@ -174,6 +174,27 @@ def test_workers_expiring_at_once_forget_each_key_once(pg_engine, clock):
     assert stored_keys(pg_engine) == set()
 
 
+def assert_histories_hold(engine, machines, boards, requests, outcomes):
+    """Each concurrent request got its own event's outcome (or a refusal), some
+    but not all were refused, and every board's history replays to its row
+    with exactly one entry per accepted event."""
+    for fired_request, outcome in zip(requests, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            assert isinstance(outcome, EventNotAllowed), outcome
+        else:
+            assert (outcome.name, outcome.event) == (fired_request.name, fired_request.event)
+    fired = sum(not isinstance(o, Exception) for o in outcomes)
+    assert 0 < fired < len(requests)
+    histories = 0
+    for b in boards:
+        entries = list(reversed(engine.history("board", b, limit=10_000)))
+        state, counters, epoch = replay(machines["board"], entries)
+        row = engine.get("board", b)
+        assert (row.state, row.counters, row.epoch) == (state, counters, epoch)
+        histories += len(entries) - 2
+    assert histories == fired
+
+
 def test_coroutines_wait_for_their_own_outcomes(engine, machines):
     """fire_async with group commit: each coroutine gets its own event's outcome,
     and an exception that fails a whole batch reaches every coroutine in it."""
@@ -190,20 +211,7 @@ def test_coroutines_wait_for_their_own_outcomes(engine, machines):
                                     return_exceptions=True)
 
     outcomes = asyncio.run(fire_all())
-    for request, outcome in zip(requests, outcomes, strict=True):
-        if isinstance(outcome, Exception):
-            assert isinstance(outcome, EventNotAllowed), outcome
-        else:
-            assert (outcome.name, outcome.event) == (request.name, request.event)
-    fired = sum(not isinstance(o, Exception) for o in outcomes)
-    assert 0 < fired < len(requests)
-    histories = 0
-    for b in boards:
-        entries = list(reversed(engine.history("board", b, limit=10_000)))
-        state, _, epoch = replay(machines["board"], entries)
-        assert (engine.get("board", b).state, engine.get("board", b).epoch) == (state, epoch)
-        histories += len(entries) - 2
-    assert histories == fired
+    assert_histories_hold(engine, machines, boards, requests, outcomes)
 
     # A payload the store cannot write fails the shared transaction: every
     # coroutine of that batch gets the error and nothing of it is written.
