@@ -76,14 +76,7 @@ def test_group_commit_under_concurrency_keeps_histories_serial(engine, machines,
         t.join()
     engine.close()
     assert not errors
-    total = 0
-    for b in boards:
-        entries = list(reversed(engine.history("board", b, limit=10_000)))
-        state, counters, epoch = replay(machines["board"], entries)
-        row = engine.get("board", b)
-        assert (row.state, row.counters, row.epoch) == (state, counters, epoch)
-        total += len(entries) - 2
-    assert total == len(accepted)
+    assert replayed_events(engine, machines, boards) == len(accepted)
 
 
 def test_idempotency_key_replays_the_first_outcome(engine):
@@ -185,14 +178,20 @@ def assert_histories_hold(engine, machines, boards, requests, outcomes):
             assert (outcome.name, outcome.event) == (fired_request.name, fired_request.event)
     fired = sum(not isinstance(o, Exception) for o in outcomes)
     assert 0 < fired < len(requests)
-    histories = 0
+    assert replayed_events(engine, machines, boards) == fired
+
+
+def replayed_events(engine, machines, boards):
+    """Events in the boards' histories since they were set up (created, then
+    forced to ready), each history checked to replay to its row."""
+    total = 0
     for b in boards:
         entries = list(reversed(engine.history("board", b, limit=10_000)))
         state, counters, epoch = replay(machines["board"], entries)
         row = engine.get("board", b)
         assert (row.state, row.counters, row.epoch) == (state, counters, epoch)
-        histories += len(entries) - 2
-    assert histories == fired
+        total += len(entries) - 2
+    return total
 
 
 def test_coroutines_wait_for_their_own_outcomes(engine, machines):
