@@ -252,3 +252,51 @@ def test_bootres_import_and_list(corral, tmp_path):
     bad = corral("bootres", "import", "--config", "bad.yaml", check=False)
     assert bad.returncode == 2
     assert "bad.yaml: sources: must be a non-empty list" in bad.stderr
+
+
+MINIMAL_SPEC = (ROOT / "tests" / "golden" / "jobspec" / "v1" / "maize-minimal.yaml").read_text()
+
+
+def test_job_validate_needs_no_database(tmp_path):
+    # Nothing listens on port 1: a command that touched the database would exit 6.
+    env = os.environ | {"CORRAL_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/corral"}
+    env.pop("CORRAL_CONFIG", None)
+
+    def validate(name: str, text: str) -> subprocess.CompletedProcess:
+        (tmp_path / name).write_text(text)
+        args = [CORRAL, "job", "validate", "-" if name == "-" else name]
+        result = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=60, input=text if name == "-" else None)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    for name, text in (("ok.yaml", MINIMAL_SPEC), ("-", MINIMAL_SPEC),
+                       ("ok.json", json.dumps({
+                           "apiVersion": "corral/v1", "kind": "Job", "job_name": "j",
+                           "timeouts": {"job": {"hours": 1}, "action": {"hours": 1}},
+                           "stages": [{"name": "s", "actions": [
+                               {"name": "a", "waitForEventAction": {"event": "go"}}]}]}))):
+        result = validate(name, text)
+        assert (result.returncode, result.stdout) == (0, "valid\n"), result.stderr
+    bad = validate("bad.yaml", MINIMAL_SPEC.replace("kind: Job", "kind: Device").replace(
+        "{hours: 3}", "{hours: 7}"))
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "error: invalid job spec:",
+        "  kind: must be 'Job', not 'Device'",
+        "  timeouts.action: 7h is longer than the job timeout (6h)"]
+    assert validate("-", "{not json").returncode == 2
+
+
+def test_job_submit_refuses_hostile_specs_with_their_field(corral, tmp_path):
+    for text, message in (
+            (MINIMAL_SPEC.replace("apiVersion: corral/v1", "apiVersion: [corral/v1]"),
+             "apiVersion: must be a string, not a list"),
+            ('{"a": ' * 3000 + "1" + "}" * 3000, "(document): nested too deeply"),
+            ("a: " + "[" * 3000 + "]" * 3000, "not valid YAML: nested more than")):
+        (tmp_path / "spec.yaml").write_text(text)
+        result = corral("job", "submit", "spec.yaml", check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: invalid job spec:\n")
+        assert message in result.stderr
+    assert json.loads(corral("job", "list", "--json").stdout) == []

@@ -181,3 +181,78 @@ def test_v1_round_trips_through_text_without_loss(spec, fmt):
     assert submitted.format == fmt
     assert submitted.spec == spec
     assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+# ---------------------------------------------------------------- hostile input
+
+MINIMAL = (GOLDEN / "v1" / "maize-minimal.yaml").read_text()
+
+
+@pytest.mark.parametrize("text", [
+    MINIMAL.replace("apiVersion: corral/v1", "apiVersion: [corral/v1]"),
+    MINIMAL.replace("apiVersion: corral/v1", "apiVersion: {corral: v1}"),
+    '{"apiVersion": ["corral/v1"], "kind": "Job"}',
+], ids=["yaml-list", "yaml-mapping", "json-list"])
+def test_an_api_version_that_is_not_a_string_is_named(text):
+    with pytest.raises(SpecError) as info:
+        versions.load(text)
+    assert info.value.problems == [
+        f"apiVersion: must be a string, not a {'mapping' if '{corral' in text else 'list'}; "
+        "versions: corral/v1"]
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("[" * 3000 + "]" * 3000, "(document): nested too deeply"),
+    ('{"a":' * 3000 + "1" + "}" * 3000, "(document): nested too deeply"),
+    ("a: " + "[" * 3000 + "]" * 3000, "line 1: not valid YAML: nested more than"),
+    ("context:\n  " + "- " * 3000 + "x\n", "line 2: not valid YAML: nested more than"),
+], ids=["json-list", "json-object", "yaml-flow", "yaml-block"])
+def test_a_spec_nested_thousands_deep_is_a_spec_error(text, error):
+    with pytest.raises(SpecError) as info:
+        versions.load(text)
+    [problem] = info.value.problems
+    assert error in problem
+
+
+def _with_context(context: str) -> str:
+    return MINIMAL + f"context: {context}\n"
+
+
+@pytest.mark.parametrize(("context", "error"), [
+    ('{note: "a\\0b"}', "context.note: the string holds a NUL character"),
+    ("{ratio: .inf}", "context.ratio: numbers must be finite"),
+    ("{big: 99999999999999999999}", "context.big: the integer is outside the signed 64-bit"),
+    ("{deep: " + "[" * 40 + "]" * 40 + "}",
+     "context.deep" + "[0]" * 30 + ": nested more than 32 levels deep"),
+], ids=["nul", "infinity", "big-integer", "depth"])
+def test_a_spec_passes_the_payload_check(context, error):
+    with pytest.raises(SpecError) as info:
+        versions.load(_with_context(context))
+    [problem] = info.value.problems
+    assert problem.startswith(error), problem
+
+
+def test_a_json_spec_passes_the_payload_check():
+    doc = json.loads(json.dumps(versions.parse_text(MINIMAL)[1]))
+    text = json.dumps(doc | {"context": {"x": 1}}).replace('"x": 1', '"x": NaN')
+    with pytest.raises(SpecError) as info:
+        versions.load(text)
+    [problem] = info.value.problems
+    assert problem.startswith("context.x: numbers must be finite"), problem
+
+
+def test_multiplying_aliases_in_a_spec_are_refused_at_their_line():
+    levels = ["  x0: &x0 [a, a, a, a, a, a, a, a, a]"] + [
+        f"  x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 8)]
+    text = _with_context("") + "\n".join(levels) + "\n"
+    with pytest.raises(SpecError) as info:
+        versions.load(text)
+    [problem] = info.value.problems
+    assert re.match(r"line (1[6-9]|2\d): not valid YAML: aliases expand to more than", problem), \
+        problem
+
+
+def test_a_few_aliases_in_a_spec_still_load():
+    text = MINIMAL.replace("job: {hours: 6}", "job: &six {hours: 6}").replace(
+        "action: {hours: 3}", "action: *six")
+    assert versions.load(text).spec.action_timeout_seconds == 6 * 3600

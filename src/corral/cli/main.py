@@ -368,7 +368,14 @@ def _print_machine(kind: str, doc: dict[str, Any]) -> None:
     click.echo(f"timeout:   {deadline}")
     click.echo(f"epoch:     {doc['epoch']}")
     click.echo(f"counters:  {doc['counters'] or '-'}")
+    # The events you may fire, then every event the state accepts, by its firers.
     click.echo(f"events:    {', '.join(doc['allowed_events']) or '-'}")
+    by_firers: dict[str, list[str]] = {}
+    for event, firers in (doc.get("accepted_events") or {}).items():
+        by_firers.setdefault(", ".join(firers), []).append(event)
+    accepts = "; ".join(f"{', '.join(events)} (by {firers})"
+                        for firers, events in by_firers.items())
+    click.echo(f"accepts:   {accepts or '-'}")
     for key, value in sorted(doc["attrs"].items()):
         click.echo(f"{key + ':':<10} {value}")
     for key, value in sorted(doc.get("vars", {}).items()):
@@ -606,8 +613,27 @@ add_machine_commands(job, "job", show=False)
 def job_submit(obj: CliContext, file: Any, maize: bool, fabric: str | None,
                as_json: bool) -> None:
     """Submit a job spec (YAML or JSON; FILE may be - for stdin); prints the job id."""
-    result = obj.jobs().submit(file.read(), maize, fabric)
+    result = obj.jobs().submit(_read_spec(file), maize, fabric)
     click.echo(_json(result) if as_json else f"{result['name']}: {result['state']}")
+
+
+@job.command("validate")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def job_validate(file: Any) -> None:
+    """Check a job spec (YAML or JSON; FILE may be - for stdin) as submitting it
+    would, without a database or server; prints `valid`, or every problem and
+    exits 2."""
+    from corral.jobs import versions
+
+    versions.load(_read_spec(file))
+    click.echo("valid")
+
+
+def _read_spec(file: Any) -> str:
+    try:
+        return str(file.read())
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"(document): not UTF-8 text (byte {exc.start})"]) from None
 
 
 @job.command("show")

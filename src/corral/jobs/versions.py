@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
-from corral.errors import NotFound
+from corral.errors import InvalidRequest, NotFound
 from corral.jobs import v1
+from corral.jobs.checks import describe
 from corral.jobs.spec import JobSpec, SpecError
+from corral.payload import MAX_DEPTH, check_json
 from corral.yamlio import YamlSyntaxError, load_yaml
 
 VERSIONS: dict[str, ModuleType] = {v1.API_VERSION: v1}
@@ -41,7 +43,7 @@ def parse_text(text: str) -> tuple[str, Any]:
     """(format, document) of a YAML or JSON text.
 
     Raises:
-        SpecError: not valid YAML or JSON.
+        SpecError: not valid YAML or JSON, or nested too deeply to read.
     """
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise SpecError([f"(document): larger than {MAX_BYTES} bytes"])
@@ -50,6 +52,9 @@ def parse_text(text: str) -> tuple[str, Any]:
             return "json", json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError([f"line {exc.lineno}: not valid JSON: {exc.msg}"]) from None
+        except RecursionError:
+            raise SpecError([f"(document): nested too deeply to read; a spec may be nested "
+                             f"at most {MAX_DEPTH} levels deep"]) from None
     try:
         return "yaml", load_yaml(text)
     except YamlSyntaxError as exc:
@@ -63,8 +68,28 @@ def load(text: str) -> Submitted:
         SpecError: every problem, each with its path.
     """
     fmt, doc = parse_text(text)
-    return Submitted(api_version=version_of(doc), format=fmt, text=text,
-                     spec=VERSIONS[version_of(doc)].parse(doc))
+    version = version_of(doc)
+    check_storable(doc)
+    return Submitted(api_version=version, format=fmt, text=text,
+                     spec=VERSIONS[version].parse(doc))
+
+
+def check_storable(doc: Any) -> None:
+    """The payload check every stored JSON value passes (finite numbers, no NUL,
+    valid Unicode, at most :data:`~corral.payload.MAX_DEPTH` levels deep), run
+    before the version's own checks so that they never walk a document too deep
+    for them.
+
+    Raises:
+        SpecError: naming the first offending field.
+    """
+    try:
+        # The text is already at most MAX_BYTES; aliases are bounded by the reader.
+        check_json(doc, "spec", max_bytes=None)
+    except InvalidRequest as exc:
+        # check_json names places from a root ("spec.context.x"); spec problems
+        # name fields from the top level, as the version's own checks do.
+        raise SpecError([str(exc).removeprefix("spec.")]) from None
 
 
 def version_of(doc: Any) -> str:
@@ -75,6 +100,9 @@ def version_of(doc: Any) -> str:
     if "apiVersion" not in doc:
         raise SpecError([f"apiVersion: missing; versions: {known}"])
     version = doc["apiVersion"]
+    if not isinstance(version, str):
+        raise SpecError([f"apiVersion: must be a string, not {describe(version)}; "
+                         f"versions: {known}"])
     if version not in VERSIONS:
         raise SpecError([f"apiVersion: unknown version {version!r}; versions: {known}"])
     return str(version)
