@@ -2,26 +2,68 @@
 
 Each operation kind maps to a command template, taken from the board's
 inventory (``commands: {power_cycle: ...}``) or, failing that, from the
-configuration (``command_power_cycle`` and friends). Templates are formatted
-with the board's attributes (``{name}``, ``{mac}``, ``{hostname}``, ...), split
-like a shell would, and run without a shell. Exit status 0 is success; any
-other status is a definite failure; a command that cannot start or runs past
-``timeout`` is a transient error and is retried.
+configuration (``command_power_cycle`` and friends). Templates are split like
+a shell would, formatted with the board's attributes (``{name}``, ``{mac}``,
+``{hostname}``, ...) and run without a shell, so each value is one argument
+whatever it holds. A template that runs a shell script itself (``sh -c
+'...'``) gets its values shell-quoted inside that script, so a value is data
+there too. Exit status 0 is success; any other status is a definite failure; a
+command that cannot start or runs past ``timeout`` is a transient error and is
+retried.
+
+The output (stdout then stderr, its last 2000 characters) becomes the
+result's ``output``: read as UTF-8 with undecodable bytes replaced and NUL
+dropped, because a lab script's output is whatever its tools print, and the
+result must be stored like any other event payload.
 """
 
 from __future__ import annotations
 
 import shlex
+import string
 import subprocess
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from corral.operations.base import OperationContext, OperationFailed
+
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"})
+MAX_OUTPUT = 2000
 
 
 class _Attrs(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         raise OperationFailed(f"command template needs {{{key}}}, which the board lacks")
+
+
+class _ShellQuoting(string.Formatter):
+    """Formats like ``str.format_map``, each substituted value shell-quoted."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return shlex.quote(super().format_field(value, format_spec))
+
+
+def _script_index(parts: list[str]) -> int | None:
+    """Where the script is in ``sh -c SCRIPT ...`` (also ``bash -ec``, ``sh -o
+    pipefail -c``, ``bash --norc -c``); None when the command is not a shell
+    given a script."""
+    if not parts or PurePath(parts[0]).name not in SHELLS:
+        return None
+    index = 1
+    while index < len(parts) - 1 and parts[index][:1] in ("-", "+"):
+        flag = parts[index]
+        if flag[1:] in ("o", "O"):
+            index += 2  # -o NAME
+            continue
+        if not flag.startswith("--") and "c" in flag[1:]:
+            return index + 1
+        index += 1
+    return None
+
+
+def _text(output: bytes) -> str:
+    return output.decode("utf-8", "replace").replace("\x00", "")
 
 
 class CommandBackend:
@@ -42,11 +84,13 @@ class CommandBackend:
         values = _Attrs({k: v for k, v in ctx.attrs.items() if not isinstance(v, dict | list)})
         values.setdefault("name", ctx.name)
         values["operation_id"] = ctx.operation_id
-        argv = [part.format_map(values) for part in shlex.split(template)]
-        completed = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                                   check=False)
+        parts = shlex.split(template)
+        script = _script_index(parts)
+        argv = [_ShellQuoting().vformat(part, (), values) if index == script
+                else part.format_map(values) for index, part in enumerate(parts)]
+        completed = subprocess.run(argv, capture_output=True, timeout=self.timeout, check=False)
         detail = {"exit_status": completed.returncode,
-                  "output": (completed.stdout + completed.stderr)[-2000:]}
+                  "output": (_text(completed.stdout) + _text(completed.stderr))[-MAX_OUTPUT:]}
         if completed.returncode != 0:
             raise OperationFailed(f"{argv[0]} exited with status {completed.returncode}",
                                   **detail)
