@@ -7,10 +7,12 @@ export CORRAL_DATABASE_URL ?= sqlite:///./var/corral.db
 
 .PHONY: run test lint bench docs proto install clean
 
-$(STAMP): pyproject.toml
+# constraints.txt holds the exact versions of what the callback fast path
+# depends on (uvicorn's private protocol class, httptools), as tested.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
