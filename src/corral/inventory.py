@@ -26,8 +26,8 @@ from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
 BOARD_KEYS = ("name", "arch", "subarch", "mac", "hostname", "power", "poll", "commands",
               "labels")
-BOARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+BOARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 class InventoryError(DefinitionError):
@@ -72,7 +72,7 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
                 error(board.line_of(key), f"unknown key {key!r}; allowed keys: "
                       f"{', '.join(BOARD_KEYS)}")
         name = board.get("name")
-        if not isinstance(name, str) or not BOARD_NAME_RE.match(name):
+        if not isinstance(name, str) or not BOARD_NAME_RE.fullmatch(name):
             error(board.line_of("name"), "name is required: letters, digits, '.', '_' and '-' "
                   f"(at most 200), not {name!r}")
             continue
@@ -81,7 +81,8 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
         for key in ("arch", "subarch", "hostname"):
             if key in board and not isinstance(board[key], str):
                 error(board.line_of(key), f"{key} must be a string, not {board[key]!r}")
-        if "mac" in board and not (isinstance(board["mac"], str) and MAC_RE.match(board["mac"])):
+        if "mac" in board and not (isinstance(board["mac"], str)
+                                   and MAC_RE.fullmatch(board["mac"])):
             error(board.line_of("mac"), f"mac must look like 00:11:22:33:44:55 (quote it in "
                   f"YAML), not {board['mac']!r}")
         for key in ("power", "poll", "commands", "labels"):

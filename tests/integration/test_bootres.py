@@ -228,9 +228,51 @@ def test_configuration_errors_name_their_place(tmp_path):
     assert info.value.problems == [
         "sources[0].mask[0]: must be arch/subarch/release (globs allowed per part), not "
         "'armhf/*'",
-        "sources[1].mirror: unknown key; allowed keys: url, mask, keyring",
+        "sources[1].mirror: unknown key; allowed keys: url, mask, keyring, allow_md5",
         "sources[1]: missing required key 'url'",
         "sorting[0]: unknown rule 'newest'; rules: sources_order, num_subarches(less)"]
+
+
+def test_allow_md5_max_item_size_and_urls_are_checked(tmp_path):
+    cfg = parse_config({"sources": [{"url": "m", "allow_md5": True}, {"url": "n"}],
+                        "storage": "s", "max_item_size": 1024}, "import.yaml", base=tmp_path)
+    assert [s.allow_md5 for s in cfg.sources] == [True, False]
+    assert cfg.max_item_size == 1024
+    assert parse_config({"sources": [{"url": "m"}], "storage": "s"}, "import.yaml",
+                        base=tmp_path).max_item_size == 8 * 1024**3
+    with pytest.raises(BootConfigError) as info:
+        parse_config({"sources": [{"url": "m", "allow_md5": "yes"}, {"url": "x\nDEFAULT y"}],
+                      "storage": "s", "max_item_size": 0}, "import.yaml", base=tmp_path)
+    assert info.value.problems == [
+        "sources[0].allow_md5: must be true or false, not 'yes'",
+        "sources[1].url: must not hold control characters, not 'x\\nDEFAULT y'",
+        "max_item_size: must be from 1 to 9223372036854775807, not 0"]
+
+
+def test_one_import_at_a_time_holds_the_storage(tmp_path):
+    m = Mirror(tmp_path / "m")
+    m.product("p", arch="amd64", release="trusty", subarches="generic",
+              versions={"1": {"items": m.boot_items("p", "x")}})
+    m.write()
+    cfg = config(tmp_path, Source(url=m.url))
+    with Storage(cfg.storage).lock(), pytest.raises(ImportFailed,
+                                                    match="another import is running in"):
+        run_import(cfg)
+    run_import(cfg)
+
+
+def test_a_document_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
+    from corral.bootres import streams
+
+    m = Mirror(tmp_path / "m")
+    m.product("p", arch="amd64", release="trusty", subarches="generic",
+              versions={"1": {"items": m.boot_items("p", "x")}})
+    m.write()
+    # The index (180 bytes) fits; the products file (714) does not.
+    monkeypatch.setattr(streams, "MAX_DOCUMENT", 400)
+    with pytest.raises(ImportFailed, match=r"com\.example:images\.json: larger than 400 "
+                                           r"bytes, the most a document may hold"):
+        run_import(config(tmp_path, Source(url=m.url)))
 
 
 def test_the_database_records_every_import(tmp_path, engine):
@@ -243,7 +285,7 @@ def test_the_database_records_every_import(tmp_path, engine):
     (m.root / "p" / "kernel").write_bytes(b"tampered")
     m.product("p", arch="amd64", release="trusty", subarches="generic,hwe",
               versions={"8": {"items": {"boot-kernel": {"path": "p/kernel", "size": 1,
-                                                        "md5": "0" * 32}}}})
+                                                        "sha256": "0" * 64}}}})
     m.write()
     with pytest.raises(ImportFailed):
         run_import(cfg, engine.db)

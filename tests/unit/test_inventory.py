@@ -25,3 +25,14 @@ def test_inventory_reports_every_problem_with_lines(tmp_path):
     assert "lab.yaml:3: unknown key 'colour'" in text
     assert "lab.yaml:4: board 'b1' is listed twice" in text
     assert "lab.yaml:6: mac must look like" in text
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('  - name: "b1\\n"\n', "name is required: letters, digits"),
+    ('  - name: b1\n    mac: "02:00:00:00:00:01\\n"\n', "mac must look like"),
+], ids=["name", "mac"])
+def test_inventory_refuses_a_trailing_newline(tmp_path, line, message):
+    path = tmp_path / "lab.yaml"
+    path.write_text("boards:\n" + line)
+    with pytest.raises(InventoryError, match=message):
+        load_inventory(path)
