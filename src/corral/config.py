@@ -35,6 +35,10 @@ class Settings:
     # HTTP
     listen: str = "127.0.0.1:8080"
     http_threads: int = 64
+    # Seconds a client has to send a request's headers, then its body; slower
+    # ones get 408 and are disconnected (they would hold a connection for ever).
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
     # API processes sharing the listen address (SO_REUSEPORT); about one core each.
     http_processes: int = 1
     token_cache_seconds: float = 2.0
@@ -93,8 +97,8 @@ class Settings:
 
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
-_POSITIVE = {"http_threads", "http_processes", "sweep_interval", "sweep_batch", "sweep_threads",
-             "group_commit_max_batch",
+_POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body_timeout",
+             "sweep_interval", "sweep_batch", "sweep_threads", "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}

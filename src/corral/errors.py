@@ -82,6 +82,15 @@ class AuthError(CorralError):
     exit_code = 7
 
 
+class Forbidden(AuthError):
+    """Who asked may not do this: the transition's ``by`` (or the state's, when
+    forcing) does not name their role."""
+
+    def __init__(self, message: str, *, role: str) -> None:
+        super().__init__(message)
+        self.role = role
+
+
 class SchemaNotCurrent(CorralError):
     """The database schema is not at the revision this Corral expects."""
 

@@ -42,7 +42,8 @@ MIN_INT = -(2**63)
 def _where(path: list[str | int], root: str) -> str:
     text = root
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+        # A key is the client's: shown repaired, so that the error itself is valid text.
+        text += f"[{part}]" if isinstance(part, int) else f".{_repair_text(part)[:100]}"
     return text
 
 
@@ -137,6 +138,11 @@ def readable(value: Any, *, max_depth: int = MAX_DEPTH * 2) -> Any:
     if _clean(value, max_depth):
         return value
     return _repair(value, max_depth)
+
+
+def readable_text(text: str | None) -> str | None:
+    """A stored text made safe to answer with (see :func:`readable`)."""
+    return _repair_text(text) if isinstance(text, str) else text
 
 
 def _clean(value: Any, max_depth: int) -> bool:

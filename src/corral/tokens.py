@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -30,6 +31,8 @@ ROLES = ("viewer", "operator", "admin")
 BOARD_ROLE = "board"
 RANK = {BOARD_ROLE: 0, "viewer": 1, "operator": 2, "admin": 3}
 PREFIX = "corral"
+_TOKEN_ID = re.compile(r"[0-9]{1,19}")
+MAX_TOKEN_ID = 2**63 - 1
 # A cached token nobody has presented for this long is forgotten at the next
 # revalidation rather than re-read for ever.
 IDLE_SECONDS = 600.0
@@ -147,7 +150,10 @@ class TokenStore:
             return found
         prefix, _, rest = presented.partition("_")
         token_id, _, secret = rest.partition("_")
-        if prefix != PREFIX or not token_id.isdigit() or not secret:
+        # ASCII digits only ('²'.isdigit() is true, and int() refuses it), and
+        # an id that fits the column.
+        if prefix != PREFIX or not _TOKEN_ID.fullmatch(token_id) or not secret \
+                or int(token_id) > MAX_TOKEN_ID:
             return None
         started = self.timer()
         with self.db.begin() as conn:

@@ -173,7 +173,16 @@ def load_yaml(text: str) -> Any:
             than :data:`MAX_DEPTH` deep, or its aliases add more than
             :data:`MAX_ALIAS_NODES` nodes.
     """
-    loader = _StrictLoader(text)
+    try:
+        # The reader checks every character as it is built: a control
+        # character is a ReaderError here, before any parsing.
+        loader = _StrictLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(text, str) else 0
+        raise YamlSyntaxError(f"character #x{exc.character:04x} is not allowed in YAML "
+                              f"({exc.reason})", line) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(str(exc).replace("\n", " "), 0) from None
     try:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:

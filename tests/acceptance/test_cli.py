@@ -99,11 +99,17 @@ def test_sweep_once_forgets_old_idempotency_keys(corral, inventory):
 
 def test_disallowed_event_exits_nonzero_with_allowed_events(corral, inventory):
     corral("board", "import", str(inventory))
-    result = corral("board", "event", "b1", "install_ok", check=False)
+    # The local CLI holds the database's credentials: it may do what an admin may.
+    result = corral("board", "event", "b1", "reboot", check=False)
     assert result.returncode == 4
     assert result.stderr.strip() == (
-        "error: event 'install_ok' is not allowed for board 'b1' in state 'new'; "
+        "error: event 'reboot' is not allowed for board 'b1' in state 'new'; "
         "allowed events: maintenance, retire")
+    # Only the board itself reports its install (by: board).
+    result = corral("board", "event", "b1", "install_ok", check=False)
+    assert result.returncode == 7
+    assert result.stderr.strip() == (
+        "error: board event 'install_ok' is fired by board; not by an admin")
     assert json.loads(corral("board", "history", "b1", "--json").stdout)[0]["event"] == "create"
 
 
@@ -147,7 +153,10 @@ def _broken_machines(tmp_path: Path, old: str, new: str) -> Path:
     [
         ("    timeout: 300\n", "    timeout: 300\n    retries: 2\n",
          "unknown key 'retries' in state 'ready'; allowed keys:"),
-        ("dest: rebooting}", "dest: rebootin}", "unknown target state 'rebootin'"),
+        ("dest: rebooting, by: board}", "dest: rebootin, by: board}",
+         "unknown target state 'rebootin'"),
+        ("dest: retired\n    by: admin\n", "dest: retired\n    by: root\n",
+         "by names 'root'; who may fire a transition: board, operator, admin"),
         ("      failure: failed_pinging\n", "", "needs failure"),
     ],
 )

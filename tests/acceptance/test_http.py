@@ -88,6 +88,8 @@ def lab(migrated_url, tmp_path):
     engine = Engine(db, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
     for i in range(1, 6):
         engine.force_state("board", f"b{i}", "ready", actor="test", reason="test set-up")
+    # b1 network-boots: its own token has its second stage's events to report.
+    engine.force_state("board", "b1", "pxe_booting", actor="test", reason="test set-up")
     db.dispose()
     lab.start()
     yield lab
@@ -96,46 +98,49 @@ def lab(migrated_url, tmp_path):
 
 def test_callback_path_end_to_end(lab):
     token = lab.cli("board", "token", "b1")
-    reply = lab.post("/api/v1/boards/b1/events/reboot", token, json={"uptime": 12})
+    reply = lab.post("/api/v1/boards/b1/events/second_stage_started", token,
+                     json={"uptime": 12})
     assert reply.status_code == 200
     body = reply.json()
     assert (body["kind"], body["name"], body["from_state"], body["state"]) == (
-        "board", "b1", "ready", "power_cycling")
-    reply = lab.post("/api/v1/boards/b1/events/power_cycle_ok", token)
+        "board", "b1", "pxe_booting", "installing")
+    reply = lab.post("/api/v1/boards/b1/events/install_ok", token)
     assert reply.json()["state"] == "rebooting"
     assert reply.json()["epoch"] == body["epoch"] + 1
     operator = lab.cli("token", "create", "ann", "--role", "viewer")
     history = lab.get("/api/v1/boards/b1/history", operator).json()["entries"]
-    reboot = next(e for e in history if e["event"] == "reboot")
-    assert (reboot["source"], reboot["actor"], reboot["payload"]) == (
+    started = next(e for e in history if e["event"] == "second_stage_started")
+    assert (started["source"], started["actor"], started["payload"]) == (
         "callback", "board:b1", {"uptime": 12})
 
 
 def test_every_status(lab):
     token = lab.cli("board", "token", "b1")
     operator = lab.cli("token", "create", "ops", "--role", "operator")
+    report = "/api/v1/boards/{}/events/second_stage_started"
     cases = [
-        (lab.post("/api/v1/boards/b1/events/reboot"), 401, "unauthorized"),
-        (lab.post("/api/v1/boards/b1/events/reboot", "corral_1_wrong"), 401, "unauthorized"),
-        (lab.post("/api/v1/boards/b1/events/reboot", "garbage"), 401, "unauthorized"),
-        (lab.post("/api/v1/boards/b2/events/reboot", token), 403, "forbidden"),
+        (lab.post(report.format("b1")), 401, "unauthorized"),
+        (lab.post(report.format("b1"), "corral_1_wrong"), 401, "unauthorized"),
+        (lab.post(report.format("b1"), "garbage"), 401, "unauthorized"),
+        (lab.post(report.format("b2"), token), 403, "forbidden"),
         (lab.post("/api/v1/boards/ghost/events/reboot", operator), 404, "not_found"),
         (lab.post("/api/v1/boards/b1/events/install_ok", token), 409, "event_not_allowed"),
-        (lab.post("/api/v1/boards/b1/events/reboot", token, content="{bad",
+        (lab.post(report.format("b1"), token, content="{bad",
                   headers={"Content-Type": "application/json"}), 422, "invalid_request"),
-        (lab.post("/api/v1/boards/b1/events/reboot", token, json=[1, 2]), 422,
-         "invalid_request"),
+        (lab.post(report.format("b1"), token, json=[1, 2]), 422, "invalid_request"),
         (lab.post("/api/v1/boards/b1/events/Not-An-Event", token), 422, "invalid_request"),
+        (lab.post("/api/v1/boards/b1/events/retire", token), 403, "forbidden"),
+        (lab.post("/api/v1/boards/b1/events/power_cycle_ok", operator), 403, "forbidden"),
     ]
     for reply, status, error in cases:
         assert (reply.status_code, reply.json()["error"]) == (status, error), reply.text
     assert cases[0][0].headers["WWW-Authenticate"] == "Bearer"
+    # What this token may fire in the board's state.
     conflict = cases[5][0].json()
-    assert conflict["allowed_events"] == ["maintenance", "poll_failed", "poll_ok", "reboot",
-                                          "reimage", "retire"]
+    assert conflict["allowed_events"] == ["maintenance_requested", "second_stage_started"]
     # None of the refused requests changed anything.
     board = lab.get("/api/v1/boards/b1", operator).json()
-    assert (board["state"], board["epoch"]) == ("ready", 2)
+    assert (board["state"], board["epoch"]) == ("pxe_booting", 3)
 
 
 def test_malformed_callbacks_change_nothing(lab):
@@ -144,24 +149,25 @@ def test_malformed_callbacks_change_nothing(lab):
     viewer = lab.cli("token", "create", "vic", "--role", "viewer")
     before = lab.get("/api/v1/boards/b1/history", viewer).json()["entries"]
     json_type = {"Content-Type": "application/json"}
+    report = "/api/v1/boards/b1/events/second_stage_started"
     cases = [
         # Larger than MAX_PAYLOAD (64 KiB).
-        (lab.post("/api/v1/boards/b1/events/reboot", token,
+        (lab.post(report, token,
                   json={"log": "x" * 70_000}), 413, "payload_too_large"),
-        (lab.post("/api/v1/boards/b1/events/reboot", token, content="uptime=12",
+        (lab.post(report, token, content="uptime=12",
                   headers={"Content-Type": "application/x-www-form-urlencoded"}), 422,
          "invalid_request"),
         # Python would read NaN; no database stores it as JSON.
-        (lab.post("/api/v1/boards/b1/events/reboot", token, content='{"temp": NaN}',
+        (lab.post(report, token, content='{"temp": NaN}',
                   headers=json_type), 422, "invalid_request"),
-        (lab.post("/api/v1/boards/b1/events/reboot", token, content="12",
+        (lab.post(report, token, content="12",
                   headers=json_type), 422, "invalid_request"),
         # JSON, but not storable: a NUL and an unpaired surrogate.
-        (lab.post("/api/v1/boards/b1/events/reboot", token, content='{"a": "x\\u0000"}',
+        (lab.post(report, token, content='{"a": "x\\u0000"}',
                   headers=json_type), 422, "invalid_request"),
-        (lab.post("/api/v1/boards/b1/events/reboot", token, content='{"a": "\\ud800"}',
+        (lab.post(report, token, content='{"a": "\\ud800"}',
                   headers=json_type), 422, "invalid_request"),
-        (lab.post("/api/v1/boards/b1/events/reboot", token,
+        (lab.post(report, token,
                   headers={"Idempotency-Key": "k" * 201}), 422, "invalid_request"),
         (lab.post("/api/v1/boards/b%20b/events/reboot", token), 422, "invalid_request"),
         # A name pattern's $ must not let a trailing newline through.
@@ -174,13 +180,14 @@ def test_malformed_callbacks_change_nothing(lab):
     assert cases[7][0].json()["details"][0]["loc"] == ["path", "name"]
     assert lab.get("/api/v1/boards/b1/history", viewer).json()["entries"] == before
     # A JSON null, a JSON type with parameters and a +json type are payloads.
-    assert lab.post("/api/v1/boards/b1/events/reboot", token, content="null",
+    assert lab.post(report, token, content="null",
                     headers=json_type).status_code == 200
-    assert lab.post("/api/v1/boards/b1/events/power_cycle_ok", token,
+    assert lab.post("/api/v1/boards/b1/events/install_failed", token,
                     content='{"a": "caf\\u00e9 \\ud83d\\ude00"}',
                     headers={"Content-Type": "application/json; charset=utf-8"}
                     ).status_code == 200
-    reply = lab.post("/api/v1/boards/b1/events/maintenance", token, content='{"a": 2}',
+    admin = lab.cli("token", "create", "ada", "--role", "admin")
+    reply = lab.post("/api/v1/boards/b1/events/maintenance", admin, content='{"a": 2}',
                      headers={"Content-Type": "application/vnd.corral+json"})
     assert (reply.status_code, reply.json()["state"]) == (200, "maintenance")
     # Other methods on the path still get the framework's 405.
@@ -190,28 +197,32 @@ def test_malformed_callbacks_change_nothing(lab):
 
 def test_idempotency_key_returns_the_first_response(lab):
     token = lab.cli("board", "token", "b1")
-    first = lab.post("/api/v1/boards/b1/events/reboot", token,
-                     headers={"Idempotency-Key": "req-1"})
-    again = lab.post("/api/v1/boards/b1/events/reboot", token,
-                     headers={"Idempotency-Key": "req-1"})
+    report = "/api/v1/boards/b1/events/second_stage_started"
+    first = lab.post(report, token, headers={"Idempotency-Key": "req-1"})
+    again = lab.post(report, token, headers={"Idempotency-Key": "req-1"})
     assert first.status_code == again.status_code == 200
     assert first.json() | {"replayed": True} == again.json()
-    refused = lab.post("/api/v1/boards/b1/events/reboot", token,
-                       headers={"Idempotency-Key": "req-2"})
+    refused = lab.post(report, token, headers={"Idempotency-Key": "req-2"})
     assert refused.status_code == 409
+    # A key answers only its own board and event.
+    reused = lab.post("/api/v1/boards/b1/events/install_ok", token,
+                      headers={"Idempotency-Key": "req-1"})
+    assert reused.status_code == 422
     viewer = lab.cli("token", "create", "v", "--role", "viewer")
     history = lab.get("/api/v1/boards/b1/history", viewer).json()["entries"]
-    assert [e["event"] for e in history].count("reboot") == 1
+    assert [e["event"] for e in history].count("second_stage_started") == 1
+    assert "install_ok" not in [e["event"] for e in history]
 
 
 def test_token_rotation_and_revocation(lab):
     old = lab.cli("board", "token", "b1")
-    assert lab.post("/api/v1/boards/b1/events/poll_ok", old).status_code == 200
+    assert lab.get("/api/v1/boards/b1", old).status_code == 200
     new = lab.cli("board", "token", "b1")
-    assert lab.post("/api/v1/boards/b1/events/poll_ok", old).status_code == 401
-    assert lab.post("/api/v1/boards/b1/events/poll_ok", new).status_code == 200
+    assert lab.get("/api/v1/boards/b1", old).status_code == 401
+    assert lab.post("/api/v1/boards/b1/events/second_stage_started", old).status_code == 401
+    assert lab.post("/api/v1/boards/b1/events/second_stage_started", new).status_code == 200
     lab.cli("token", "revoke", "board:b1")
-    assert lab.post("/api/v1/boards/b1/events/poll_ok", new).status_code == 401
+    assert lab.get("/api/v1/boards/b1", new).status_code == 401
 
 
 def test_roles(lab):
@@ -264,14 +275,14 @@ def test_metrics_count_failed_boards(lab):
                         ("b3", "failed_pinging"), ("b4", "maintenance")):
         assert lab.post(f"/api/v1/boards/{name}/force-state", operator,
                         json={"state": state, "reason": "test"}).status_code == 200
-    lab.post("/api/v1/boards/b5/events/install_ok", operator)
+    lab.post("/api/v1/boards/b5/events/leave_maintenance", operator)
     text = lab.get("/metrics").text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("corral_failed_machines", (("kind", "board"),))] == 3
     assert samples[("corral_machines", (("kind", "board"), ("state", "failed_pinging")))] == 2
     assert samples[("corral_machines", (("kind", "board"), ("state", "ready")))] == 1
-    refused = ("corral_events_total", (("event", "install_ok"), ("kind", "board"),
+    refused = ("corral_events_total", (("event", "leave_maintenance"), ("kind", "board"),
                                        ("outcome", "refused"), ("source", "operator")))
     assert samples[refused] == 1
     assert ("corral_operations_queued", ()) in samples
@@ -285,7 +296,8 @@ def test_health_and_readiness(lab):
 
 
 def test_cli_against_the_server_matches_the_local_cli(lab):
-    operator = lab.cli("token", "create", "remote-ops", "--role", "operator")
+    # An admin, as the local CLI is (it holds the database's credentials).
+    operator = lab.cli("token", "create", "remote-ops", "--role", "admin")
 
     def run(*args: str, remote: bool) -> subprocess.CompletedProcess:
         env = lab.env | ({"CORRAL_URL": lab.base, "CORRAL_TOKEN": operator} if remote else {})
@@ -296,7 +308,7 @@ def test_cli_against_the_server_matches_the_local_cli(lab):
     remote = run("board", "list", "--json", remote=True)
     assert local.returncode == remote.returncode == 0, remote.stderr
     assert local.stdout == remote.stdout.replace("Z\"", "+00:00\"")
-    for args in (("board", "event", "b1", "install_ok"), ("board", "show", "ghost"),
+    for args in (("board", "event", "b2", "leave_maintenance"), ("board", "show", "ghost"),
                  ("board", "list", "--state", "nowhere"),
                  ("board", "force-state", "b1", "maintenance", "--reason", "x",
                   "--if-state", "new")):
@@ -349,12 +361,12 @@ def test_database_outage_is_a_503(tmp_path):
     lab = Lab(url, tmp_path)
     (tmp_path / "lab.yaml").write_text("boards:\n  - {name: b1}\n")
     lab.cli("board", "import", "lab.yaml")
-    token = lab.cli("board", "token", "b1")
+    token = lab.cli("token", "create", "ops", "--role", "operator")
     lab.start()
     try:
         assert lab.post("/api/v1/boards/b1/events/maintenance", token).status_code == 200
         drop_pg_database(url)
-        reply = lab.post("/api/v1/boards/b1/events/leave_maintenance", token)
+        reply = lab.post("/api/v1/boards/b1/events/reboot", token)
         assert reply.status_code == 503, reply.text
         assert reply.json()["error"] == "unavailable"
         assert lab.get("/readyz").status_code == 503
@@ -489,11 +501,11 @@ def test_several_api_processes_share_the_address_and_the_metrics(migrated_url, t
         # Give the extra processes time to listen; refused events count too.
         time.sleep(3)
         for _ in range(10):
-            assert lab.post("/api/v1/boards/b1/events/reboot", token).status_code == 409
+            assert lab.post("/api/v1/boards/b1/events/install_ok", token).status_code == 409
         sent = 0
         # Each request on a new connection: the kernel spreads them over the processes.
         for _ in range(30):
-            assert lab.post("/api/v1/boards/b1/events/reboot", token).status_code == 409
+            assert lab.post("/api/v1/boards/b1/events/install_ok", token).status_code == 409
             sent += 1
         families = {f.name: f for f in text_string_to_metric_families(
             lab.get("/metrics").text)}

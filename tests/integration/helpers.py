@@ -5,7 +5,22 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from corral.engine.core import Engine
+from corral.machines import load_definitions
+from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store.schema import history, machines, operations
+
+# Who fires each board event (the first role of its transition's `by`), and the
+# history source that goes with it; events the board machine lacks: an admin.
+_FIRERS = {t.trigger: t.by[0]
+           for t in load_definitions(DEFAULT_STATEMACHINES_DIR)["board"].transitions}
+_SOURCES = {"board": "callback", "operation": "operation", "operator": "operator",
+            "admin": "operator"}
+
+
+def firing(event: str) -> dict[str, str]:
+    """``source`` and ``role`` to fire a board event as its transition allows."""
+    role = _FIRERS.get(event, "admin")
+    return {"source": _SOURCES[role], "role": role}
 
 
 def snapshot(engine: Engine) -> tuple:

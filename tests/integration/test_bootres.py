@@ -13,6 +13,7 @@ from corral.bootres.config import BootConfigError, ImportConfig, Source, parse_c
 from corral.bootres.importer import list_imports, run_import
 from corral.bootres.store import Storage
 from corral.bootres.streams import ImportFailed
+from tests.integration.helpers import firing
 from tests.integration.mirrors import Mirror, Signer
 
 BOTH = ["sources_order", "num_subarches(less)"]
@@ -332,7 +333,7 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     assert "com.example:trusty:armhf:midway 20140101" in written
     # The second stage installs and the board comes back ready.
     for event in ("second_stage_started", "install_ok"):
-        engine.fire("board", "panda-1", event, source="callback")
+        engine.fire("board", "panda-1", event, **firing(event))
     clock.advance(46)
     engine.sweep_timeouts()
     worker.run_pending()

@@ -20,28 +20,42 @@ PATH = "/api/v1/boards/{}/events/{}"
 
 def _requests(board: str, operator: str, viewer: str) -> list[tuple[str, dict]]:
     json_type = {"Content-Type": "application/json"}
+    # The boards are network-booting: their own token reports second-stage progress.
+    report = "second_stage_started"
     return [
-        (PATH.format("b1", "reboot"), {}),
-        (PATH.format("b1", "reboot"), {"headers": {"Authorization": "Basic abc"}}),
-        (PATH.format("b1", "reboot"), {"token": "corral_1_wrong"}),
-        (PATH.format("b2", "reboot"), {"token": board}),
+        (PATH.format("b1", report), {}),
+        (PATH.format("b1", report), {"headers": {"Authorization": "Basic abc"}}),
+        (PATH.format("b1", report), {"token": "corral_1_wrong"}),
+        (PATH.format("b1", report), {"token": "corral_\u00b2_wrong"}),
+        (PATH.format("b1", report), {"token": f"corral_{2**63}_wrong"}),
+        (PATH.format("b2", report), {"token": board}),
         (PATH.format("b1", "reboot"), {"token": viewer}),
         (PATH.format("ghost", "reboot"), {"token": operator}),
         (PATH.format("-bad", "reboot"), {"token": operator}),
         (PATH.format("b1", "Bad-Event"), {"token": board}),
         (PATH.format("b1", "install_ok"), {"token": board}),
-        (PATH.format("b1", "reboot"), {"token": board, "content": "{bad",
-                                       "headers": json_type}),
-        (PATH.format("b1", "reboot"), {"token": board, "json": [1, 2]}),
-        (PATH.format("b1", "reboot"), {"token": board, "content": "x=1",
-                                       "headers": {"Content-Type": "text/plain"}}),
-        (PATH.format("b1", "reboot"), {"token": board, "headers": {"Idempotency-Key": ""}}),
-        (PATH.format("b1", "poll_ok"), {"token": board, "json": {"load": 0.5}}),
-        (PATH.format("b1", "reboot"), {"token": board, "headers": {"Idempotency-Key": "k1"}}),
-        (PATH.format("b1", "reboot"), {"token": board, "headers": {"Idempotency-Key": "k1"}}),
-        (PATH.format("b1", "reboot"), {"token": board}),
-        (PATH.format("b1", "power_cycle_ok"), {"token": operator, "content": "null",
-                                               "headers": json_type}),
+        (PATH.format("b1", report), {"token": board, "content": "{bad",
+                                     "headers": json_type}),
+        (PATH.format("b1", report), {"token": board, "json": [1, 2]}),
+        (PATH.format("b1", report), {"token": board, "content": "x=1",
+                                     "headers": {"Content-Type": "text/plain"}}),
+        (PATH.format("b1", report), {"token": board, "headers": {"Idempotency-Key": ""}}),
+        (PATH.format("b1", report), {"token": board, "content": '{"a": 1e400}',
+                                     "headers": json_type}),
+        (PATH.format("b1", report), {"token": board, "content": b'{"a": "\xed\xa0\x80"}',
+                                     "headers": json_type}),
+        (PATH.format("b1", report), {"token": board, "json": {"load": 0.5}}),
+        (PATH.format("b1", "install_ok"), {"token": board,
+                                           "headers": {"Idempotency-Key": "k1"}}),
+        (PATH.format("b1", "install_ok"), {"token": board,
+                                           "headers": {"Idempotency-Key": "k1"}}),
+        (PATH.format("b1", "install_failed"), {"token": board,
+                                               "headers": {"Idempotency-Key": "k1"}}),
+        (PATH.format("b1", report), {"token": board}),
+        (PATH.format("b1", "retire"), {"token": board}),
+        (PATH.format("b1", "power_cycle_ok"), {"token": operator}),
+        (PATH.format("b2", "maintenance"), {"token": operator, "content": "null",
+                                            "headers": json_type}),
     ]
 
 
@@ -51,7 +65,7 @@ async def _answers(client: httpx.AsyncClient, requests) -> list[tuple[int, str |
         options = dict(options)
         headers = dict(options.pop("headers", {}))
         if token := options.pop("token", None):
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {token}".encode()
         reply = await client.post(path, headers=headers, **options)
         body = reply.json()
         answers.append((reply.status_code, body.get("error"),
@@ -75,7 +89,7 @@ def test_protocol_front_and_framework_route_answer_alike(engine, tmp_path):
     results = []
     for attempt in ("protocol", "front", "framework"):
         for name in ("b1", "b2"):
-            engine.force_state("board", name, "ready", actor="test", reason=attempt)
+            engine.force_state("board", name, "pxe_booting", actor="test", reason=attempt)
         tokens = TokenStore(engine.db, cache_seconds=0)
         board = tokens.issue_for_board("b1")
         operator = tokens.issue(f"ops-{attempt}", "operator")
@@ -100,7 +114,10 @@ def test_protocol_front_and_framework_route_answer_alike(engine, tmp_path):
              for r in results]
     assert strip[0] == strip[1] == strip[2]
     statuses = [s for s, _, _ in front_answers]
-    assert statuses == [401, 401, 401, 403, 403, 404, 422, 422, 409, 422, 422, 422, 422,
-                        200, 200, 200, 409, 200]
-    assert [d.get("replayed") for _, _, d in front_answers[14:16]] == [False, True]
-    assert framework_answers[8][2]["allowed_events"] == front_answers[8][2]["allowed_events"]
+    assert statuses == [401, 401, 401, 401, 401, 403, 403, 404, 422, 422, 409, 422, 422, 422,
+                        422, 422, 422, 200, 200, 200, 422, 409, 403, 403, 200]
+    assert [d.get("replayed") for _, _, d in front_answers[18:20]] == [False, True]
+    # A refusal lists what this token may fire in the board's state.
+    assert front_answers[10][2]["allowed_events"] == ["maintenance_requested",
+                                                      "second_stage_started"]
+    assert framework_answers[10][2]["allowed_events"] == front_answers[10][2]["allowed_events"]

@@ -31,7 +31,8 @@ EVENT = "/api/v1/boards/{}/events/{}"
 def lab(engine):
     engine.import_machines("board", {"b1": {}, "b2": {}})
     for name in ("b1", "b2"):
-        engine.force_state("board", name, "ready", actor="test", reason="set up")
+        # Where a board's own token has events to report (by: board).
+        engine.force_state("board", name, "pxe_booting", actor="test", reason="set up")
     engine.start_group_commit(threads=2)
     tokens = TokenStore(engine.db, cache_seconds=0)
     app = create_app(engine, tokens, CollectorRegistry())
@@ -76,19 +77,19 @@ def test_pipelined_requests_are_answered_in_order(lab, engine, connect):
     sock, stream = connect(address)
     # Callbacks and framework routes mixed, all in one write.
     sock.sendall(b"".join([
-        request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"]),
+        request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"]),
         request("GET", "/api/v1/boards/b1", token=tokens["viewer"]),
-        request("POST", EVENT.format("b1", "power_cycle_ok"), token=tokens["b1"]),
         request("POST", EVENT.format("b1", "install_ok"), token=tokens["b1"]),
+        request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"]),
         request("GET", "/api/v1/boards/b1", token=tokens["viewer"]),
     ]))
     answers = [read_response(stream) for _ in range(5)]
     assert [status for status, _, _ in answers] == [200, 200, 200, 409, 200]
     documents = [json.loads(body) for _, _, body in answers]
-    assert (documents[0]["from_state"], documents[0]["state"]) == ("ready", "power_cycling")
-    assert documents[1]["state"] == "power_cycling"
-    assert (documents[2]["from_state"], documents[2]["state"]) == ("power_cycling",
-                                                                   "rebooting")
+    assert (documents[0]["from_state"], documents[0]["state"]) == ("pxe_booting",
+                                                                   "installing")
+    assert documents[1]["state"] == "installing"
+    assert (documents[2]["from_state"], documents[2]["state"]) == ("installing", "rebooting")
     assert documents[3]["error"] == "event_not_allowed"
     assert documents[4]["state"] == "rebooting"
     for _, fields, body in answers:
@@ -102,7 +103,7 @@ def test_expect_100_continue(lab, engine, connect):
     address, tokens = lab
     sock, stream = connect(address)
     body = json.dumps({"uptime": 7}).encode()
-    head = request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"], headers={
+    head = request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"], headers={
         "Content-Type": "application/json", "Expect": "100-continue"})
     sock.sendall(head.replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode()))
     # The client sends the body only once told to.
@@ -110,8 +111,8 @@ def test_expect_100_continue(lab, engine, connect):
     assert stream.readline() == b"\r\n"
     sock.sendall(body)
     status, _, answer = read_response(stream)
-    assert (status, json.loads(answer)["state"]) == (200, "power_cycling")
-    [entry] = [e for e in engine.history("board", "b1") if e.event == "reboot"]
+    assert (status, json.loads(answer)["state"]) == (200, "installing")
+    [entry] = [e for e in engine.history("board", "b1") if e.event == "second_stage_started"]
     assert entry.payload == {"uptime": 7}
 
 
@@ -121,19 +122,19 @@ def test_oversized_payload_is_refused_and_the_connection_goes_on(lab, engine, co
     big = json.dumps({"log": "x" * 70_000}).encode()
     json_type = {"Content-Type": "application/json"}
     # The token is checked before the body.
-    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token="corral_1_wrong",
+    sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token="corral_1_wrong",
                          body=big, headers=json_type))
     status, _, answer = read_response(stream)
     assert (status, json.loads(answer)["error"]) == (401, "unauthorized")
-    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"],
+    sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"],
                          body=big, headers=json_type))
     status, _, answer = read_response(stream)
     assert (status, json.loads(answer)["error"]) == (413, "payload_too_large")
-    assert engine.get("board", "b1").state == "ready"
+    assert engine.get("board", "b1").state == "pxe_booting"
     # The rest of the big body was read and dropped: the next request parses.
-    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"]))
+    sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"]))
     status, _, answer = read_response(stream)
-    assert (status, json.loads(answer)["state"]) == (200, "power_cycling")
+    assert (status, json.loads(answer)["state"]) == (200, "installing")
 
 
 @pytest.mark.parametrize(("version", "headers"), [("1.0", {}),
@@ -141,7 +142,7 @@ def test_oversized_payload_is_refused_and_the_connection_goes_on(lab, engine, co
 def test_connection_close(lab, connect, version, headers):
     address, tokens = lab
     sock, stream = connect(address)
-    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"],
+    sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"],
                          headers=headers, version=version))
     status, fields, _ = read_response(stream)
     assert (status, fields["connection"]) == (200, "close")
@@ -151,7 +152,7 @@ def test_connection_close(lab, connect, version, headers):
 def test_percent_encoded_path(lab, connect):
     address, tokens = lab
     sock, stream = connect(address)
-    sock.sendall(request("POST", EVENT.format("b%31", "reboot"), token=tokens["b1"]))
+    sock.sendall(request("POST", EVENT.format("b%31", "second_stage_started"), token=tokens["b1"]))
     status, _, answer = read_response(stream)
     assert (status, json.loads(answer)["name"]) == (200, "b1")
 
@@ -159,21 +160,21 @@ def test_percent_encoded_path(lab, connect):
 def test_client_gone_before_the_answer_still_commits(lab, engine, connect):
     address, tokens = lab
     sock, _ = connect(address)
-    sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=tokens["b1"]))
+    sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"]))
     sock.close()  # before the answer
     deadline = time.monotonic() + 30
-    while engine.get("board", "b1").state != "power_cycling":
+    while engine.get("board", "b1").state != "installing":
         assert time.monotonic() < deadline, "the event was not committed"
         time.sleep(0.05)
     # The server is unharmed.
     sock, stream = connect(address)
-    sock.sendall(request("POST", EVENT.format("b1", "power_cycle_ok"), token=tokens["b1"]))
+    sock.sendall(request("POST", EVENT.format("b1", "install_ok"), token=tokens["b1"]))
     assert read_response(stream)[0] == 200
 
 
 def test_shutdown_finishes_the_answers_in_flight(engine, connect, monkeypatch):
     engine.import_machines("board", {"b1": {}})
-    engine.force_state("board", "b1", "ready", actor="test", reason="set up")
+    engine.force_state("board", "b1", "pxe_booting", actor="test", reason="set up")
     tokens = TokenStore(engine.db, cache_seconds=0)
     token = tokens.issue_for_board("b1")
     # A commit that takes until the test says so (a slow database, say).
@@ -189,12 +190,12 @@ def test_shutdown_finishes_the_answers_in_flight(engine, connect, monkeypatch):
     app = create_app(engine, tokens, CollectorRegistry())
     with serving(app) as (address, server):
         sock, stream = connect(address)
-        sock.sendall(request("POST", EVENT.format("b1", "reboot"), token=token))
+        sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=token))
         assert entered.wait(30)
         server.should_exit = True  # as on SIGTERM
         time.sleep(0.5)  # the server's shutdown has begun (it looks every 0.1 s)
         release.set()
         status, fields, answer = read_response(stream)
         assert (status, fields["connection"]) == (200, "close")
-        assert json.loads(answer)["state"] == "power_cycling"
+        assert json.loads(answer)["state"] == "installing"
         assert stream.read() == b""

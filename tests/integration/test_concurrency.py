@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from corral.engine.core import CREATE_EVENT, FORCE_EVENT
 from corral.errors import Conflict
 from corral.store.schema import history, machines
+from tests.integration.helpers import firing
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ["reboot", "poll_ok", "poll_failed", "power_cycle_ok", "power_cycle_failed",
@@ -53,7 +54,8 @@ def test_eight_threads_on_one_board_leave_a_serial_history(pg_engine, machines):
         rng = random.Random(seed)
         for _ in range(150):
             try:
-                engine.fire("board", "b1", rng.choice(EVENTS), source="callback")
+                event = rng.choice(EVENTS)
+                engine.fire("board", "b1", event, **firing(event))
                 accepted[seed] += 1
             except Conflict:
                 pass

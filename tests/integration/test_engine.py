@@ -34,34 +34,38 @@ def test_create_starts_in_initial_state_with_deadline(engine, clock):
 
 
 def _transitions(machines):
-    """(source, trigger, dest) for every transition and timeout in board.yaml."""
+    """(source, trigger, dest, firer) for every transition and timeout in board.yaml."""
     definition = machines["board"].definition
     states = dict(definition.states)
     cases = []
     for t in definition.transitions:
         for source in expand_sources(t.sources, states):
-            cases.append((source, t.trigger, t.dest or source))
+            cases.append((source, t.trigger, t.dest or source, t.by[0]))
     for state in states.values():
         if state.on_timeout:
             dest = state.on_timeout if state.on_timeout in states else next(
                 c[2] for c in cases if c[0] == state.name and c[1] == state.on_timeout)
-            cases.append((state.name, "timeout", dest))
+            cases.append((state.name, "timeout", dest, "timeout"))
     return cases
+
+
+SOURCES = {"board": "callback", "operation": "operation", "operator": "operator",
+           "admin": "operator"}
 
 
 def test_every_transition_in_board_yaml(engine, machines, clock):
     cases = _transitions(machines)
     assert len(cases) > 40
-    for index, (source, trigger, dest) in enumerate(cases):
+    for index, (source, trigger, dest, firer) in enumerate(cases):
         name = f"t{index}"
         engine.create("board", name)
-        engine.force_state("board", name, source, actor="test", reason="set up")
+        engine.force_state("board", name, source, actor="test", reason="set up", role="admin")
         before = engine.get("board", name)
         if trigger == "timeout":
             clock.advance(machines["board"].definition.states[source].timeout + 1)
             assert engine.sweep_timeouts() >= 1
         else:
-            engine.fire("board", name, trigger, source="callback")
+            engine.fire("board", name, trigger, source=SOURCES[firer], role=firer)
         after = engine.get("board", name)
         assert after.state == dest, (source, trigger)
         entered = dest != source or trigger == "timeout" or before.epoch != after.epoch
@@ -100,7 +104,7 @@ def test_terminal_states_have_no_deadline(engine, machines):
     engine.create("board", "b1")
     for name, state in machines["board"].definition.states.items():
         if state.terminal:
-            engine.force_state("board", "b1", name, actor="test", reason="check")
+            engine.force_state("board", "b1", name, actor="test", reason="check", role="admin")
             assert engine.get("board", "b1").deadline is None, name
 
 
@@ -108,8 +112,15 @@ def test_disallowed_event_changes_nothing(engine):
     engine.create("board", "b1")
     before = snapshot(engine)
     with pytest.raises(EventNotAllowed) as info:
-        engine.fire("board", "b1", "install_ok", source="callback")
+        engine.fire("board", "b1", "reboot", source="operator")
+    # The events the state accepts that the firer may fire (retire: admins).
+    assert info.value.allowed == ["maintenance"]
+    with pytest.raises(EventNotAllowed) as info:
+        engine.fire("board", "b1", "reboot", source="operator", role="admin")
     assert info.value.allowed == ["maintenance", "retire"]
+    with pytest.raises(EventNotAllowed) as info:
+        engine.fire("board", "b1", "install_ok", source="callback")
+    assert info.value.allowed == []
     assert snapshot(engine) == before
 
 
@@ -123,7 +134,7 @@ def test_timeout_cannot_be_fired_by_hand(engine):
 
 def test_unknown_board(engine):
     with pytest.raises(UnknownMachine, match="unknown board 'ghost'"):
-        engine.fire("board", "ghost", "retire", source="operator")
+        engine.fire("board", "ghost", "retire", source="operator", role="admin")
     with pytest.raises(UnknownMachine):
         engine.get("board", "ghost")
 

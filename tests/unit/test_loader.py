@@ -22,7 +22,7 @@ states:
   broken:
     failed: true
 transitions:
-  - {trigger: poke_ok, source: idle, dest: null}
+  - {trigger: poke_ok, source: idle, dest: null, by: operation}
 """
 
 
@@ -111,13 +111,13 @@ def test_on_timeout_must_be_a_state_or_an_accepted_event():
 
 
 def test_duplicate_trigger_from_one_source():
-    text = MINIMAL + "  - {trigger: poke_ok, source: idle, dest: broken}\n"
+    text = MINIMAL + "  - {trigger: poke_ok, source: idle, dest: broken, by: operation}\n"
     [problem] = problems_of(text)
     assert "already defined on line 11" in problem
 
 
 def test_timeout_cannot_be_declared_as_a_transition():
-    text = MINIMAL + "  - {trigger: timeout, source: idle, dest: broken}\n"
+    text = MINIMAL + "  - {trigger: timeout, source: idle, dest: broken, by: timeout}\n"
     assert any("fired by the deadline sweep" in p for p in problems_of(text))
 
 
@@ -146,8 +146,8 @@ def test_kind_defined_twice_in_a_directory(tmp_path):
 
 def test_transition_vars_are_typed_and_optional_with_a_question_mark():
     definition = parse_definition(MINIMAL.replace(
-        "  - {trigger: poke_ok, source: idle, dest: null}",
-        "  - trigger: poke_ok\n    source: idle\n    dest: null\n"
+        "  - {trigger: poke_ok, source: idle, dest: null, by: operation}",
+        "  - trigger: poke_ok\n    source: idle\n    dest: null\n    by: operation\n"
         "    vars:\n      version: string\n      ttl: integer?"), "widget.yaml")
     [transition] = definition.transitions
     assert [(v.name, v.type, v.required) for v in transition.vars] == [
@@ -155,13 +155,58 @@ def test_transition_vars_are_typed_and_optional_with_a_question_mark():
 
 
 def test_bad_vars_name_the_line_and_the_types():
-    text = MINIMAL.replace("  - {trigger: poke_ok, source: idle, dest: null}",
+    text = MINIMAL.replace("  - {trigger: poke_ok, source: idle, dest: null, by: operation}",
                            "  - trigger: poke_ok\n    source: idle\n    dest: null\n"
+                           "    by: operation\n"
                            "    vars: {version: text, Bad: string}")
     found = problems_of(text)
-    assert found[0].startswith("widget.yaml:14: var 'version' has type 'text'; types: string, "
+    assert found[0].startswith("widget.yaml:15: var 'version' has type 'text'; types: string, "
                                "integer, number, boolean")
-    assert "widget.yaml:14: a var name must be" in found[1]
-    assert problems_of(MINIMAL.replace("dest: null}", "dest: null, vars: [a]}")) == [
+    assert "widget.yaml:15: a var name must be" in found[1]
+    assert problems_of(MINIMAL.replace("by: operation}", "by: operation, vars: [a]}")) == [
         "widget.yaml:11: vars must be a mapping of payload key to type (string, integer, "
         "number, boolean; a trailing '?' makes it optional)"]
+
+
+def test_every_transition_says_who_may_fire_it():
+    text = MINIMAL.replace(", by: operation}", "}")
+    assert problems_of(text) == [
+        "widget.yaml:11: transition is missing by (dest may be null for an event that keeps "
+        "the state; by says who may fire it: some of board, operator, admin, operation, "
+        "timeout)"]
+    assert problems_of(MINIMAL.replace("by: operation}", "by: [operation, root]}")) == [
+        "widget.yaml:11: by names 'root'; who may fire a transition: board, operator, admin, "
+        "operation, timeout"]
+    assert problems_of(MINIMAL.replace("by: operation}", "by: []}")) == [
+        "widget.yaml:11: by must name who may fire the transition: one or a list of board, "
+        "operator, admin, operation, timeout, not []"]
+
+
+def test_operation_results_come_only_from_workers():
+    assert problems_of(MINIMAL.replace("by: operation}", "by: [operation, board]}")) == [
+        "widget.yaml:11: transition 'poke_ok' is the result of operation 'poke', which only a "
+        "worker reports: it must be by: operation, not operation, board"]
+
+
+def test_timeout_fires_only_events_a_state_names():
+    named = MINIMAL.replace("on_timeout: idle", "on_timeout: poke_ok")
+    assert problems_of(named.replace("on_enter: [poke]", "on_enter: []").replace(
+        "by: operation}", "by: operator}")) == [
+        "widget.yaml:11: state 'idle' times out with event 'poke_ok': its by must include "
+        "timeout"]
+    assert problems_of(MINIMAL + "  - {trigger: kick, source: idle, dest: broken, "
+                                 "by: [operator, timeout]}\n") == [
+        "widget.yaml:12: transition 'kick' is by timeout, but no state it leaves names it as "
+        "on_timeout"]
+
+
+def test_shipped_machines_say_who_fires_what():
+    board = load_definitions(DEFAULT_STATEMACHINES_DIR)["board"]
+    by = {t.trigger: t.by for t in board.transitions}
+    assert {e for e, roles in by.items() if "board" in roles} == {
+        "second_stage_started", "maintenance_requested", "install_ok", "install_failed"}
+    assert {e for e, roles in by.items() if "operator" in roles} == {
+        "reboot", "reimage", "maintenance", "leave_maintenance"}
+    assert by["retire"] == ("admin",)
+    assert all(roles == ("operation",) for e, roles in by.items()
+               if e.endswith(("_ok", "_failed")) and e not in ("install_ok", "install_failed"))

@@ -85,3 +85,10 @@ def test_state_machine_file_reports_deep_nesting_with_the_line():
         parse_definition("kind: board\n" + deep(3000), "statemachines/deep.yaml")
     [problem] = info.value.problems
     assert f"nested more than {MAX_DEPTH} levels deep" in problem.message
+
+
+def test_a_control_character_is_a_syntax_error_with_its_line():
+    with pytest.raises(YamlSyntaxError) as info:
+        load_yaml("a: 1\nb: x\x11y\n")
+    assert info.value.line == 2
+    assert "#x0011 is not allowed" in str(info.value)

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 import psycopg
 import sqlalchemy.exc
+import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -35,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corral import __version__
 from corral.api.callbacks import (
     EVENT,
+    INTERNAL,
     MAX_IDEMPOTENCY_KEY,
     MAX_PAYLOAD,
     NAME,
@@ -48,10 +50,13 @@ from corral.engine.core import Engine, FireResult
 from corral.errors import CorralError, SchemaNotCurrent
 from corral.jobs import versions
 from corral.jobs.service import JobService
+from corral.payload import readable
 from corral.pools import PoolService
 from corral.store import queries as q
 from corral.store.migrate import require_current
 from corral.tokens import Principal, TokenStore
+
+log = structlog.get_logger("corral.api")
 
 # ------------------------------------------------------------------ documents
 
@@ -166,7 +171,11 @@ class MachineOut(BaseModel):
     attrs: dict[str, Any]
     vars: dict[str, Any] = Field(description="Values events stored for later states (a "
                                              "pool's override version and TTL).")
-    allowed_events: list[str]
+    allowed_events: list[str] = Field(description="The events the state accepts that this "
+                                                  "token may fire.")
+    accepted_events: dict[str, list[str]] = Field(
+        description="Every event the state accepts, with who may fire it (board, operator, "
+                    "admin, operation, timeout).")
 
 
 class JobOut(MachineOut):
@@ -262,8 +271,25 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             await engine.stop_loop_group_commit()
 
     callbacks = Callbacks(engine, tokens)
+    def known_query(request: Request) -> None:
+        # A query parameter the route does not take is a mistake (a typo'd
+        # `?faild=true` would otherwise list every board): refused, by name.
+        route = request.scope.get("route")
+        if not isinstance(route, APIRoute) or not request.query_params:
+            return
+        allowed = {p.alias for p in route.dependant.query_params}
+        for dependency in route.dependant.dependencies:
+            allowed |= {p.alias for p in dependency.query_params}
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise RequestValidationError([{
+                "loc": ("query", unknown[0]),
+                "msg": f"unknown query parameter; this route takes "
+                       f"{', '.join(sorted(allowed)) or 'none'}"}])
+
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,
-                  description="Persistent state machines for hardware test labs.")
+                  description="Persistent state machines for hardware test labs.",
+                  dependencies=[Depends(known_query)])
     bearer = HTTPBearer(auto_error=False, description="A board or operator token.")
 
     def answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
@@ -282,6 +308,8 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # A body that cannot even be parsed is a malformed request like any other.
         status = 422 if exc.status_code == 400 else exc.status_code
+        if isinstance(exc.__cause__, RecursionError):
+            return _too_deep(request, exc.__cause__)
         error = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 422: "invalid_request"}.get(status, "http_error")
         headers = dict(getattr(exc, "headers", None) or {})
@@ -298,8 +326,9 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-                   for e in exc.errors()]
+        # Locations may hold the client's own keys: made valid text first.
+        details = readable([{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
+                            for e in exc.errors()])
         where = ", ".join(".".join(str(p) for p in d["loc"]) + ": " + d["msg"]
                           for d in details)
         return JSONResponse({"error": "invalid_request", "message": where or "invalid request",
@@ -308,6 +337,19 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     @app.exception_handler(CorralError)
     def _corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return answer(*corral_error_answer(exc))
+
+    @app.exception_handler(Exception)
+    def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # A bug: the client gets the error shape, the log the traceback.
+        log.error("request_failed", exc_info=exc)
+        return answer(*INTERNAL)
+
+    @app.exception_handler(RecursionError)
+    def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        # Only input nests this deeply (the payload check allows 32 levels).
+        return JSONResponse({"error": "invalid_request",
+                             "message": "body: nested too deeply to be read"},
+                            status_code=422)
 
     async def principal(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -370,21 +412,21 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         @app.get(f"/api/v1/{plural}", response_model=list[MachineOut], responses=ERRORS,
                  tags=[tag], summary=f"List {plural}.", operation_id=f"list_{plural}")
         def list_machines(
-            _: Annotated[Principal, Depends(role("viewer"))],
+            who: Annotated[Principal, Depends(role("viewer"))],
             state: Annotated[list[str] | None, Query(description="Only these states.")] = None,
             failed: Annotated[bool, Query(description="Only those in a failed state.")] = False,
         ) -> list[MachineOut]:
             # An unknown state is a 404, as it is for the CLI.
-            return [MachineOut(**engine.describe(r))
+            return [MachineOut(**engine.describe(r, who.role))
                     for r in engine.list_machines(kind, states=state, failed=failed)]
 
         # A job's document adds its spec's name, priority, progress and outcome.
         out: type[MachineOut] = JobOut if kind == "job" else MachineOut
 
-        def document(name: str) -> MachineOut:
+        def document(name: str, role: str) -> MachineOut:
             if kind == "job":
-                return JobOut(**JobService(engine).describe(name))
-            return MachineOut(**engine.describe(engine.get(kind, name)))
+                return JobOut(**JobService(engine).describe(name, role))
+            return MachineOut(**engine.describe(engine.get(kind, name), role))
 
         @app.get(f"/api/v1/{plural}/{{name}}", response_model=out, responses=ERRORS,
                  tags=[tag], summary=f"Show one {kind}.", operation_id=f"show_{kind}")
@@ -394,7 +436,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             if not ((kind == "board" and who.board == name) or who.at_least("viewer")):
                 raise ApiError(403, "forbidden",
                                f"token {who.name!r} may not read {kind} {name!r}")
-            return document(name)
+            return document(name, who.role)
 
         @app.get(f"/api/v1/{plural}/{{name}}/history", response_model=HistoryPage,
                  responses=ERRORS, tags=[tag], summary=f"A {kind}'s history, newest first.",
@@ -403,7 +445,8 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             name: Name,
             _: Annotated[Principal, Depends(role("viewer"))],
             limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-            before: Annotated[int | None, Query(ge=1, description="Entries older than this "
+            before: Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                                                description="Entries older than this "
                                                 "id.")] = None,
         ) -> HistoryPage:
             entries = engine.history(kind, name, limit=limit, before_id=before)
@@ -421,7 +464,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                         who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
             return transition_doc(engine.force_state(kind, name, body.state, actor=who.name,
                                                      reason=body.reason,
-                                                     if_state=body.if_state))
+                                                     if_state=body.if_state, role=who.role))
 
         @app.post(f"/api/v1/{plural}/{{name}}/fire", response_model=TransitionOut,
                   responses=ERRORS, tags=[tag], operation_id=f"fire_{kind}_event",
@@ -430,7 +473,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                  who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
             return transition_doc(engine.fire(kind, name, body.event, source="operator",
                                               payload=body.payload, actor=who.name,
-                                              reason=body.reason))
+                                              reason=body.reason, role=who.role))
 
     for kind in engine.machines.kinds():
         machine_routes(kind, f"{kind}s")
@@ -445,14 +488,14 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                     who: Annotated[Principal, Depends(role("operator"))]) -> TransitionOut:
         event = "maintenance" if body.on else "leave_maintenance"
         return transition_doc(engine.fire("board", name, event, source="operator",
-                                          actor=who.name, reason=body.reason))
+                                          actor=who.name, reason=body.reason, role=who.role))
 
     @app.post("/api/v1/boards/{name}/retire", response_model=TransitionOut, responses=ERRORS,
               tags=["boards"], summary="Retire a board for good (admin).")
     def retire(name: BoardName, body: RetireIn,
                who: Annotated[Principal, Depends(role("admin"))]) -> TransitionOut:
         return transition_doc(engine.fire("board", name, "retire", source="operator",
-                                          actor=who.name, reason=body.reason))
+                                          actor=who.name, reason=body.reason, role=who.role))
 
     # -------------------------------------------------------------- monitoring
 

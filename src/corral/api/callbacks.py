@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import psycopg
@@ -28,7 +29,8 @@ import sqlalchemy.exc
 import structlog
 
 from corral.engine.core import Engine, FireRequest
-from corral.errors import Conflict, CorralError, InvalidRequest, NotFound
+from corral.errors import Conflict, CorralError, Forbidden, InvalidRequest, NotFound
+from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import Principal, TokenStore
 
 log = structlog.get_logger("corral.api")
@@ -36,7 +38,11 @@ log = structlog.get_logger("corral.api")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 EVENT = r"^[a-z][a-z0-9_]{0,62}$"
 # Board progress reports are small; a history row is not a place for bulk data.
-MAX_PAYLOAD = 64 * 1024
+MAX_PAYLOAD = MAX_PAYLOAD_BYTES
+# Every other request body (a job spec is at most 1 MiB of text, which JSON
+# escaping may grow): larger ones get 413 before they are read.
+MAX_BODY = 2 * 1024 * 1024
+BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 MAX_IDEMPOTENCY_KEY = 200
 
 Scope = MutableMapping[str, Any]
@@ -59,7 +65,8 @@ class ApiError(Exception):
 
     def answer(self) -> Answer:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
-        return self.status, {"error": self.error, "message": self.message, **self.extra}, headers
+        return self.status, readable({"error": self.error, "message": self.message,
+                                      **self.extra}), headers
 
 
 def invalid(where: str, message: str) -> ApiError:
@@ -72,6 +79,8 @@ def corral_error_answer(exc: CorralError) -> Answer:
     """The status and document for an error the engine raised."""
     if isinstance(exc, NotFound):
         status, error = 404, "not_found"
+    elif isinstance(exc, Forbidden):
+        status, error = 403, "forbidden"
     elif isinstance(exc, InvalidRequest):
         status, error = 422, "invalid_request"
     elif isinstance(exc, Conflict):
@@ -79,7 +88,7 @@ def corral_error_answer(exc: CorralError) -> Answer:
     else:
         # Well-formed but refused (e.g. firing 'timeout' by hand).
         status, error = 409, "refused"
-    body: dict[str, Any] = {"error": error, "message": str(exc)}
+    body: dict[str, Any] = {"error": error, "message": readable_text(str(exc))}
     if hasattr(exc, "allowed"):
         body["error"] = "event_not_allowed"
         body["allowed_events"] = exc.allowed
@@ -126,44 +135,52 @@ def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any] | Non
     if payload is not None and not isinstance(payload, dict):
         raise invalid("body", f"the payload must be a JSON object, not "
                               f"{type(payload).__name__}")
-    if b"\\u" in body:
-        # Escapes JSON allows but a database's JSON does not (PostgreSQL's
-        # jsonb refuses NUL and unpaired surrogates): refused here, before the
-        # event joins a shared transaction that it would fail.
-        for text in _strings(payload):
-            if "\x00" in text:
-                raise invalid("body", "the payload holds a NUL character (\\u0000)")
-            try:
-                text.encode()
-            except UnicodeEncodeError:
-                raise invalid("body", "the payload holds an unpaired surrogate "
-                                      "(\\ud800-\\udfff)") from None
+    # Whether a database stores it is the engine's payload check (corral.payload).
     return payload
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string in a JSON document, keys included."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class RefusalLog:
+    """Logs refused callbacks (``callback_refused``: board, event, status,
+    reason), so that a lab admin sees why a board's second stage was turned
+    away, without letting one misbehaving board flood the log: at most
+    ``burst`` lines per board per ``window`` seconds; the next window's first
+    line says how many were left out (``suppressed``)."""
+
+    def __init__(self, *, burst: int = 5, window: float = 60.0, boards: int = 10_000,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.window, self.boards, self.timer = burst, window, boards, timer
+        # board -> [window start, lines logged, lines left out]
+        self._seen: dict[str, list[float]] = {}
+
+    def note(self, board: str, event: str, status: int, reason: str) -> None:
+        now = self.timer()
+        entry = self._seen.get(board)
+        suppressed = 0
+        if entry is None or now - entry[0] >= self.window:
+            suppressed = int(entry[2]) if entry is not None else 0
+            if entry is None and len(self._seen) >= self.boards:
+                self._seen.clear()  # names are the client's to choose: stay bounded
+            entry = self._seen[board] = [now, 0, 0]
+        if entry[1] >= self.burst:
+            entry[2] += 1
+            return
+        entry[1] += 1
+        log.warning("callback_refused", board=board[:200], _event=event[:64], status=status,
+                    reason=reason[:500], **({"suppressed": suppressed} if suppressed else {}))
+
+
 class Callbacks:
     """The endpoint itself, whichever parser read the request."""
 
-    def __init__(self, engine: Engine, tokens: TokenStore) -> None:
+    def __init__(self, engine: Engine, tokens: TokenStore,
+                 refusals: RefusalLog | None = None) -> None:
         self.engine = engine
         self.tokens = tokens
+        self.refusals = refusals or RefusalLog()
 
     async def principal(self, token: str | None) -> Principal:
         """Who presented ``token`` (from an ``Authorization: Bearer`` header)."""
@@ -191,12 +208,13 @@ class Callbacks:
             source = "callback"
         elif who.at_least("operator"):
             source = "operator"
+        # The transition's `by` decides what this role may fire (the engine checks).
         else:
             raise ApiError(403, "forbidden", f"token {who.name!r} is {who.role}; firing "
                            "events needs a board token or the operator role")
         result = await self.engine.fire_async(FireRequest(
             kind="board", name=name, event=event, source=source, payload=payload,
-            actor=who.name,
+            actor=who.name, role=who.role,
             idempotency=(who.name, idempotency_key) if idempotency_key else None))
         return {"kind": result.kind, "name": result.name, "event": result.event,
                 "from_state": result.from_state, "state": result.to_state,
@@ -209,7 +227,15 @@ class Callbacks:
         ``headers`` are the request's, names in lower case (as in an ASGI
         scope); ``read_body`` returns the body, or raises the 413 ``ApiError``
         of :func:`too_large`. It is called only once the token has passed.
+        Refusals (4xx, 503) are logged through :class:`RefusalLog`.
         """
+        answer = await self._answer(name, event, headers, read_body)
+        if answer[0] != 200 and answer[0] != 500:
+            self.refusals.note(name, event, answer[0], str(answer[1].get("message", "")))
+        return answer
+
+    async def _answer(self, name: str, event: str, headers: Iterable[tuple[bytes, bytes]],
+                      read_body: Callable[[], Awaitable[bytes]]) -> Answer:
         try:
             authorization = idempotency_key = content_type = None
             for key, value in headers:
@@ -238,7 +264,7 @@ class Callbacks:
         except DATABASE_DOWN:
             return UNAVAILABLE
         except Exception:
-            log.exception("callback_failed", board=name, event=event)
+            log.exception("callback_failed", board=name, _event=event)
             return INTERNAL
 
     async def serve(self, scope: Scope, receive: Receive, name: str, event: str) -> Answer:
@@ -273,20 +299,77 @@ class Front:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            found = PATH.fullmatch(scope["path"])
+        if scope["type"] == "http" and scope["method"] in BODY_METHODS:
+            found = PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
             if found is not None:
-                status, fields, data = encode_answer(
-                    *await self.callbacks.serve(scope, receive, *found.groups()))
-                await send({"type": "http.response.start", "status": status,
-                            "headers": fields})
-                await send({"type": "http.response.body", "body": data})
+                try:
+                    answer = await self.callbacks.serve(scope, receive, *found.groups())
+                except Exception:
+                    log.exception("callback_failed", board=found[1], _event=found[2])
+                    answer = INTERNAL
+                await _send_answer(send, answer)
+                return
+            try:
+                receive = await self._screen(scope, receive)
+            except ApiError as exc:
+                status, document, headers = exc.answer()
+                # The body is left unread: the connection cannot carry another request.
+                await _send_answer(send, (status, document, headers | {"Connection": "close"}))
+                return
+            except _Disconnected:
                 return
         await self.app(scope, receive, send)
+
+    async def _screen(self, scope: Scope, receive: Receive) -> Receive:
+        """Refuse a request with a body before the framework reads it: one to
+        the API without a valid token gets 401, then one larger than
+        :data:`MAX_BODY` 413, before its body is read. Returns how the
+        application receives the (now read, bounded) body."""
+        length = None
+        authorization = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"authorization":
+                authorization = value.decode("latin-1")
+        if scope["path"].startswith("/api/"):
+            # Every API route needs a token; checking it first means nobody
+            # without one makes the server read or parse a body.
+            await self.callbacks.principal(bearer(authorization))
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            raise ApiError(413, "payload_too_large",
+                           f"the request body is larger than {MAX_BODY} bytes")
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                raise ApiError(413, "payload_too_large",
+                               f"the request body is larger than {MAX_BODY} bytes")
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": bytes(body),
+                                   "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+        return replay
 
     def __getattr__(self, name: str) -> Any:
         # The FastAPI app's attributes (openapi(), routes, state) stay reachable.
         return getattr(self.app, name)
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived."""
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    status, fields, data = encode_answer(*answer)
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": data})
 
 
 def _compact_json_encoder() -> Callable[[Any], str]:

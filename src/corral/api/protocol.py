@@ -34,12 +34,26 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from corral.api.callbacks import MAX_PAYLOAD, Callbacks, encode_answer, too_large
+from corral.api.callbacks import (
+    INTERNAL,
+    MAX_PAYLOAD,
+    Callbacks,
+    encode_answer,
+    too_large,
+)
 
 log = structlog.get_logger("corral.api")
 
 PATH = re.compile(rb"/api/v1/boards/([^/]+)/events/([^/]+)")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+             b"connection: close\r\ncontent-length: 83\r\n\r\n"
+             b'{"error":"request_timeout","message":"the request was not sent in time; try again"}')
+HEADER_TIMEOUT = 10.0
+"""Seconds a client has, from connecting (or from the first byte of a request on
+a kept-alive connection), to send a request's line and headers."""
+BODY_TIMEOUT = 30.0
+"""Seconds a client has, once the headers are in, to send the whole body."""
 # The uvicorn releases (major, minor) whose protocol hooks this module was
 # checked against: the acceptance tests pass through it on each.
 SUPPORTED_UVICORN = ((0, 54), (0, 54))
@@ -82,28 +96,86 @@ class _Exchange:
         return bytes(self.body)
 
 
-def callback_protocol(callbacks: Callbacks) -> type[asyncio.Protocol] | None:
+def callback_protocol(callbacks: Callbacks, *, header_timeout: float = HEADER_TIMEOUT,
+                      body_timeout: float = BODY_TIMEOUT) -> type[asyncio.Protocol] | None:
     """The protocol class to give uvicorn (``Config(http=...)``) so that it answers
-    the callback route with ``callbacks``; None on a uvicorn release this module
-    was not written against (its own protocol then serves the route through
-    :class:`corral.api.callbacks.Front`, at some cost in speed)."""
+    the callback route with ``callbacks`` and drops clients that send a request
+    too slowly; None on a uvicorn release this module was not written against
+    (its own protocol then serves the route through
+    :class:`corral.api.callbacks.Front`, at some cost in speed, and without the
+    read timeouts). The project pins uvicorn to that release."""
     version = tuple(int(part) for part in uvicorn.__version__.split(".")[:2])
     if not SUPPORTED_UVICORN[0] <= version <= SUPPORTED_UVICORN[1]:
         log.warning("callback_protocol_unsupported", uvicorn=uvicorn.__version__,
-                    note="callbacks are answered through ASGI")
+                    note="callbacks are answered through ASGI, without read timeouts")
         return None
-    return type("BoundCallbackProtocol", (CallbackProtocol,), {"callbacks": callbacks})
+    return type("BoundCallbackProtocol", (CallbackProtocol,), {
+        "callbacks": callbacks, "header_timeout": header_timeout,
+        "body_timeout": body_timeout})
 
 
 class CallbackProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering the callback route itself (with
-    the class attribute ``callbacks``, set by :func:`callback_protocol`)."""
+    the class attribute ``callbacks``, set by :func:`callback_protocol`).
+
+    It also bounds how long a client may take to send a request: its headers
+    within ``header_timeout`` seconds, its body within ``body_timeout`` more.
+    A client that is too slow gets 408 and the connection is closed (a slow
+    request an application is already reading is disconnected instead), so
+    a handful of clients trickling bytes cannot hold connections for ever.
+    """
 
     callbacks: Callbacks
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    _read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_read_timer(self.header_timeout)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_read_timer(self.header_timeout)
+
+    def _arm_read_timer(self, seconds: float) -> None:
+        self._cancel_read_timer()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        # The request being read, if its headers are in (else an earlier,
+        # answered one, or none).
+        current = cycle if cycle is not None and not cycle.response_complete else None
+        answering = current is not None and (
+            current.started if type(current) is _Exchange
+            else getattr(current, "response_started", False))
+        log.info("http_request_timeout", client=self.client[0] if self.client else None,
+                 headers_read=current is not None)
+        if answering:
+            # An answer is on its way (a 413, say): it ends the connection.
+            current.keep_alive = False  # type: ignore[union-attr]
+            return
+        if current is not None:
+            # The application reading the body sees a disconnect; nothing it
+            # sends afterwards is written.
+            current.response_complete = True
+            current.disconnected = True
+        self.transport.write(TIMED_OUT)
+        self.transport.close()
 
     # ---------------------------------------------------- parser callbacks
 
     def on_headers_complete(self) -> None:
+        self._arm_read_timer(self.body_timeout)
         exchange = self._exchange()
         if exchange is None:
             super().on_headers_complete()
@@ -134,6 +206,7 @@ class CallbackProtocol(HttpToolsProtocol):
             exchange.body += body
 
     def on_message_complete(self) -> None:
+        self._cancel_read_timer()
         exchange = self.cycle
         if type(exchange) is not _Exchange:
             super().on_message_complete()
@@ -151,6 +224,7 @@ class CallbackProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_timer()
         exchange = self.cycle
         if type(exchange) is _Exchange:
             # An answer in flight still commits its event (the board may retry
@@ -191,8 +265,15 @@ class CallbackProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _answer(self, exchange: _Exchange) -> None:
-        status, fields, data = encode_answer(*await self.callbacks.answer(
-            exchange.name, exchange.event, exchange.headers, exchange.read_body))
+        try:
+            answer = await self.callbacks.answer(exchange.name, exchange.event,
+                                                 exchange.headers, exchange.read_body)
+        except Exception:
+            # Callbacks.answer turns every error into an answer; should that
+            # fail too, the client still gets one and the connection goes on.
+            log.exception("callback_failed", board=exchange.name, _event=exchange.event)
+            answer = INTERNAL
+        status, fields, data = encode_answer(*answer)
         exchange.response_complete = True
         if not exchange.disconnected and not self.transport.is_closing():
             # One write for the whole response: one system call, and on

@@ -60,18 +60,22 @@ def metrics_registry(engine: Engine) -> CollectorRegistry:
     return build_registry(engine, multiprocess=bool(os.environ.get(MULTIPROC_ENV)))
 
 
-def uvicorn_config(app: Front) -> uvicorn.Config:
+def uvicorn_config(app: Front, *, header_timeout: float = 10.0,
+                   body_timeout: float = 30.0) -> uvicorn.Config:
     """How ``corral serve`` runs uvicorn: the callback route answered in the
-    HTTP protocol (:mod:`corral.api.protocol`), no access log (the engine logs
-    every transition), no proxy-header rewriting (nothing here depends on the
-    client's address, and the middleware would wrap every request)."""
+    HTTP protocol (:mod:`corral.api.protocol`), which also drops clients that
+    take longer than ``header_timeout`` / ``body_timeout`` seconds to send a
+    request; no access log (the engine logs every transition), no proxy-header
+    rewriting (nothing here depends on the client's address, and the
+    middleware would wrap every request)."""
     import uvicorn
 
     from corral.api.protocol import callback_protocol
 
+    protocol = callback_protocol(app.callbacks, header_timeout=header_timeout,
+                                 body_timeout=body_timeout)
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                          proxy_headers=False, server_header=False,
-                          http=callback_protocol(app.callbacks) or "auto")
+                          proxy_headers=False, server_header=False, http=protocol or "auto")
 
 
 def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) -> None:
@@ -85,7 +89,8 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
     app = create_app(engine, tokens, registry, threads=settings.http_threads,
                      default_ttl=settings.mo_override_ttl)
     sock = _socket(settings, reuse_port=settings.http_processes > 1)
-    server = uvicorn.Server(uvicorn_config(app))
+    server = uvicorn.Server(uvicorn_config(app, header_timeout=settings.http_header_timeout,
+                                           body_timeout=settings.http_body_timeout))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
     # to the handlers it found: make those harmless, so that the clean-up that
     # follows (sweeps, workers, pending group commits) still runs.

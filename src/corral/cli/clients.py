@@ -48,6 +48,8 @@ def _transition(result: FireResult) -> dict[str, Any]:
 
 
 class LocalBoards:
+    """The database itself: whoever holds its credentials has the admin role."""
+
     def __init__(self, engine: Engine, kind: str, actor: str) -> None:
         self.engine, self.kind, self.actor = engine, kind, actor
         engine.machine(kind)
@@ -66,12 +68,14 @@ class LocalBoards:
 
     def fire(self, name: str, event: str, payload: Any, reason: str | None) -> dict[str, Any]:
         return _transition(self.engine.fire(self.kind, name, event, source="operator",
-                                            payload=payload, actor=self.actor, reason=reason))
+                                            payload=payload, actor=self.actor, reason=reason,
+                                            role="admin"))
 
     def force_state(self, name: str, state: str, reason: str, if_state: str | None
                     ) -> dict[str, Any]:
         return _transition(self.engine.force_state(self.kind, name, state, actor=self.actor,
-                                                   reason=reason, if_state=if_state))
+                                                   reason=reason, if_state=if_state,
+                                                   role="admin"))
 
 
 class RemoteBoards:

@@ -811,7 +811,10 @@ def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
     """Play COUNT boards reporting their boot progress over HTTP.
 
     Boards missing from the database are created; each gets a fresh board token
-    (issued through the database, so run this beside the server).
+    (issued through the database, so run this beside the server). The
+    reimages they ask for now and then go through an operator token
+    (``simulated-lab``), as a lab's test jobs would: a board may not order
+    its own reimage.
     """
     import asyncio
 
@@ -828,6 +831,7 @@ def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
                                reason="created by corral simulate boards")
     tokens = TokenStore(engine.db)
     issued = {n: tokens.issue_for_board(n) for n in names}
+    lab_token = tokens.issue("simulated-lab", "operator")
     behaviour = BoardBehaviour(boot_seconds=settings.sim_boot_seconds,
                                install_seconds=settings.sim_install_seconds,
                                install_failure=settings.sim_install_failure,
@@ -840,7 +844,7 @@ def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
             loop.add_signal_handler(signum, stop.set)
         if seconds is not None:
             loop.call_later(seconds, stop.set)
-        return await run_boards(server, issued, behaviour, stop)
+        return await run_boards(server, issued, behaviour, stop, lab_token=lab_token)
 
     click.echo(f"{count} simulated boards reporting to {server}", err=True)
     tally = asyncio.run(main())

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +31,14 @@ from corral.errors import (
     Conflict,
     CorralError,
     EventNotAllowed,
+    Forbidden,
     InvalidRequest,
     NotFound,
     StateMismatch,
     UnknownMachine,
 )
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome, StateMachine
+from corral.payload import check_json, check_text, readable, readable_text
 from corral.store import queries as q
 from corral.store.schema import HISTORY_SOURCES
 from corral.store.transaction import (
@@ -54,6 +56,10 @@ log = structlog.get_logger("corral.engine")
 Clock = Callable[[], datetime]
 FORCE_EVENT = "force_state"
 CREATE_EVENT = "create"
+# Who fires an event from each history source, when the caller names no role
+# (an admin token names "admin").
+SOURCE_ROLES = {"callback": "board", "operator": "operator", "operation": "operation",
+                "timeout": "timeout"}
 
 
 def utcnow() -> datetime:
@@ -125,21 +131,55 @@ class FireRequest:
     reason: str | None = None
     # (scope, key): a repeat of the same pair replays the first outcome.
     idempotency: tuple[str, str] | None = None
+    # Who fires it (a transition's ``by``); None: the role of ``source``.
+    role: str | None = None
+
+    @property
+    def firer(self) -> str:
+        return self.role or SOURCE_ROLES.get(self.source, self.source)
 
 
-def outcome_document(outcome: FireResult | CorralError) -> dict[str, Any]:
-    """How an outcome is stored for idempotent replay."""
+def outcome_document(outcome: FireResult | CorralError, request: FireRequest
+                     ) -> dict[str, Any]:
+    """How an outcome is stored for idempotent replay, with the request it
+    answered (a key reused for another machine or event is refused)."""
+    used_for = {"request": {"kind": request.kind, "name": request.name,
+                            "event": request.event}}
     if isinstance(outcome, FireResult):
-        return {"result": {k: v for k, v in outcome.__dict__.items() if k != "replayed"}
-                | {"operations": list(outcome.operations)}}
+        return used_for | {"result": {k: v for k, v in outcome.__dict__.items()
+                                      if k != "replayed"}
+                           | {"operations": list(outcome.operations)}}
     if isinstance(outcome, EventNotAllowed):
-        return {"error": "event_not_allowed", "kind": outcome.kind, "name": outcome.name,
-                "state": outcome.state, "event": outcome.event, "allowed": outcome.allowed}
+        return used_for | {"error": "event_not_allowed", "kind": outcome.kind,
+                           "name": outcome.name, "state": outcome.state,
+                           "event": outcome.event, "allowed": outcome.allowed}
     if isinstance(outcome, UnknownMachine):
-        return {"error": "unknown_machine", "kind": outcome.kind, "name": outcome.name}
+        return used_for | {"error": "unknown_machine", "kind": outcome.kind,
+                           "name": outcome.name}
     if isinstance(outcome, InvalidRequest):
-        return {"error": "invalid_request", "message": str(outcome)}
-    return {"error": "refused", "message": str(outcome)}
+        return used_for | {"error": "invalid_request", "message": str(outcome)}
+    if isinstance(outcome, Forbidden):
+        return used_for | {"error": "forbidden", "message": str(outcome), "role": outcome.role}
+    return used_for | {"error": "refused", "message": str(outcome)}
+
+
+def check_key_reuse(document: Mapping[str, Any], request: FireRequest) -> None:
+    """An idempotency key answers only a repeat of the request it was first used for.
+
+    Raises:
+        InvalidRequest: the key was used for another machine or event (keys
+            stored before the request was kept with them are not compared).
+    """
+    first = document.get("request")
+    if first is None:
+        return
+    now = {"kind": request.kind, "name": request.name, "event": request.event}
+    if first != now:
+        raise InvalidRequest(
+            f"Idempotency-Key {request.idempotency[1] if request.idempotency else ''!r} was "
+            f"used for {first['kind']} {first['name']!r} event {first['event']!r}, not for "
+            f"{now['kind']} {now['name']!r} event {now['event']!r}: use a new key for a "
+            "new request")
 
 
 def replay_outcome(document: Mapping[str, Any]) -> FireResult | CorralError:
@@ -148,6 +188,8 @@ def replay_outcome(document: Mapping[str, Any]) -> FireResult | CorralError:
         fields["operations"] = tuple(fields.get("operations", ()))
         return FireResult(**fields, replayed=True)
     error = document["error"]
+    if error == "forbidden":
+        return Forbidden(document["message"], role=document.get("role", ""))
     if error == "event_not_allowed":
         return EventNotAllowed(document["kind"], document["name"], document["state"],
                                document["event"], list(document["allowed"]))
@@ -327,22 +369,33 @@ class Engine:
         with self.db.begin() as conn:
             return q.list_machines(conn, kind, states=wanted)
 
-    def describe(self, row: q.MachineRow) -> dict[str, Any]:
-        """A machine as operators see it: its row plus whether it has failed and
-        which events its state accepts (the CLI and the HTTP API both show this)."""
+    def describe(self, row: q.MachineRow, role: str = "admin") -> dict[str, Any]:
+        """A machine as ``role`` sees it: its row, whether it has failed, the
+        events its state accepts with who fires each, and those ``role`` may
+        fire (the CLI and the HTTP API both show this)."""
         machine = self.machines[row.kind]
+        accepted = machine.allowed_events(row.state)
         return {"name": row.name, "state": row.state, "failed": machine.is_failed(row.state),
                 "state_entered_at": row.state_entered_at, "deadline": row.deadline,
-                "counters": row.counters, "epoch": row.epoch, "attrs": row.attrs,
-                "vars": row.vars or {},
-                "allowed_events": list(machine.allowed_events(row.state))}
+                "counters": row.counters, "epoch": row.epoch, "attrs": readable(row.attrs),
+                "vars": readable(row.vars or {}),
+                "allowed_events": list(machine.allowed_events(row.state, role)),
+                "accepted_events": {event: list(machine.firers(row.state, event))
+                                    for event in accepted}}
 
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None
     ) -> list[q.HistoryEntry]:
+        """The newest ``limit`` entries, newest first, older than ``before_id``.
+
+        Payloads and reasons come back readable whatever was stored (see
+        :func:`corral.payload.readable`): one bad row never fails a page.
+        """
         row = self.get(kind, name)
         with self.db.begin() as conn:
-            return q.list_history(conn, row.id, limit=limit, before_id=before_id)
+            entries = q.list_history(conn, row.id, limit=limit, before_id=before_id)
+        return [replace(e, payload=readable(e.payload), reason=readable_text(e.reason))
+                for e in entries]
 
     # ------------------------------------------------------------ events
 
@@ -357,11 +410,15 @@ class Engine:
         actor: str | None = None,
         reason: str | None = None,
         idempotency: tuple[str, str] | None = None,
+        role: str | None = None,
     ) -> FireResult:
         """Apply one event to one machine; returns once the transition has committed.
 
         With ``idempotency`` (scope, key), a repeat of the pair returns the first
-        outcome (``replayed`` set, or the same error) without firing again.
+        outcome (``replayed`` set, or the same error) without firing again; a
+        key used for another machine or event is refused. ``role`` is who fires
+        it (see :data:`~corral.machines.definition.FIRERS`; default: the
+        role of ``source``), checked against the transition's ``by``.
 
         With group commit on (:meth:`start_group_commit`), events fired by
         concurrent threads share transactions; each is still validated alone
@@ -370,10 +427,13 @@ class Engine:
         Raises:
             UnknownMachine: no such machine.
             EventNotAllowed: the current state does not accept ``event``; nothing changed.
+            Forbidden: ``role`` may not fire ``event`` (there).
+            InvalidRequest: the payload or reason fails the payload check, or
+                the idempotency key was used for another request.
         """
         request = FireRequest(kind=kind, name=name, event=event, source=source,
                               payload=payload, actor=actor, reason=reason,
-                              idempotency=idempotency)
+                              idempotency=idempotency, role=role)
         self._check(request)
         if self._committer is not None:
             outcome = self._committer.submit(request)
@@ -452,7 +512,13 @@ class Engine:
         now = self.clock()
         for request in requests:
             if request.idempotency in stored:
-                batch.outcomes.append(replay_outcome(stored[request.idempotency]))
+                document = stored[request.idempotency]
+                try:
+                    check_key_reuse(document, request)
+                except InvalidRequest as exc:
+                    batch.outcomes.append(exc)
+                else:
+                    batch.outcomes.append(replay_outcome(document))
                 continue
             outcome: FireResult | CorralError
             try:
@@ -463,7 +529,7 @@ class Engine:
                     raise UnknownMachine(request.kind, request.name)
                 computed = self.machines[request.kind].compute(
                     row.state, row.counters, request.event, name=request.name,
-                    payload=request.payload)
+                    payload=request.payload, role=request.firer)
                 write = self._prepare(row, computed, now=now, source=request.source,
                                       actor=request.actor, reason=request.reason,
                                       payload=request.payload, operation_id=None)
@@ -474,7 +540,7 @@ class Engine:
                 outcome = exc
             batch.outcomes.append(outcome)
             if request.idempotency is not None:
-                document = outcome_document(outcome)
+                document = outcome_document(outcome, request)
                 stored[request.idempotency] = document
                 row = rows.get((request.kind, request.name))
                 batch.remembered.append({"scope": request.idempotency[0],
@@ -530,9 +596,11 @@ class Engine:
             self._committer = None
 
     def _check(self, request: FireRequest) -> None:
+        """What can be refused before any lock: the source, the kind, reserved
+        events, who fires it, and the payload check."""
         if request.source not in HISTORY_SOURCES:
             raise CorralError(f"source must be one of {', '.join(HISTORY_SOURCES)}")
-        self.machines[request.kind]
+        machine = self.machines[request.kind]
         if request.event == TIMEOUT_EVENT:
             raise CorralError("'timeout' is fired by the deadline sweep only; to move a machine "
                               "on, force its state")
@@ -540,6 +608,9 @@ class Engine:
         if instead is not None:
             raise Conflict(f"{request.kind} event {request.event!r} cannot be fired directly; "
                            f"{instead}")
+        machine.check_firer(request.event, request.firer)
+        check_json(request.payload, "payload")
+        check_text(request.reason, "reason")
 
     def force_state(
         self,
@@ -550,19 +621,27 @@ class Engine:
         actor: str,
         reason: str,
         if_state: str | None = None,
+        role: str = "operator",
     ) -> FireResult:
         """Put a machine into ``state`` whatever it is doing, running the state's
         entry operations; with ``if_state``, only if it is currently in that state.
+        ``role`` (operator or admin) must be the one the state needs
+        (:meth:`~corral.machines.StateMachine.force_role`).
 
         Raises:
-            UnknownMachine, NotFound (no such state), StateMismatch (``if_state`` differs).
+            UnknownMachine, NotFound (no such state), StateMismatch (``if_state``
+            differs), Forbidden (the state needs admin), InvalidRequest (the reason).
         """
+        check_text(reason, "reason")
         if not reason or not reason.strip():
             raise CorralError("a reason is required to force a state")
         machine = self.machines[kind]
-        machine.state(state)
+        needed = machine.force_role(state)
         if if_state is not None:
             machine.state(if_state)
+        if role not in ("operator", "admin") or (needed == "admin" and role != "admin"):
+            raise Forbidden(f"forcing {kind} state {state!r} needs the {needed} role (the "
+                            f"role its transitions need), not {role}", role=role)
         with transaction(self.db) as tx:
             row = self._lock(tx, kind, name)
             if if_state is not None and row.state != if_state:
@@ -729,7 +808,7 @@ class Engine:
                 self.observer.operation(op.kind, "stale")
                 return self._ignored(row, event, note)
             computed = machine.compute(row.state, row.counters, event, name=row.name,
-                                       payload=result_doc)
+                                       payload=result_doc, role="operation")
             write = self._prepare(row, computed, now=now, source="operation", actor=None,
                                   reason=error, payload=result_doc, operation_id=op.id)
             _write_all(SqlaTransaction(conn), [write], [write.change])
@@ -873,15 +952,18 @@ class Unit:
         self, row: q.MachineState, event: str, *, source: str, payload: Any = None,
         actor: str | None = None, reason: str | None = None,
     ) -> q.MachineState:
-        """Apply ``event`` to the locked ``row``; returns the row as it is now.
+        """Apply ``event`` to the locked ``row``, fired by the role of
+        ``source``; returns the row as it is now.
 
         Raises:
-            EventNotAllowed, InvalidRequest: nothing of the unit will commit
-            unless the caller handles it.
+            EventNotAllowed, Forbidden, InvalidRequest: nothing of the unit will
+            commit unless the caller handles it.
         """
         machine = self.engine.machines[row.kind]
+        check_json(payload, "payload")
+        check_text(reason, "reason")
         outcome = machine.compute(row.state, row.counters, event, name=row.name,
-                                  payload=payload)
+                                  payload=payload, role=SOURCE_ROLES[source])
         write = self.engine._prepare(row, outcome, now=self.now, source=source, actor=actor,
                                      reason=reason, payload=payload, operation_id=None)
         _write_all(SqlaTransaction(self.conn), [write], [write.change])

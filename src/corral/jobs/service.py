@@ -104,9 +104,10 @@ class JobService:
     def spec(self, name: str) -> JobSpec:
         return JobSpec.from_json(self.record(name)["spec"])
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """The job machine plus its spec's name, priority, progress and outcome."""
-        doc = self.engine.describe(self.engine.get(KIND, name))
+    def describe(self, name: str, role: str = "admin") -> dict[str, Any]:
+        """The job machine (as ``role`` sees it) plus its spec's name, priority,
+        progress and outcome."""
+        doc = self.engine.describe(self.engine.get(KIND, name), role)
         record = self.record(name)
         spec = JobSpec.from_json(record["spec"])
         variables = doc.get("vars", {})

@@ -13,6 +13,20 @@ from dataclasses import dataclass
 TIMEOUT_EVENT = "timeout"
 """The event the deadline sweep fires when a state's timeout expires."""
 
+FIRERS = ("board", "operator", "admin", "operation", "timeout")
+"""Who may fire a transition (its ``by:``):
+
+- ``board``: the board itself, with its own token (its second stage's progress);
+- ``operator``: an operator or admin token, or the local CLI;
+- ``admin``: an admin token, or the local CLI (an operator token is refused);
+- ``operation``: a worker reporting an operation's result, or a service's own
+  bookkeeping (a job's action finishing);
+- ``timeout``: the deadline sweep, for a state whose ``on_timeout`` names this
+  event.
+"""
+
+HUMAN_FIRERS = ("operator", "admin")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Counter:
@@ -81,13 +95,20 @@ class TransitionDef:
     ``dest`` ``None`` is an internal transition: the event is accepted and
     recorded, but the machine does not leave or re-enter its state. ``vars``
     are payload values the event must carry; they are stored on the machine.
+    ``by`` says who may fire it (see :data:`FIRERS`).
     """
 
     trigger: str
     sources: tuple[str, ...]
     dest: str | None
     line: int
+    by: tuple[str, ...]
     vars: tuple[VarDef, ...] = ()
+
+    def fired_by(self, role: str) -> bool:
+        """Whether ``role`` (one of :data:`FIRERS`) may fire this transition; an
+        admin may fire what an operator may."""
+        return role in self.by or (role == "admin" and "operator" in self.by)
 
 
 @dataclass(frozen=True, kw_only=True)

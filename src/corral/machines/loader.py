@@ -16,6 +16,7 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.machines.definition import (
+    FIRERS,
     TIMEOUT_EVENT,
     VAR_TYPES,
     Counter,
@@ -40,8 +41,8 @@ STATE_KEYS = (
     "deadline_var",
 )
 COUNTER_KEYS = ("name", "max", "failure", "count")
-TRANSITION_KEYS = ("trigger", "source", "dest", "vars")
-REQUIRED_TRANSITION_KEYS = ("trigger", "source", "dest")
+TRANSITION_KEYS = ("trigger", "source", "dest", "by", "vars")
+REQUIRED_TRANSITION_KEYS = ("trigger", "source", "dest", "by")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -330,7 +331,8 @@ def _parse_transitions(check: _Checker, doc: LineDict) -> list[TransitionDef]:
         missing = [k for k in REQUIRED_TRANSITION_KEYS if k not in item]
         if missing:
             check.error(line, f"transition is missing {', '.join(missing)} "
-                        "(dest may be null for an event that keeps the state)")
+                        "(dest may be null for an event that keeps the state; by says who "
+                        f"may fire it: some of {', '.join(FIRERS)})")
             continue
         trigger = check.name(item["trigger"], item.line_of("trigger"), "a trigger")
         source = item["source"]
@@ -349,11 +351,29 @@ def _parse_transitions(check: _Checker, doc: LineDict) -> list[TransitionDef]:
             check.error(item.line_of("trigger"), "'timeout' is fired by the deadline sweep; "
                         "declare it with a state's timeout and on_timeout instead")
             continue
+        by = _parse_by(check, item)
         variables = _parse_vars(check, item) if "vars" in item else ()
-        if trigger is not None:
+        if trigger is not None and by is not None:
             result.append(TransitionDef(trigger=trigger, sources=sources, dest=dest, line=line,
-                                        vars=variables))
+                                        by=by, vars=variables))
     return result
+
+
+def _parse_by(check: _Checker, item: LineDict) -> tuple[str, ...] | None:
+    """``by: board`` or ``by: [operator, operation]``: who may fire the transition."""
+    raw = item["by"]
+    line = item.line_of("by")
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        check.error(line, f"by must name who may fire the transition: one or a list of "
+                    f"{', '.join(FIRERS)}, not {raw!r}")
+        return None
+    unknown = [n for n in names if n not in FIRERS]
+    if unknown:
+        check.error(line, f"by names {', '.join(map(repr, unknown))}; who may fire a "
+                    f"transition: {', '.join(FIRERS)}")
+        return None
+    return tuple(dict.fromkeys(names))
 
 
 def _parse_vars(check: _Checker, item: LineDict) -> tuple[VarDef, ...]:
@@ -402,6 +422,7 @@ def _check_references(
             seen[key] = t.line
             triggers_by_state[source].add(t.trigger)
 
+    _check_firers(check, states, transitions)
     for t in transitions:
         target = states.get(t.dest or "")
         if target is not None and target.deadline_var is not None and target.deadline_var \
@@ -438,6 +459,29 @@ def _check_references(
                 if name not in known:
                     check.error(state.line, f"state {state.name!r}: clear_counters names "
                                 f"unknown counter {name!r}; counters: {', '.join(sorted(known))}")
+
+
+def _check_firers(check: _Checker, states: dict[str, StateDef],
+                  transitions: list[TransitionDef]) -> None:
+    """Operation results come only from workers, and ``timeout`` fires only the
+    events a state's ``on_timeout`` names."""
+    timeout_events = {(s.name, s.on_timeout) for s in states.values()
+                      if s.on_timeout is not None and s.on_timeout not in states}
+    for t in transitions:
+        sources = expand_sources(t.sources, states)
+        results_of = sorted({op for source in sources for op in states[source].on_enter
+                             if t.trigger.startswith(f"{op}_")})
+        if results_of and t.by != ("operation",):
+            check.error(t.line, f"transition {t.trigger!r} is the result of operation "
+                        f"{results_of[0]!r}, which only a worker reports: it must be "
+                        f"by: operation, not {', '.join(t.by)}")
+        named = [s for s in sources if (s, t.trigger) in timeout_events]
+        if named and "timeout" not in t.by:
+            check.error(t.line, f"state {named[0]!r} times out with event {t.trigger!r}: "
+                        "its by must include timeout")
+        if "timeout" in t.by and not named:
+            check.error(t.line, f"transition {t.trigger!r} is by timeout, but no state it "
+                        "leaves names it as on_timeout")
 
 
 def expand_sources(sources: tuple[str, ...], states: dict[str, StateDef]) -> list[str]:

@@ -16,8 +16,15 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
-from corral.errors import EventNotAllowed, InvalidRequest, NotFound
-from corral.machines.definition import TIMEOUT_EVENT, MachineDefinition, StateDef, VarDef
+from corral.errors import EventNotAllowed, Forbidden, InvalidRequest, NotFound
+from corral.machines.definition import (
+    HUMAN_FIRERS,
+    TIMEOUT_EVENT,
+    MachineDefinition,
+    StateDef,
+    TransitionDef,
+    VarDef,
+)
 from corral.machines.loader import expand_sources
 
 
@@ -102,6 +109,24 @@ class StateMachine:
             for t in definition.transitions if t.vars
             for source in expand_sources(t.sources, dict(states))
         }
+        # (state, event) -> the transition taken, for who may fire it.
+        self._transitions: dict[tuple[str, str], TransitionDef] = {
+            (source, t.trigger): t
+            for t in definition.transitions
+            for source in expand_sources(t.sources, dict(states))
+        }
+        self._by_event: dict[str, list[TransitionDef]] = {}
+        for t in definition.transitions:
+            self._by_event.setdefault(t.trigger, []).append(t)
+        self._force_roles = {name: self._force_role(name) for name in states}
+
+    def _force_role(self, state: str) -> str:
+        """Forcing into a state takes the role that its transitions need: admin
+        if every transition an operator or admin may fire into it is admin-only
+        (a board's ``retired``), otherwise operator."""
+        human = {role for t in self.definition.transitions if t.dest == state
+                 for role in t.by if role in HUMAN_FIRERS}
+        return "admin" if human == {"admin"} else "operator"
 
     @property
     def initial(self) -> str:
@@ -115,12 +140,51 @@ class StateMachine:
                 f"{self.kind} has no state {name!r}; states: {', '.join(self.definition.states)}"
             ) from None
 
-    def allowed_events(self, state: str) -> tuple[str, ...]:
-        """Events a user or an operation may send to a machine in ``state``.
+    def allowed_events(self, state: str, role: str | None = None) -> tuple[str, ...]:
+        """Events a machine in ``state`` accepts; with ``role``, only those that
+        role may fire there.
 
         ``timeout`` is left out: only the deadline sweep fires it.
         """
-        return tuple(e for e in self._allowed.get(state, ()) if e != TIMEOUT_EVENT)
+        events = (e for e in self._allowed.get(state, ()) if e != TIMEOUT_EVENT)
+        if role is None:
+            return tuple(events)
+        return tuple(e for e in events if self._transitions[(state, e)].fired_by(role))
+
+    def firers(self, state: str, event: str) -> tuple[str, ...]:
+        """Who may fire ``event`` in ``state`` (empty if the state does not accept it)."""
+        transition = self._transitions.get((state, event))
+        return transition.by if transition is not None else ()
+
+    def force_role(self, state: str) -> str:
+        """The role needed to force a machine into ``state`` (operator or admin).
+
+        Raises:
+            NotFound: no such state.
+        """
+        self.state(state)
+        return self._force_roles[state]
+
+    def check_firer(self, event: str, role: str, state: str | None = None) -> None:
+        """Refuse ``event`` from ``role``: anywhere, if no transition of the
+        event names the role; with ``state``, if the transition taken from that
+        state does not. A state that does not accept the event is left to
+        :meth:`compute`.
+
+        Raises:
+            Forbidden: naming who may fire it.
+        """
+        if state is not None:
+            transition = self._transitions.get((state, event))
+            candidates = [transition] if transition is not None else []
+        else:
+            candidates = self._by_event.get(event, [])
+        if not candidates or any(t.fired_by(role) for t in candidates):
+            return
+        by = sorted({r for t in candidates for r in t.by})
+        where = f" in state {state!r}" if state is not None else ""
+        raise Forbidden(f"{self.kind} event {event!r}{where} is fired by {', '.join(by)}; "
+                        f"not by {_as_firer(role)}", role=role)
 
     def is_failed(self, state: str) -> bool:
         s = self.definition.states.get(state)
@@ -155,16 +219,25 @@ class StateMachine:
 
     def compute(
         self, state: str, counters: Mapping[str, int], event: str, *, name: str = "?",
-        payload: Any = None,
+        payload: Any = None, role: str | None = None,
     ) -> Outcome:
-        """Apply ``event`` to a machine in ``state`` with ``counters``.
+        """Apply ``event`` to a machine in ``state`` with ``counters``, fired by
+        ``role`` (one of :data:`~corral.machines.definition.FIRERS`; ``None``
+        skips the check, for the deadline sweep's own timeouts).
 
         Raises:
-            EventNotAllowed: the state does not accept the event; names the allowed ones.
+            Forbidden: ``role`` may not fire the event (anywhere, or from ``state``).
+            EventNotAllowed: the state does not accept the event; names the
+                events it accepts that ``role`` may fire.
             InvalidRequest: the event's payload lacks a value its transition declares.
         """
+        if role is not None:
+            self.check_firer(event, role)
         if event not in self._allowed.get(state, ()):
-            raise EventNotAllowed(self.kind, name, state, event, list(self.allowed_events(state)))
+            raise EventNotAllowed(self.kind, name, state, event,
+                                  list(self.allowed_events(state, role)))
+        if role is not None:
+            self.check_firer(event, role, state)
         if (state, event) in self._vars:
             return self._compute(state, counters, event, payload, name)
         # Without vars an outcome depends only on the state, the event and the
@@ -247,6 +320,12 @@ class StateMachine:
             clear_vars=target.clear_vars,
             deadline_var=target.deadline_var,
         )
+
+
+def _as_firer(role: str) -> str:
+    return {"board": "a board's own token", "operator": "an operator",
+            "admin": "an admin", "operation": "an operation's result",
+            "timeout": "the deadline sweep"}.get(role, role)
 
 
 class MachineSet:

@@ -5,9 +5,10 @@
 reports what a network-booting board's second stage reports —
 ``second_stage_started``, then ``install_ok`` or ``install_failed`` — with an
 Idempotency-Key, so a retried request never fires twice. Now and then an idle
-board asks for a fresh image (``reimage``), as a test job would. Power, ping
-and poll are the engine's operations; run the server with ``--simulate`` for
-those.
+board gets a fresh image (``reimage``), asked for with the lab's operator
+token as a test job would (a board's own token may fire only its second
+stage's events). Power, ping and poll are the engine's operations; run the
+server with ``--simulate`` for those.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class BoardBehaviour:
 
 class SimulatedBoard:
     def __init__(self, name: str, token: str, client: httpx.AsyncClient,
-                 behaviour: BoardBehaviour, tally: Counter[str]) -> None:
+                 behaviour: BoardBehaviour, tally: Counter[str],
+                 lab_token: str | None = None) -> None:
         self.name, self.client, self.behaviour, self.tally = name, client, behaviour, tally
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.lab_headers = {"Authorization": f"Bearer {lab_token}"} if lab_token else None
 
     async def run(self, stop: asyncio.Event) -> None:
         b = self.behaviour
@@ -68,25 +71,28 @@ class SimulatedBoard:
             event = "second_stage_started"
         elif board["state"] == "installing" and waited >= b.install_seconds:
             event = "install_failed" if rng.random() < b.install_failure else "install_ok"
-        elif board["state"] == "ready" and random.random() < b.reimage_rate * b.interval:
+        elif (board["state"] == "ready" and self.lab_headers is not None
+              and random.random() < b.reimage_rate * b.interval):
             event = "reimage"
         if event is None:
             return
         # One key per state entry and event: a retry after a lost reply replays.
         key = f"{self.name}:{board['epoch']}:{event}"
+        headers = self.lab_headers if event == "reimage" and self.lab_headers else self.headers
         reply = await self.client.post(f"/api/v1/boards/{self.name}/events/{event}",
-                                       headers=self.headers | {"Idempotency-Key": key},
+                                       headers=headers | {"Idempotency-Key": key},
                                        json={"simulated": True})
         self.tally[f"{event}_{reply.status_code}"] += 1
 
 
 async def run_boards(url: str, tokens: dict[str, str], behaviour: BoardBehaviour,
-                     stop: asyncio.Event) -> Counter[str]:
-    """Run every board until ``stop`` is set; returns what they did."""
+                     stop: asyncio.Event, *, lab_token: str | None = None) -> Counter[str]:
+    """Run every board until ``stop`` is set; returns what they did. Without
+    ``lab_token`` (an operator token) no board is reimaged."""
     tally: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=min(len(tokens), 100) or 1)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        boards = [SimulatedBoard(name, token, client, behaviour, tally)
+        boards = [SimulatedBoard(name, token, client, behaviour, tally, lab_token)
                   for name, token in sorted(tokens.items())]
         await asyncio.gather(*(board.run(stop) for board in boards))
     return tally

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from corral.errors import ConfigError
+from corral.payload import UNREADABLE
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
 # PostgreSQL connections older than this are replaced before their next use.
@@ -67,16 +68,25 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 def loads_json(data: bytes | str) -> Any:
     """``json.loads``, with the empty object most counters and vars hold read for
-    free (the sweep reads one per due row)."""
+    free (the sweep reads one per due row).
+
+    A stored document too deep for the decoder (written before the payload
+    check bounded depth) reads as :data:`corral.payload.UNREADABLE` instead of
+    failing every read of its page.
+    """
     if data == b"{}" or data == "{}":
         return {}
-    return json.loads(data)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        return UNREADABLE
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                           json_deserializer=loads_json)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
