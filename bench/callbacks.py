@@ -3,10 +3,14 @@
     python -m bench.callbacks [--seconds 10] [--clients 64]   (part of `make bench`)
 
 Starts `corral serve --role api` on a scratch database, gives every client its
-own boards and board tokens, and has 64 concurrent clients (keep-alive
+own boards, each with its own token, and has 64 concurrent clients (keep-alive
 connections on asyncio, in two load-generating processes) post events on
 loopback, alternating
 `maintenance` / `leave_maintenance` so every other event writes an outbox row.
+The tokens are operator tokens, one per board: those are operator events
+(`by: operator`), and a board's own token may fire only its second stage's
+events, which do not loop; the route, the token cache and the commit are the
+same either way.
 `pgbench -N -c 8` runs on the same database before and after every callback
 run, and the run's ratio is to the mean of those two (the VM's speed drifts).
 The load generators share the two cores with the server and PostgreSQL; their
@@ -146,7 +150,7 @@ def bench_callbacks(url: str, seconds: float, clients: int, processes: int = 1
     for n in names:
         engine.force_state("board", n, "power_cycling", actor="bench", reason="set up")
     store = TokenStore(engine.db)
-    tokens = {n: store.issue_for_board(n) for n in names}
+    tokens = {n: store.issue(f"bench-{n}", "operator") for n in names}
     engine.db.dispose()
     env = os.environ | {"CORRAL_DATABASE_URL": url, "CORRAL_LOG_LEVEL": "warning",
                         "CORRAL_HTTP_THREADS": str(max(64, clients)),

@@ -56,7 +56,7 @@ def _fire_loop(engine: Engine, index: int, seconds: float, start: Any, out: Any)
         event = events[(i // len(names)) % 2]
         t0 = time.perf_counter()
         try:
-            engine.fire("board", name, event, source="callback")
+            engine.fire("board", name, event, source="operator")
         except Conflict:
             pass
         latencies.append(time.perf_counter() - t0)

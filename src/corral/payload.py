@@ -69,6 +69,8 @@ def check_json(value: Any, where: str = "payload", *, max_depth: int = MAX_DEPTH
     Raises:
         InvalidRequest: naming the first offending place, as ``where.key[0]``.
     """
+    if value is None:  # most events carry no payload
+        return
     # Iterative, so that depth is checked without recursing into it.
     stack: list[tuple[Any, list[str | int], int]] = [(value, [], 0)]
     while stack:

@@ -213,16 +213,19 @@ def test_the_served_callback_route_commits_on_the_server_loop(lab):
     tokens = TokenStore(lab.db, cache_seconds=0)
     app = create_app(lab, tokens, CollectorRegistry())
     board_tokens = {f"b{i}": tokens.issue_for_board(f"b{i}") for i in range(6)}
+    for board in board_tokens:  # where a board's own token has an event to report
+        lab.force_state("board", board, "pxe_booting", actor="t", reason="t")
+    report = "/api/v1/boards/{}/events/second_stage_started"
     with serving(app) as (address, _):
         with socket.create_connection(address, timeout=30) as sock, sock.makefile("rb") as stream:
-            sock.sendall(b"".join(request("POST", f"/api/v1/boards/{b}/events/reboot", token=t)
+            sock.sendall(b"".join(request("POST", report.format(b), token=t)
                                   for b, t in board_tokens.items()))
             answers = [read_response(stream) for _ in board_tokens]
     assert [status for status, _, _ in answers] == [200] * 6
     threads = {thread for _, thread in lab.observer.committed_on}
     assert threads
     assert not any(t.startswith("corral-commit") for t in threads), threads
-    assert {lab.get("board", b).state for b in board_tokens} == {"power_cycling"}
+    assert {lab.get("board", b).state for b in board_tokens} == {"installing"}
 
 
 def test_old_connections_are_replaced_before_use(lab, monkeypatch):
