@@ -34,8 +34,10 @@ run: $(STAMP)
 	$(BIN)/corral simulate boards --count 20 --url http://127.0.0.1:8080; \
 	wait
 
+# Two test processes: most of the suite waits on servers, subprocesses and
+# databases. `pytest -m "not slow"` runs the quick part alone.
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
