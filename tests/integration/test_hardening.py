@@ -5,8 +5,10 @@ only by those its transition names (``by:``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -329,3 +331,28 @@ def test_operation_results_come_only_from_workers(lab):
         assert (reply.status_code, reply.json()["error"]) == (403, "forbidden")
         assert "operation" in reply.json()["message"]
     assert snapshot(lab.engine) == before
+
+
+def test_a_pipelined_request_waits_for_its_turn_without_timing_out(lab, monkeypatch):
+    """The body timer starts when a request's turn comes: a request pipelined
+    behind a slow answer is not dropped while it waits, unread."""
+    fire_async = lab.engine.fire_async
+    slow = [True]
+
+    async def slow_then_fast(request):
+        if slow.pop() if slow else False:
+            await asyncio.sleep(2.5)  # longer than the 1 s body timeout
+        return await fire_async(request)
+
+    monkeypatch.setattr(lab.engine, "fire_async", slow_then_fast)
+    first = request("POST", EVENT.format("b2", "second_stage_started"), token=lab.tokens["b2"])
+    body = b'{"step": 2}'
+    second = request("POST", EVENT.format("b2", "install_ok"), token=lab.tokens["b2"],
+                     body=body, headers={"Content-Type": "application/json"})
+    sock, stream = raw(lab, first + second[:-len(body)])
+    with sock:
+        time.sleep(1.5)  # the second request's headers are in, its body is not
+        sock.sendall(body)
+        answers = [read_response(stream) for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert lab.engine.get("board", "b2").state == "rebooting"

@@ -129,6 +129,8 @@ class CallbackProtocol(HttpToolsProtocol):
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     _read_timer: asyncio.TimerHandle | None = None
+    # A request has begun and its headers are not all in yet.
+    _in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -136,7 +138,14 @@ class CallbackProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_headers = True
         self._arm_read_timer(self.header_timeout)
+
+    def _read_body_in_time(self, body_pending: bool) -> None:
+        """A request's turn has come (a pipelined one waits, unread, for the
+        requests before it): its body must now arrive within ``body_timeout``."""
+        if body_pending:
+            self._arm_read_timer(self.body_timeout)
 
     def _arm_read_timer(self, seconds: float) -> None:
         self._cancel_read_timer()
@@ -151,20 +160,20 @@ class CallbackProtocol(HttpToolsProtocol):
         self._read_timer = None
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        # The request being read, if its headers are in (else an earlier,
-        # answered one, or none).
-        current = cycle if cycle is not None and not cycle.response_complete else None
-        answering = current is not None and (
-            current.started if type(current) is _Exchange
-            else getattr(current, "response_started", False))
+        # The request whose body is awaited, unless its headers are not in yet.
+        current = None if self._in_headers else self.cycle
         log.info("http_request_timeout", client=self.client[0] if self.client else None,
                  headers_read=current is not None)
-        if answering:
-            # An answer is on its way (a 413, say): it ends the connection.
-            current.keep_alive = False  # type: ignore[union-attr]
-            return
         if current is not None:
+            if current.response_complete:
+                # Answered already (a 413): the rest of its body is not awaited.
+                self.transport.close()
+                return
+            if current.started if type(current) is _Exchange else getattr(
+                    current, "response_started", False):
+                # An answer is on its way: it ends the connection.
+                current.keep_alive = False
+                return
             # The application reading the body sees a disconnect; nothing it
             # sends afterwards is written.
             current.response_complete = True
@@ -175,7 +184,10 @@ class CallbackProtocol(HttpToolsProtocol):
     # ---------------------------------------------------- parser callbacks
 
     def on_headers_complete(self) -> None:
-        self._arm_read_timer(self.body_timeout)
+        # The body timer starts when the request's turn comes (_take_turn,
+        # _start_asgi_task).
+        self._in_headers = False
+        self._cancel_read_timer()
         exchange = self._exchange()
         if exchange is None:
             super().on_headers_complete()
@@ -221,6 +233,7 @@ class CallbackProtocol(HttpToolsProtocol):
         if type(cycle) is _Exchange:
             self._take_turn(cycle)
         else:
+            self._read_body_in_time(cycle.more_body)
             super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -252,6 +265,8 @@ class CallbackProtocol(HttpToolsProtocol):
 
     def _take_turn(self, exchange: _Exchange) -> None:
         exchange.turn = True
+        # Even once a 413 is decided, the rest of the body must come in time.
+        self._read_body_in_time(not exchange.complete)
         if exchange.complete or exchange.too_large:
             self._start(exchange)
         elif exchange.expect_continue and not self.transport.is_closing():
