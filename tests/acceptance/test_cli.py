@@ -169,6 +169,18 @@ def test_malformed_definition_stops_serve(corral, tmp_path, old, new, message):
     assert message in line
 
 
+def test_a_state_a_service_needs_missing_stops_serve(corral, tmp_path):
+    directory = tmp_path / "machines"
+    shutil.copytree(ROOT / "statemachines", directory)
+    job = directory / "job.yaml"
+    job.write_text(job.read_text().replace("queued", "backlog"))
+    for command in (("machines", "check"), ("serve",)):
+        result = corral("--statemachines", str(directory), *command, check=False, timeout=30)
+        assert result.returncode == 2, command
+        assert (f"error: {job}:1: the jobs service needs state 'queued' in the job machine"
+                in result.stderr), command
+
+
 def test_unknown_operation_stops_serve(corral, tmp_path):
     directory = _broken_machines(tmp_path, "on_enter: [poll]", "on_enter: [pol]")
     result = corral("--statemachines", str(directory), "serve", check=False, timeout=30)

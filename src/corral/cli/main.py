@@ -316,10 +316,14 @@ def machines() -> None:
 def machines_check(obj: CliContext) -> None:
     """Validate every definition in the statemachines directory."""
     from corral.app import build_handlers, check_operations, load_machines
+    from corral.jobs.service import NEEDS as JOB_NEEDS
     from corral.jobs.service import JobOperations
+    from corral.machines.needs import check_needs
+    from corral.pools.service import NEEDS as POOL_NEEDS
 
     loaded = load_machines(obj.settings)
     check_operations(loaded, set(build_handlers(obj.settings)) | set(JobOperations.KINDS))
+    check_needs(loaded, [POOL_NEEDS, *JOB_NEEDS])
     for m in loaded:
         click.echo(f"{m.definition.path}: {m.kind}: {len(m.definition.states)} states, "
                    f"{len(m.definition.transitions)} transitions: ok")

@@ -24,6 +24,7 @@ from corral.errors import Conflict, CorralError, EventNotAllowed, NotFound, Unkn
 from corral.jobs import maize, versions
 from corral.jobs.actions import TYPES
 from corral.jobs.spec import JobSpec, duration_text
+from corral.machines.needs import Needs, check_needs
 from corral.mo.client import MoClient, MoError
 from corral.operations.base import OperationContext, OperationFailed, Reported
 from corral.pools.service import PoolService
@@ -33,6 +34,15 @@ from corral.store.schema import jobs, machines
 KIND = "job"
 FINAL = ("complete", "incomplete", "canceled")
 RESERVED_EVENTS = ("assign", "action_done", "action_failed")
+# What this service names in code (checked against job.yaml and pool.yaml at
+# start-up): the scheduler's queue, a waiting action, the final states, and the
+# pool states an override job watches.
+NEEDS = (
+    Needs(service="jobs", kind=KIND,
+          states=("queued", "running", "waiting", *FINAL),
+          events=("queue", "cancel", *RESERVED_EVENTS)),
+    Needs(service="jobs", kind="pool", states=("overriding", "rolling_out", "overridden")),
+)
 # One scheduler decides at a time (pg_advisory_xact_lock key).
 SCHEDULER_LOCK = 0x636F7272  # "corr"
 
@@ -53,6 +63,7 @@ class JobService:
         self.engine = engine
         self.pools = PoolService(engine, default_ttl=default_ttl)
         engine.machine(KIND)
+        check_needs(engine.machines, NEEDS)
         reserve_job_events(engine)
 
     # -------------------------------------------------------------- submitting

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from corral.engine.core import Engine, FireResult, Unit
 from corral.errors import Conflict, InvalidRequest
+from corral.machines.needs import Needs, check_needs
 from corral.store import queries as q
 
 KIND = "pool"
@@ -28,6 +29,8 @@ JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 FABRIC_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # Events that change pool_assignments too, or need its check first.
 RESERVED_EVENTS = ("assign", "release", "override")
+# What this service names in code (checked against pool.yaml at start-up).
+NEEDS = Needs(service="pools", kind=KIND, states=("idle",), events=RESERVED_EVENTS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +74,7 @@ class PoolService:
         self.engine = engine
         self.default_ttl = default_ttl
         engine.machine(KIND)
+        check_needs(engine.machines, [NEEDS])
         reserve_pool_events(engine)
 
     # -------------------------------------------------------------- fleet
