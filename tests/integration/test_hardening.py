@@ -356,3 +356,26 @@ def test_a_pipelined_request_waits_for_its_turn_without_timing_out(lab, monkeypa
         answers = [read_response(stream) for _ in range(2)]
     assert [status for status, _, _ in answers] == [200, 200]
     assert lab.engine.get("board", "b2").state == "rebooting"
+
+
+def test_a_client_gone_mid_body_fires_nothing(lab):
+    """Under any ASGI server (Front): a part of a body is never taken for the
+    whole, so a callback whose client left before its body fires nothing."""
+    before = snapshot(lab.engine)
+    scope = {"type": "http", "method": "POST",
+             "path": EVENT.format("b2", "second_stage_started"),
+             "headers": [(b"authorization", f"Bearer {lab.tokens['b2']}".encode()),
+                         (b"content-type", b"application/json"), (b"content-length", b"40")]}
+    messages = [{"type": "http.request", "body": b"{}", "more_body": True},
+                {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(lab.app(scope, receive, send))
+    assert sent[0]["status"] == 422
+    assert snapshot(lab.engine) == before

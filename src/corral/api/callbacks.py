@@ -113,9 +113,8 @@ def bearer(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def too_large() -> ApiError:
-    return ApiError(413, "payload_too_large",
-                    f"the payload is larger than {MAX_PAYLOAD} bytes")
+def too_large(limit: int = MAX_PAYLOAD, what: str = "payload") -> ApiError:
+    return ApiError(413, "payload_too_large", f"the {what} is larger than {limit} bytes")
 
 
 def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any] | None:
@@ -272,18 +271,24 @@ class Callbacks:
         return await self.answer(name, event, scope["headers"], lambda: _body(receive))
 
 
-async def _body(receive: Receive) -> bytes:
+async def _body(receive: Receive, limit: int = MAX_PAYLOAD, what: str = "payload") -> bytes:
+    """A request's whole body, read through ASGI ``receive``.
+
+    Raises:
+        ApiError: 413 once it passes ``limit`` bytes (reading stops: the answer
+            is 413 whatever follows); 422 if the client leaves before the end
+            (a part of a body is never taken for the whole).
+    """
     chunks = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise invalid("body", "the client went away before sending all of it")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_PAYLOAD:
-            # Stop reading: the answer is 413 whatever follows.
-            raise too_large()
+        if size > limit:
+            raise too_large(limit, what)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -316,8 +321,6 @@ class Front:
                 # The body is left unread: the connection cannot carry another request.
                 await _send_answer(send, (status, document, headers | {"Connection": "close"}))
                 return
-            except _Disconnected:
-                return
         await self.app(scope, receive, send)
 
     async def _screen(self, scope: Scope, receive: Receive) -> Receive:
@@ -337,21 +340,9 @@ class Front:
             # without one makes the server read or parse a body.
             await self.callbacks.principal(bearer(authorization))
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            raise ApiError(413, "payload_too_large",
-                           f"the request body is larger than {MAX_BODY} bytes")
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                raise ApiError(413, "payload_too_large",
-                               f"the request body is larger than {MAX_BODY} bytes")
-            if not message.get("more_body", False):
-                break
-        pending: list[Message] = [{"type": "http.request", "body": bytes(body),
-                                   "more_body": False}]
+            raise too_large(MAX_BODY, "request body")
+        pending: list[Message] = [{"type": "http.request", "more_body": False,
+                                   "body": await _body(receive, MAX_BODY, "request body")}]
 
         async def replay() -> Message:
             return pending.pop() if pending else await receive()
@@ -360,10 +351,6 @@ class Front:
     def __getattr__(self, name: str) -> Any:
         # The FastAPI app's attributes (openapi(), routes, state) stay reachable.
         return getattr(self.app, name)
-
-
-class _Disconnected(Exception):
-    """The client went away before its body arrived."""
 
 
 async def _send_answer(send: Send, answer: Answer) -> None:
