@@ -10,7 +10,8 @@ import os
 from sqlalchemy import create_engine
 
 from alembic import context
-from corral.store.db import DEFAULT_DATABASE_URL, normalize_url
+from corral.store import DEFAULT_DATABASE_URL
+from corral.store.db import normalize_url
 from corral.store.schema import metadata
 
 config = context.config

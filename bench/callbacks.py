@@ -40,7 +40,7 @@ from corral.engine.core import Engine
 from corral.logs import configure_logging
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import create_db_engine
+from corral.store import open_store
 from corral.tokens import TokenStore
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -49,7 +49,7 @@ BOARDS_PER_CLIENT = 4
 
 def _engine(url: str) -> Engine:
     configure_logging("warning", "json")
-    return Engine(create_db_engine(url), MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
+    return Engine(open_store(url), MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
 
 
 class _Client(asyncio.Protocol):
@@ -143,15 +143,15 @@ def bench_callbacks(url: str, seconds: float, clients: int, processes: int = 1
         port = s.getsockname()[1]
     names = [f"cb-{i:04d}" for i in range(clients * BOARDS_PER_CLIENT)]
     engine = _engine(url)
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         conn.exec_driver_sql("TRUNCATE machines, history, operations, tokens, "
                              "idempotency_keys RESTART IDENTITY")
     engine.import_machines("board", {n: {} for n in names})
     for n in names:
         engine.force_state("board", n, "power_cycling", actor="bench", reason="set up")
-    store = TokenStore(engine.db)
+    store = TokenStore(engine.store)
     tokens = {n: store.issue(f"bench-{n}", "operator") for n in names}
-    engine.db.dispose()
+    engine.store.dispose()
     env = os.environ | {"CORRAL_DATABASE_URL": url, "CORRAL_LOG_LEVEL": "warning",
                         "CORRAL_HTTP_THREADS": str(max(64, clients)),
                         "CORRAL_HTTP_PROCESSES": str(processes)}

@@ -13,8 +13,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from corral.store.db import create_db_engine
-from corral.store.migrate import upgrade
+from corral.store import open_store
 
 ADMIN_URL = os.environ.get("CORRAL_BENCH_POSTGRES_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,9 +36,9 @@ def scratch_database() -> Iterator[str]:
     """A migrated scratch database, dropped afterwards."""
     url = create_database()
     try:
-        engine = create_db_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        store = open_store(url)
+        store.upgrade()
+        store.dispose()
         yield url
     finally:
         drop_database(url)

@@ -31,7 +31,7 @@ from corral.errors import Conflict
 from corral.logs import configure_logging
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import create_db_engine
+from corral.store import open_store
 
 WORKERS = 8
 BOARDS_PER_WORKER = 50
@@ -39,7 +39,7 @@ BOARDS_PER_WORKER = 50
 
 def _engine(url: str) -> Engine:
     configure_logging(os.environ.get("CORRAL_BENCH_LOG_LEVEL", "warning"), "json")
-    return Engine(create_db_engine(url, pool_size=2),
+    return Engine(open_store(url, pool_size=2),
                   MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
 
 
@@ -71,13 +71,13 @@ def _fire_worker(url: str, index: int, seconds: float, start: Any, out: Any) -> 
 
 def _seed_fire_boards(url: str) -> None:
     engine = _engine(url)
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         conn.exec_driver_sql("TRUNCATE machines, history, operations RESTART IDENTITY")
     engine.import_machines("board", {f"w{w}-b{i}": {} for w in range(WORKERS)
                                      for i in range(BOARDS_PER_WORKER)})
     for row in engine.list_machines("board"):
         engine.force_state("board", row.name, "power_cycling", actor="bench", reason="set up")
-    engine.db.dispose()
+    engine.store.dispose()
 
 
 def _summary(results: list[tuple[int, list[float]]], seconds: float) -> dict[str, float]:

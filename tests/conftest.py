@@ -19,13 +19,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine as SAEngine
 
 from corral.engine.core import Engine
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import create_db_engine
-from corral.store.migrate import upgrade
+from corral.store import open_store
+from corral.store.port import Store
 
 PG_ADMIN_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -109,9 +108,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _migrate(url: str) -> str:
-    db = create_db_engine(url)
-    upgrade(db)
-    db.dispose()
+    store = open_store(url)
+    store.upgrade()
+    store.dispose()
     return url
 
 
@@ -131,15 +130,16 @@ def machines() -> MachineSet:
 
 
 @pytest.fixture
-def sa_engine(migrated_url: str) -> Iterator[SAEngine]:
-    db = create_db_engine(migrated_url)
-    yield db
-    db.dispose()
+def store(migrated_url: str) -> Iterator[Store]:
+    """The store of a fresh, migrated database of each backend."""
+    opened = open_store(migrated_url)
+    yield opened
+    opened.dispose()
 
 
 @pytest.fixture
-def engine(sa_engine: SAEngine, machines: MachineSet, clock: ManualClock) -> Engine:
-    return Engine(sa_engine, machines, clock=clock)
+def engine(store: Store, machines: MachineSet, clock: ManualClock) -> Engine:
+    return Engine(store, machines, clock=clock)
 
 
 @pytest.fixture
@@ -155,6 +155,6 @@ def pg_migrated_url(pg_url: str) -> str:
 @pytest.fixture
 def pg_engine(pg_migrated_url: str, machines: MachineSet, clock: ManualClock) -> Iterator[Engine]:
     """An engine on a fresh, migrated PostgreSQL database."""
-    db = create_db_engine(pg_migrated_url)
-    yield Engine(db, machines, clock=clock)
-    db.dispose()
+    store = open_store(pg_migrated_url)
+    yield Engine(store, machines, clock=clock)
+    store.dispose()

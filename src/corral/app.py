@@ -23,8 +23,7 @@ from corral.operations.command import CommandBackend
 from corral.operations.simulated import SimulatedLab, SimulatedRates
 from corral.pools.operations import MoOperations
 from corral.pools.service import reserve_pool_events
-from corral.store.db import create_db_engine
-from corral.store.migrate import require_current
+from corral.store import open_store
 
 
 def load_machines(settings: Settings) -> MachineSet:
@@ -34,11 +33,11 @@ def load_machines(settings: Settings) -> MachineSet:
 def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: bool = True
                  ) -> Engine:
     machines = load_machines(settings)
-    db = create_db_engine(settings.database_url,
-                          pool_size=max(5, settings.operation_threads + 2))
+    store = open_store(settings.database_url,
+                       pool_size=max(5, settings.operation_threads + 2))
     if check_schema:
-        require_current(db)
-    engine = Engine(db, machines, clock=clock, timeout_scale=settings.timeout_scale)
+        store.require_current()
+    engine = Engine(store, machines, clock=clock, timeout_scale=settings.timeout_scale)
     reserve_pool_events(engine)
     reserve_job_events(engine)
     return engine

@@ -19,7 +19,7 @@ from typing import Any
 
 from corral.errors import ConfigError
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import DEFAULT_DATABASE_URL
+from corral.store import DEFAULT_DATABASE_URL
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")

@@ -95,3 +95,13 @@ class SchemaNotCurrent(CorralError):
     """The database schema is not at the revision this Corral expects."""
 
     exit_code = 5
+
+
+class SchemaProblem(SchemaNotCurrent):
+    """The database lacks a table or column this Corral uses."""
+
+
+class DuplicateKey(Conflict):
+    """A row with the same key was written by another transaction at the same
+    time (the store's unique constraints refused this one); nothing changed.
+    Callers that know what was being written say so in their own words."""

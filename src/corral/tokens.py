@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Engine as Database
-from sqlalchemy.exc import IntegrityError
 
 from corral.engine.core import Clock, utcnow
-from corral.errors import Conflict, CorralError, NotFound, UnknownMachine
-from corral.store import queries as q
+from corral.errors import Conflict, CorralError, DuplicateKey, NotFound, UnknownMachine
+from corral.store.port import Store
+from corral.store.values import TokenRow
 
 ROLES = ("viewer", "operator", "admin")
 BOARD_ROLE = "board"
@@ -75,10 +74,10 @@ class TokenStore:
     still valid, so that tokens in use are never re-verified one by one.
     """
 
-    def __init__(self, db: Database, *, clock: Clock = utcnow,
+    def __init__(self, store: Store, *, clock: Clock = utcnow,
                  cache_seconds: float = 2.0,
                  timer: Callable[[], float] = time.monotonic) -> None:
-        self.db = db
+        self.store = store
         self.clock = clock
         self.cache_seconds = cache_seconds
         self.timer = timer
@@ -105,8 +104,8 @@ class TokenStore:
         Raises:
             UnknownMachine: no such board.
         """
-        with self.db.begin() as conn:
-            row = q.get_machine(conn, "board", board)
+        with self.store.unit() as tx:
+            row = tx.get_machine("board", board)
         if row is None:
             raise UnknownMachine("board", board)
         return self._save(f"board:{board}", BOARD_ROLE, row.id)
@@ -114,24 +113,24 @@ class TokenStore:
     def _save(self, name: str, role: str, machine_id: int | None) -> str:
         secret = secrets.token_urlsafe(32)
         try:
-            with self.db.begin() as conn:
-                token_id = q.save_token(conn, name=name, role=role, machine_id=machine_id,
+            with self.store.unit() as tx:
+                token_id = tx.save_token(name=name, role=role, machine_id=machine_id,
                                         secret_hash=_digest(secret), now=self.clock())
-        except IntegrityError:
+        except DuplicateKey:
             raise Conflict(f"token {name!r} was created concurrently; try again") from None
         self._cache.clear()
         return f"{PREFIX}_{token_id}_{secret}"
 
     def revoke(self, name: str) -> None:
         """Raises: NotFound when there is no live token of that name."""
-        with self.db.begin() as conn:
-            if not q.revoke_token(conn, name, self.clock()):
+        with self.store.unit() as tx:
+            if not tx.revoke_token(name, self.clock()):
                 raise NotFound(f"no live token named {name!r}")
         self._cache.clear()
 
-    def list(self) -> list[q.TokenRow]:
-        with self.db.begin() as conn:
-            return q.list_tokens(conn)
+    def list(self) -> list[TokenRow]:
+        with self.store.unit() as tx:
+            return tx.list_tokens()
 
     def cached(self, presented: str) -> Principal | None:
         """The owner of a recently verified token, without touching the database."""
@@ -156,8 +155,8 @@ class TokenStore:
                 or int(token_id) > MAX_TOKEN_ID:
             return None
         started = self.timer()
-        with self.db.begin() as conn:
-            row = q.get_token(conn, int(token_id))
+        with self.store.unit() as tx:
+            row = tx.get_token(int(token_id))
         if row is None or row.revoked_at is not None:
             return None
         if not hmac.compare_digest(row.secret_hash, _digest(secret)):
@@ -178,9 +177,9 @@ class TokenStore:
             self._cache.pop(key, None)
         if not entries:
             return 0
-        with self.db.begin() as conn:
-            rows = {row.id: row for row in q.get_tokens(
-                conn, (entry.principal.token_id for entry in entries.values()))}
+        with self.store.unit() as tx:
+            rows = {row.id: row for row in tx.get_tokens(
+                entry.principal.token_id for entry in entries.values())}
         for key, entry in entries.items():
             row = rows.get(entry.principal.token_id)
             if (row is None or row.revoked_at is not None
@@ -220,5 +219,5 @@ class TokenStore:
                 log.warning("token_revalidation_failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _principal(row: q.TokenRow) -> Principal:
+def _principal(row: TokenRow) -> Principal:
     return Principal(token_id=row.id, name=row.name, role=row.role, board=row.board)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.bootres.importer import list_imports
-from corral.store.db import create_db_engine
+from corral.store import open_store
 from tests.integration.mirrors import Mirror
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -44,7 +44,7 @@ def test_a_failed_import_is_one_line_an_exit_code_and_a_failed_row(
     [line] = result.stderr.splitlines()
     assert line.startswith("error: ")
     assert expected in line
-    db = create_db_engine(migrated_url)
+    db = open_store(migrated_url)
     try:
         [row] = list_imports(db)
     finally:

@@ -16,7 +16,7 @@ import pytest
 from corral.engine.core import Engine, FireRequest
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import create_db_engine
+from corral.store import open_store
 from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def test_event_and_force_state(corral, inventory):
 
 def test_sweep_once_forgets_old_idempotency_keys(corral, inventory):
     corral("board", "import", str(inventory))
-    db = create_db_engine(corral.url)
+    db = open_store(corral.url)
     machines = MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR))
     for hours_ago, keys in ((30, ["a", "b"]), (1, ["c"])):
         at = datetime.now(UTC) - timedelta(hours=hours_ago)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from corral.engine.core import Engine
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import create_db_engine
+from corral.store import open_store
 from tests.processes import stop
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
@@ -84,7 +84,7 @@ def lab(migrated_url, tmp_path):
         f"  - {{name: b{i}, arch: arm64}}\n" for i in range(1, 6)))
     lab.cli("board", "import", "lab.yaml")
     # The CLI's force-state has its own tests; here it would cost a process each.
-    db = create_db_engine(migrated_url)
+    db = open_store(migrated_url)
     engine = Engine(db, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
     for i in range(1, 6):
         engine.force_state("board", f"b{i}", "ready", actor="test", reason="test set-up")

@@ -25,7 +25,7 @@ def firing(event: str) -> dict[str, str]:
 
 def snapshot(engine: Engine) -> tuple:
     """Every row of every table, to prove a refused request changed nothing."""
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         return tuple(
             tuple(tuple(r) for r in conn.execute(select(t).order_by(t.c.id)))
             for t in (machines, history, operations)
@@ -33,12 +33,12 @@ def snapshot(engine: Engine) -> tuple:
 
 
 def history_count(engine: Engine) -> int:
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         return int(conn.execute(select(func.count()).select_from(history)).scalar_one())
 
 
 def operations_of(engine: Engine, name: str, kind: str = "board") -> list:
     row = engine.get(kind, name)
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         return list(conn.execute(select(operations).where(operations.c.machine_id == row.id)
                                  .order_by(operations.c.id)))

@@ -23,8 +23,7 @@ from corral.logs import configure_logging
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.pools import PoolService
-from corral.store import queries as q
-from corral.store.db import create_db_engine
+from corral.store import open_store
 
 
 def run_job(pools: PoolService, job: str, names: list[str], rounds: int, seed: int,
@@ -47,9 +46,9 @@ def run_job(pools: PoolService, job: str, names: list[str], rounds: int, seed: i
             violations.append(f"{job} never got a pool")
             continue
         taken += 1
-        with pools.engine.db.begin() as conn:
+        with pools.engine.store.unit() as tx:
             for name in held:
-                holder = q.pool_holder(conn, name)
+                holder = tx.pool_holder(name)
                 if holder != job:
                     violations.append(f"{job} took {name} but {holder} holds it")
         time.sleep(rng.uniform(0.001, 0.01))
@@ -67,7 +66,7 @@ def main() -> None:
     parser.add_argument("--start-at", required=True)
     args = parser.parse_args()
     configure_logging("warning", "json")
-    engine = Engine(create_db_engine(args.url, pool_size=12),
+    engine = Engine(open_store(args.url, pool_size=12),
                     MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
     pools = PoolService(engine)
     names = [r.name for r in engine.list_machines("pool")]

@@ -17,7 +17,7 @@ from corral.engine.core import Engine
 from corral.logs import configure_logging
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store.db import create_db_engine
+from corral.store import open_store
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--start-at")
     args = parser.parse_args()
     configure_logging("warning", "json")
-    engine = Engine(create_db_engine(args.url),
+    engine = Engine(open_store(args.url),
                     MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
     if args.start_at:
         while not Path(args.start_at).exists():

@@ -282,22 +282,22 @@ def test_the_database_records_every_import(tmp_path, engine):
               versions={"7": {"items": m.boot_items("p", "x")}})
     m.write()
     cfg = config(tmp_path, Source(url=m.url))
-    result = run_import(cfg, engine.db)
+    result = run_import(cfg, engine.store)
     (m.root / "p" / "kernel").write_bytes(b"tampered")
     m.product("p", arch="amd64", release="trusty", subarches="generic,hwe",
               versions={"8": {"items": {"boot-kernel": {"path": "p/kernel", "size": 1,
                                                         "sha256": "0" * 64}}}})
     m.write()
     with pytest.raises(ImportFailed):
-        run_import(cfg, engine.db)
-    failed, ok = list_imports(engine.db)
+        run_import(cfg, engine.store)
+    failed, ok = list_imports(engine.store)
     assert (ok["status"], ok["snapshot"]) == ("published", result.snapshot)
     assert (failed["status"], failed["snapshot"]) == ("failed", None)
     assert "p/kernel" in failed["error"]
     from sqlalchemy import select
 
     from corral.store.schema import bootres_published
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         rows = conn.execute(select(bootres_published.c.subarch, bootres_published.c.version)
                             .where(bootres_published.c.import_id == ok["id"])).all()
     assert sorted(rows) == [("generic", "7"), ("hwe", "7")]

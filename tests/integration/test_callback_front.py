@@ -90,7 +90,7 @@ def test_protocol_front_and_framework_route_answer_alike(engine, tmp_path):
     for attempt in ("protocol", "front", "framework"):
         for name in ("b1", "b2"):
             engine.force_state("board", name, "pxe_booting", actor="test", reason=attempt)
-        tokens = TokenStore(engine.db, cache_seconds=0)
+        tokens = TokenStore(engine.store, cache_seconds=0)
         board = tokens.issue_for_board("b1")
         operator = tokens.issue(f"ops-{attempt}", "operator")
         viewer = tokens.issue(f"viewer-{attempt}", "viewer")

@@ -34,7 +34,7 @@ def lab(engine):
         # Where a board's own token has events to report (by: board).
         engine.force_state("board", name, "pxe_booting", actor="test", reason="set up")
     engine.start_group_commit(threads=2)
-    tokens = TokenStore(engine.db, cache_seconds=0)
+    tokens = TokenStore(engine.store, cache_seconds=0)
     app = create_app(engine, tokens, CollectorRegistry())
     with serving(app) as (address, _):
         yield address, {"b1": tokens.issue_for_board("b1"),
@@ -59,13 +59,13 @@ def connect():
 
 
 def test_serve_answers_callbacks_in_the_protocol(engine):
-    app = create_app(engine, TokenStore(engine.db), CollectorRegistry())
+    app = create_app(engine, TokenStore(engine.store), CollectorRegistry())
     assert issubclass(uvicorn_config(app).http, CallbackProtocol)
 
 
 def test_unknown_uvicorn_release_falls_back_to_asgi(engine, monkeypatch):
     monkeypatch.setattr(uvicorn, "__version__", "9.1.0")
-    app = create_app(engine, TokenStore(engine.db), CollectorRegistry())
+    app = create_app(engine, TokenStore(engine.store), CollectorRegistry())
     with structlog.testing.capture_logs() as logs:
         assert protocol.callback_protocol(app.callbacks) is None
         assert uvicorn_config(app).http == "auto"
@@ -175,7 +175,7 @@ def test_client_gone_before_the_answer_still_commits(lab, engine, connect):
 def test_shutdown_finishes_the_answers_in_flight(engine, connect, monkeypatch):
     engine.import_machines("board", {"b1": {}})
     engine.force_state("board", "b1", "pxe_booting", actor="test", reason="set up")
-    tokens = TokenStore(engine.db, cache_seconds=0)
+    tokens = TokenStore(engine.store, cache_seconds=0)
     token = tokens.issue_for_board("b1")
     # A commit that takes until the test says so (a slow database, say).
     entered, release = threading.Event(), threading.Event()

@@ -89,7 +89,7 @@ def test_two_processes_sweep_ten_thousand_deadlines_exactly_once(pg_engine, pg_m
     fired = [int(p.communicate(timeout=300)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(fired) == 10_000
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         per_machine = conn.execute(
             select(history.c.machine_id, func.count()).where(history.c.event == "timeout")
             .group_by(history.c.machine_id)).all()

@@ -35,7 +35,7 @@ def wait_for(predicate, *, timeout: float = 60.0, what: str = "condition"):
 
 
 def count_timeouts(engine: Engine) -> int:
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         return int(conn.execute(select(func.count()).where(history.c.event == "timeout"))
                    .scalar_one())
 
@@ -54,7 +54,7 @@ def test_kill_during_sweep_then_every_timeout_fires_once(engine, migrated_url):
 
     rerun = subprocess.run(sweeper, cwd=ROOT, capture_output=True, text=True, check=True)
     assert fired_before + int(rerun.stdout) == total
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         per_machine = dict(conn.execute(
             select(history.c.machine_id, func.count()).group_by(history.c.machine_id)).all())
         ops = int(conn.execute(select(func.count()).select_from(operations)).scalar_one())
@@ -82,15 +82,15 @@ def _serve(url: str, log: Path, **settings: str) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def test_kill_while_operation_leased_then_it_completes_once(sa_engine, machines, migrated_url,
+def test_kill_while_operation_leased_then_it_completes_once(store, machines, migrated_url,
                                                            tmp_path):
     log = tmp_path / "serve.log"
-    engine = Engine(sa_engine, machines)          # the real clock, like the server's
+    engine = Engine(store, machines)          # the real clock, like the server's
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
 
     def leased():
-        with engine.db.begin() as conn:
+        with engine.store.sa.begin() as conn:
             return conn.execute(select(operations).where(operations.c.status == "running")
                                 ).first()
 
@@ -112,7 +112,7 @@ def test_kill_while_operation_leased_then_it_completes_once(sa_engine, machines,
         returncode = stop(second, log=log)
     assert returncode == 0, log.read_text()
 
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         stored = conn.execute(select(operations).where(operations.c.id == op.id)).one()
         results = conn.execute(select(func.count()).where(history.c.operation_id == op.id)
                                ).scalar_one()

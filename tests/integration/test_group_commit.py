@@ -124,7 +124,7 @@ def keyed(key):
 
 
 def stored_keys(engine):
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         return {k for k, in conn.execute(select(idempotency_keys.c.key))}
 
 

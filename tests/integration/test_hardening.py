@@ -32,7 +32,7 @@ def lab(engine):
     engine.import_machines("board", {"b1": {}, "b2": {}})
     engine.force_state("board", "b1", "ready", actor="test", reason="set up")
     engine.force_state("board", "b2", "pxe_booting", actor="test", reason="set up")
-    tokens = TokenStore(engine.db, cache_seconds=0)
+    tokens = TokenStore(engine.store, cache_seconds=0)
     app = create_app(engine, tokens, CollectorRegistry())
 
     class Lab:
@@ -170,7 +170,7 @@ def test_stored_payloads_never_poison_a_read(lab, backend):
     if backend == "sqlite":  # jsonb itself refuses unpaired surrogates
         payloads.append('{"log": "bad \\ud800 byte", "\\udc80": 1}')
     value = "CAST(:payload AS jsonb)" if backend == "postgres" else ":payload"
-    with lab.engine.db.begin() as conn:
+    with lab.engine.store.sa.begin() as conn:
         for payload in payloads:
             conn.execute(text(
                 "INSERT INTO history (machine_id, epoch, from_state, to_state, event, source, "

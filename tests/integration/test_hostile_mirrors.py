@@ -332,13 +332,13 @@ def test_a_hostile_mirror_fails_and_leaves_nothing_behind(lab, engine, name):
         lab.mirror.write()
     before = tree(lab.root, skip=lab.storage)
     with pytest.raises(ImportFailed, match=expected) as info:
-        run_import(lab.config(**source), engine.db)
+        run_import(lab.config(**source), engine.store)
     assert "\n" not in str(info.value)
     assert tree(lab.root, skip=lab.storage) == before
     assert links_leaving(lab.storage) == []
     assert not os.path.lexists(lab.storage / "current")
     assert list((lab.storage / "snapshots").iterdir()) == []
-    [row] = list_imports(engine.db)
+    [row] = list_imports(engine.store)
     assert row["status"] == "failed"
     assert re.search(expected, row["error"])
     assert row["finished_at"] is not None
@@ -470,9 +470,9 @@ def test_an_import_that_fails_on_the_storage_is_recorded_as_failed(lab, engine):
     (lab.storage / "objects").write_text("a file where a directory should be")
     with pytest.raises(ImportFailed, match=re.escape(f"{lab.storage / 'objects'}: File exists")
                        ) as info:
-        run_import(lab.config(), engine.db)
+        run_import(lab.config(), engine.store)
     assert "\n" not in str(info.value)
-    [row] = list_imports(engine.db)
+    [row] = list_imports(engine.store)
     assert (row["status"], row["error"]) == ("failed", str(info.value))
 
 
@@ -485,9 +485,9 @@ def test_an_unexpected_error_is_recorded_and_reported_as_an_import_failure(lab, 
 
     with pytest.raises(ImportFailed, match=r"unexpected error: RuntimeError: the progress "
                                            r"display broke over two lines") as info:
-        run_import(lab.config(), engine.db, progress=broken)
+        run_import(lab.config(), engine.store, progress=broken)
     assert "\n" not in str(info.value)
-    [row] = list_imports(engine.db)
+    [row] = list_imports(engine.store)
     assert (row["status"], row["error"]) == ("failed", str(info.value))
     assert not os.path.lexists(lab.storage / "current")
 
@@ -500,8 +500,8 @@ def test_an_interrupted_import_is_recorded_as_failed(lab, engine):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_import(lab.config(), engine.db, progress=interrupt)
-    [row] = list_imports(engine.db)
+        run_import(lab.config(), engine.store, progress=interrupt)
+    [row] = list_imports(engine.store)
     assert (row["status"], row["error"]) == ("failed", "interrupted")
     assert list((lab.storage / "tmp").iterdir()) == []
 

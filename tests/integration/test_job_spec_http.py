@@ -37,7 +37,7 @@ async def _submit(app, token: str, spec: str) -> httpx.Response:
     (MINIMAL + ALIASES, "not valid YAML: aliases expand to more than"),
 ], ids=["list-version", "mapping-version", "deep-json", "deep-yaml", "nul", "aliases"])
 def test_a_hostile_spec_is_a_422_naming_the_problem(engine, spec, message):
-    tokens = TokenStore(engine.db, cache_seconds=0)
+    tokens = TokenStore(engine.store, cache_seconds=0)
     operator = tokens.issue("ops", "operator")
     app = create_app(engine, tokens, CollectorRegistry()).app
     reply = asyncio.run(_submit(app, operator, spec))

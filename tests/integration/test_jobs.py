@@ -229,7 +229,7 @@ def test_maize_snapshot_submits_an_override_job(engine, lab):
     step()
     step(60)
     assert state(engine, job) == "complete"
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         stored = conn.execute(select(jobs.c.spec_text).where(jobs.c.name == job)).scalar()
     assert f"osVersion: {OS}" in stored
 

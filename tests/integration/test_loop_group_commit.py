@@ -17,9 +17,8 @@ from prometheus_client import CollectorRegistry
 from corral.api.app import create_app
 from corral.engine.core import Engine, FireRequest, Observer
 from corral.engine.group import AsyncGroupCommitter
-from corral.errors import CorralError
-from corral.store.db import create_db_engine
-from corral.store.transaction import async_transaction, connect_async
+from corral.errors import CorralError, Unavailable
+from corral.store import open_store
 from corral.tokens import TokenStore
 from tests.integration.helpers import firing, snapshot
 from tests.integration.test_concurrency import EVENTS
@@ -130,7 +129,7 @@ def test_a_lost_connection_fails_its_batch_then_recovers(lab, pg_migrated_url):
         with psycopg.connect(pg_migrated_url.replace("+psycopg", ""), autocommit=True) as admin:
             for pid in pids:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(Unavailable):
             await lab.fire_async(req("b2", "reboot"))
         return await lab.fire_async(req("b2", "reboot"))
 
@@ -144,9 +143,9 @@ def test_queued_writes_are_never_committed_after_an_error(pg_engine):
     before = snapshot(pg_engine)
 
     async def body():
-        conn = await connect_async(pg_engine.db)
+        conn = await pg_engine.store.connect_async()
         try:
-            async with async_transaction(conn) as tx:
+            async with pg_engine.store.async_events(conn) as tx:
                 row = await tx.lock_machine("board", "b1")
                 await tx.write([], [{"machine_id": row.id, "epoch": 9, "from_state": "new",
                                      "to_state": "ready", "event": "x", "source": "operator",
@@ -199,7 +198,7 @@ def test_only_with_postgres_and_group_commit(lab, pg_engine, machines, tmp_path)
     lab.close()
     assert asyncio.run(started(lab)) is None
     # SQLite: events keep the committer threads.
-    sqlite = Engine(create_db_engine(f"sqlite:///{tmp_path / 'corral.db'}"), machines)
+    sqlite = Engine(open_store(f"sqlite:///{tmp_path / 'corral.db'}"), machines)
     sqlite.start_group_commit(threads=1)
     try:
         assert asyncio.run(started(sqlite)) is None
@@ -210,7 +209,7 @@ def test_only_with_postgres_and_group_commit(lab, pg_engine, machines, tmp_path)
 def test_the_served_callback_route_commits_on_the_server_loop(lab):
     """`corral serve`'s app starts the loop committer in its lifespan: board
     callbacks commit on the server's thread, never on a committer thread."""
-    tokens = TokenStore(lab.db, cache_seconds=0)
+    tokens = TokenStore(lab.store, cache_seconds=0)
     app = create_app(lab, tokens, CollectorRegistry())
     board_tokens = {f"b{i}": tokens.issue_for_board(f"b{i}") for i in range(6)}
     for board in board_tokens:  # where a board's own token has an event to report
@@ -229,7 +228,6 @@ def test_the_served_callback_route_commits_on_the_server_loop(lab):
 
 
 def test_old_connections_are_replaced_before_use(lab, monkeypatch):
-    from corral.engine import group
 
     def pids(board):
         return lambda: fired_on(board)
@@ -244,7 +242,7 @@ def test_old_connections_are_replaced_before_use(lab, monkeypatch):
 
     first, second = on_loop(lab, pids("b1"))
     assert first == second
-    monkeypatch.setattr(group, "RECYCLE_SECONDS", -1)
+    monkeypatch.setattr(lab.store, "recycle_seconds", -1.0)
     first, second = on_loop(lab, pids("b2"))
     assert first != second
     assert {lab.get("board", b).state for b in ("b1", "b2")} == {"rebooting"}

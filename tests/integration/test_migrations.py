@@ -5,17 +5,17 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from corral.store.db import create_db_engine
-from corral.store.migrate import current_revision, head_revision, require_current, upgrade
+from corral.store import open_store
+from corral.store.migrate import head_revision
 from corral.store.schema import metadata
 
 
 def test_upgrade_matches_the_declared_schema(db_url):
-    db = create_db_engine(db_url)
-    upgrade(db)
-    assert current_revision(db) == head_revision()
-    require_current(db)
-    with db.connect() as conn:
+    db = open_store(db_url)
+    db.upgrade()
+    assert db.current_revision() == head_revision()
+    db.require_current()
+    with db.sa.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                 metadata)
     db.dispose()
@@ -23,8 +23,8 @@ def test_upgrade_matches_the_declared_schema(db_url):
 
 
 def test_upgrade_is_idempotent(db_url):
-    db = create_db_engine(db_url)
-    upgrade(db)
-    upgrade(db)
-    assert current_revision(db) == head_revision()
+    db = open_store(db_url)
+    db.upgrade()
+    db.upgrade()
+    assert db.current_revision() == head_revision()
     db.dispose()

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from corral.engine.core import Engine
 from corral.errors import InvalidRequest
-from corral.store.db import create_db_engine
-from corral.store.migrate import upgrade
+from corral.store import open_store
 from tests.conftest import ManualClock, scratch_pg_database
 
 # Floats and integers at and past every limit, strings with NUL and unpaired
@@ -60,15 +59,15 @@ def engines(machines_module, tmp_path_factory):
     with scratch_pg_database() as pg_url:
         result = []
         for url in (sqlite_url, pg_url):
-            db = create_db_engine(url)
-            upgrade(db)
+            db = open_store(url)
+            db.upgrade()
             engine = Engine(db, machines_module, clock=ManualClock())
             engine.create("board", "b1")
             engine.force_state("board", "b1", "pinging", actor="t", reason="t")
             result.append(engine)
         yield result
         for engine in result:
-            engine.db.dispose()
+            engine.store.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from corral.mo.client import MoClient
 from corral.mo.simulator import MoSimulator, serve_simulator
 from corral.pools import PoolService
 from corral.pools.operations import MoOperations
-from corral.store.db import create_db_engine
+from corral.store import open_store
 from corral.store.schema import machines as machines_table
 from corral.store.schema import operations, pool_assignments
 from tests.integration.test_crash import CORRAL, ROOT, wait_for
@@ -62,7 +62,7 @@ def test_twenty_jobs_racing_for_ten_pools_never_share_one(pg_engine, pg_migrated
                         machines_table.c.state, machines_table.c.vars)
                  .join(machines_table, machines_table.c.name == pool_assignments.c.cb_pool_name))
         while not stop.is_set():
-            with pg_engine.db.begin() as conn:
+            with pg_engine.store.sa.begin() as conn:
                 for pool, job, state, variables in conn.execute(query):
                     if state != "assigned" or variables.get("job_run_id") != job:
                         inconsistent.append(f"{pool}: held by {job} but {state} {variables}")
@@ -114,7 +114,7 @@ def _free_port() -> int:
 
 def test_a_worker_killed_mid_override_leaves_a_recoverable_pool(db_url, migrated_url,
                                                                 machines: MachineSet):
-    engine = Engine(create_db_engine(migrated_url), machines)
+    engine = Engine(open_store(migrated_url), machines)
     pools = PoolService(engine)
     pools.create_fleet("f1", 2, actor="test")
     p1, p2 = "testbed-cert-pool-1-f1", "testbed-cert-pool-2-f1"
@@ -132,7 +132,7 @@ def test_a_worker_killed_mid_override_leaves_a_recoverable_pool(db_url, migrated
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def leased() -> bool:
-        with engine.db.begin() as conn:
+        with engine.store.sa.begin() as conn:
             return list(conn.execute(select(operations.c.status)
                                      .where(operations.c.kind == "set_os_override"))
                         ) == [("running",), ("running",)]
@@ -169,11 +169,11 @@ def test_a_worker_killed_mid_override_leaves_a_recoverable_pool(db_url, migrated
     # recorded as stale, never reaches MO and changes nothing.
     assert simulator.overrides(p2) == []
     assert engine.get("pool", p2).state == "assigned"
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         statuses = dict(conn.execute(select(operations.c.target, operations.c.status)
                                      .where(operations.c.kind == "set_os_override")).all())
     assert statuses == {p1: "done", p2: "stale"}
-    engine.db.dispose()
+    engine.store.dispose()
 
 
 def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_migrated_url,
@@ -225,7 +225,7 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     # Every job was queued before the schedulers started, so pools must have
     # gone out strictly by priority, then by submission.
     ids = {r.id: r.name for r in pg_engine.list_machines("job")}
-    with pg_engine.db.begin() as conn:
+    with pg_engine.store.sa.begin() as conn:
         assigns = conn.execute(select(history.c.machine_id).where(history.c.event == "assign",
                                                                   history.c.machine_id.in_(ids))
                                .order_by(history.c.id)).scalars().all()

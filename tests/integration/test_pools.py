@@ -40,7 +40,7 @@ def pools(engine):
 
 
 def everything(engine) -> tuple:
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         return tuple(
             tuple(tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns)))
             for t in (machines, history, operations, pool_assignments))
@@ -246,7 +246,7 @@ def test_mo_refusing_the_override_counts_to_failed_override(engine, pools, lab):
     pools.override(P1, job_run_id="job-a", os_version=OS, actor="test")
     # Simulate a pool MO does not know how to override: an empty version
     # cannot reach it through the service, so corrupt the vars directly.
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         conn.execute(machines.update().where(machines.c.name == P1)
                      .values(vars={"job_run_id": "job-a", "os_version": OS,
                                    "ttl_seconds": -5}))

@@ -13,9 +13,9 @@ from corral.tokens import IDLE_SECONDS, TokenStore
 
 
 def test_only_a_digest_is_stored(engine):
-    store = TokenStore(engine.db, cache_seconds=0)
+    store = TokenStore(engine.store, cache_seconds=0)
     token = store.issue("ann", "operator")
-    with engine.db.begin() as conn:
+    with engine.store.sa.begin() as conn:
         rows = [tuple(r) for r in conn.execute(select(tokens_table))]
     # corral_<id>_<secret>; the secret may itself hold "_".
     secret = token.split("_", 2)[2]
@@ -25,7 +25,7 @@ def test_only_a_digest_is_stored(engine):
 
 def test_wrong_malformed_rotated_and_revoked_tokens_fail(engine):
     engine.create("board", "b1")
-    store = TokenStore(engine.db, cache_seconds=0)
+    store = TokenStore(engine.store, cache_seconds=0)
     old = store.issue_for_board("b1")
     principal = store.verify(old)
     assert (principal.role, principal.board) == ("board", "b1")
@@ -66,10 +66,10 @@ def _count_statements(db):
 def test_revalidation_rereads_the_whole_cache_with_one_query(engine):
     for name in ("b1", "b2", "b3"):
         engine.create("board", name)
-    other = TokenStore(engine.db, cache_seconds=0)  # another API process
+    other = TokenStore(engine.store, cache_seconds=0)  # another API process
     kept, revoked, rotated = (other.issue_for_board(n) for n in ("b1", "b2", "b3"))
     ticks = Ticks()
-    store = TokenStore(engine.db, cache_seconds=2, timer=ticks)
+    store = TokenStore(engine.store, cache_seconds=2, timer=ticks)
     for token in (kept, revoked, rotated):
         assert store.verify(token) is not None
     other.revoke("board:b2")
@@ -78,7 +78,7 @@ def test_revalidation_rereads_the_whole_cache_with_one_query(engine):
     ticks.now += 1
     assert all(store.cached(t) for t in (kept, revoked, rotated))
 
-    statements = _count_statements(engine.db)
+    statements = _count_statements(engine.store.sa)
     assert store.revalidate() == 1
     assert len([s for s in statements if "tokens" in s]) == 1
     # Past the first verification's 2 s, the kept token is still cached
@@ -98,25 +98,25 @@ def test_revalidation_rereads_the_whole_cache_with_one_query(engine):
 
 def test_revalidation_forgets_tokens_nobody_presents(engine):
     engine.create("board", "b1")
-    token = TokenStore(engine.db, cache_seconds=0).issue_for_board("b1")
+    token = TokenStore(engine.store, cache_seconds=0).issue_for_board("b1")
     ticks = Ticks()
-    store = TokenStore(engine.db, cache_seconds=2, timer=ticks)
+    store = TokenStore(engine.store, cache_seconds=2, timer=ticks)
     store.verify(token)
     ticks.now += IDLE_SECONDS + 1
-    statements = _count_statements(engine.db)
+    statements = _count_statements(engine.store.sa)
     assert store.revalidate() == 0
     assert statements == []
 
 
 def test_revalidation_thread_keeps_tokens_in_use_cached(engine):
     engine.create("board", "b1")
-    other = TokenStore(engine.db, cache_seconds=0)
+    other = TokenStore(engine.store, cache_seconds=0)
     token = other.issue_for_board("b1")
-    store = TokenStore(engine.db, cache_seconds=0.2)
+    store = TokenStore(engine.store, cache_seconds=0.2)
     store.verify(token)
     store.start_revalidating()
     try:
-        statements = _count_statements(engine.db)
+        statements = _count_statements(engine.store.sa)
         # Over ten cache lifetimes the token stays cached: no verification of
         # its own, only the background re-reads of the whole cache.
         deadline = time.monotonic() + 2

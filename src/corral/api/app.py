@@ -21,8 +21,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-import psycopg
-import sqlalchemy.exc
 import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +38,6 @@ from corral.api.callbacks import (
     MAX_IDEMPOTENCY_KEY,
     MAX_PAYLOAD,
     NAME,
-    UNAVAILABLE,
     ApiError,
     Callbacks,
     Front,
@@ -52,8 +49,6 @@ from corral.jobs import versions
 from corral.jobs.service import JobService
 from corral.payload import readable
 from corral.pools import PoolService
-from corral.store import queries as q
-from corral.store.migrate import require_current
 from corral.tokens import Principal, TokenStore
 
 log = structlog.get_logger("corral.api")
@@ -299,11 +294,6 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return answer(*exc.answer())
 
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(sqlalchemy.exc.OperationalError)
-    def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-        return answer(*UNAVAILABLE)
-
     @app.exception_handler(StarletteHTTPException)
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # A body that cannot even be parsed is a malformed request like any other.
@@ -512,9 +502,9 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
              summary="The database is reachable and its schema current.")
     def readyz() -> Any:
         try:
-            with engine.db.begin() as conn:
-                q.ping(conn)
-            require_current(engine.db)
+            with engine.store.unit() as tx:
+                tx.ping()
+            engine.store.require_current()
         except SchemaNotCurrent as exc:
             return JSONResponse({"error": "schema_not_current", "message": str(exc)},
                                 status_code=503)

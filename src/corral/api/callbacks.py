@@ -24,12 +24,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-import psycopg
-import sqlalchemy.exc
 import structlog
 
 from corral.engine.core import Engine, FireRequest
-from corral.errors import Conflict, CorralError, Forbidden, InvalidRequest, NotFound
+from corral.errors import (
+    Conflict,
+    CorralError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+)
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import Principal, TokenStore
 
@@ -77,6 +82,8 @@ def invalid(where: str, message: str) -> ApiError:
 
 def corral_error_answer(exc: CorralError) -> Answer:
     """The status and document for an error the engine raised."""
+    if isinstance(exc, Unavailable):
+        return UNAVAILABLE
     if isinstance(exc, NotFound):
         status, error = 404, "not_found"
     elif isinstance(exc, Forbidden):
@@ -100,7 +107,6 @@ def corral_error_answer(exc: CorralError) -> Answer:
 UNAVAILABLE: Answer = (503, {"error": "unavailable",
                              "message": "the database is unavailable; retry later"},
                        {"Retry-After": "1"})
-DATABASE_DOWN = (psycopg.OperationalError, sqlalchemy.exc.OperationalError)
 # A bug: logged with its traceback, never shown to the client.
 INTERNAL: Answer = (500, {"error": "internal", "message": "internal error; see the server log"},
                     {})
@@ -260,8 +266,6 @@ class Callbacks:
             return exc.answer()
         except CorralError as exc:
             return corral_error_answer(exc)
-        except DATABASE_DOWN:
-            return UNAVAILABLE
         except Exception:
             log.exception("callback_failed", board=name, _event=event)
             return INTERNAL

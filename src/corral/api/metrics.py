@@ -17,7 +17,6 @@ from prometheus_client.registry import Collector
 
 from corral.engine.core import Engine, Observer
 from corral.machines import MachineSet
-from corral.store import queries as q
 
 
 class StateCollector(Collector):
@@ -27,9 +26,9 @@ class StateCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.engine.db.begin() as conn:
-            counts = q.count_machines_by_state(conn)
-            queued, oldest = q.operation_queue(conn)
+        with self.engine.store.unit() as tx:
+            counts = tx.count_machines_by_state()
+            queued, oldest = tx.operation_queue()
         machines = GaugeMetricFamily("corral_machines", "Machines per kind and state.",
                                      labels=["kind", "state"])
         failed = GaugeMetricFamily("corral_failed_machines",

@@ -85,7 +85,7 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
     from corral.api.app import create_app
     from corral.tokens import TokenStore
 
-    tokens = TokenStore(engine.db, cache_seconds=settings.token_cache_seconds)
+    tokens = TokenStore(engine.store, cache_seconds=settings.token_cache_seconds)
     app = create_app(engine, tokens, registry, threads=settings.http_threads,
                      default_ttl=settings.mo_override_ttl)
     sock = _socket(settings, reuse_port=settings.http_processes > 1)

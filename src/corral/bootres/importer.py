@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine as Database
-from sqlalchemy import insert, select, update
-
 from corral.bootres.config import ImportConfig
 from corral.bootres.select import Winner, choose
 from corral.bootres.store import Storage
@@ -33,7 +30,7 @@ from corral.bootres.streams import (
     read_cmdline,
     read_source,
 )
-from corral.store.schema import bootres_imports, bootres_published
+from corral.store.port import Store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +48,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def run_import(config: ImportConfig, db: Database | None = None, *,
+def run_import(config: ImportConfig, db: Store | None = None, *,
                progress: Progress | None = None, fetcher: Fetcher | None = None
                ) -> ImportResult:
     """Import, publish and record; a failure of any kind is recorded as failed.
@@ -169,37 +166,32 @@ def _check_cmdline(storage: Storage, digest: str, location: str) -> None:
                            "a final newline)")
 
 
-def _record_start(db: Database | None, config: ImportConfig, started: str) -> int | None:
+def _record_start(db: Store | None, config: ImportConfig, started: str) -> int | None:
     if db is None:
         return None
-    with db.begin() as conn:
-        return int(conn.execute(insert(bootres_imports).returning(bootres_imports.c.id), {
-            "started_at": datetime.fromisoformat(started), "status": "running",
-            "storage": str(config.storage),
-            "sources": [s.url for s in config.sources]}).scalar_one())
+    with db.unit() as tx:
+        return tx.start_bootres_import(started_at=datetime.fromisoformat(started),
+                                       storage=str(config.storage),
+                                       sources=[s.url for s in config.sources])
 
 
-def _record_end(db: Database | None, import_id: int | None, *, status: str,
+def _record_end(db: Store | None, import_id: int | None, *, status: str,
                 snapshot: str | None = None, error: str | None = None,
                 winners: list[Winner] | None = None) -> None:
     if db is None or import_id is None:
         return
-    with db.begin() as conn:
-        conn.execute(update(bootres_imports).where(bootres_imports.c.id == import_id).values(
-            status=status, snapshot=snapshot, error=error, finished_at=datetime.now(UTC)))
-        rows = [{"import_id": import_id, "arch": w.arch, "subarch": w.subarch,
-                 "release": w.release, "source": w.candidate.source_url,
-                 "product": w.candidate.product, "version": w.candidate.version}
-                for w in winners or ()]
-        if rows:
-            conn.execute(insert(bootres_published), rows)
+    rows = [{"arch": w.arch, "subarch": w.subarch, "release": w.release,
+             "source": w.candidate.source_url, "product": w.candidate.product,
+             "version": w.candidate.version}
+            for w in winners or ()]
+    with db.unit() as tx:
+        tx.end_bootres_import(import_id, status=status, snapshot=snapshot, error=error,
+                              now=datetime.now(UTC), published=rows)
 
 
-def list_imports(db: Database, limit: int = 20) -> list[dict[str, Any]]:
-    with db.begin() as conn:
-        rows = conn.execute(select(bootres_imports).order_by(bootres_imports.c.id.desc())
-                            .limit(limit))
-        return [dict(r._mapping) for r in rows]
+def list_imports(db: Store, limit: int = 20) -> list[dict[str, Any]]:
+    with db.unit() as tx:
+        return tx.list_bootres_imports(limit)
 
 
 def progress_bar() -> tuple[Progress | None, Callable[[], None]]:

@@ -26,7 +26,7 @@ from corral.errors import (
 from corral.jobs import versions
 from corral.jobs.service import JobService
 from corral.pools import PoolService
-from corral.store.queries import HistoryEntry
+from corral.store.values import HistoryEntry
 
 HISTORY_FIELDS = ("id", "epoch", "at", "event", "from_state", "to_state", "source", "actor",
                   "reason", "payload", "operation_id")

@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import ProgrammingError as SQLProgrammingError
 
 from corral.cli.clients import (
     Boards,
@@ -103,18 +100,6 @@ class CorralGroup(click.Group):
         except CorralError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except (OperationalError, psycopg.OperationalError) as exc:
-            # SQLAlchemy wraps driver errors; the PostgreSQL hot path raises
-            # psycopg's own.
-            cause = getattr(exc, "orig", None) or exc
-            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
-            click.echo(f"error: database unavailable: {reason}", err=True)
-            sys.exit(6)
-        except SQLProgrammingError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            click.echo(f"error: database schema problem ({reason}); run `corral db upgrade`",
-                       err=True)
-            sys.exit(5)
 
 
 def _actor() -> str:
@@ -167,23 +152,21 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(obj: CliContext) -> None:
     """Create or migrate the schema to the newest revision."""
-    from corral.store.db import create_db_engine
-    from corral.store.migrate import current_revision, upgrade
+    from corral.store import open_store
 
-    engine = create_db_engine(obj.settings.database_url)
-    upgrade(engine)
-    click.echo(f"database at revision {current_revision(engine)}")
+    store = open_store(obj.settings.database_url)
+    store.upgrade()
+    click.echo(f"database at revision {store.current_revision()}")
 
 
 @db.command("current")
 @click.pass_obj
 def db_current(obj: CliContext) -> None:
     """Show the schema revision of the database and the one this Corral needs."""
-    from corral.store.db import create_db_engine
-    from corral.store.migrate import current_revision, head_revision
+    from corral.store import head_revision, open_store
 
-    engine = create_db_engine(obj.settings.database_url)
-    click.echo(f"current: {current_revision(engine) or 'none'}  head: {head_revision()}")
+    store = open_store(obj.settings.database_url)
+    click.echo(f"current: {store.current_revision() or 'none'}  head: {head_revision()}")
 
 
 # ------------------------------------------------------------------ serve / sweep
@@ -255,7 +238,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         if scheduler is not None:
             scheduler.start()
         log.info("serving", role=role,
-                 database=engine.db.url.render_as_string(hide_password=True),
+                 database=engine.store.display_url,
                  listen=settings.listen if serving_http else None, owner=settings.owner,
                  simulate=simulate, kinds=engine.machines.kinds(),
                  http_processes=settings.http_processes if serving_http else 0)
@@ -515,7 +498,7 @@ def board_token(obj: CliContext, name: str) -> None:
     """Issue (or rotate) the token board NAME uses for callbacks; prints it once."""
     from corral.tokens import TokenStore
 
-    click.echo(TokenStore(obj.engine().db).issue_for_board(name))
+    click.echo(TokenStore(obj.engine().store).issue_for_board(name))
 
 
 @cli.group()
@@ -708,7 +691,7 @@ def bootres_import(obj: CliContext, config_file: Path) -> None:
     from corral.bootres.importer import progress_bar, run_import
 
     config = load_config(config_file)
-    db = obj.engine().db
+    db = obj.engine().store
     progress, done = progress_bar()
     try:
         result = run_import(config, db, progress=progress)
@@ -760,7 +743,7 @@ def token_create(obj: CliContext, name: str, role: str) -> None:
     """Create (or rotate) operator token NAME; prints it once."""
     from corral.tokens import TokenStore
 
-    click.echo(TokenStore(obj.engine().db).issue(name, role))
+    click.echo(TokenStore(obj.engine().store).issue(name, role))
 
 
 @token.command("list")
@@ -770,7 +753,7 @@ def token_list(obj: CliContext, as_json: bool) -> None:
     """List tokens (never their secrets)."""
     from corral.tokens import TokenStore
 
-    rows = TokenStore(obj.engine().db).list()
+    rows = TokenStore(obj.engine().store).list()
     docs = [{"name": r.name, "role": r.role, "board": r.board, "created_at": r.created_at,
              "revoked_at": r.revoked_at} for r in rows]
     if as_json:
@@ -792,7 +775,7 @@ def token_revoke(obj: CliContext, name: str) -> None:
     """Revoke token NAME (a board's is named board:NAME)."""
     from corral.tokens import TokenStore
 
-    TokenStore(obj.engine().db).revoke(name)
+    TokenStore(obj.engine().store).revoke(name)
     click.echo(f"revoked {name}")
 
 
@@ -833,7 +816,7 @@ def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
     if missing:
         engine.import_machines("board", missing, actor="simulator",
                                reason="created by corral simulate boards")
-    tokens = TokenStore(engine.db)
+    tokens = TokenStore(engine.store)
     issued = {n: tokens.issue_for_board(n) for n in names}
     lab_token = tokens.issue("simulated-lab", "operator")
     behaviour = BoardBehaviour(boot_seconds=settings.sim_boot_seconds,

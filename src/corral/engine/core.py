@@ -21,15 +21,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import structlog
-from sqlalchemy import Connection
-from sqlalchemy import Engine as Database
-from sqlalchemy.exc import IntegrityError
 
 from corral.errors import (
     Conflict,
     CorralError,
+    DuplicateKey,
     EventNotAllowed,
     Forbidden,
     InvalidRequest,
@@ -39,14 +36,9 @@ from corral.errors import (
 )
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome, StateMachine
 from corral.payload import check_json, check_text, readable, readable_text
-from corral.store import queries as q
-from corral.store.schema import HISTORY_SOURCES
-from corral.store.transaction import (
-    SqlaTransaction,
-    Transaction,
-    async_transaction,
-    transaction,
-)
+from corral.store import values as q
+from corral.store.port import EventTx, Store, Tx
+from corral.store.values import HISTORY_SOURCES
 
 if TYPE_CHECKING:
     from corral.engine.group import AsyncGroupCommitter, GroupCommitter
@@ -232,7 +224,7 @@ def _write_args(writes: list[_Write], final: list[q.StateChange],
             remembered or [], [w.vars for w in writes if w.vars is not None])
 
 
-def _write_all(tx: Transaction, writes: list[_Write], final: list[q.StateChange],
+def _write_all(tx: EventTx, writes: list[_Write], final: list[q.StateChange],
                remembered: list[dict[str, Any]] | None = None) -> None:
     tx.write(*_write_args(writes, final, remembered))
 
@@ -241,7 +233,7 @@ class Engine:
     """Fires events against machines stored in one database.
 
     Args:
-        db: a SQLAlchemy engine from :func:`corral.store.db.create_db_engine`.
+        store: the database, from :func:`corral.store.open_store`.
         machines: the loaded definitions.
         clock: returns the current UTC time (tests pass a controllable clock).
         timeout_scale: multiplies every state timeout (demos run faster with 0.1).
@@ -249,14 +241,14 @@ class Engine:
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         machines: MachineSet,
         *,
         clock: Clock = utcnow,
         timeout_scale: float = 1.0,
         observer: Observer | None = None,
     ) -> None:
-        self.db = db
+        self.store = store
         self.machines = machines
         self.clock = clock
         self.timeout_scale = timeout_scale
@@ -279,8 +271,8 @@ class Engine:
         events (a pool's assignment row and its ``assign`` event, together).
         Machines are locked through the unit; everything commits at the end or
         nothing does."""
-        with self.db.begin() as conn:
-            unit = Unit(self, conn, self.clock())
+        with self.store.unit() as tx:
+            unit = Unit(self, tx, self.clock())
             yield unit
         for write in unit.writes:
             source = write.history["source"]
@@ -329,15 +321,15 @@ class Engine:
             with self.unit() as unit:
                 missing = {}
                 for name, attrs in inventory.items():
-                    existing = q.lock_machine(unit.conn, kind, name)
+                    existing = unit.tx.lock_machine(kind, name)
                     if existing is None:
                         missing[name] = attrs
                     elif not update_existing:
                         raise Conflict(f"{kind} {name!r} already exists")
                     else:
-                        q.update_machine_attrs(unit.conn, existing.id, attrs, unit.now)
+                        unit.tx.update_machine_attrs(existing.id, attrs, unit.now)
                 unit.create_many(kind, missing, actor=actor, reason=reason)
-        except IntegrityError:
+        except DuplicateKey:
             raise Conflict(f"another process created one of these {kind}s at the same time; "
                            "nothing was imported, try again") from None
         return unit.results
@@ -345,8 +337,8 @@ class Engine:
     def get(self, kind: str, name: str) -> q.MachineRow:
         """Raises: UnknownMachine."""
         self.machines[kind]
-        with self.db.begin() as conn:
-            row = q.get_machine(conn, kind, name)
+        with self.store.unit() as tx:
+            row = tx.get_machine(kind, name)
         if row is None:
             raise UnknownMachine(kind, name)
         return row
@@ -366,8 +358,8 @@ class Engine:
         if failed:
             wanted = [s for s in (wanted or machine.definition.failed_states)
                       if machine.is_failed(s)]
-        with self.db.begin() as conn:
-            return q.list_machines(conn, kind, states=wanted)
+        with self.store.unit() as tx:
+            return tx.list_machines(kind, states=wanted)
 
     def describe(self, row: q.MachineRow, role: str = "admin") -> dict[str, Any]:
         """A machine as ``role`` sees it: its row, whether it has failed, the
@@ -392,8 +384,8 @@ class Engine:
         :func:`corral.payload.readable`): one bad row never fails a page.
         """
         row = self.get(kind, name)
-        with self.db.begin() as conn:
-            entries = q.list_history(conn, row.id, limit=limit, before_id=before_id)
+        with self.store.unit() as tx:
+            entries = tx.list_history(row.id, limit=limit, before_id=before_id)
         return [replace(e, payload=readable(e.payload), reason=readable_text(e.reason))
                 for e in entries]
 
@@ -469,7 +461,7 @@ class Engine:
         result or its error (after the commit).
         """
         started = time.perf_counter()
-        with transaction(self.db) as tx:
+        with self.store.events() as tx:
             keys = sorted({(r.kind, r.name) for r in requests})
             if len(keys) == 1:
                 locked = tx.lock_machine(*keys[0])
@@ -484,13 +476,13 @@ class Engine:
             self._write(tx, batch.writes, batch.remembered)
         return self._committed(requests, batch, started)
 
-    async def fire_batch_async(self, conn: psycopg.AsyncConnection[Any],
-                               requests: list[FireRequest]) -> list[FireResult | CorralError]:
-        """:meth:`fire_batch` on an asyncio PostgreSQL connection (see
-        :func:`corral.store.transaction.async_transaction`), for a group
-        committer that runs on the event loop."""
+    async def fire_batch_async(self, conn: Any, requests: list[FireRequest]
+                               ) -> list[FireResult | CorralError]:
+        """:meth:`fire_batch` on an asyncio connection of the store (see
+        :meth:`~corral.store.port.Store.async_events`), for a group committer
+        that runs on the event loop."""
         started = time.perf_counter()
-        async with async_transaction(conn) as tx:
+        async with self.store.async_events(conn) as tx:
             keys = sorted({(r.kind, r.name) for r in requests})
             if len(keys) == 1:
                 locked = await tx.lock_machine(*keys[0])
@@ -577,7 +569,7 @@ class Engine:
 
         threaded = self._committer
         if (threaded is None or self._loop_committer is not None
-                or self.db.dialect.name != "postgresql"):
+                or not self.store.supports_async):
             return
         self._loop_committer = AsyncGroupCommitter(self, connections=threaded.threads,
                                                    max_batch=threaded.max_batch)
@@ -642,7 +634,7 @@ class Engine:
         if role not in ("operator", "admin") or (needed == "admin" and role != "admin"):
             raise Forbidden(f"forcing {kind} state {state!r} needs the {needed} role (the "
                             f"role its transitions need), not {role}", role=role)
-        with transaction(self.db) as tx:
+        with self.store.events() as tx:
             row = self._lock(tx, kind, name)
             if if_state is not None and row.state != if_state:
                 raise StateMismatch(kind, name, if_state, row.state)
@@ -666,8 +658,8 @@ class Engine:
         cutoff = self.clock() - older_than
         forgotten = 0
         while True:
-            with self.db.begin() as conn:
-                deleted = q.delete_idempotency_keys_before(conn, cutoff, batch)
+            with self.store.unit() as tx:
+                deleted = tx.delete_idempotency_keys_before(cutoff, batch)
             forgotten += deleted
             if deleted < batch:
                 break
@@ -688,7 +680,7 @@ class Engine:
         commit overlaps the next one's computation. Returns how many timeouts
         fired.
         """
-        if threads <= 1 or self.db.dialect.name != "postgresql":
+        if threads <= 1 or not self.store.concurrent_sweeps:
             return self._sweep_batches(batch, max_batches)
         with ThreadPoolExecutor(threads, thread_name_prefix="corral-sweep") as pool:
             runs = [pool.submit(self._sweep_batches, batch, max_batches) for _ in range(threads)]
@@ -699,7 +691,7 @@ class Engine:
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
-            with transaction(self.db) as tx:
+            with self.store.events() as tx:
                 now = self.clock()
                 rows = tx.claim_due_machines(now, batch)
                 writes = [w for w in (self._timeout(row, now) for row in rows) if w]
@@ -748,22 +740,22 @@ class Engine:
     def lease_operations(self, *, owner: str, limit: int, lease_seconds: float
                          ) -> list[q.OperationRow]:
         """Claim up to ``limit`` runnable operations for ``owner``."""
-        with self.db.begin() as conn:
+        with self.store.unit() as tx:
             now = self.clock()
-            return q.lease_operations(conn, now=now, owner=owner, limit=limit,
+            return tx.lease_operations(now=now, owner=owner, limit=limit,
                                       lease_until=now + timedelta(seconds=lease_seconds))
 
     def machine_by_id(self, machine_id: int) -> q.MachineRow | None:
-        with self.db.begin() as conn:
-            return q.get_machine_by_id(conn, machine_id)
+        with self.store.unit() as tx:
+            return tx.get_machine_by_id(machine_id)
 
     def retry_operation(self, op: q.OperationRow, *, delay: float, error: str) -> None:
         """Return a leased operation to the queue after a transient error."""
-        with self.db.begin() as conn:
-            current = q.lock_operation(conn, op.id)
+        with self.store.unit() as tx:
+            current = tx.lock_operation(op.id)
             if current is None or current.status != "running":
                 return
-            q.retry_operation(conn, op.id, error=error,
+            tx.retry_operation(op.id, error=error,
                               run_after=self.clock() + timedelta(seconds=delay))
         log.info("operation_retry", operation_id=op.id, kind=op.kind, target=op.target,
                  attempts=op.attempts, error=error)
@@ -784,11 +776,11 @@ class Engine:
         """
         event = f"{op.kind}_{outcome or ('ok' if ok else 'failed')}"
         result_doc = {"ok": ok, **(dict(detail) if detail else {})}
-        with self.db.begin() as conn:
-            row = q.lock_machine_by_id(conn, op.machine_id)
+        with self.store.unit() as tx:
+            row = tx.lock_machine_by_id(op.machine_id)
             if row is None:
                 raise NotFound(f"operation {op.id} refers to a deleted machine")
-            current = q.lock_operation(conn, op.id)
+            current = tx.lock_operation(op.id)
             now = self.clock()
             if current is None or current.status not in ("pending", "running"):
                 status = current.status if current else "missing"
@@ -801,7 +793,7 @@ class Engine:
             elif event not in machine.allowed_events(row.state):
                 note = f"state {row.state!r} does not accept {event!r}"
             if note is not None:
-                q.finish_operation(conn, op.id, status="stale", result=result_doc,
+                tx.finish_operation(op.id, status="stale", result=result_doc,
                                    error=error or note, now=now)
                 log.info("operation_result_ignored", operation_id=op.id, kind=op.kind,
                          target=op.target, _event=event, note=note)
@@ -811,8 +803,8 @@ class Engine:
                                        payload=result_doc, role="operation")
             write = self._prepare(row, computed, now=now, source="operation", actor=None,
                                   reason=error, payload=result_doc, operation_id=op.id)
-            _write_all(SqlaTransaction(conn), [write], [write.change])
-            q.finish_operation(conn, op.id, status="done" if ok else "failed",
+            _write_all(tx, [write], [write.change])
+            tx.finish_operation(op.id, status="done" if ok else "failed",
                                result=result_doc, error=error, now=now)
         self._log(write.result, "operation", operation_id=op.id)
         self.observer.operation(op.kind, "ok" if ok else "failed")
@@ -820,7 +812,7 @@ class Engine:
 
     # ------------------------------------------------------------ internals
 
-    def _lock(self, tx: Transaction, kind: str, name: str) -> q.MachineState:
+    def _lock(self, tx: EventTx, kind: str, name: str) -> q.MachineState:
         row = tx.lock_machine(kind, name)
         if row is None:
             raise UnknownMachine(kind, name)
@@ -886,7 +878,7 @@ class Engine:
         return _Write(change=change, history=history, operations=operations,
                       result=self._result(row, outcome, epoch), vars=variables)
 
-    def _write(self, tx: Transaction, writes: list[_Write],
+    def _write(self, tx: EventTx, writes: list[_Write],
                remembered: list[dict[str, Any]] | None = None) -> None:
         if writes or remembered:
             _write_all(tx, writes, _final_changes(writes), remembered)
@@ -902,18 +894,19 @@ class Engine:
 
 class Unit:
     """A transaction opened by :meth:`Engine.unit`: lock machines, fire events
-    on them, and use ``conn`` for the caller's own tables."""
+    on them, and use ``tx`` (the store's transaction) for the caller's own
+    tables."""
 
-    def __init__(self, engine: Engine, conn: Connection, now: datetime) -> None:
+    def __init__(self, engine: Engine, tx: Tx, now: datetime) -> None:
         self.engine = engine
-        self.conn = conn
+        self.tx = tx
         self.now = now
         self.writes: list[_Write] = []
 
     def lock(self, kind: str, name: str) -> q.MachineState:
         """Raises: UnknownMachine."""
         self.engine.machines[kind]
-        row = q.lock_machine(self.conn, kind, name)
+        row = self.tx.lock_machine(kind, name)
         if row is None:
             raise UnknownMachine(kind, name)
         return row
@@ -933,7 +926,7 @@ class Unit:
         deadline = self.engine._deadline(self.now, outcome.timeout)
         writes, rows = [], []
         for name, attrs in inventory.items():
-            machine_id = q.insert_machine(self.conn, kind=kind, name=name,
+            machine_id = self.tx.insert_machine(kind=kind, name=name,
                                           state=machine.initial, attrs=attrs, now=self.now,
                                           deadline=deadline)
             placeholder = q.MachineState(id=machine_id, kind=kind, name=name, state="",
@@ -944,7 +937,7 @@ class Unit:
                                          payload=None, operation_id=None)
             writes.append(write)
             rows.append(write.change.applied_to(placeholder))
-        _write_all(SqlaTransaction(self.conn), writes, [w.change for w in writes])
+        _write_all(self.tx, writes, [w.change for w in writes])
         self.writes.extend(writes)
         return rows
 
@@ -966,7 +959,7 @@ class Unit:
                                   payload=payload, role=SOURCE_ROLES[source])
         write = self.engine._prepare(row, outcome, now=self.now, source=source, actor=actor,
                                      reason=reason, payload=payload, operation_id=None)
-        _write_all(SqlaTransaction(self.conn), [write], [write.change])
+        _write_all(self.tx, [write], [write.change])
         self.writes.append(write)
         return write.change.applied_to(row)
 

@@ -28,12 +28,9 @@ from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import psycopg
 import structlog
 
 from corral.errors import CorralError
-from corral.store.db import RECYCLE_SECONDS
-from corral.store.transaction import connect_async
 
 if TYPE_CHECKING:
     from corral.engine.core import Engine, FireRequest, FireResult
@@ -141,7 +138,7 @@ def _settle_on_loop(settled: list[tuple[asyncio.Future[Outcome], Any]], failed: 
 
 
 class AsyncGroupCommitter:
-    """Group commit on the running event loop (PostgreSQL only).
+    """Group commit on the running event loop (stores that support it: PostgreSQL).
 
     Up to ``connections`` batches are in flight at once, each on its own
     connection (opened when first needed, and again after one breaks). An
@@ -157,9 +154,8 @@ class AsyncGroupCommitter:
         self.loop = asyncio.get_running_loop()
         self._queue: deque[tuple[FireRequest, asyncio.Future[Outcome]]] = deque()
         # A free slot per connection not in use; None until first connected.
-        self._free: list[psycopg.AsyncConnection[Any] | None] = [None] * connections
-        self._opened: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
-            weakref.WeakKeyDictionary())
+        self._free: list[Any | None] = [None] * connections
+        self._opened: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -181,17 +177,18 @@ class AsyncGroupCommitter:
         # the event stays queued, and commits all the same.
         return await future
 
-    async def _run(self, conn: psycopg.AsyncConnection[Any] | None) -> None:
+    async def _run(self, conn: Any | None) -> None:
         try:
             while self._queue:
                 batch = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
                 try:
-                    if conn is not None and (conn.closed or self._expired(conn)):
-                        await conn.close()
+                    store = self.engine.store
+                    if conn is not None and (not store.usable(conn) or self._expired(conn)):
+                        await store.close_async(conn)
                         conn = None
                     if conn is None:
-                        conn = await connect_async(self.engine.db)
+                        conn = await store.connect_async()
                         self._opened[conn] = time.monotonic()
                     outcomes: list[Any] = await self.engine.fire_batch_async(
                         conn, [request for request, _ in batch])
@@ -205,9 +202,10 @@ class AsyncGroupCommitter:
         finally:
             self._free.append(conn)
 
-    def _expired(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+    def _expired(self, conn: Any) -> bool:
         """Older than the engine's other connections may get (as its pool's recycle)."""
-        return time.monotonic() - self._opened.get(conn, 0.0) > RECYCLE_SECONDS
+        age = time.monotonic() - self._opened.get(conn, 0.0)
+        return age > self.engine.store.recycle_seconds
 
     async def aclose(self) -> None:
         """Refuse new events, finish the queued ones, close the connections."""
@@ -216,5 +214,5 @@ class AsyncGroupCommitter:
             await asyncio.wait(set(self._running))
         for conn in self._free:
             if conn is not None:
-                await conn.close()
+                await self.engine.store.close_async(conn)
         self._free = []

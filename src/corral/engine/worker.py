@@ -17,7 +17,7 @@ import structlog
 
 from corral.engine.core import Engine
 from corral.operations.base import Handler, OperationContext, OperationFailed, Reported
-from corral.store.queries import OperationRow
+from corral.store.values import OperationRow
 
 log = structlog.get_logger("corral.worker")
 

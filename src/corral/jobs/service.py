@@ -4,8 +4,8 @@
 once), stores it as submitted beside its internal form, and creates the job
 machine, queued, in one transaction. ``dispatch_pass`` gives free pools to
 queued jobs, highest priority first, then oldest: one transaction, under a
-lock that lets one scheduler at a time decide (on PostgreSQL an advisory
-lock; SQLite serializes writers anyway), so priorities hold however many
+lock that lets one scheduler at a time decide (the store's scheduler lock:
+an advisory lock on PostgreSQL; SQLite serializes writers anyway), so priorities hold however many
 engines run. The job machine's operations (``validate_dispatch``,
 ``start_action``, ``finish_job``) and the pool machine's ``notify_job`` are
 run by the outbox worker like any other operation.
@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
-
 from corral.engine.core import Engine, FireResult
 from corral.errors import Conflict, CorralError, EventNotAllowed, NotFound, UnknownMachine
 from corral.jobs import maize, versions
@@ -28,8 +26,6 @@ from corral.machines.needs import Needs, check_needs
 from corral.mo.client import MoClient, MoError
 from corral.operations.base import OperationContext, OperationFailed, Reported
 from corral.pools.service import PoolService
-from corral.store import queries as q
-from corral.store.schema import jobs, machines
 
 KIND = "job"
 FINAL = ("complete", "incomplete", "canceled")
@@ -43,8 +39,6 @@ NEEDS = (
           events=("queue", "cancel", *RESERVED_EVENTS)),
     Needs(service="jobs", kind="pool", states=("overriding", "rolling_out", "overridden")),
 )
-# One scheduler decides at a time (pg_advisory_xact_lock key).
-SCHEDULER_LOCK = 0x636F7272  # "corr"
 
 
 def reserve_job_events(engine: Engine) -> None:
@@ -77,14 +71,12 @@ class JobService:
         submitted = versions.load(text)
         spec = submitted.spec
         with self.engine.unit() as unit:
-            job_id = unit.conn.execute(insert(jobs).returning(jobs.c.id), {
-                "name": "pending", "api_version": submitted.api_version,
+            name = unit.tx.insert_job({
+                "api_version": submitted.api_version,
                 "format": submitted.format, "spec_text": submitted.text,
                 "spec": spec.to_json(), "job_name": spec.job_name, "priority": spec.priority,
                 "fabric": spec.fabric, "submitted_at": unit.now, "submitted_by": actor,
-            }).scalar_one()
-            name = f"job-{job_id}"
-            unit.conn.execute(update(jobs).where(jobs.c.id == job_id).values(name=name))
+            })
             row = unit.create(KIND, name, {"job_name": spec.job_name,
                                            "priority": spec.priority,
                                            "fabric": spec.fabric}, actor=actor,
@@ -106,11 +98,11 @@ class JobService:
         Raises:
             UnknownMachine.
         """
-        with self.engine.db.begin() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
-        if row is None:
+        with self.engine.store.unit() as tx:
+            record = tx.get_job(name)
+        if record is None:
             raise UnknownMachine(KIND, name)
-        return dict(row._mapping)
+        return record
 
     def spec(self, name: str) -> JobSpec:
         return JobSpec.from_json(self.record(name)["spec"])
@@ -156,7 +148,7 @@ class JobService:
         spec = self.spec(name)
         with self.engine.unit() as unit:
             row = unit.lock(KIND, name)
-            variables = self._vars(unit.conn, row.id)
+            variables = unit.tx.machine_vars(row.id)
             awaited = None
             if row.state == "waiting" and "stage" in variables:
                 action = spec.stages[variables["stage"]].actions[variables["action"]]
@@ -178,14 +170,8 @@ class JobService:
         """
         assigned: list[tuple[str, str]] = []
         with self.engine.unit() as unit:
-            if unit.conn.dialect.name == "postgresql":
-                unit.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                  {"key": SCHEDULER_LOCK})
-            queue = unit.conn.execute(
-                select(jobs.c.name, jobs.c.fabric)
-                .join(machines, (machines.c.kind == KIND) & (machines.c.name == jobs.c.name))
-                .where(machines.c.state == "queued")
-                .order_by(jobs.c.priority.desc(), jobs.c.id).limit(limit)).all()
+            unit.tx.lock_scheduler()
+            queue = unit.tx.queued_jobs(kind=KIND, state="queued", limit=limit)
             exhausted: set[str | None] = set()
             for name, fabric in queue:
                 if fabric in exhausted or None in exhausted:
@@ -199,13 +185,6 @@ class JobService:
                           reason=f"pool {taken}", payload={"pool": taken})
                 assigned.append((name, taken))
         return assigned
-
-    # -------------------------------------------------------------- internals
-
-    @staticmethod
-    def _vars(conn: Any, machine_id: int) -> dict[str, Any]:
-        row = q.get_machine_by_id(conn, machine_id)
-        return dict(row.vars or {}) if row else {}
 
 
 class JobNotWaitingYet(Exception):
@@ -363,9 +342,8 @@ class JobOperations:
                 comment = entry.reason or (f"{entry.event} in {entry.from_state}"
                                            if entry.event != "timeout" else
                                            f"{entry.from_state} timed out")
-        with self.engine.db.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.name == ctx.name)
-                         .values(failure_comment=comment, finished_at=self.engine.clock()))
+        with self.engine.store.unit() as tx:
+            tx.finish_job(ctx.name, comment=comment, now=self.engine.clock())
         return {"released": released}
 
     def notify_job(self, ctx: OperationContext) -> Mapping[str, Any]:
@@ -381,7 +359,7 @@ class JobOperations:
             return {"note": f"{job} is not a Corral job"}
         with self.engine.unit() as unit:
             row = unit.lock(KIND, job)
-            variables = JobService._vars(unit.conn, row.id)
+            variables = unit.tx.machine_vars(row.id)
             if row.state == "running" and variables.get("pool") == ctx.name:
                 # The job has asked for the override but not yet recorded that it
                 # waits for it: try again shortly (the worker retries with backoff).

@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-
 from corral.engine.core import Engine, FireResult, Unit
-from corral.errors import Conflict, InvalidRequest
+from corral.errors import Conflict, DuplicateKey, InvalidRequest
 from corral.machines.needs import Needs, check_needs
-from corral.store import queries as q
+from corral.store.values import Assignment, MachineState
 
 KIND = "pool"
 FLEET_NAME = "testbed-cert-pool-{index}-{fabric}"
@@ -90,9 +88,9 @@ class PoolService:
         return self.engine.import_machines(KIND, inventory, actor=actor,
                                            reason=f"fleet for fabric {fabric}")
 
-    def assignments(self, job_run_id: str | None = None) -> list[q.Assignment]:
-        with self.engine.db.begin() as conn:
-            return q.list_assignments(conn, job_run_id=job_run_id)
+    def assignments(self, job_run_id: str | None = None) -> list[Assignment]:
+        with self.engine.store.unit() as tx:
+            return tx.list_assignments(job_run_id=job_run_id)
 
     # -------------------------------------------------------------- acquire / release
 
@@ -125,7 +123,7 @@ class PoolService:
         if not 1 <= count <= 1000:
             raise InvalidRequest(f"count must be between 1 and 1000, not {count}")
         with self._unit() as unit:
-            rows = q.lock_idle_pools(unit.conn, kind=KIND, state="idle",
+            rows = unit.tx.lock_idle_pools(kind=KIND, state="idle",
                                      attrs={"fabric": fabric} if fabric else {}, limit=count)
             if len(rows) < count:
                 where = f" in fabric {fabric}" if fabric else ""
@@ -140,7 +138,7 @@ class PoolService:
                   ) -> str | None:
         """Inside the caller's unit: take one idle pool (of ``fabric``) that no job
         holds for the job; returns its name, or None when none is free."""
-        rows = q.lock_idle_pools(unit.conn, kind=KIND, state="idle",
+        rows = unit.tx.lock_idle_pools(kind=KIND, state="idle",
                                  attrs={"fabric": fabric} if fabric else {}, limit=1)
         if not rows:
             return None
@@ -155,13 +153,13 @@ class PoolService:
         """
         check_job(job_run_id)
         with self._unit() as unit:
-            held = [a.pool for a in q.list_assignments(unit.conn, job_run_id=job_run_id)]
+            held = [a.pool for a in unit.tx.list_assignments(job_run_id=job_run_id)]
             if not held:
                 return []
-            rows = q.lock_machines(unit.conn, [(KIND, name) for name in held])
+            rows = unit.tx.lock_machines([(KIND, name) for name in held])
             # Re-read under the locks: only this job can drop its rows, but
             # another release of the same job may have raced this one.
-            still = {a.pool for a in q.list_assignments(unit.conn, job_run_id=job_run_id)}
+            still = {a.pool for a in unit.tx.list_assignments(job_run_id=job_run_id)}
             released = []
             for row in rows:
                 if row.name not in still:
@@ -172,7 +170,7 @@ class PoolService:
                               reason=reason or f"released by job {job_run_id}",
                               payload={"job_run_id": job_run_id})
                 released.append(row.name)
-            q.unassign_pools(unit.conn, released, job_run_id)
+            unit.tx.unassign_pools(released, job_run_id)
         return released
 
     # -------------------------------------------------------------- overrides
@@ -210,19 +208,19 @@ class PoolService:
         try:
             with self.engine.unit() as unit:
                 yield unit
-        except IntegrityError:
+        except DuplicateKey:
             raise Conflict("another job took the pool at the same moment; nothing was "
                            "changed, try again") from None
 
-    def _take(self, unit: Unit, row: q.MachineState, job_run_id: str, actor: str
-              ) -> q.MachineState:
+    def _take(self, unit: Unit, row: MachineState, job_run_id: str, actor: str
+              ) -> MachineState:
         """Make ``job_run_id`` the holder of the locked pool ``row``; returns the row
         as it is afterwards (the same object when the job already held it)."""
-        holder = q.pool_holder(unit.conn, row.name)
+        holder = unit.tx.pool_holder(row.name)
         if holder is not None and holder != job_run_id:
             raise Conflict(f"pool {row.name!r} is held by job {holder}")
         if holder is None:
-            q.assign_pool(unit.conn, row.name, job_run_id, unit.now)
+            unit.tx.assign_pool(row.name, job_run_id, unit.now)
         if row.state == "idle" or holder is None:
             # Fires only from idle; any other state refuses, naming what it accepts.
             return unit.fire(row, "assign", source="operator", actor=actor,

@@ -1,1 +1,39 @@
-"""Persistence: the shared tables and every named query (the only SQL in Corral)."""
+"""Corral's store: one port (:mod:`corral.store.port`), one implementation per
+backend. :func:`open_store` picks the backend from the database URL.
+
+Importing this package imports no database library; :func:`open_store` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.store.port import Store
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
+
+
+def open_store(url: str, *, pool_size: int = 10) -> Store:
+    """The store for ``url`` (``sqlite:///PATH`` or ``postgresql://...``).
+
+    Raises:
+        ConfigError: the URL is malformed or names an unsupported backend.
+    """
+    from corral.store.db import create_db_engine
+
+    sa = create_db_engine(url, pool_size=pool_size)
+    if sa.dialect.name == "postgresql":
+        from corral.store.postgres import PgStore
+
+        return PgStore(sa)
+    from corral.store.sql import SqlStore
+
+    return SqlStore(sa)
+
+
+def head_revision() -> str | None:
+    """The schema revision this Corral needs."""
+    from corral.store.migrate import head_revision as head
+
+    return head()

@@ -21,7 +21,6 @@ from sqlalchemy.exc import ArgumentError
 from corral.errors import ConfigError
 from corral.payload import UNREADABLE
 
-DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
 # PostgreSQL connections older than this are replaced before their next use.
 RECYCLE_SECONDS = 3600
 
@@ -104,7 +103,3 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"

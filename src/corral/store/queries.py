@@ -1,7 +1,8 @@
-"""Every query Corral runs, as a named function.
+"""The named statements of the SQLAlchemy Core backends (SQLite; the parts of
+PostgreSQL off the event write path).
 
-Callers pass a SQLAlchemy ``Connection`` inside a transaction they own; no
-function here commits. Statements are built once at import time so that
+Each takes a SQLAlchemy ``Connection`` inside a transaction its caller (the
+store) owns; none commits. Statements are built once at import time so that
 SQLAlchemy's compiled cache and psycopg's prepared statements are hit on the
 hot path (one event = lock, update, insert history, commit).
 """
@@ -9,7 +10,6 @@ hot path (one event = lock, update, insert history, commit).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,130 +27,26 @@ from sqlalchemy import (
 )
 
 from corral.store.schema import (
+    bootres_imports,
+    bootres_published,
     history,
     idempotency_keys,
+    jobs,
     machines,
     operations,
     pool_assignments,
     tokens,
 )
-
-# ---------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MachineState:
-    """What an event reads and rewrites: the row minus inventory and timestamps.
-
-    The hot paths (lock one machine, claim due machines) load only this.
-    """
-
-    id: int
-    kind: str
-    name: str
-    state: str
-    state_entered_at: datetime
-    deadline: datetime | None
-    counters: dict[str, int]
-    epoch: int
-
-    @classmethod
-    def from_row(cls, row: Any) -> MachineState:
-        m = row._mapping
-        return cls(id=m["id"], kind=m["kind"], name=m["name"], state=m["state"],
-                   state_entered_at=m["state_entered_at"], deadline=m["deadline"],
-                   counters=dict(m["counters"] or {}), epoch=m["epoch"])
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MachineRow(MachineState):
-    """A whole machine row, for operators and operation backends."""
-
-    attrs: dict[str, Any]
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    vars: dict[str, Any] | None = None
-
-    @classmethod
-    def from_row(cls, row: Any) -> MachineRow:
-        m = row._mapping
-        return cls(
-            id=m["id"],
-            kind=m["kind"],
-            name=m["name"],
-            state=m["state"],
-            state_entered_at=m["state_entered_at"],
-            deadline=m["deadline"],
-            counters=dict(m["counters"] or {}),
-            epoch=m["epoch"],
-            attrs=dict(m["attrs"] or {}),
-            created_at=m.get("created_at"),
-            updated_at=m.get("updated_at"),
-            vars=dict(m.get("vars") or {}),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class HistoryEntry:
-    id: int
-    machine_id: int
-    epoch: int
-    from_state: str
-    to_state: str
-    event: str
-    source: str
-    actor: str | None
-    reason: str | None
-    at: datetime
-    payload: Any
-    operation_id: int | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> HistoryEntry:
-        return cls(**dict(row._mapping))
-
-
-@dataclass(frozen=True, kw_only=True)
-class OperationRow:
-    id: int
-    machine_id: int
-    machine_epoch: int
-    kind: str
-    target: str
-    payload: dict[str, Any]
-    status: str
-    attempts: int
-    run_after: datetime
-    lease_owner: str | None
-    lease_expires_at: datetime | None
-    result: Any
-    error: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> OperationRow:
-        return cls(**dict(row._mapping))
-
-
-@dataclass(frozen=True, kw_only=True)
-class StateChange:
-    """What one accepted event writes to a machine row (see ``update_machines``)."""
-
-    id: int
-    state: str
-    state_entered_at: datetime
-    deadline: datetime | None
-    counters: Mapping[str, int]
-    epoch: int
-    updated_at: datetime
-
-    def applied_to(self, row: MachineState) -> MachineState:
-        """``row`` as it is after this change."""
-        return MachineState(id=row.id, kind=row.kind, name=row.name, state=self.state,
-                            state_entered_at=self.state_entered_at, deadline=self.deadline,
-                            counters=dict(self.counters), epoch=self.epoch)
-
+from corral.store.values import (
+    Assignment,
+    HistoryEntry,
+    MachineRow,
+    MachineState,
+    OperationRow,
+    StateChange,
+    TokenRow,
+    VarsChange,
+)
 
 # ---------------------------------------------------------------- machines
 
@@ -285,14 +181,6 @@ def update_machines(conn: Connection, changes: Sequence[StateChange]) -> None:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class VarsChange:
-    """A locked machine's vars after an event: ``values`` replace them all
-    (``replace``) or are merged over them."""
-
-    id: int
-    values: Mapping[str, Any]
-    replace: bool
 
 
 def update_vars(conn: Connection, changes: Sequence[VarsChange]) -> None:
@@ -443,16 +331,6 @@ def get_machine_by_id(conn: Connection, machine_id: int) -> MachineRow | None:
 # ---------------------------------------------------------------- tokens
 
 
-@dataclass(frozen=True, kw_only=True)
-class TokenRow:
-    id: int
-    name: str
-    role: str
-    machine_id: int | None
-    board: str | None
-    secret_hash: str
-    created_at: datetime
-    revoked_at: datetime | None
 
 
 _TOKEN_COLUMNS = (tokens.c.id, tokens.c.name, tokens.c.role, tokens.c.machine_id,
@@ -544,11 +422,6 @@ def delete_idempotency_keys_before(conn: Connection, cutoff: datetime, limit: in
 # ---------------------------------------------------------------- pool assignments
 
 
-@dataclass(frozen=True, kw_only=True)
-class Assignment:
-    pool: str
-    job_run_id: str
-    assigned_at: datetime
 
 
 def _assignment(row: Any) -> Assignment:
@@ -621,3 +494,68 @@ def operation_queue(conn: Connection) -> tuple[int, datetime | None]:
 
 def ping(conn: Connection) -> None:
     conn.execute(select(1))
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def insert_job(conn: Connection, record: Mapping[str, Any]) -> str:
+    """Store a submitted job; returns its name (``job-<id>``)."""
+    job_id = conn.execute(insert(jobs).returning(jobs.c.id),
+                          {"name": "pending", **record}).scalar_one()
+    name = f"job-{job_id}"
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(name=name))
+    return name
+
+
+def get_job(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(select(jobs).where(jobs.c.name == name)).first()
+    return dict(row._mapping) if row else None
+
+
+def queued_jobs(conn: Connection, *, kind: str, state: str, limit: int
+                ) -> list[tuple[str, str | None]]:
+    """(name, fabric) of the jobs whose machine is in ``state``, highest
+    priority first, then oldest."""
+    rows = conn.execute(
+        select(jobs.c.name, jobs.c.fabric)
+        .join(machines, (machines.c.kind == kind) & (machines.c.name == jobs.c.name))
+        .where(machines.c.state == state)
+        .order_by(jobs.c.priority.desc(), jobs.c.id).limit(limit))
+    return [(name, fabric) for name, fabric in rows]
+
+
+def finish_job(conn: Connection, name: str, *, comment: str | None, now: datetime) -> None:
+    conn.execute(update(jobs).where(jobs.c.name == name)
+                 .values(failure_comment=comment, finished_at=now))
+
+
+def machine_vars(conn: Connection, machine_id: int) -> dict[str, Any]:
+    value = conn.execute(select(machines.c.vars).where(machines.c.id == machine_id)).scalar()
+    return dict(value or {})
+
+
+# ---------------------------------------------------------------- boot resources
+
+
+def start_bootres_import(conn: Connection, *, started_at: datetime, storage: str,
+                         sources: Sequence[str]) -> int:
+    return int(conn.execute(insert(bootres_imports).returning(bootres_imports.c.id), {
+        "started_at": started_at, "status": "running", "storage": storage,
+        "sources": list(sources)}).scalar_one())
+
+
+def end_bootres_import(conn: Connection, import_id: int, *, status: str,
+                       snapshot: str | None, error: str | None, now: datetime,
+                       published: Sequence[Mapping[str, Any]]) -> None:
+    conn.execute(update(bootres_imports).where(bootres_imports.c.id == import_id).values(
+        status=status, snapshot=snapshot, error=error, finished_at=now))
+    if published:
+        conn.execute(insert(bootres_published),
+                     [{"import_id": import_id, **row} for row in published])
+
+
+def list_bootres_imports(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(select(bootres_imports).order_by(bootres_imports.c.id.desc())
+                        .limit(limit))
+    return [dict(r._mapping) for r in rows]

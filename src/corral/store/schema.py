@@ -236,5 +236,4 @@ bootres_published = Table(
     Index("ix_bootres_published_import_id", "import_id"),
 )
 
-HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")
 OPEN_OPERATION_STATUSES = ("pending", "running")

@@ -1,13 +1,18 @@
-"""The transaction an event runs in, with one implementation per backend.
+"""The PostgreSQL store: psycopg 3, with one writer for every event.
 
-The engine's hot path is: lock a machine (or claim a batch of due machines),
-compute, write the state changes, history and outbox rows, commit. On SQLite
-that is SQLAlchemy Core in a ``BEGIN IMMEDIATE`` transaction. On PostgreSQL
-it is two network round trips and two prepared statements whatever the batch
-size: in psycopg's pipeline mode the locking ``SELECT ... FOR UPDATE [SKIP
-LOCKED]`` is read back with a Flush, then one statement writes everything
-(``UPDATE`` with the history and operations ``INSERT``s as CTEs) and the
-closing Sync commits the implicit transaction.
+Every event, from any caller (the HTTP callbacks, the sweep, operation
+results, a service's unit, machine creation), is written by
+:func:`_write_statements`: one statement whatever the batch (``UPDATE`` with
+the history, outbox and idempotency ``INSERT``s as CTEs, each table's rows
+expanded server-side from one JSON document), then any vars changes.
+
+The event path (:meth:`PgStore.events`) is two network round trips and two
+prepared statements: in psycopg's pipeline mode the locking ``SELECT ... FOR
+UPDATE [SKIP LOCKED]`` is read back with a Flush, then the write is queued
+and the closing Sync commits the implicit transaction. The asyncio path
+(:meth:`PgStore.async_events`) runs the same statements, awaited. A general
+transaction (:meth:`PgStore.unit`) is SQLAlchemy Core for the services'
+tables, and the same writer, on the same connection, for events.
 """
 
 from __future__ import annotations
@@ -16,64 +21,22 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine
+from sqlalchemy import text
 
-from corral.store import queries as q
+from corral.store.db import RECYCLE_SECONDS, loads_json
+from corral.store.sql import DriverErrors, SqlStore, SqlTx, translated, translated_async
+from corral.store.values import MachineState, StateChange, VarsChange
 
-
-class Transaction(Protocol):
-    def lock_machine(self, kind: str, name: str) -> q.MachineState | None: ...
-
-    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]: ...
-
-    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]: ...
-
-    def idempotent_outcomes(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], Any]: ...
-
-    def write(
-        self,
-        changes: Sequence[q.StateChange],
-        history: Sequence[Mapping[str, Any]],
-        operations: Sequence[Mapping[str, Any]],
-        idempotency: Sequence[Mapping[str, Any]] = (),
-        vars_changes: Sequence[q.VarsChange] = (),
-    ) -> None: ...
-
-
-class SqlaTransaction:
-    """Any SQLAlchemy backend (SQLite in practice), through the named queries."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
-        return q.lock_machine(self.conn, kind, name)
-
-    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
-        return q.lock_machines(self.conn, keys)
-
-    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
-        return q.claim_due_machines(self.conn, now, limit)
-
-    def idempotent_outcomes(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], Any]:
-        return q.get_idempotent_outcomes(self.conn, keys)
-
-    def write(  # type: ignore[no-untyped-def]
-        self, changes, history, operations, idempotency=(), vars_changes=()
-    ) -> None:
-        q.update_machines(self.conn, changes)
-        q.insert_history(self.conn, history)
-        q.insert_operations(self.conn, operations)
-        q.insert_idempotent_outcomes(self.conn, idempotency)
-        q.update_vars(self.conn, vars_changes)
-
+PSYCOPG_ERRORS = DriverErrors(
+    unavailable=(psycopg.OperationalError, psycopg.InterfaceError),
+    duplicate=(psycopg.IntegrityError,),
+    schema=(psycopg.ProgrammingError,),
+)
+# One scheduler decides at a time (pg_advisory_xact_lock key, "corr").
+SCHEDULER_LOCK = 0x636F7272
 
 _STATE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, epoch"
 
@@ -173,26 +136,34 @@ WHERE id = %(id)s
 """
 
 
-def _row(values: tuple[Any, ...]) -> q.MachineState:
+PG_LOCK_SCHEDULER = "SELECT pg_advisory_xact_lock(:key)"
+
+
+def _row(values: tuple[Any, ...]) -> MachineState:
     id_, kind, name, state, entered, deadline, counters, epoch = values
-    return q.MachineState(id=id_, kind=kind, name=name, state=state, state_entered_at=entered,
-                          deadline=deadline, counters=counters or {}, epoch=epoch)
+    return MachineState(id=id_, kind=kind, name=name, state=state, state_entered_at=entered,
+                        deadline=deadline, counters=counters or {}, epoch=epoch)
 
 
 def _key_arrays(keys: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [a for a, _ in keys], [b for _, b in keys]
 
 
-def _write_statements(  # type: ignore[no-untyped-def]
-    changes, history, operations, idempotency, vars_changes
+def _write_statements(
+    changes: Sequence[StateChange],
+    history: Sequence[Mapping[str, Any]],
+    operations: Sequence[Mapping[str, Any]],
+    idempotency: Sequence[Mapping[str, Any]],
+    vars_changes: Sequence[VarsChange],
 ) -> list[tuple[str, Mapping[str, Any]]]:
     """The statements of one write: the main one (every table a batch touches,
-    expanded from JSON documents), then any vars changes."""
+    expanded from JSON documents; scalar parameters for a single event, so its
+    row is found through the primary key), then any vars changes."""
     # A batch shares a handful of timestamps (its "now" and a deadline per
     # timeout length): format each once instead of once per row.
     iso = _IsoFormatter()
-    remembered = _dumps([i | {"created_at": iso(i["created_at"])} for i in idempotency])
-    ops = _dumps([o | {"created_at": iso(o["created_at"])} for o in operations])
+    remembered = _dumps([dict(i) | {"created_at": iso(i["created_at"])} for i in idempotency])
+    ops = _dumps([dict(o) | {"created_at": iso(o["created_at"])} for o in operations])
     statements: list[tuple[str, Mapping[str, Any]]]
     if len(changes) == 1 and len(history) == 1:
         [c], [h] = changes, history
@@ -216,7 +187,7 @@ def _write_statements(  # type: ignore[no-untyped-def]
                 for c in changes
             ]),
             "ids": [c.id for c in changes],
-            "history": _dumps([h | {"at": iso(h["at"])} for h in history]),
+            "history": _dumps([dict(h) | {"at": iso(h["at"])} for h in history]),
             "operations": ops,
             "idempotency": remembered,
         })]
@@ -226,36 +197,45 @@ def _write_statements(  # type: ignore[no-untyped-def]
     return statements
 
 
-class PgTransaction:
-    """PostgreSQL through the psycopg connection, in pipeline mode."""
+def _has_writes(changes: Sequence[Any], history: Sequence[Any], operations: Sequence[Any],
+                idempotency: Sequence[Any]) -> bool:
+    return bool(changes or history or operations or idempotency)
+
+
+class PgEventTx:
+    """The event path on a psycopg connection in pipeline mode."""
 
     def __init__(self, cursor: Any) -> None:
         self.cursor = cursor
         self.wrote = False
 
-    def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
+    def lock_machine(self, kind: str, name: str) -> MachineState | None:
         self.cursor.execute(PG_LOCK_MACHINE, (kind, name))
         values = self.cursor.fetchone()
         return _row(values) if values else None
 
-    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
+    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[MachineState]:
         self.cursor.execute(PG_LOCK_MACHINES, _key_arrays(keys))
         return [_row(v) for v in self.cursor.fetchall()]
 
-    def claim_due_machines(self, now: datetime, limit: int) -> list[q.MachineState]:
+    def claim_due_machines(self, now: datetime, limit: int) -> list[MachineState]:
         self.cursor.execute(PG_CLAIM_DUE_MACHINES, (now, limit))
         return [_row(v) for v in self.cursor.fetchall()]
 
-    def idempotent_outcomes(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], Any]:
+    def idempotent_outcomes(self, keys: Sequence[tuple[str, str]]
+                            ) -> dict[tuple[str, str], Any]:
         self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys))
         return {(scope, key): outcome for scope, key, outcome in self.cursor.fetchall()}
 
-    def write(  # type: ignore[no-untyped-def]
-        self, changes, history, operations, idempotency=(), vars_changes=()
+    def write(
+        self,
+        changes: Sequence[StateChange],
+        history: Sequence[Mapping[str, Any]],
+        operations: Sequence[Mapping[str, Any]],
+        idempotency: Sequence[Mapping[str, Any]] = (),
+        vars_changes: Sequence[VarsChange] = (),
     ) -> None:
-        if not changes and not history and not operations and not idempotency:
+        if not _has_writes(changes, history, operations, idempotency):
             return
         self.wrote = True
         for statement, params in _write_statements(changes, history, operations,
@@ -263,38 +243,67 @@ class PgTransaction:
             self.cursor.execute(statement, params)
 
 
-class AsyncPgTransaction:
-    """:class:`PgTransaction` on an asyncio psycopg connection: the same
+class AsyncPgEventTx:
+    """:class:`PgEventTx` on an asyncio psycopg connection: the same
     statements, awaited. Only what firing events needs."""
 
     def __init__(self, cursor: Any) -> None:
         self.cursor = cursor
         self.wrote = False
 
-    async def lock_machine(self, kind: str, name: str) -> q.MachineState | None:
+    async def lock_machine(self, kind: str, name: str) -> MachineState | None:
         await self.cursor.execute(PG_LOCK_MACHINE, (kind, name))
         values = await self.cursor.fetchone()
         return _row(values) if values else None
 
-    async def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[q.MachineState]:
+    async def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[MachineState]:
         await self.cursor.execute(PG_LOCK_MACHINES, _key_arrays(keys))
         return [_row(v) for v in await self.cursor.fetchall()]
 
-    async def idempotent_outcomes(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], Any]:
+    async def idempotent_outcomes(self, keys: Sequence[tuple[str, str]]
+                                  ) -> dict[tuple[str, str], Any]:
         await self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys))
         return {(scope, key): outcome for scope, key, outcome in await self.cursor.fetchall()}
 
-    async def write(  # type: ignore[no-untyped-def]
-        self, changes, history, operations, idempotency=(), vars_changes=()
+    async def write(
+        self,
+        changes: Sequence[StateChange],
+        history: Sequence[Mapping[str, Any]],
+        operations: Sequence[Mapping[str, Any]],
+        idempotency: Sequence[Mapping[str, Any]] = (),
+        vars_changes: Sequence[VarsChange] = (),
     ) -> None:
-        if not changes and not history and not operations and not idempotency:
+        if not _has_writes(changes, history, operations, idempotency):
             return
         self.wrote = True
         for statement, params in _write_statements(changes, history, operations,
                                                    idempotency, vars_changes):
             await self.cursor.execute(statement, params)
+
+
+class PgTx(SqlTx):
+    """A general transaction on PostgreSQL: SQLAlchemy Core for the services'
+    tables, the event writer for events (on the same connection)."""
+
+    def write(
+        self,
+        changes: Sequence[StateChange],
+        history: Sequence[Mapping[str, Any]],
+        operations: Sequence[Mapping[str, Any]],
+        idempotency: Sequence[Mapping[str, Any]] = (),
+        vars_changes: Sequence[VarsChange] = (),
+    ) -> None:
+        if not _has_writes(changes, history, operations, idempotency):
+            return
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor:
+            for statement, params in _write_statements(changes, history, operations,
+                                                       idempotency, vars_changes):
+                cursor.execute(statement, params)
+
+    def lock_scheduler(self) -> None:
+        self.conn.execute(text(PG_LOCK_SCHEDULER), {"key": SCHEDULER_LOCK})
 
 
 class _IsoFormatter(dict[datetime, str]):
@@ -320,79 +329,93 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=_default, separators=(",", ":"))
 
 
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Transaction]:
-    """One transaction on the engine's backend: commit on success, roll back on error."""
-    if engine.dialect.name != "postgresql":
-        with engine.begin() as conn:
-            yield SqlaTransaction(conn)
-        return
-    fairy = engine.raw_connection()
-    pg = fairy.driver_connection
-    assert pg is not None
-    # No BEGIN or COMMIT statements: in the extended query protocol everything
-    # up to a Sync is one implicit transaction. Reading the locked row needs
-    # only a Flush, so the lock is held until the pipeline's closing Sync,
-    # which commits the writes. Two round trips, two statements.
-    pg.autocommit = True
-    try:
-        with pg.pipeline():
-            tx = PgTransaction(pg.cursor())
+
+class PgStore(SqlStore):
+    """PostgreSQL through psycopg 3 (see the module docstring)."""
+
+    concurrent_sweeps = True
+    supports_async = True
+    tx_class = PgTx
+    driver_errors = PSYCOPG_ERRORS
+    #: Seconds an asyncio connection may live (as the pool's recycle).
+    recycle_seconds = float(RECYCLE_SECONDS)
+
+    @contextmanager
+    def events(self) -> Iterator[PgEventTx]:
+        """One event transaction: commit on success, roll back on error."""
+        with translated(PSYCOPG_ERRORS):
+            fairy = self.sa.raw_connection()
+            pg = fairy.driver_connection
+            assert pg is not None
+            # No BEGIN or COMMIT statements: in the extended query protocol
+            # everything up to a Sync is one implicit transaction. Reading the
+            # locked row needs only a Flush, so the lock is held until the
+            # pipeline's closing Sync, which commits the writes. Two round
+            # trips, two statements.
+            pg.autocommit = True
             try:
-                yield tx
+                with pg.pipeline():
+                    tx = PgEventTx(pg.cursor())
+                    try:
+                        yield tx
+                    except BaseException:
+                        if tx.wrote:
+                            # Writes are queued and the closing Sync would
+                            # commit them: drop the connection instead; the
+                            # server rolls back.
+                            fairy.invalidate()
+                        raise
             except BaseException:
-                if tx.wrote:
-                    # Writes are queued and the closing Sync would commit them:
-                    # drop the connection instead; the server rolls back.
+                if pg.broken and fairy.is_valid:
+                    # The server went away: never hand this connection out again.
                     fairy.invalidate()
                 raise
-    except BaseException:
-        if pg.broken and fairy.is_valid:
-            # The server went away: never hand this connection out again.
-            fairy.invalidate()
-        raise
-    finally:
-        if not pg.closed:
-            pg.autocommit = False
-        fairy.close()
+            finally:
+                if not pg.closed:
+                    pg.autocommit = False
+                fairy.close()
 
+    async def connect_async(self) -> psycopg.AsyncConnection[Any]:
+        """An asyncio connection to the database, set up as the pooled ones are
+        (server-side prepared statements, JSON read the same way), in
+        autocommit mode for :meth:`async_events`."""
+        from psycopg.types.json import set_json_loads
 
-@asynccontextmanager
-async def async_transaction(conn: psycopg.AsyncConnection[Any]
-                            ) -> AsyncIterator[AsyncPgTransaction]:
-    """:func:`transaction` on an asyncio psycopg connection in autocommit mode
-    (see :func:`connect_async`): two round trips, the closing Sync commits.
+        url = self.sa.url.set(drivername="postgresql")
+        async with translated_async(PSYCOPG_ERRORS):
+            conn = await psycopg.AsyncConnection.connect(
+                url.render_as_string(hide_password=False), autocommit=True,
+                prepare_threshold=1, application_name="corral")
+        set_json_loads(loads_json, conn)
+        return conn
 
-    On an error the connection is closed if the transaction had queued writes
-    (the closing Sync would commit them; the server rolls back instead) or if
-    the server went away; the caller then needs a new one.
-    """
-    try:
-        async with conn.pipeline():
-            tx = AsyncPgTransaction(conn.cursor())
+    @asynccontextmanager
+    async def async_events(self, conn: psycopg.AsyncConnection[Any]
+                           ) -> AsyncIterator[AsyncPgEventTx]:
+        """:meth:`events` on a connection from :meth:`connect_async`: two
+        round trips, the closing Sync commits.
+
+        On an error the connection is closed if the transaction had queued
+        writes (the closing Sync would commit them; the server rolls back
+        instead) or if the server went away; the caller then needs a new one.
+        """
+        async with translated_async(PSYCOPG_ERRORS):
             try:
-                yield tx
+                async with conn.pipeline():
+                    tx = AsyncPgEventTx(conn.cursor())
+                    try:
+                        yield tx
+                    except BaseException:
+                        if tx.wrote:
+                            await conn.close()
+                        raise
             except BaseException:
-                if tx.wrote:
+                if conn.broken:
                     await conn.close()
                 raise
-    except BaseException:
-        if conn.broken:
-            await conn.close()
-        raise
 
+    def usable(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        return not conn.closed
 
-async def connect_async(engine: Engine) -> psycopg.AsyncConnection[Any]:
-    """An asyncio connection to the engine's PostgreSQL database, set up as the
-    engine's own are (server-side prepared statements, JSON read the same way),
-    in autocommit mode for :func:`async_transaction`."""
-    from psycopg.types.json import set_json_loads
-
-    from corral.store.db import loads_json
-
-    url = engine.url.set(drivername="postgresql")
-    conn = await psycopg.AsyncConnection.connect(
-        url.render_as_string(hide_password=False), autocommit=True, prepare_threshold=1,
-        application_name="corral")
-    set_json_loads(loads_json, conn)
-    return conn
+    async def close_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.close()
