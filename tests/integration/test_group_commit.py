@@ -216,7 +216,7 @@ def test_coroutines_wait_for_their_own_outcomes(engine, machines, monkeypatch):
     # A payload the store cannot write fails the shared transaction: every
     # coroutine of that batch gets the error and nothing of it is written.
     # (The payload check, which would refuse it first, is switched off.)
-    monkeypatch.setattr("corral.engine.core.check_json", lambda *_, **__: None)
+    monkeypatch.setattr("corral.engine.firing.check_json", lambda *_, **__: None)
     engine.force_state("board", "b0", "ready", actor="t", reason="t")
     before = snapshot(engine)
     poison = FireRequest(kind="board", name="b0", event="maintenance", **firing("maintenance"),

@@ -104,7 +104,7 @@ def test_a_failed_batch_writes_nothing_and_the_next_one_reconnects(lab, monkeypa
     before = snapshot(lab)
     # A payload the store cannot write (the payload check, which would refuse
     # it first, is switched off to get a failing write).
-    monkeypatch.setattr("corral.engine.core.check_json", lambda *_, **__: None)
+    monkeypatch.setattr("corral.engine.firing.check_json", lambda *_, **__: None)
     poison = req("b0", "maintenance", payload={"bad": object()})
 
     async def poisoned_then_fine():

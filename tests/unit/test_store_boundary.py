@@ -24,11 +24,14 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
-            # ``from corral.store import db`` names a module too.
-            if node.module == "corral.store":
-                found += [(node.lineno, f"corral.store.{alias.name}") for alias in node.names
-                          if (PACKAGE / "store" / f"{alias.name}.py").exists()]
+            # ``from corral.store import queries`` imports a module of the package.
+            folder = PACKAGE.parent.joinpath(*node.module.split("."))
+            modules = [f"{node.module}.{alias.name}" for alias in node.names
+                       if (folder / f"{alias.name}.py").exists()
+                       or (folder / alias.name / "__init__.py").exists()]
+            if len(modules) < len(node.names):
+                found.append((node.lineno, node.module))
+            found += [(node.lineno, module) for module in modules]
     return found
 
 
@@ -69,3 +72,46 @@ def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):
         "corral/api/leaky.py:3 imports corral.store.queries (use corral.store, "
         "corral.store.port or corral.store.values)",
     ]
+
+
+def module_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (at any level, type-only
+    imports included)."""
+    root = PACKAGE.parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted((root / package.replace(".", "/")).rglob("*.py")):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {module for _, module in imports_of(path)
+                       if module.startswith(package + ".") or module == package}
+    return {name: {m for m in deps if m in graph and m != name} for name, deps in graph.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            found.append(path[path.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph[node]):
+            visit(nxt, path + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    return found
+
+
+def test_no_module_of_corral_imports_itself_through_others():
+    """No import cycle, type-only and function-level imports included (the
+    engine's parts, in particular, are layered: events, planning, then
+    firing, sweeping, the outbox and group commit, then the engine)."""
+    graph = module_graph("corral")
+    assert {"corral.engine.planning", "corral.engine.firing", "corral.engine.group"} <= set(graph)
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]

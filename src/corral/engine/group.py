@@ -26,14 +26,13 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias, cast
 
 import structlog
 
+from corral.engine.events import FireRequest, FireResult
 from corral.errors import CorralError
-
-if TYPE_CHECKING:
-    from corral.engine.core import Engine, FireRequest, FireResult
+from corral.store.port import Store
 
 log = structlog.get_logger("corral.group_commit")
 
@@ -44,8 +43,62 @@ Waiter: TypeAlias = ("Future[Outcome] | "
                      "tuple[asyncio.AbstractEventLoop, asyncio.Future[Outcome]]")
 
 
+class Batcher(Protocol):
+    """What a committer needs of the engine: fire a batch, sync or on a
+    connection of the store."""
+
+    store: Store
+
+    def fire_batch(self, requests: list[FireRequest]) -> list[FireResult | CorralError]: ...
+
+    async def fire_batch_async(self, conn: Any, requests: list[FireRequest]
+                               ) -> list[FireResult | CorralError]: ...
+
+
+class GroupCommit:
+    """The group-commit lifecycle of an engine (a mixin of
+    :class:`corral.engine.core.Engine`)."""
+
+    store: Store
+    _committer: GroupCommitter | None = None
+    _loop_committer: AsyncGroupCommitter | None = None
+
+    def start_group_commit(self, *, threads: int = 2, max_batch: int = 64) -> None:
+        """Let concurrent ``fire`` calls share transactions (see this module)."""
+        if self._committer is None:
+            self._committer = GroupCommitter(cast(Batcher, self), threads=threads,
+                                             max_batch=max_batch)
+
+    async def start_loop_group_commit(self) -> None:
+        """With group commit on and a store that supports it (PostgreSQL), let
+        ``fire_async`` calls from the running event loop share transactions on
+        the loop itself (see :class:`AsyncGroupCommitter`), with as many
+        connections as there are committer threads. Other callers keep the
+        threads. Call :meth:`stop_loop_group_commit` before the loop ends."""
+        threaded = self._committer
+        if (threaded is None or self._loop_committer is not None
+                or not self.store.supports_async):
+            return
+        self._loop_committer = AsyncGroupCommitter(cast(Batcher, self),
+                                                   connections=threaded.threads,
+                                                   max_batch=threaded.max_batch)
+
+    async def stop_loop_group_commit(self) -> None:
+        """Finish the events queued on the loop and close its connections; later
+        ``fire_async`` calls use the committer threads."""
+        committer, self._loop_committer = self._loop_committer, None
+        if committer is not None:
+            await committer.aclose()
+
+    def close(self) -> None:
+        """Stop group commit threads (pending events are finished first)."""
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+
+
 class GroupCommitter:
-    def __init__(self, engine: Engine, *, threads: int = 2, max_batch: int = 64) -> None:
+    def __init__(self, engine: Batcher, *, threads: int = 2, max_batch: int = 64) -> None:
         self.engine = engine
         self.threads = threads
         self.max_batch = max_batch
@@ -148,7 +201,7 @@ class AsyncGroupCommitter:
     computing the transitions.
     """
 
-    def __init__(self, engine: Engine, *, connections: int = 2, max_batch: int = 64) -> None:
+    def __init__(self, engine: Batcher, *, connections: int = 2, max_batch: int = 64) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.loop = asyncio.get_running_loop()

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
+import corral.store.migrate as migrate
 from corral.errors import DuplicateKey, SchemaProblem, Unavailable
-from corral.store import migrate
 from corral.store import queries as q
 from corral.store.values import (
     Assignment,

@@ -1,0 +1,83 @@
+"""Sweeping: due deadlines fire ``timeout``, old idempotency keys are forgotten.
+
+Each sweep batch is one transaction: claim due rows with ``FOR UPDATE SKIP
+LOCKED`` (so a due row fires exactly once however many engines sweep), plan
+each row's timeout (:func:`corral.engine.planning.plan_timeout`), write them
+all, commit.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from corral.engine.base import EngineBase, log
+from corral.engine.planning import final_changes, plan_timeout, write_args
+
+
+class Sweeping(EngineBase):
+    def expire_idempotency_keys(self, older_than: timedelta, *, batch: int = 1000) -> int:
+        """Forget idempotency keys stored more than ``older_than`` ago.
+
+        A repeat of a forgotten key fires again, like a new request. Deletes in
+        transactions of at most ``batch`` rows, so a large backlog never holds
+        many locks or one long transaction. Returns how many were forgotten.
+        """
+        cutoff = self.clock() - older_than
+        forgotten = 0
+        while True:
+            with self.store.unit() as tx:
+                deleted = tx.delete_idempotency_keys_before(cutoff, batch)
+            forgotten += deleted
+            if deleted < batch:
+                break
+        if forgotten:
+            log.info("idempotency_keys_expired", count=forgotten, before=cutoff.isoformat())
+        return forgotten
+
+    def sweep_timeouts(
+        self, *, batch: int = 500, max_batches: int | None = None, threads: int = 1
+    ) -> int:
+        """Fire ``timeout`` on every machine whose deadline has passed.
+
+        Each batch is one transaction: claim due rows with ``FOR UPDATE SKIP
+        LOCKED``, compute and write every outcome, commit. With ``threads`` > 1
+        (PostgreSQL only) several batches are in flight at once, so one batch's
+        commit overlaps the next one's computation. Returns how many timeouts
+        fired.
+        """
+        if threads <= 1 or not self.store.concurrent_sweeps:
+            return self._sweep_batches(batch, max_batches)
+        with ThreadPoolExecutor(threads, thread_name_prefix="corral-sweep") as pool:
+            runs = [pool.submit(self._sweep_batches, batch, max_batches) for _ in range(threads)]
+            return sum(run.result() for run in runs)
+
+    def _sweep_batches(self, batch: int, max_batches: int | None) -> int:
+        fired = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            with self.store.events() as tx:
+                now = self.clock()
+                rows = tx.claim_due_machines(now, batch)
+                plans = [plan_timeout(self.machines, row, now, timeout_scale=self.timeout_scale)
+                         for row in rows]
+                writes = [p.write for p in plans]
+                if writes:
+                    tx.write(*write_args(writes, final_changes(writes)))
+            for row, planned in zip(rows, plans, strict=True):
+                if planned.cleared is not None:
+                    # The definition changed under a stored deadline (a state
+                    # lost its timeout, or a kind was removed).
+                    log.warning("stale_deadline_cleared", kind=row.kind, name=row.name,
+                                state=row.state, error=planned.cleared)
+            for write in writes:
+                self._log(write.result, "timeout")
+                lag = (write.history["payload"] or {}).get("lag_seconds")
+                if lag is not None:
+                    self.observer.timeout(write.result.kind, lag)
+            fired += len(writes)
+            if len(rows) < batch:
+                break
+        return fired
+
