@@ -46,6 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.callbacks
+	$(BIN)/python -m bench.mariadb
 
 # Regenerate the committed gRPC code from protos/ (a test checks it is current).
 proto: $(STAMP)

@@ -7,9 +7,9 @@ plain ``alembic`` command works too, taking ``sqlalchemy.url`` from the
 
 import os
 
+from alembic import context
 from sqlalchemy import create_engine
 
-from alembic import context
 from corral.store import DEFAULT_DATABASE_URL
 from corral.store.db import normalize_url
 from corral.store.schema import metadata

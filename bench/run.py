@@ -71,13 +71,22 @@ def _fire_worker(url: str, index: int, seconds: float, start: Any, out: Any) -> 
 
 def _seed_fire_boards(url: str) -> None:
     engine = _engine(url)
-    with engine.store.sa.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE machines, history, operations RESTART IDENTITY")
+    _truncate(engine)
     engine.import_machines("board", {f"w{w}-b{i}": {} for w in range(WORKERS)
                                      for i in range(BOARDS_PER_WORKER)})
     for row in engine.list_machines("board"):
         engine.force_state("board", row.name, "power_cycling", actor="bench", reason="set up")
     engine.store.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    """Bench set-up only: empty the tables an event writes."""
+    with engine.store.sa.begin() as conn:
+        if engine.store.backend == "postgresql":
+            conn.exec_driver_sql("TRUNCATE machines, history, operations RESTART IDENTITY")
+        else:
+            for table in ("machines", "history", "operations"):
+                conn.exec_driver_sql(f"TRUNCATE TABLE {table}")
 
 
 def _summary(results: list[tuple[int, list[float]]], seconds: float) -> dict[str, float]:
@@ -123,6 +132,21 @@ def bench_fire_threads(url: str, seconds: float) -> dict[str, float]:
 
 def _seed_due_boards(url: str, count: int) -> None:
     """Bench set-up only: 100k ready boards whose deadline has passed."""
+    if not url.startswith("postgres"):
+        engine = _engine(url)
+        _truncate(engine)
+        with engine.store.sa.begin() as conn:
+            # MariaDB's sequence engine: seq_1_to_N has the rows 1..N.
+            conn.exec_driver_sql(
+                "INSERT INTO machines (kind, name, state, state_entered_at, deadline, counters, "
+                "epoch, attrs, created_at, updated_at, vars) "
+                "SELECT 'board', CONCAT('due-', seq), 'ready', "
+                "UTC_TIMESTAMP(6) - INTERVAL 10 MINUTE, "
+                "UTC_TIMESTAMP(6) - INTERVAL (seq %% 600) SECOND, '{}', 1, '{}', "
+                f"UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), '{{}}' FROM seq_1_to_{int(count)}")
+            conn.exec_driver_sql("ANALYZE TABLE machines")
+        engine.store.dispose()
+        return
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo) as conn:
         conn.execute("TRUNCATE machines, history, operations RESTART IDENTITY")

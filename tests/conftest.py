@@ -1,10 +1,12 @@
-"""Shared fixtures: a real database per test, SQLite or PostgreSQL.
+"""Shared fixtures: a real database per test, SQLite, PostgreSQL or MariaDB.
 
 PostgreSQL comes from ``CORRAL_TEST_POSTGRES_URL`` (default
-``postgresql://postgres@127.0.0.1:5432/postgres``); each test gets its own
-database, created with a unique name and dropped afterwards. Without a
-reachable server the PostgreSQL cases skip with the reason, unless
-``CORRAL_REQUIRE_POSTGRES=1`` (CI), which turns the skip into a failure.
+``postgresql://postgres@127.0.0.1:5432/postgres``), MariaDB (or MySQL) from
+``CORRAL_TEST_MARIADB_URL`` (default ``mysql://root@127.0.0.1:3306/``); each
+test gets its own database, created with a unique name and dropped
+afterwards. Without a reachable server those cases skip with the reason,
+unless ``CORRAL_REQUIRE_POSTGRES=1`` / ``CORRAL_REQUIRE_MARIADB=1`` (CI),
+which turn the skip into a failure.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from corral.store.port import Store
 PG_ADMIN_URL = os.environ.get("CORRAL_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("CORRAL_REQUIRE_POSTGRES") == "1"
+MARIADB_ADMIN_URL = os.environ.get("CORRAL_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/")
+REQUIRE_MARIADB = os.environ.get("CORRAL_REQUIRE_MARIADB") == "1"
 
 
 class ManualClock:
@@ -90,6 +94,49 @@ def scratch_pg_database() -> Iterator[str]:
         drop_pg_database(url)
 
 
+def _mariadb_connect(database: str | None = None):  # type: ignore[no-untyped-def]
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    url = make_url(MARIADB_ADMIN_URL)
+    return pymysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306,
+                           user=url.username or "root", password=url.password or "",
+                           database=database, connect_timeout=3, autocommit=True)
+
+
+def _mariadb_reason() -> str | None:
+    try:
+        _mariadb_connect().close()
+        return None
+    except Exception as exc:
+        return f"MariaDB not reachable at {MARIADB_ADMIN_URL}: {str(exc).strip()}"
+
+
+_MARIADB_UNAVAILABLE = _mariadb_reason()
+
+
+def require_mariadb() -> None:
+    if _MARIADB_UNAVAILABLE is None:
+        return
+    if REQUIRE_MARIADB:
+        pytest.fail(f"CORRAL_REQUIRE_MARIADB=1 but {_MARIADB_UNAVAILABLE}")
+    pytest.skip(_MARIADB_UNAVAILABLE)
+
+
+@contextmanager
+def scratch_mariadb_database() -> Iterator[str]:
+    """An empty MariaDB database with a unique name (its URL), dropped afterwards."""
+    require_mariadb()
+    name = f"corral_test_{uuid.uuid4().hex[:12]}"
+    admin = _mariadb_connect()
+    try:
+        admin.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        yield MARIADB_ADMIN_URL.rstrip("/") + f"/{name}"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """An empty PostgreSQL database (not migrated)."""
@@ -97,13 +144,27 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+            pytest.param("mariadb", marks=pytest.mark.mariadb)]
+
+
+@contextmanager
+def scratch_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of ``backend`` (sqlite, postgres, mariadb): its URL."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'corral.db'}"
+    elif backend == "postgres":
+        with scratch_pg_database() as url:
+            yield url
+    else:
+        with scratch_mariadb_database() as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of each backend (not migrated)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'corral.db'}"
-        return
-    with scratch_pg_database() as url:
+    with scratch_database(request.param, tmp_path) as url:
         yield url
 
 
@@ -144,12 +205,34 @@ def engine(store: Store, machines: MachineSet, clock: ManualClock) -> Engine:
 
 @pytest.fixture
 def backend(db_url: str) -> str:
-    return "postgres" if db_url.startswith("postgresql") else "sqlite"
+    if db_url.startswith("postgresql"):
+        return "postgres"
+    return "mariadb" if db_url.startswith(("mysql", "mariadb")) else "sqlite"
 
 
 @pytest.fixture
 def pg_migrated_url(pg_url: str) -> str:
     return _migrate(pg_url)
+
+
+SERVER_BACKENDS = BACKENDS[1:]
+
+
+@pytest.fixture(params=SERVER_BACKENDS)
+def server_migrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database on each server backend (PostgreSQL,
+    MariaDB): for tests of several processes taking rows with SKIP LOCKED."""
+    with scratch_database(request.param, tmp_path) as url:
+        yield _migrate(url)
+
+
+@pytest.fixture
+def server_engine(server_migrated_url: str, machines: MachineSet, clock: ManualClock
+                  ) -> Iterator[Engine]:
+    """An engine on :func:`server_migrated_url`."""
+    store = open_store(server_migrated_url)
+    yield Engine(store, machines, clock=clock)
+    store.dispose()
 
 
 @pytest.fixture

@@ -6,17 +6,18 @@ Create Date: 2026-11-22
 """
 
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from alembic import op
-from corral.store.schema import UTCDateTime
+from corral.store.schema import JSONText, UTCDateTime
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-JSONDoc = sa.JSON().with_variant(JSONB(), "postgresql")
+JSONDoc = (sa.JSON().with_variant(JSONB(), "postgresql")
+           .with_variant(JSONText(), "mysql", "mariadb"))
 
 
 def upgrade() -> None:

@@ -9,7 +9,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from corral.engine.core import CREATE_EVENT, FORCE_EVENT
@@ -42,9 +41,8 @@ def replay(machine, entries):
     return state, counters, epoch
 
 
-@pytest.mark.postgres
-def test_eight_threads_on_one_board_leave_a_serial_history(pg_engine, machines):
-    engine = pg_engine
+def test_eight_threads_on_one_board_leave_a_serial_history(server_engine, machines):
+    engine = server_engine
     engine.create("board", "b1")
     engine.force_state("board", "b1", "ready", actor="t", reason="t")
     accepted = Counter()
@@ -76,10 +74,9 @@ def test_eight_threads_on_one_board_leave_a_serial_history(pg_engine, machines):
     assert (row.state, row.counters, row.epoch) == (state, counters, epoch)
 
 
-@pytest.mark.postgres
-def test_two_processes_sweep_ten_thousand_deadlines_exactly_once(pg_engine, pg_migrated_url,
+def test_two_processes_sweep_ten_thousand_deadlines_exactly_once(server_engine, server_migrated_url,
                                                                  tmp_path):
-    engine, migrated_url = pg_engine, pg_migrated_url
+    engine, migrated_url = server_engine, server_migrated_url
     engine.import_machines("board", {f"b{i:05d}": {} for i in range(10_000)})
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-m", "tests.integration.sweeper", migrated_url,

@@ -167,7 +167,7 @@ def test_stored_payloads_never_poison_a_read(lab, backend):
     row = lab.engine.get("board", "b1")
     # As JSON text: the encoder in this thread would give up on the depth too.
     payloads = ['{"deep": ' + "[" * 970 + "1" + "]" * 970 + "}"]
-    if backend == "sqlite":  # jsonb itself refuses unpaired surrogates
+    if backend != "postgres":  # jsonb itself refuses unpaired surrogates
         payloads.append('{"log": "bad \\ud800 byte", "\\udc80": 1}')
     value = "CAST(:payload AS jsonb)" if backend == "postgres" else ":payload"
     with lab.engine.store.sa.begin() as conn:
@@ -180,7 +180,7 @@ def test_stored_payloads_never_poison_a_read(lab, backend):
     assert reply.status_code == 200, reply.text
     entries = reply.json()["entries"]
     assert "<unreadable: nested too deeply>" in json.dumps(entries[len(payloads) - 1])
-    if backend == "sqlite":
+    if backend != "postgres":
         assert entries[0]["payload"] == {"log": "bad \ufffd byte", "\ufffd": 1}
 
 

@@ -264,3 +264,17 @@ def test_news_from_a_pool_before_its_job_waits_is_retried(engine, lab):
                            vars={"job_run_id": job})
     with pytest.raises(JobNotWaitingYet):
         step.handlers["notify_job"](ctx)
+
+
+def test_a_context_nested_as_deep_as_allowed_is_stored_and_read_back(engine, lab):
+    """The deepest context the payload check lets through (32 levels) is
+    stored with the spec and read back on every backend (MariaDB's own JSON
+    type refuses 32 levels: Corral keeps JSON there as text)."""
+    service, _, _ = lab()
+    context: object = 1
+    for _ in range(31):
+        context = {"a": context}
+    text = spec(OVERRIDE) + "context: " + json.dumps(context) + "\n"
+    job = service.submit(text, actor="t").name
+    assert service.spec(job).context == context
+    assert service.record(job)["spec_text"] == text

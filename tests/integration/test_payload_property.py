@@ -1,6 +1,6 @@
 """The one payload check makes the backends agree: any JSON value is either
-refused on SQLite and on PostgreSQL alike, or stored on both and read back
-equal on both."""
+refused on SQLite, PostgreSQL and MariaDB alike, or stored on all three and
+read back equal on each."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from corral.engine.core import Engine
 from corral.errors import InvalidRequest
 from corral.store import open_store
-from tests.conftest import ManualClock, scratch_pg_database
+from tests.conftest import ManualClock, scratch_mariadb_database, scratch_pg_database
 
 # Floats and integers at and past every limit, strings with NUL and unpaired
 # surrogates, keys too, and nesting past the 32 levels allowed.
@@ -54,11 +54,11 @@ def same(a: object, b: object) -> bool:
 
 @pytest.fixture(scope="module")
 def engines(machines_module, tmp_path_factory):
-    """A pinging board on a fresh SQLite and a fresh PostgreSQL database."""
+    """A pinging board on a fresh SQLite, PostgreSQL and MariaDB database."""
     sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('prop') / 'corral.db'}"
-    with scratch_pg_database() as pg_url:
+    with scratch_pg_database() as pg_url, scratch_mariadb_database() as mariadb_url:
         result = []
-        for url in (sqlite_url, pg_url):
+        for url in (sqlite_url, pg_url, mariadb_url):
             db = open_store(url)
             db.upgrade()
             engine = Engine(db, machines_module, clock=ManualClock())
@@ -90,18 +90,17 @@ def store_and_read(engine: Engine, payload: object) -> object:
 
 
 @pytest.mark.postgres
+@pytest.mark.mariadb
 @pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(payload=st.dictionaries(st.text(alphabet=st.characters(exclude_categories=()),
                                        max_size=4), json_values, max_size=4)
        | st.sampled_from([nested(31), nested(32), nested(33), {"a": 2**63 - 1},
                           {"a": 2**63}, {"a": -(2**63)}, {"a": "x" * 70_000}]))
-def test_every_value_is_refused_on_both_or_read_back_on_both(engines, payload):
-    sqlite, postgres = engines
-    from_sqlite, from_postgres = store_and_read(sqlite, payload), store_and_read(postgres,
-                                                                                  payload)
-    refused = [isinstance(r, InvalidRequest) for r in (from_sqlite, from_postgres)]
-    assert refused[0] == refused[1], (from_sqlite, from_postgres)
-    if not refused[0]:
-        assert same(from_sqlite, payload), from_sqlite
-        assert same(from_postgres, payload), from_postgres
+def test_every_value_is_refused_on_all_or_read_back_on_all(engines, payload):
+    read = [store_and_read(engine, payload) for engine in engines]
+    refused = {isinstance(r, InvalidRequest) for r in read}
+    assert len(refused) == 1, read
+    if refused == {False}:
+        for backend, value in zip(("sqlite", "postgres", "mariadb"), read, strict=True):
+            assert same(value, payload), (backend, value)

@@ -38,13 +38,14 @@ pytestmark = pytest.mark.slow
 OS = "azurelinux3-test-x86_64-r11"
 
 
-def test_twenty_jobs_racing_for_ten_pools_never_share_one(pg_engine, pg_migrated_url, tmp_path):
-    pools = PoolService(pg_engine)
+def test_twenty_jobs_racing_for_ten_pools_never_share_one(server_engine, server_migrated_url,
+                                                         tmp_path):
+    pools = PoolService(server_engine)
     pools.create_fleet("race", 10, actor="test")
     start = tmp_path / "start"
     procs = [
         subprocess.Popen([sys.executable, "-m", "tests.integration.pool_racer",
-                          pg_migrated_url, "--jobs",
+                          server_migrated_url, "--jobs",
                           ",".join(f"job-{p}-{j}" for j in range(5)), "--rounds", "6",
                           "--start-at", str(start)],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -62,7 +63,7 @@ def test_twenty_jobs_racing_for_ten_pools_never_share_one(pg_engine, pg_migrated
                         machines_table.c.state, machines_table.c.vars)
                  .join(machines_table, machines_table.c.name == pool_assignments.c.cb_pool_name))
         while not stop.is_set():
-            with pg_engine.store.sa.begin() as conn:
+            with server_engine.store.sa.begin() as conn:
                 for pool, job, state, variables in conn.execute(query):
                     if state != "assigned" or variables.get("job_run_id") != job:
                         inconsistent.append(f"{pool}: held by {job} but {state} {variables}")
@@ -91,9 +92,9 @@ def test_twenty_jobs_racing_for_ten_pools_never_share_one(pg_engine, pg_migrated
 
     # Every pool's history alternates assign(job) / release(same job).
     assigns = 0
-    for row in pg_engine.list_machines("pool"):
+    for row in server_engine.list_machines("pool"):
         holder = None
-        for entry in reversed(pg_engine.history("pool", row.name, limit=1000)):
+        for entry in reversed(server_engine.history("pool", row.name, limit=1000)):
             if entry.event == "assign":
                 assert holder is None, f"{row.name}: {entry.payload} while {holder} held it"
                 holder = entry.payload["job_run_id"]
@@ -176,14 +177,14 @@ def test_a_worker_killed_mid_override_leaves_a_recoverable_pool(db_url, migrated
     engine.store.dispose()
 
 
-def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_migrated_url,
+def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(server_engine, server_migrated_url,
                                                                tmp_path):
     import random
 
     from corral.jobs.service import JobService
     from corral.store.schema import history
 
-    service = JobService(pg_engine)
+    service = JobService(server_engine)
     service.pools.create_fleet("f1", 10, actor="test")
     rng = random.Random(5)
     submitted = {}
@@ -196,7 +197,7 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
                 "{duration: {seconds: 1}}}]}]\n")
         name = service.submit(text, actor="test").name
         submitted[name] = service.record(name)["priority"]
-    env = os.environ | {"CORRAL_DATABASE_URL": pg_migrated_url, "CORRAL_LOG_LEVEL": "warning",
+    env = os.environ | {"CORRAL_DATABASE_URL": server_migrated_url, "CORRAL_LOG_LEVEL": "warning",
                         "CORRAL_JOB_DISPATCH_INTERVAL": "0.1", "CORRAL_SWEEP_INTERVAL": "0.1",
                         "CORRAL_OPERATION_INTERVAL": "0.05"}
     logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
@@ -208,7 +209,7 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     try:
         def all_ended() -> bool:
             # Ended, and every job's finish_job has released its pool.
-            states = {r.state for r in pg_engine.list_machines("job")}
+            states = {r.state for r in server_engine.list_machines("job")}
             return states <= {"complete", "incomplete", "canceled"} and \
                 service.pools.assignments() == []
 
@@ -219,13 +220,13 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
         codes = [stop(worker, timeout=60, log=log, what="worker", signalled=True)
                  for worker, log in zip(workers, logs, strict=True)]
     assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
-    assert {r.state for r in pg_engine.list_machines("job")} == {"complete"}
+    assert {r.state for r in server_engine.list_machines("job")} == {"complete"}
     assert service.pools.assignments() == []
 
     # Every job was queued before the schedulers started, so pools must have
     # gone out strictly by priority, then by submission.
-    ids = {r.id: r.name for r in pg_engine.list_machines("job")}
-    with pg_engine.store.sa.begin() as conn:
+    ids = {r.id: r.name for r in server_engine.list_machines("job")}
+    with server_engine.store.sa.begin() as conn:
         assigns = conn.execute(select(history.c.machine_id).where(history.c.event == "assign",
                                                                   history.c.machine_id.in_(ids))
                                .order_by(history.c.id)).scalars().all()
@@ -234,9 +235,9 @@ def test_fifty_jobs_of_mixed_priority_share_ten_pools_in_order(pg_engine, pg_mig
     assert order == sorted(submitted, key=lambda n: (-submitted[n], int(n.split("-")[1])))
 
     # No pool ever had two jobs: assign/release alternate in every pool's history.
-    for pool in pg_engine.list_machines("pool"):
+    for pool in server_engine.list_machines("pool"):
         holder = None
-        for entry in reversed(pg_engine.history("pool", pool.name, limit=1000)):
+        for entry in reversed(server_engine.history("pool", pool.name, limit=1000)):
             if entry.event == "assign":
                 assert holder is None
                 holder = entry.payload["job_run_id"]

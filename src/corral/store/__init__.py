@@ -15,7 +15,8 @@ DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
 
 
 def open_store(url: str, *, pool_size: int = 10) -> Store:
-    """The store for ``url`` (``sqlite:///PATH`` or ``postgresql://...``).
+    """The store for ``url`` (``sqlite:///PATH``, ``postgresql://...`` or
+    ``mysql://...`` / ``mariadb://...``).
 
     Raises:
         ConfigError: the URL is malformed or names an unsupported backend.
@@ -27,6 +28,10 @@ def open_store(url: str, *, pool_size: int = 10) -> Store:
         from corral.store.postgres import PgStore
 
         return PgStore(sa)
+    if sa.dialect.name in ("mysql", "mariadb"):
+        from corral.store.mysql import MysqlStore
+
+        return MysqlStore(sa)
     from corral.store.sql import SqlStore
 
     return SqlStore(sa)

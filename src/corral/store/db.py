@@ -1,11 +1,14 @@
-"""Connecting to the database: SQLite (embedded default) or PostgreSQL.
+"""Connecting to the database: SQLite (embedded default), PostgreSQL or
+MariaDB/MySQL.
 
 Each backend gets what Corral's invariants need from it. SQLite runs in WAL
 mode and every transaction is ``BEGIN IMMEDIATE``, so the transaction that
 reads a machine row already holds the write lock and two events on one board
 serialize instead of deadlocking. PostgreSQL uses psycopg 3 with server-side
 prepared statements for the hot queries, and rows are locked explicitly with
-``SELECT ... FOR UPDATE``.
+``SELECT ... FOR UPDATE``. MariaDB and MySQL are reached through PyMySQL
+(``mysql://`` or ``mariadb://``; ``mysql+mysqldb://`` picks mysqlclient where
+it is installed), at ``READ COMMITTED``, in strict SQL mode, in UTC.
 """
 
 from __future__ import annotations
@@ -25,11 +28,21 @@ from corral.payload import UNREADABLE
 RECYCLE_SECONDS = 3600
 
 
+# The session every MariaDB/MySQL connection starts with: a value that does
+# not fit a column is an error (never silently cut), and timestamps are UTC.
+MYSQL_SESSION = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,"
+                 "NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO', time_zone = '+00:00'")
+
+
 def normalize_url(url: str) -> str:
-    """Accept ``postgresql://`` and ``postgres://`` as psycopg 3 URLs."""
+    """Accept ``postgresql://`` and ``postgres://`` as psycopg 3 URLs, and
+    ``mysql://`` and ``mariadb://`` as PyMySQL ones."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
+    for prefix in ("mysql://", "mariadb://"):
+        if url.startswith(prefix):
+            return prefix[:-3] + "+pymysql://" + url[len(prefix):]
     return url
 
 
@@ -62,7 +75,22 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             connect_args={"prepare_threshold": 1, "application_name": "corral"},
             json_deserializer=loads_json,
         )
-    raise ConfigError(f"unsupported database {backend!r}; use sqlite or postgresql")
+    if backend in ("mysql", "mariadb"):
+        if not parsed.database:
+            raise ConfigError(f"database_url {parsed.render_as_string(hide_password=True)!r} "
+                              "names no database (mysql://user@host/DATABASE)")
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=False,
+            pool_recycle=RECYCLE_SECONDS,
+            isolation_level="READ COMMITTED",
+            connect_args={"charset": "utf8mb4", "init_command": MYSQL_SESSION},
+            json_deserializer=loads_json,
+        )
+    raise ConfigError(f"unsupported database {backend!r}; use sqlite, postgresql or mysql "
+                      "(MariaDB)")
 
 
 def loads_json(data: bytes | str) -> Any:

@@ -488,7 +488,9 @@ def operation_queue(conn: Connection) -> tuple[int, datetime | None]:
         select(func.count(), func.min(operations.c.created_at))
         .where(operations.c.status.in_(("pending", "running")))).one()
     if isinstance(oldest, str):  # SQLite aggregates come back as text
-        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:  # and MariaDB's, naive
+        oldest = oldest.replace(tzinfo=UTC)
     return int(count), oldest
 
 

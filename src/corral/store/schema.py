@@ -9,6 +9,7 @@ beside these, keyed by the machine row.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -34,11 +36,18 @@ class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC timestamps on every backend.
 
     PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text, which sorts
-    and compares correctly because every value is written in the same format.
+    and compares correctly because every value is written in the same format;
+    MariaDB and MySQL store naive UTC ``DATETIME(6)`` (microseconds; the
+    session time zone is UTC).
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -46,7 +55,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
         value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
+        if dialect.name != "postgresql":
             return value.replace(tzinfo=None)
         return value
 
@@ -58,8 +67,38 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class JSONText(TypeDecorator[Any]):
+    """JSON kept as text (MariaDB and MySQL: ``LONGTEXT``).
+
+    MariaDB's own ``JSON`` is ``LONGTEXT`` with a ``JSON_VALID`` check that
+    refuses documents nested 32 levels or more, which a stored job spec (a
+    32-level context inside its stages and actions) or an operation payload
+    (the event's payload inside the operation's) can reach. Corral checks
+    every value it stores itself (:func:`corral.payload.check_json`) and
+    writes only what ``json.dumps`` gives, so the column takes the text as it
+    is; the JSON functions (``JSON_EXTRACT`` for a pool's fabric) read it
+    the same.
+    """
+
+    impl = mysql.LONGTEXT
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        from corral.store.db import loads_json
+
+        return loads_json(value)
+
+
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
-JSONDoc: Any = JSON().with_variant(JSONB(), "postgresql")
+JSONDoc: Any = (JSON().with_variant(JSONB(), "postgresql")
+                .with_variant(JSONText(), "mysql", "mariadb"))
 # SQLite only auto-increments INTEGER PRIMARY KEY columns.
 BigID: Any = BigInteger().with_variant(Integer(), "sqlite")
 
