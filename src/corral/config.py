@@ -44,6 +44,10 @@ class Settings:
     token_cache_seconds: float = 2.0
     # How long a callback's Idempotency-Key is remembered (hours; 0: forever).
     idempotency_key_hours: float = 24.0
+    # Retention (days; 0: keep everything): history rows (each machine keeps
+    # its newest) and finished operations older than this are deleted.
+    history_retention_days: float = 0.0
+    operation_retention_days: float = 0.0
     # Sweeps
     sweep_interval: float = 1.0
     sweep_batch: int = 1000
@@ -102,7 +106,8 @@ _POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}
-_NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "group_commit_threads",
+_NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "history_retention_days",
+                 "operation_retention_days", "group_commit_threads",
                  "operation_retry_delay", "sim_operation_seconds",
                  "sim_boot_seconds", "sim_install_seconds", "sim_seed"}
 _PROBABILITIES = {"sim_power_cycle_failure", "sim_ping_failure", "sim_poll_failure",

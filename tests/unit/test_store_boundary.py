@@ -91,12 +91,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
     def visit(node: str, path: list[str]) -> None:
         if node in path:
-            found.append(path[path.index(node):] + [node])
+            found.append([*path[path.index(node):], node])
             return
         if node in done:
             return
         for nxt in sorted(graph[node]):
-            visit(nxt, path + [node])
+            visit(nxt, [*path, node])
         done.add(node)
 
     for node in sorted(graph):

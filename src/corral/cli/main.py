@@ -40,6 +40,16 @@ from corral.logs import configure_logging
 
 # How often `corral serve` (worker roles) forgets expired idempotency keys.
 IDEMPOTENCY_EXPIRY_INTERVAL = 60.0
+# How often `corral serve` (worker roles) prunes by the retention settings.
+PRUNE_INTERVAL = 300.0
+
+
+def retention(settings: Settings) -> dict[str, timedelta | None]:
+    """The ages :meth:`Engine.prune` takes, from the retention settings."""
+    return {"history_older_than": (timedelta(days=settings.history_retention_days)
+                                   if settings.history_retention_days else None),
+            "operations_older_than": (timedelta(days=settings.operation_retention_days)
+                                      if settings.operation_retention_days else None)}
 
 # A pipe gets full-width rows instead of wrapped cells.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -225,6 +235,9 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                 keep = timedelta(hours=settings.idempotency_key_hours)
                 jobs["expire_idempotency_keys"] = (
                     lambda: engine.expire_idempotency_keys(keep), IDEMPOTENCY_EXPIRY_INTERVAL)
+            ages = retention(settings)
+            if any(ages.values()):
+                jobs["prune"] = (lambda: engine.prune(**ages), PRUNE_INTERVAL)
             if "job" in engine.machines:
                 from corral.jobs.service import JobService
 
@@ -284,6 +297,26 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
             timedelta(hours=settings.idempotency_key_hours))
     click.echo(f"timeouts fired: {fired}, jobs assigned: {assigned}, operations run: {ran}, "
                f"idempotency keys forgotten: {forgotten}")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, required=True,
+              help="Prune now, then exit (worker processes prune every 5 minutes).")
+@click.pass_obj
+def prune(obj: CliContext, once: bool) -> None:
+    """Delete history and finished operations past the retention settings.
+
+    history_retention_days and operation_retention_days (0: keep everything);
+    every machine keeps its newest history row."""
+    settings = obj.settings
+    ages = retention(settings)
+    if not any(ages.values()):
+        click.echo("nothing to prune: history_retention_days and operation_retention_days "
+                   "are 0 (keep everything)")
+        return
+    pruned = obj.engine().prune(**ages)
+    click.echo(f"history rows pruned: {pruned['history']}, operations pruned: "
+               f"{pruned['operations']}")
 
 
 # ------------------------------------------------------------------ machines

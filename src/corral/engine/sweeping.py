@@ -1,4 +1,5 @@
-"""Sweeping: due deadlines fire ``timeout``, old idempotency keys are forgotten.
+"""Sweeping: due deadlines fire ``timeout``, old idempotency keys are
+forgotten, and (when asked) old history and finished operations are pruned.
 
 Each sweep batch is one transaction: claim due rows with ``FOR UPDATE SKIP
 LOCKED`` (so a due row fires exactly once however many engines sweep), plan
@@ -16,6 +17,36 @@ from corral.engine.planning import final_changes, plan_timeout, write_args
 
 
 class Sweeping(EngineBase):
+    def prune(self, *, history_older_than: timedelta | None = None,
+              operations_older_than: timedelta | None = None, batch: int = 500
+              ) -> dict[str, int]:
+        """Delete history rows and finished operations older than the given ages
+        (None: keep them all). Every machine keeps its newest history row, so
+        its current state stays explained; pending and running operations
+        stay whatever their age.
+
+        Works through the tables in id order, ``batch`` rows per transaction:
+        each deletes by primary key and commits at once, so no lock is held
+        for long and events go on meanwhile. Returns how many rows went.
+        """
+        now = self.clock()
+        pruned = {"history": 0, "operations": 0}
+        for what, older in (("history", history_older_than),
+                            ("operations", operations_older_than)):
+            if not older:
+                continue
+            cutoff = now - older
+            after: int | None = 0
+            while after is not None:
+                with self.store.unit() as tx:
+                    step = (tx.prune_history_batch if what == "history"
+                            else tx.prune_operations_batch)
+                    deleted, after = step(cutoff, after_id=after, limit=batch)
+                pruned[what] += deleted
+            if pruned[what]:
+                log.info("pruned", table=what, count=pruned[what], before=cutoff.isoformat())
+        return pruned
+
     def expire_idempotency_keys(self, older_than: timedelta, *, batch: int = 1000) -> int:
         """Forget idempotency keys stored more than ``older_than`` ago.
 

@@ -127,8 +127,19 @@ class Tx(EventTx, Protocol):
     def retry_operation(self, operation_id: int, *, run_after: datetime,
                         error: str) -> None: ...
 
-    # -- idempotency keys
+    # -- idempotency keys and retention
     def delete_idempotency_keys_before(self, cutoff: datetime, limit: int) -> int: ...
+
+    def prune_history_batch(self, cutoff: datetime, *, after_id: int, limit: int
+                            ) -> tuple[int, int | None]:
+        """Delete history older than ``cutoff`` among the ``limit`` rows after
+        ``after_id``, keeping each machine's newest row: (deleted, the id to
+        continue after, or None when done)."""
+
+    def prune_operations_batch(self, cutoff: datetime, *, after_id: int, limit: int
+                               ) -> tuple[int, int | None]:
+        """Delete operations finished before ``cutoff`` among the ``limit``
+        rows after ``after_id``: (deleted, the id to continue after, or None)."""
 
     # -- pools
     def lock_idle_pools(self, *, kind: str, state: str, attrs: Mapping[str, str],

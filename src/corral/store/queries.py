@@ -561,3 +561,67 @@ def list_bootres_imports(conn: Connection, limit: int) -> list[dict[str, Any]]:
     rows = conn.execute(select(bootres_imports).order_by(bootres_imports.c.id.desc())
                         .limit(limit))
     return [dict(r._mapping) for r in rows]
+
+
+# ---------------------------------------------------------------- retention
+
+
+def prune_history_batch(conn: Connection, cutoff: datetime, *, after_id: int, limit: int
+                        ) -> tuple[int, int | None]:
+    """Delete history rows older than ``cutoff`` among the ``limit`` rows after
+    ``after_id`` (in id order), keeping every machine's newest row.
+
+    Returns how many were deleted and the id to continue after, or None when
+    the rows reached ``cutoff`` (ids grow with time: nothing older is left).
+    """
+    rows = conn.execute(select(history.c.id, history.c.machine_id, history.c.at)
+                        .where(history.c.id > after_id).order_by(history.c.id)
+                        .limit(limit)).all()
+    old = [(id_, machine_id) for id_, machine_id, at in rows if _aware(at) < cutoff]
+    reached = len(old) < len(rows) or len(rows) < limit
+    if old:
+        newest = dict(conn.execute(
+            select(history.c.machine_id, func.max(history.c.id))
+            .where(history.c.machine_id.in_(sorted({m for _, m in old})))
+            .group_by(history.c.machine_id)).all())
+        doomed = [id_ for id_, machine_id in old if newest.get(machine_id) != id_]
+    else:
+        doomed = []
+    deleted = 0
+    if doomed:
+        deleted = int(conn.execute(delete(history).where(history.c.id.in_(doomed))).rowcount)
+    if reached:
+        return deleted, None
+    return deleted, rows[-1][0]
+
+
+FINISHED_OPERATION_STATUSES = ("done", "failed", "stale")
+
+
+def prune_operations_batch(conn: Connection, cutoff: datetime, *, after_id: int, limit: int
+                           ) -> tuple[int, int | None]:
+    """Delete operations that finished before ``cutoff`` among the ``limit``
+    rows after ``after_id`` (in id order); pending and running ones stay.
+
+    Returns how many were deleted and the id to continue after, or None once
+    the rows reached operations written after ``cutoff``.
+    """
+    rows = conn.execute(select(operations.c.id, operations.c.status, operations.c.created_at,
+                               operations.c.finished_at)
+                        .where(operations.c.id > after_id).order_by(operations.c.id)
+                        .limit(limit)).all()
+    doomed = [id_ for id_, status, _, finished in rows
+              if status in FINISHED_OPERATION_STATUSES and finished is not None
+              and _aware(finished) < cutoff]
+    reached = len(rows) < limit or any(_aware(created) >= cutoff for _, _, created, _ in rows)
+    deleted = 0
+    if doomed:
+        deleted = int(conn.execute(delete(operations).where(operations.c.id.in_(doomed)))
+                      .rowcount)
+    if reached:
+        return deleted, None
+    return deleted, rows[-1][0]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -173,6 +173,14 @@ class SqlTx:
     def delete_idempotency_keys_before(self, cutoff: datetime, limit: int) -> int:
         return q.delete_idempotency_keys_before(self.conn, cutoff, limit)
 
+    def prune_history_batch(self, cutoff: datetime, *, after_id: int, limit: int
+                            ) -> tuple[int, int | None]:
+        return q.prune_history_batch(self.conn, cutoff, after_id=after_id, limit=limit)
+
+    def prune_operations_batch(self, cutoff: datetime, *, after_id: int, limit: int
+                               ) -> tuple[int, int | None]:
+        return q.prune_operations_batch(self.conn, cutoff, after_id=after_id, limit=limit)
+
     # -- pools
     def lock_idle_pools(self, *, kind: str, state: str, attrs: Mapping[str, str],
                         limit: int) -> list[MachineState]:
