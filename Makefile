@@ -46,7 +46,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.callbacks
-	$(BIN)/python -m bench.mariadb
+	$(BIN)/python -m bench.mariadb_engine
+	$(BIN)/python -m bench.fleet
 
 # Regenerate the committed gRPC code from protos/ (a test checks it is current).
 proto: $(STAMP)

@@ -52,6 +52,8 @@ class Settings:
     sweep_interval: float = 1.0
     sweep_batch: int = 1000
     sweep_threads: int = 2
+    # Seconds between recounts of machines per state (the /metrics gauges).
+    state_count_interval: float = 10.0
     timeout_scale: float = 1.0
     # Group commit: concurrent events in one process share transactions
     # (0 turns it off: one transaction per event).
@@ -102,7 +104,8 @@ class Settings:
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
 _POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body_timeout",
-             "sweep_interval", "sweep_batch", "sweep_threads", "group_commit_max_batch",
+             "sweep_interval", "sweep_batch", "sweep_threads", "state_count_interval",
+             "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}

@@ -35,7 +35,7 @@ def test_upgrade_is_idempotent(db_url):
     db.dispose()
 
 
-@pytest.mark.parametrize("start", ["0001", "0002", "0003", "0004", "0005"])
+@pytest.mark.parametrize("start", ["0001", "0002", "0003", "0004", "0005", "0006"])
 def test_upgrade_from_every_earlier_revision_reaches_the_declared_schema(db_url, start):
     """A database left at any earlier revision, with a machine in it, upgrades
     to head and matches the declared schema."""

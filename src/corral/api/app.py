@@ -52,6 +52,9 @@ from corral.pools import PoolService
 from corral.tokens import Principal, TokenStore
 
 log = structlog.get_logger("corral.api")
+# Machines per page of a list (the default, and the most a client may ask for).
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
 
 # ------------------------------------------------------------------ documents
 
@@ -402,13 +405,26 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         @app.get(f"/api/v1/{plural}", response_model=list[MachineOut], responses=ERRORS,
                  tags=[tag], summary=f"List {plural}.", operation_id=f"list_{plural}")
         def list_machines(
+            request: Request,
+            response: Response,
             who: Annotated[Principal, Depends(role("viewer"))],
             state: Annotated[list[str] | None, Query(description="Only these states.")] = None,
             failed: Annotated[bool, Query(description="Only those in a failed state.")] = False,
+            limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many, "
+                                        "by name.")] = DEFAULT_PAGE,
+            after: Annotated[str | None, Query(pattern=NAME, description="Those named after "
+                                               "this one (the last of the previous page).")
+                             ] = None,
         ) -> list[MachineOut]:
+            """A page of machines by name. A full page comes with a ``Link``
+            header (``rel="next"``) to the next one."""
             # An unknown state is a 404, as it is for the CLI.
-            return [MachineOut(**engine.describe(r, who.role))
-                    for r in engine.list_machines(kind, states=state, failed=failed)]
+            rows = engine.list_machines(kind, states=state, failed=failed, after=after,
+                                        limit=limit)
+            if len(rows) == limit:
+                following = request.url.include_query_params(after=rows[-1].name)
+                response.headers["Link"] = f'<{following}>; rel="next"'
+            return [MachineOut(**engine.describe(r, who.role)) for r in rows]
 
         # A job's document adds its spec's name, priority, progress and outcome.
         out: type[MachineOut] = JobOut if kind == "job" else MachineOut

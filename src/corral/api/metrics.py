@@ -20,14 +20,22 @@ from corral.machines import MachineSet
 
 
 class StateCollector(Collector):
-    """``corral_machines``, ``corral_failed_machines`` and the operation queue."""
+    """``corral_machines``, ``corral_failed_machines`` and the operation queue.
 
-    def __init__(self, engine: Engine) -> None:
+    Machines per state come from the aggregate the workers recount every
+    ``state_count_interval`` seconds (a few rows, whatever the fleet's size);
+    when it is older than ``counts_max_age`` (no worker runs) they are
+    counted at scrape time instead. ``corral_machine_counts_age_seconds``
+    says how old the figures are.
+    """
+
+    def __init__(self, engine: Engine, *, counts_max_age: float = 30.0) -> None:
         self.engine = engine
+        self.counts_max_age = counts_max_age
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts, counts_age = self.engine.state_counts(max_age=self.counts_max_age)
         with self.engine.store.unit() as tx:
-            counts = tx.count_machines_by_state()
             queued, oldest = tx.operation_queue()
         machines = GaugeMetricFamily("corral_machines", "Machines per kind and state.",
                                      labels=["kind", "state"])
@@ -47,7 +55,11 @@ class StateCollector(Collector):
         age = GaugeMetricFamily("corral_operations_oldest_age_seconds",
                                 "Age of the oldest pending or running operation.")
         age.add_metric([], (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0)
-        yield from (machines, failed, depth, age)
+        counted = GaugeMetricFamily("corral_machine_counts_age_seconds",
+                                    "How old the machines-per-state figures are (0: counted "
+                                    "for this scrape).")
+        counted.add_metric([], counts_age or 0.0)
+        yield from (machines, failed, depth, age, counted)
 
 
 class PrometheusObserver(Observer):
@@ -87,7 +99,8 @@ class PrometheusObserver(Observer):
         self.operations.labels(kind, outcome).inc()
 
 
-def build_registry(engine: Engine, *, multiprocess: bool = False) -> CollectorRegistry:
+def build_registry(engine: Engine, *, multiprocess: bool = False,
+                   counts_max_age: float = 30.0) -> CollectorRegistry:
     """The registry ``/metrics`` shows: the state gauges, and the counters and
     histograms of a Prometheus observer it installs on the engine.
 
@@ -95,7 +108,7 @@ def build_registry(engine: Engine, *, multiprocess: bool = False) -> CollectorRe
     set), the counters and histograms are read from every process's files.
     """
     registry = CollectorRegistry()
-    registry.register(StateCollector(engine))
+    registry.register(StateCollector(engine, counts_max_age=counts_max_age))
     if not multiprocess:
         engine.observer = PrometheusObserver(registry, engine.machines)
         return registry

@@ -53,11 +53,18 @@ def _socket(settings: Settings, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def metrics_registry(engine: Engine) -> CollectorRegistry:
+# The stored machine counts are used while at most this many recount
+# intervals old (a worker missed a couple of recounts); then they are counted live.
+COUNTS_MAX_AGE_INTERVALS = 3
+
+
+def metrics_registry(engine: Engine, *, counts_max_age: float = 30.0
+                     ) -> CollectorRegistry:
     """The registry for ``/metrics`` (multiprocess when several API processes run)."""
     from corral.api.metrics import build_registry
 
-    return build_registry(engine, multiprocess=bool(os.environ.get(MULTIPROC_ENV)))
+    return build_registry(engine, multiprocess=bool(os.environ.get(MULTIPROC_ENV)),
+                          counts_max_age=counts_max_age)
 
 
 def uvicorn_config(app: Front, *, header_timeout: float = 10.0,
@@ -121,7 +128,8 @@ def _api_process(settings: Settings) -> None:
         engine.start_group_commit(threads=settings.group_commit_threads,
                                   max_batch=settings.group_commit_max_batch)
     try:
-        run_http(engine, settings, metrics_registry(engine))
+        run_http(engine, settings, metrics_registry(
+            engine, counts_max_age=COUNTS_MAX_AGE_INTERVALS * settings.state_count_interval))
     finally:
         engine.close()
 

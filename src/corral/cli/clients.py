@@ -5,16 +5,17 @@
 ``--url`` / ``CORRAL_URL`` with ``CORRAL_TOKEN``). Both return the same plain
 documents, and a remote error becomes the same :class:`CorralError` (and so the
 same message and exit code) as a local one.
+
+Each side imports its stack when it is first used (the database's for local
+commands, httpx for remote ones), so that a command starts quickly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
-from corral.engine.core import Engine, FireResult
 from corral.errors import (
     AuthError,
     Conflict,
@@ -23,17 +24,20 @@ from corral.errors import (
     NotFound,
     Unavailable,
 )
-from corral.jobs import versions
-from corral.jobs.service import JobService
-from corral.pools import PoolService
 from corral.store.values import HistoryEntry
 
+if TYPE_CHECKING:
+    from corral.engine.core import Engine, FireResult
+
+# Machines per page when a list is read (and printed) page by page.
+PAGE = 1000
 HISTORY_FIELDS = ("id", "epoch", "at", "event", "from_state", "to_state", "source", "actor",
                   "reason", "payload", "operation_id")
 
 
 class Boards(Protocol):
-    def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]: ...
+    def find(self, states: list[str] | None, failed: bool) -> Iterator[list[dict[str, Any]]]:
+        """The machines by name, a page at a time."""
     def show(self, name: str) -> dict[str, Any]: ...
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]: ...
     def fire(self, name: str, event: str, payload: Any, reason: str | None
@@ -54,9 +58,16 @@ class LocalBoards:
         self.engine, self.kind, self.actor = engine, kind, actor
         engine.machine(kind)
 
-    def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]:
-        return [self.engine.describe(r)
-                for r in self.engine.list_machines(self.kind, states=states, failed=failed)]
+    def find(self, states: list[str] | None, failed: bool) -> Iterator[list[dict[str, Any]]]:
+        after = None
+        while True:
+            rows = self.engine.list_machines(self.kind, states=states, failed=failed,
+                                             after=after, limit=PAGE)
+            if rows:
+                yield [self.engine.describe(r) for r in rows]
+            if len(rows) < PAGE:
+                return
+            after = rows[-1].name
 
     def show(self, name: str) -> dict[str, Any]:
         return self.engine.describe(self.engine.get(self.kind, name))
@@ -87,13 +98,16 @@ class RemoteBoards:
         self.kind = kind
         self.base = f"/api/v1/{kind}s"
         self.url = url.rstrip("/")
+        import httpx
+
+        self._transport_error = httpx.TransportError
         self.http = httpx.Client(base_url=self.url, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"})
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             reply = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except self._transport_error as exc:
             raise Unavailable(f"cannot reach {self.url}: {exc}") from None
         try:
             body = reply.json()
@@ -114,12 +128,17 @@ class RemoteBoards:
                 doc[key] = datetime.fromisoformat(doc[key])
         return doc
 
-    def find(self, states: list[str] | None, failed: bool) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"failed": failed}
+    def find(self, states: list[str] | None, failed: bool) -> Iterator[list[dict[str, Any]]]:
+        params: dict[str, Any] = {"failed": failed, "limit": PAGE}
         if states:
             params["state"] = states
-        return [self._times(d, "state_entered_at", "deadline")
-                for d in self._call("GET", self.base, params=params)]
+        while True:
+            page = self._call("GET", self.base, params=params)
+            if page:
+                yield [self._times(d, "state_entered_at", "deadline") for d in page]
+            if len(page) < PAGE:
+                return
+            params["after"] = page[-1]["name"]
 
     def show(self, name: str) -> dict[str, Any]:
         return self._times(self._call("GET", f"{self.base}/{name}"),
@@ -152,6 +171,8 @@ class LocalPools(LocalBoards):
 
     def __init__(self, engine: Engine, actor: str, default_ttl: int) -> None:
         super().__init__(engine, "pool", actor)
+        from corral.pools import PoolService
+
         self.service = PoolService(engine, default_ttl=default_ttl)
 
     def create_fleet(self, fabric: str, count: int) -> list[str]:
@@ -212,6 +233,8 @@ class LocalJobs(LocalBoards):
 
     def __init__(self, engine: Engine, actor: str, default_ttl: int) -> None:
         super().__init__(engine, "job", actor)
+        from corral.jobs.service import JobService
+
         self.service = JobService(engine, default_ttl=default_ttl)
 
     def show(self, name: str) -> dict[str, Any]:
@@ -232,6 +255,8 @@ class LocalJobs(LocalBoards):
         record = self.service.record(name)
         if api_version is None or api_version == record["api_version"]:
             return {"api_version": record["api_version"], "text": record["spec_text"]}
+        from corral.jobs import versions
+
         doc = versions.convert(self.service.spec(name), api_version)
         return {"api_version": api_version, "text": versions.dumps(doc, "yaml")}
 
@@ -247,6 +272,8 @@ class RemoteJobs(RemoteBoards):
 
     def submit(self, text: str, maize: bool, fabric: str | None) -> dict[str, Any]:
         if maize:
+            from corral.jobs import versions
+
             _, doc = versions.parse_text(text)
             return dict(self._call("POST", "/api/v1/maize-snapshots", json=doc,
                                    params={"fabric": fabric} if fabric else {}))

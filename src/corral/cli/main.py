@@ -199,7 +199,12 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
     """Run the engine until SIGTERM or Ctrl-C: HTTP API, deadline sweeps, operation workers."""
     import structlog
 
-    from corral.api.server import api_processes, metrics_registry, run_http
+    from corral.api.server import (
+        COUNTS_MAX_AGE_INTERVALS,
+        api_processes,
+        metrics_registry,
+        run_http,
+    )
     from corral.app import build_handlers, build_worker, check_operations
     from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
@@ -218,7 +223,8 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
     # in Prometheus' multiprocess mode from its first event.
     extra = api_processes(settings) if serving_http else contextlib.nullcontext()
     with extra:
-        registry = metrics_registry(engine)
+        registry = metrics_registry(
+            engine, counts_max_age=COUNTS_MAX_AGE_INTERVALS * settings.state_count_interval)
         scheduler = None
         worker = None
         if role in ("all", "worker"):
@@ -235,6 +241,8 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                 keep = timedelta(hours=settings.idempotency_key_hours)
                 jobs["expire_idempotency_keys"] = (
                     lambda: engine.expire_idempotency_keys(keep), IDEMPOTENCY_EXPIRY_INTERVAL)
+            jobs["count_states"] = (engine.refresh_state_counts,
+                                    settings.state_count_interval)
             ages = retention(settings)
             if any(ages.values()):
                 jobs["prune"] = (lambda: engine.prune(**ages), PRUNE_INTERVAL)
@@ -291,6 +299,7 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
 
         assigned = len(JobService(engine, default_ttl=settings.mo_override_ttl).dispatch_pass())
     ran = build_worker(engine, settings, handlers).run_pending()
+    engine.refresh_state_counts()
     forgotten = 0
     if settings.idempotency_key_hours:
         forgotten = engine.expire_idempotency_keys(
@@ -413,21 +422,41 @@ def add_machine_commands(group: click.Group, kind: str, *, show: bool = True) ->
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_obj
     def list_cmd(obj: CliContext, states: tuple[str, ...], failed: bool, as_json: bool) -> None:
-        docs = obj.boards(kind).find(list(states) or None, failed)
+        pages = obj.boards(kind).find(list(states) or None, failed)
+        # Printed page by page as they arrive: a fleet of any size starts
+        # printing at once and is never held in memory whole.
+        count = 0
         if as_json:
-            click.echo(_json(docs))
+            click.echo("[", nl=False)
+            for page in pages:
+                for d in page:
+                    click.echo(("," if count else "") + "\n" + _json(d), nl=False)
+                    count += 1
+            click.echo("\n]" if count else "]")
             return
-        now = datetime.now(UTC)
-        table = Table(box=None, pad_edge=False)
-        for title in ("NAME", "STATE", "ENTERED", "TIMEOUT", "EPOCH", "COUNTERS"):
-            table.add_column(title)
-        for d in docs:
-            state = f"[red]{d['state']}[/red]" if d["failed"] else d["state"]
-            counters = " ".join(f"{k}={v}" for k, v in sorted(d["counters"].items())) or "-"
-            table.add_row(d["name"], state, _since(d["state_entered_at"], now),
-                          _since(d["deadline"], now), str(d["epoch"]), counters)
-        console.print(table)
-        console.print(f"{len(docs)} {kind}{'' if len(docs) == 1 else 's'}")
+        titles = ("NAME", "STATE", "ENTERED", "TIMEOUT", "EPOCH", "COUNTERS")
+        widths: list[int] | None = None
+        for page in pages:
+            now = datetime.now(UTC)
+            rows = [(d["name"], d["state"], _since(d["state_entered_at"], now),
+                     _since(d["deadline"], now), str(d["epoch"]),
+                     " ".join(f"{k}={v}" for k, v in sorted(d["counters"].items())) or "-",
+                     d["failed"]) for d in page]
+            if widths is None:  # the first page sets the columns for all
+                widths = [max([len(t), *(len(r[i]) for r in rows)])
+                          for i, t in enumerate(titles)]
+            table = Table(box=None, pad_edge=False, show_header=count == 0)
+            for title, width in zip(titles, widths, strict=True):
+                table.add_column(title, min_width=width)
+            for *cells, is_failed in rows:
+                if is_failed:
+                    cells[1] = f"[red]{cells[1]}[/red]"
+                table.add_row(*cells)
+            console.print(table)
+            count += len(rows)
+        if count == 0:
+            console.print(" ".join(titles))
+        console.print(f"{count} {kind}{'' if count == 1 else 's'}")
     list_cmd.help = f"List {kind}s."
 
     @click.argument("name")

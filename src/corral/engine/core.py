@@ -156,9 +156,13 @@ class Engine(Firing, Sweeping, Outbox):
         return row
 
     def list_machines(
-        self, kind: str, *, states: list[str] | None = None, failed: bool = False
+        self, kind: str, *, states: list[str] | None = None, failed: bool = False,
+        after: str | None = None, limit: int | None = None,
     ) -> list[MachineRow]:
-        """Machines of ``kind``, optionally only in ``states`` and/or failed ones.
+        """Machines of ``kind`` by name, optionally only in ``states`` and/or
+        failed ones; with ``limit``, the page of names after ``after`` (the
+        last name of the previous page), so a fleet of any size is read in
+        pages that each cost the same.
 
         Raises:
             NotFound: a state the kind's machine does not have.
@@ -171,7 +175,7 @@ class Engine(Firing, Sweeping, Outbox):
             wanted = [s for s in (wanted or machine.definition.failed_states)
                       if machine.is_failed(s)]
         with self.store.unit() as tx:
-            return tx.list_machines(kind, states=wanted)
+            return tx.list_machines(kind, states=wanted, after=after, limit=limit)
 
     def describe(self, row: MachineRow, role: str = "admin") -> dict[str, Any]:
         """A machine as ``role`` sees it: its row, whether it has failed, the

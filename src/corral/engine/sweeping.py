@@ -15,8 +15,29 @@ from datetime import timedelta
 from corral.engine.base import EngineBase, log
 from corral.engine.planning import final_changes, plan_timeout, write_args
 
+STATE_COUNTS_LOCK = "corral_state_counts"
+
 
 class Sweeping(EngineBase):
+    def refresh_state_counts(self) -> int:
+        """Recount machines per kind and state into the stored aggregate that
+        ``/metrics`` reads (one recount at a time across processes). Returns
+        how many (kind, state) pairs are populated."""
+        with self.store.unit() as tx:
+            tx.lock_named(STATE_COUNTS_LOCK)
+            return tx.refresh_state_counts(self.clock())
+
+    def state_counts(self, *, max_age: float) -> tuple[list[tuple[str, str, int]], float | None]:
+        """(kind, state, machines) for every populated state, and how old the
+        figures are in seconds: the stored aggregate when it is at most
+        ``max_age`` old, else counted now (age None)."""
+        with self.store.unit() as tx:
+            counts, counted_at = tx.stored_state_counts()
+            age = (self.clock() - counted_at).total_seconds() if counted_at else None
+            if age is not None and age <= max_age:
+                return counts, age
+            return tx.count_machines_by_state(), None
+
     def prune(self, *, history_older_than: timedelta | None = None,
               operations_older_than: timedelta | None = None, batch: int = 500
               ) -> dict[str, int]:

@@ -39,8 +39,8 @@ from corral.store.sql import SqlStore, SqlTx, translated
 from corral.store.values import OperationRow
 
 SCHEDULER_LOCK = "corral_scheduler"
-# How long a scheduler waits for another one's pass (seconds).
-SCHEDULER_LOCK_WAIT = 60
+# How long a lock's taker waits for another process to let go (seconds).
+LOCK_WAIT = 60
 
 
 def _new_id(result: Any) -> int:
@@ -54,7 +54,10 @@ def _new_id(result: Any) -> int:
 class MysqlTx(SqlTx):
     """One transaction on MariaDB or MySQL (see the module docstring)."""
 
-    holds_scheduler_lock = False
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        # GET_LOCK names this session holds, released when the transaction ends.
+        self.held: list[str] = []
 
     def insert_machine(self, *, kind: str, name: str, state: str, attrs: Mapping[str, Any],
                        now: datetime, deadline: datetime | None) -> int:
@@ -95,12 +98,15 @@ class MysqlTx(SqlTx):
         return int(result.rowcount)
 
     def lock_scheduler(self) -> None:
+        self.lock_named(SCHEDULER_LOCK)
+
+    def lock_named(self, name: str) -> None:
         got = self.conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
-                                {"name": SCHEDULER_LOCK, "wait": SCHEDULER_LOCK_WAIT}).scalar()
+                                {"name": name, "wait": LOCK_WAIT}).scalar()
         if got != 1:
-            raise Unavailable(f"another scheduler held {SCHEDULER_LOCK!r} for "
-                              f"{SCHEDULER_LOCK_WAIT} s; this pass is skipped")
-        self.holds_scheduler_lock = True
+            raise Unavailable(f"another process held the lock {name!r} for {LOCK_WAIT} s; "
+                              "this pass is skipped")
+        self.held.append(name)
 
     def insert_job(self, record: Mapping[str, Any]) -> str:
         result = self.conn.execute(insert(jobs), {"name": "pending", **record})
@@ -132,6 +138,8 @@ class MysqlTx(SqlTx):
 class MysqlStore(SqlStore):
     """MariaDB 10.6+ or MySQL 8 (``SKIP LOCKED`` needs them)."""
 
+    # Sweep batches claim with SKIP LOCKED: several may run at once.
+    concurrent_sweeps = True
     tx_class = MysqlTx
 
     @contextmanager
@@ -142,7 +150,8 @@ class MysqlStore(SqlStore):
                 with conn.begin():
                     yield tx
             finally:
-                if tx.holds_scheduler_lock:
-                    # GET_LOCK belongs to the session, not the transaction.
-                    conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": SCHEDULER_LOCK})
+                # GET_LOCK belongs to the session, not the transaction.
+                for name in tx.held:
+                    conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                if tx.held:
                     conn.commit()

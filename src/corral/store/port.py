@@ -101,8 +101,10 @@ class Tx(EventTx, Protocol):
 
     def lock_machine_by_id(self, machine_id: int) -> MachineState | None: ...
 
-    def list_machines(self, kind: str, *, states: Sequence[str] | None = None
-                      ) -> list[MachineRow]: ...
+    def list_machines(self, kind: str, *, states: Sequence[str] | None = None,
+                      after: str | None = None, limit: int | None = None
+                      ) -> list[MachineRow]:
+        """By name; with ``after`` and ``limit``, one page of a keyset scan."""
 
     def insert_machine(self, *, kind: str, name: str, state: str, attrs: Mapping[str, Any],
                        now: datetime, deadline: datetime | None) -> int: ...
@@ -192,6 +194,15 @@ class Tx(EventTx, Protocol):
     def count_machines_by_state(self) -> list[tuple[str, str, int]]: ...
 
     def operation_queue(self) -> tuple[int, datetime | None]: ...
+
+    def refresh_state_counts(self, now: datetime) -> int:
+        """Recount machines per (kind, state) into the stored aggregate."""
+
+    def stored_state_counts(self) -> tuple[list[tuple[str, str, int]], datetime | None]:
+        """The stored aggregate and when it was counted (None: never)."""
+
+    def lock_named(self, name: str) -> None:
+        """Let one transaction at a time hold ``name``, until it ends."""
 
     def ping(self) -> None: ...
 

@@ -137,6 +137,7 @@ WHERE id = %(id)s
 
 
 PG_LOCK_SCHEDULER = "SELECT pg_advisory_xact_lock(:key)"
+PG_LOCK_NAMED = "SELECT pg_advisory_xact_lock(hashtext(:name))"
 
 
 def _row(values: tuple[Any, ...]) -> MachineState:
@@ -304,6 +305,9 @@ class PgTx(SqlTx):
 
     def lock_scheduler(self) -> None:
         self.conn.execute(text(PG_LOCK_SCHEDULER), {"key": SCHEDULER_LOCK})
+
+    def lock_named(self, name: str) -> None:
+        self.conn.execute(text(PG_LOCK_NAMED), {"name": name})
 
 
 class _IsoFormatter(dict[datetime, str]):

@@ -32,6 +32,7 @@ from corral.store.schema import (
     history,
     idempotency_keys,
     jobs,
+    machine_state_counts,
     machines,
     operations,
     pool_assignments,
@@ -138,12 +139,20 @@ def update_machine_attrs(
 
 
 def list_machines(
-    conn: Connection, kind: str, *, states: Sequence[str] | None = None
+    conn: Connection, kind: str, *, states: Sequence[str] | None = None,
+    after: str | None = None, limit: int | None = None,
 ) -> list[MachineRow]:
+    """Machines of ``kind`` by name; a page is the ``limit`` names after
+    ``after`` (keyset paging on the unique (kind, name) index)."""
     query = select(*_MACHINE_COLUMNS).where(machines.c.kind == kind)
     if states is not None:
         query = query.where(machines.c.state.in_(list(states)))
-    return [MachineRow.from_row(r) for r in conn.execute(query.order_by(machines.c.name))]
+    if after is not None:
+        query = query.where(machines.c.name > after)
+    query = query.order_by(machines.c.name)
+    if limit is not None:
+        query = query.limit(limit)
+    return [MachineRow.from_row(r) for r in conn.execute(query)]
 
 
 _update_machine = (
@@ -480,6 +489,26 @@ def count_machines_by_state(conn: Connection) -> list[tuple[str, str, int]]:
     query = select(machines.c.kind, machines.c.state, func.count()).group_by(
         machines.c.kind, machines.c.state)
     return [(k, s, int(n)) for k, s, n in conn.execute(query)]
+
+
+def refresh_state_counts(conn: Connection, now: datetime) -> int:
+    """Recount machines per (kind, state) into ``machine_state_counts``;
+    returns how many (kind, state) rows it holds now."""
+    counts = count_machines_by_state(conn)
+    conn.execute(delete(machine_state_counts))
+    if counts:
+        conn.execute(insert(machine_state_counts), [
+            {"kind": k, "state": s, "machines": n, "counted_at": now} for k, s, n in counts])
+    return len(counts)
+
+
+def stored_state_counts(conn: Connection) -> tuple[list[tuple[str, str, int]], datetime | None]:
+    """The last recount: (kind, state, machines) rows and when it ran (None: never)."""
+    rows = conn.execute(select(machine_state_counts.c.kind, machine_state_counts.c.state,
+                               machine_state_counts.c.machines,
+                               machine_state_counts.c.counted_at)).all()
+    counted = min((r[3] for r in rows), default=None)
+    return [(k, s, int(n)) for k, s, n, _ in rows], counted
 
 
 def operation_queue(conn: Connection) -> tuple[int, datetime | None]:

@@ -199,6 +199,17 @@ tokens = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
 )
 
+# How many machines each (kind, state) holds, recounted every few seconds by
+# a worker, so that /metrics reads a few rows instead of counting every machine.
+machine_state_counts = Table(
+    "machine_state_counts",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("state", String(64), primary_key=True),
+    Column("machines", BigInteger, nullable=False),
+    Column("counted_at", UTCDateTime, nullable=False),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

@@ -132,9 +132,10 @@ class SqlTx:
     def lock_machine_by_id(self, machine_id: int) -> MachineState | None:
         return q.lock_machine_by_id(self.conn, machine_id)
 
-    def list_machines(self, kind: str, *, states: Sequence[str] | None = None
+    def list_machines(self, kind: str, *, states: Sequence[str] | None = None,
+                      after: str | None = None, limit: int | None = None
                       ) -> list[MachineRow]:
-        return q.list_machines(self.conn, kind, states=states)
+        return q.list_machines(self.conn, kind, states=states, after=after, limit=limit)
 
     def insert_machine(self, *, kind: str, name: str, state: str, attrs: Mapping[str, Any],
                        now: datetime, deadline: datetime | None) -> int:
@@ -203,6 +204,7 @@ class SqlTx:
         """Nothing to do: SQLite transactions are ``BEGIN IMMEDIATE``, so writers
         already take turns."""
 
+
     def insert_job(self, record: Mapping[str, Any]) -> str:
         return q.insert_job(self.conn, record)
 
@@ -255,6 +257,15 @@ class SqlTx:
 
     def operation_queue(self) -> tuple[int, datetime | None]:
         return q.operation_queue(self.conn)
+
+    def refresh_state_counts(self, now: datetime) -> int:
+        return q.refresh_state_counts(self.conn, now)
+
+    def stored_state_counts(self) -> tuple[list[tuple[str, str, int]], datetime | None]:
+        return q.stored_state_counts(self.conn)
+
+    def lock_named(self, name: str) -> None:
+        """Nothing to do on SQLite: writers already take turns."""
 
     def ping(self) -> None:
         q.ping(self.conn)

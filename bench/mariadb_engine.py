@@ -1,6 +1,6 @@
 """Engine benchmarks on MariaDB, beside sysbench on the same server in the same run.
 
-    make bench                      # or: python -m bench.mariadb [--seconds 10]
+    make bench                      # or: python -m bench.mariadb_engine [--seconds 10]
 
 (a) ``fire`` events/s from 8 concurrent workers (8 threads of one engine with
     group commit, and 8 single-threaded processes), next to ``sysbench
@@ -87,7 +87,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="run each measurement this many times; report the median")
     parser.add_argument("--boards", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=Settings().sweep_batch)
+    defaults = Settings()
+    parser.add_argument("--batch", type=int, default=defaults.sweep_batch)
+    parser.add_argument("--threads", type=int, default=defaults.sweep_threads,
+                        help="sweep threads per process (setting sweep_threads)")
     args = parser.parse_args()
     with scratch_database() as url:
         print(f"MariaDB database: {url.rsplit('/', 1)[1]}  cpus: {os.cpu_count()}  "
@@ -108,9 +111,10 @@ def main() -> None:
                   f"ratio {ratio:.2f} x sysbench "
                   f"(p50 {fire['p50_ms']:.2f} ms, p99 {fire['p99_ms']:.2f} ms)")
         for n in (1, 2):
-            runs = [bench_sweep(url, args.boards, n, args.batch, 1) for _ in range(args.repeat)]
+            runs = [bench_sweep(url, args.boards, n, args.batch, args.threads)
+                    for _ in range(args.repeat)]
             sweep = _median_run(runs, "timeouts_per_s")
-            print(f"(b) {args.boards} due, {n} process(es): "
+            print(f"(b) {args.boards} due, {n} process(es) x {args.threads} sweep threads: "
                   f"{sweep['timeouts_per_s']:7.0f} timeouts/s ({sweep['seconds']:.1f} s; "
                   f"all runs: {', '.join(str(round(r['timeouts_per_s'])) for r in runs)}; "
                   f"ratio {sweep['timeouts_per_s'] / tps:.2f} x sysbench TPS)")
