@@ -12,8 +12,8 @@ database, starts ``corral serve --role api`` on it, and measures, median of
 - ``GET /api/v1/boards?failed=true`` (its first page) and ``corral board list
   --failed --json`` (every failed board, page by page), beside the same rows
   read by psql;
-- ``corral board show`` on the database and ``corral --help``: the time to
-  start a command.
+- ``corral board show`` on the database and through the server, and
+  ``corral --help``: the time to start a command.
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ def main() -> None:
             listed = timed(command("board", "list", "--failed", "--json", env=env),
                            max(3, args.repeat // 2))
             show = timed(command("board", "show", "board-0000001", env=env), args.repeat)
+            remote = timed(command("--url", base, "board", "show", "board-0000001",
+                                   env=env | {"CORRAL_TOKEN": token}), args.repeat)
             helped = timed(command("--help", env=env), args.repeat)
         finally:
             server.send_signal(signal.SIGTERM)
@@ -139,6 +141,7 @@ def main() -> None:
         print(f"corral board list --failed --json:       {listed:7.1f} ms for {args.failed} "
               f"boards (psql, the same rows: {failed_rows:.1f} ms)")
         print(f"corral board show NAME:                  {show:7.1f} ms")
+        print(f"corral --url URL board show NAME:        {remote:7.1f} ms")
         print(f"corral --help:                           {helped:7.1f} ms")
 
 

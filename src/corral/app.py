@@ -9,21 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from corral.bootres.pxe import BootResourcePxe
 from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
-from corral.engine.worker import OperationWorker
-from corral.jobs.service import JobOperations, JobService, reserve_job_events
+from corral.jobs.service import reserve_job_events
 from corral.machines import DefinitionError, MachineSet, load_definitions
 from corral.machines.loader import Problem
-from corral.mo.client import MoClient
-from corral.operations.base import Handler, board_handlers
-from corral.operations.command import CommandBackend
-from corral.operations.simulated import SimulatedLab, SimulatedRates
-from corral.pools.operations import MoOperations
 from corral.pools.service import reserve_pool_events
 from corral.store import open_store
+
+# What only serving needs (operation backends, MO over gRPC, boot resources)
+# is imported when it is built, so that a command starts quickly.
+if TYPE_CHECKING:
+    from corral.bootres.pxe import BootResourcePxe
+    from corral.engine.worker import OperationWorker
+    from corral.mo.client import MoClient
+    from corral.operations.base import Handler
 
 
 def load_machines(settings: Settings) -> MachineSet:
@@ -46,6 +48,8 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
 def mo_client(settings: Settings) -> MoClient:
     """MO at ``mo_target`` (the channel connects on first use, so a lab without
     pools never needs MO)."""
+    from corral.mo.client import MoClient
+
     return MoClient(settings.mo_target, deadline=settings.mo_deadline,
                     attempts=settings.mo_attempts)
 
@@ -54,6 +58,9 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
                    engine: Engine | None = None) -> dict[str, Handler]:
     """Every operation backend: boards (simulated or commands), pools (MO) and,
     given the engine, jobs."""
+    from corral.jobs.service import JobOperations, JobService
+    from corral.pools.operations import MoOperations
+
     mo = mo_client(settings)
     handlers = _board_handlers(settings, simulate) | MoOperations(mo).handlers()
     if engine is not None and "job" in engine.machines:
@@ -63,6 +70,10 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
 
 
 def _board_handlers(settings: Settings, simulate: bool | None) -> dict[str, Handler]:
+    from corral.operations.base import board_handlers
+    from corral.operations.command import CommandBackend
+    from corral.operations.simulated import SimulatedLab, SimulatedRates
+
     if simulate or (simulate is None and settings.backend == "simulated"):
         lab = SimulatedLab(seed=settings.sim_seed, rates=SimulatedRates(
             power_cycle_failure=settings.sim_power_cycle_failure,
@@ -85,6 +96,8 @@ def _pxe(settings: Settings) -> BootResourcePxe | None:
     """PXE configurations from the published boot resources, when pxe_root is set."""
     if not settings.pxe_root:
         return None
+    from corral.bootres.pxe import BootResourcePxe
+
     return BootResourcePxe(Path(settings.bootres_storage), Path(settings.pxe_root))
 
 
@@ -110,6 +123,8 @@ def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:
 
 def build_worker(engine: Engine, settings: Settings, handlers: dict[str, Handler]
                  ) -> OperationWorker:
+    from corral.engine.worker import OperationWorker
+
     return OperationWorker(
         engine, handlers, owner=settings.owner, threads=settings.operation_threads,
         lease_seconds=settings.operation_lease, max_attempts=settings.operation_max_attempts,

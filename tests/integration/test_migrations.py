@@ -57,3 +57,9 @@ def test_upgrade_from_every_earlier_revision_reaches_the_declared_schema(db_url,
     assert diff == []
     # Read raw: text on SQLite and MariaDB, a decoded jsonb on PostgreSQL.
     assert (json.loads(vars_) if isinstance(vars_, str) else vars_) == {}
+
+
+def test_the_revision_start_up_checks_for_is_the_newest_migration():
+    from corral.store import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION

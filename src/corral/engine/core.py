@@ -78,6 +78,7 @@ class Engine(Firing, Sweeping, Outbox):
         # (kind, event) -> how to do it instead: events only a service fires,
         # because they change its own tables too (a pool's assign and release).
         self._reserved = {}
+        self._state_docs: dict[tuple[str, str, str], Any] = {}
 
     @contextmanager
     def unit(self) -> Iterator[Unit]:
@@ -181,15 +182,28 @@ class Engine(Firing, Sweeping, Outbox):
         """A machine as ``role`` sees it: its row, whether it has failed, the
         events its state accepts with who fires each, and those ``role`` may
         fire (the CLI and the HTTP API both show this)."""
-        machine = self.machines[row.kind]
-        accepted = machine.allowed_events(row.state)
-        return {"name": row.name, "state": row.state, "failed": machine.is_failed(row.state),
+        failed, allowed, accepted = self._state_doc(row.kind, row.state, role)
+        return {"name": row.name, "state": row.state, "failed": failed,
                 "state_entered_at": row.state_entered_at, "deadline": row.deadline,
                 "counters": row.counters, "epoch": row.epoch, "attrs": readable(row.attrs),
                 "vars": readable(row.vars or {}),
-                "allowed_events": list(machine.allowed_events(row.state, role)),
-                "accepted_events": {event: list(machine.firers(row.state, event))
-                                    for event in accepted}}
+                "allowed_events": list(allowed),
+                "accepted_events": {event: list(by) for event, by in accepted.items()}}
+
+    def _state_doc(self, kind: str, state: str, role: str
+                   ) -> tuple[bool, tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """What a state says about every machine in it (the definitions do not
+        change while the engine runs): computed once per kind, state and role,
+        so that a page of a thousand machines is not a thousand computations."""
+        key = (kind, state, role)
+        found = self._state_docs.get(key)
+        if found is None:
+            machine = self.machines[kind]
+            found = self._state_docs[key] = (
+                machine.is_failed(state), tuple(machine.allowed_events(state, role)),
+                {event: tuple(machine.firers(state, event))
+                 for event in machine.allowed_events(state)})
+        return found
 
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.engine.core import Engine, FireResult
 from corral.errors import Conflict, CorralError, EventNotAllowed, NotFound, UnknownMachine
@@ -23,9 +23,11 @@ from corral.jobs import maize, versions
 from corral.jobs.actions import TYPES
 from corral.jobs.spec import JobSpec, duration_text
 from corral.machines.needs import Needs, check_needs
-from corral.mo.client import MoClient, MoError
 from corral.operations.base import OperationContext, OperationFailed, Reported
 from corral.pools.service import PoolService
+
+if TYPE_CHECKING:
+    from corral.mo.client import MoClient
 
 KIND = "job"
 FINAL = ("complete", "incomplete", "canceled")
@@ -220,6 +222,8 @@ class _Run:
     def mo_reachable(self) -> str | None:
         if self.mo is None:
             return "no MO is configured (setting mo_target)"
+        from corral.mo.client import MoError
+
         try:
             self.mo.applied_versions(self.pool or "")
         except MoError as exc:

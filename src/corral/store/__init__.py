@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from corral.store.port import Store
 
+from corral.store.revision import SCHEMA_REVISION
+
+__all__ = ["DEFAULT_DATABASE_URL", "SCHEMA_REVISION", "head_revision", "open_store"]
+
 DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
 
 

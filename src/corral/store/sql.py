@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy import exc as sa_exc
 
-import corral.store.migrate as migrate
-from corral.errors import DuplicateKey, SchemaProblem, Unavailable
+from corral.errors import DuplicateKey, SchemaNotCurrent, SchemaProblem, Unavailable
 from corral.store import queries as q
+from corral.store.revision import SCHEMA_REVISION
 from corral.store.values import (
     Assignment,
     HistoryEntry,
@@ -308,16 +308,27 @@ class SqlStore:
         return None
 
     def upgrade(self, revision: str = "head") -> None:
+        from corral.store import migrate  # alembic: only for schema commands
+
         with translated(self.driver_errors):
             migrate.upgrade(self.sa, revision)
 
     def current_revision(self) -> str | None:
+        from corral.store import migrate
+
         with translated(self.driver_errors):
             return migrate.current_revision(self.sa)
 
     def require_current(self) -> None:
-        with translated(self.driver_errors):
-            migrate.require_current(self.sa)
+        """Raises: SchemaNotCurrent (the database is not at :data:`SCHEMA_REVISION`)."""
+        with translated(self.driver_errors), self.sa.connect() as conn:
+            current = None
+            if inspect(conn).has_table("alembic_version"):
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if current != SCHEMA_REVISION:
+            raise SchemaNotCurrent(
+                f"database schema is at revision {current or 'none'}, this Corral needs "
+                f"{SCHEMA_REVISION}; run `corral db upgrade`")
 
     def dispose(self) -> None:
         self.sa.dispose()
