@@ -210,7 +210,7 @@ class Tx(EventTx, Protocol):
 class Store(Protocol):
     """One database, through one backend."""
 
-    #: "sqlite" or "postgresql".
+    #: The SQLAlchemy dialect: "sqlite", "postgresql", "mysql" or "mariadb".
     backend: str
     #: The database URL with any password hidden, for logs.
     display_url: str

@@ -1,4 +1,4 @@
-"""The SQLAlchemy Core store: SQLite, and the base PostgreSQL builds on.
+"""The SQLAlchemy Core store: SQLite, and the base PostgreSQL and MariaDB build on.
 
 Every statement is a named function of :mod:`corral.store.queries`; a
 :class:`SqlTx` is one transaction on one connection. Driver and SQLAlchemy
