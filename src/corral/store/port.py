@@ -2,8 +2,9 @@
 
 The engine and the services talk to a :class:`Store` only; each backend
 (:mod:`corral.store.sql` for SQLite, :mod:`corral.store.postgres`,
-:mod:`corral.store.mysql` for MariaDB and MySQL) implements it once. Nothing outside ``store/`` sees SQL, SQLAlchemy, a driver or a
-driver's exceptions: a store raises Corral's own errors,
+:mod:`corral.store.mysql` for MariaDB and MySQL) implements it once.
+Nothing outside ``store/`` sees SQL, SQLAlchemy, a driver or a driver's
+exceptions: a store raises Corral's own errors,
 :class:`~corral.errors.Unavailable` (the database cannot be reached),
 :class:`~corral.errors.DuplicateKey` (a unique key refused a row) and
 :class:`~corral.errors.SchemaProblem` (a table or column is missing).
