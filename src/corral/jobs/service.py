@@ -4,11 +4,12 @@
 once), stores it as submitted beside its internal form, and creates the job
 machine, queued, in one transaction. ``dispatch_pass`` gives free pools to
 queued jobs, highest priority first, then oldest: one transaction, under a
-lock that lets one scheduler at a time decide (the store's scheduler lock:
-an advisory lock on PostgreSQL; SQLite serializes writers anyway), so priorities hold however many
-engines run. The job machine's operations (``validate_dispatch``,
-``start_action``, ``finish_job``) and the pool machine's ``notify_job`` are
-run by the outbox worker like any other operation.
+lock that lets one scheduler at a time decide (the store's named lock: an
+advisory lock on PostgreSQL, ``GET_LOCK`` on MariaDB; SQLite serializes
+writers anyway), so priorities hold however many engines run. The job
+machine's operations (``validate_dispatch``, ``start_action``,
+``finish_job``) and the pool machine's ``notify_job`` are run by the outbox
+worker like any other operation.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from corral.mo.client import MoClient
 
 KIND = "job"
+# One scheduler decides at a time (the store's named lock, until the pass commits).
+SCHEDULER_LOCK = "corral_scheduler"
 FINAL = ("complete", "incomplete", "canceled")
 RESERVED_EVENTS = ("assign", "action_done", "action_failed")
 # What this service names in code (checked against job.yaml and pool.yaml at
@@ -172,7 +175,7 @@ class JobService:
         """
         assigned: list[tuple[str, str]] = []
         with self.engine.unit() as unit:
-            unit.tx.lock_scheduler()
+            unit.tx.lock_named(SCHEDULER_LOCK)
             queue = unit.tx.queued_jobs(kind=KIND, state="queued", limit=limit)
             exhausted: set[str | None] = set()
             for name, fabric in queue:

@@ -157,9 +157,6 @@ class Tx(EventTx, Protocol):
     def list_assignments(self, *, job_run_id: str | None = None) -> list[Assignment]: ...
 
     # -- jobs
-    def lock_scheduler(self) -> None:
-        """Let one scheduler at a time decide, until the transaction ends."""
-
     def insert_job(self, record: Mapping[str, Any]) -> str: ...
 
     def get_job(self, name: str) -> dict[str, Any] | None: ...

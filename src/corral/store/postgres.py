@@ -35,8 +35,6 @@ PSYCOPG_ERRORS = DriverErrors(
     duplicate=(psycopg.IntegrityError,),
     schema=(psycopg.ProgrammingError,),
 )
-# One scheduler decides at a time (pg_advisory_xact_lock key, "corr").
-SCHEDULER_LOCK = 0x636F7272
 
 _STATE_COLUMNS = "id, kind, name, state, state_entered_at, deadline, counters, epoch"
 
@@ -136,7 +134,6 @@ WHERE id = %(id)s
 """
 
 
-PG_LOCK_SCHEDULER = "SELECT pg_advisory_xact_lock(:key)"
 PG_LOCK_NAMED = "SELECT pg_advisory_xact_lock(hashtext(:name))"
 
 
@@ -302,9 +299,6 @@ class PgTx(SqlTx):
             for statement, params in _write_statements(changes, history, operations,
                                                        idempotency, vars_changes):
                 cursor.execute(statement, params)
-
-    def lock_scheduler(self) -> None:
-        self.conn.execute(text(PG_LOCK_SCHEDULER), {"key": SCHEDULER_LOCK})
 
     def lock_named(self, name: str) -> None:
         self.conn.execute(text(PG_LOCK_NAMED), {"name": name})

@@ -112,7 +112,7 @@ def insert_machine(
     deadline: datetime | None,
 ) -> int:
     result = conn.execute(
-        insert(machines).returning(machines.c.id),
+        insert(machines),
         {
             "kind": kind,
             "name": name,
@@ -124,9 +124,19 @@ def insert_machine(
             "attrs": dict(attrs),
             "created_at": now,
             "updated_at": now,
+            "vars": {},
         },
     )
-    return int(result.scalar_one())
+    return new_id(result)
+
+
+def new_id(result: Any) -> int:
+    """The id of the row an insert just wrote (``RETURNING`` on PostgreSQL,
+    the driver's last row id on SQLite, MariaDB and MySQL)."""
+    key = result.inserted_primary_key
+    assert key is not None
+    assert key[0] is not None
+    return int(key[0])
 
 
 def update_machine_attrs(
@@ -379,8 +389,7 @@ def save_token(
     if existing is not None:
         conn.execute(update(tokens).where(tokens.c.id == existing).values(**values))
         return int(existing)
-    return int(conn.execute(insert(tokens).returning(tokens.c.id),
-                            {"name": name, **values}).scalar_one())
+    return new_id(conn.execute(insert(tokens), {"name": name, **values}))
 
 
 def revoke_token(conn: Connection, name: str, now: datetime) -> bool:
@@ -414,18 +423,21 @@ def insert_idempotent_outcomes(conn: Connection, rows: Sequence[Mapping[str, Any
 def delete_idempotency_keys_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     """Forget up to ``limit`` of the oldest keys stored before ``cutoff``.
 
-    Rows another transaction holds are skipped (PostgreSQL), so several
-    workers expiring at once neither wait for each other nor collide.
+    Rows another transaction holds are skipped (``SKIP LOCKED``; SQLite's
+    writers take turns anyway), so several workers expiring at once neither
+    wait for each other nor collide. The keys are read first, then deleted
+    by key: MariaDB and MySQL take no ``LIMIT`` in an ``IN`` subquery.
     """
-    oldest = (select(idempotency_keys.c.scope, idempotency_keys.c.key)
-              .where(idempotency_keys.c.created_at < cutoff)
-              .order_by(idempotency_keys.c.created_at)
-              .limit(limit))
-    if conn.dialect.name == "postgresql":
-        oldest = oldest.with_for_update(skip_locked=True)
+    keys = [tuple(r) for r in conn.execute(
+        select(idempotency_keys.c.scope, idempotency_keys.c.key)
+        .where(idempotency_keys.c.created_at < cutoff)
+        .order_by(idempotency_keys.c.created_at).limit(limit)
+        .with_for_update(skip_locked=True))]
+    if not keys:
+        return 0
     result = conn.execute(delete(idempotency_keys).where(
-        tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(oldest)))
-    return result.rowcount
+        tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(keys)))
+    return int(result.rowcount)
 
 
 # ---------------------------------------------------------------- pool assignments
@@ -532,8 +544,7 @@ def ping(conn: Connection) -> None:
 
 def insert_job(conn: Connection, record: Mapping[str, Any]) -> str:
     """Store a submitted job; returns its name (``job-<id>``)."""
-    job_id = conn.execute(insert(jobs).returning(jobs.c.id),
-                          {"name": "pending", **record}).scalar_one()
+    job_id = new_id(conn.execute(insert(jobs), {"name": "pending", **record}))
     name = f"job-{job_id}"
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(name=name))
     return name
@@ -571,9 +582,9 @@ def machine_vars(conn: Connection, machine_id: int) -> dict[str, Any]:
 
 def start_bootres_import(conn: Connection, *, started_at: datetime, storage: str,
                          sources: Sequence[str]) -> int:
-    return int(conn.execute(insert(bootres_imports).returning(bootres_imports.c.id), {
+    return new_id(conn.execute(insert(bootres_imports), {
         "started_at": started_at, "status": "running", "storage": storage,
-        "sources": list(sources)}).scalar_one())
+        "sources": list(sources)}))
 
 
 def end_bootres_import(conn: Connection, import_id: int, *, status: str,
@@ -606,7 +617,7 @@ def prune_history_batch(conn: Connection, cutoff: datetime, *, after_id: int, li
     rows = conn.execute(select(history.c.id, history.c.machine_id, history.c.at)
                         .where(history.c.id > after_id).order_by(history.c.id)
                         .limit(limit)).all()
-    old = [(id_, machine_id) for id_, machine_id, at in rows if _aware(at) < cutoff]
+    old = [(id_, machine_id) for id_, machine_id, at in rows if at < cutoff]
     reached = len(old) < len(rows) or len(rows) < limit
     if old:
         newest = dict(conn.execute(
@@ -641,8 +652,8 @@ def prune_operations_batch(conn: Connection, cutoff: datetime, *, after_id: int,
                         .limit(limit)).all()
     doomed = [id_ for id_, status, _, finished in rows
               if status in FINISHED_OPERATION_STATUSES and finished is not None
-              and _aware(finished) < cutoff]
-    reached = len(rows) < limit or any(_aware(created) >= cutoff for _, _, created, _ in rows)
+              and finished < cutoff]
+    reached = len(rows) < limit or any(created >= cutoff for _, _, created, _ in rows)
     deleted = 0
     if doomed:
         deleted = int(conn.execute(delete(operations).where(operations.c.id.in_(doomed)))
@@ -651,6 +662,3 @@ def prune_operations_batch(conn: Connection, cutoff: datetime, *, after_id: int,
         return deleted, None
     return deleted, rows[-1][0]
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -200,10 +200,6 @@ class SqlTx:
         return q.list_assignments(self.conn, job_run_id=job_run_id)
 
     # -- jobs
-    def lock_scheduler(self) -> None:
-        """Nothing to do: SQLite transactions are ``BEGIN IMMEDIATE``, so writers
-        already take turns."""
-
 
     def insert_job(self, record: Mapping[str, Any]) -> str:
         return q.insert_job(self.conn, record)
