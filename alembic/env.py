@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from corral.store import DEFAULT_DATABASE_URL
-from corral.store.db import normalize_url
+from corral.store.driver import normalize_url
 from corral.store.schema import metadata
 
 config = context.config

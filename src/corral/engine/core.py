@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from corral.engine.events import (
@@ -36,11 +35,11 @@ from corral.engine.events import (
 )
 from corral.engine.firing import Firing
 from corral.engine.outbox import Outbox
+from corral.engine.reads import Reads
 from corral.engine.sweeping import Sweeping
 from corral.engine.unit import Unit
-from corral.errors import Conflict, DuplicateKey, UnknownMachine
+from corral.errors import Conflict, DuplicateKey
 from corral.machines import MachineSet
-from corral.payload import readable, readable_text
 from corral.store.port import Store
 from corral.store.values import HistoryEntry, MachineRow
 
@@ -78,7 +77,7 @@ class Engine(Firing, Sweeping, Outbox):
         # (kind, event) -> how to do it instead: events only a service fires,
         # because they change its own tables too (a pool's assign and release).
         self._reserved = {}
-        self._state_docs: dict[tuple[str, str, str], Any] = {}
+        self.reads = Reads(machines, store.unit)
 
     @contextmanager
     def unit(self) -> Iterator[Unit]:
@@ -149,73 +148,23 @@ class Engine(Firing, Sweeping, Outbox):
 
     def get(self, kind: str, name: str) -> MachineRow:
         """Raises: UnknownMachine."""
-        self.machines[kind]
-        with self.store.unit() as tx:
-            row = tx.get_machine(kind, name)
-        if row is None:
-            raise UnknownMachine(kind, name)
-        return row
+        return self.reads.get(kind, name)
 
     def list_machines(
         self, kind: str, *, states: list[str] | None = None, failed: bool = False,
         after: str | None = None, limit: int | None = None,
     ) -> list[MachineRow]:
-        """Machines of ``kind`` by name, optionally only in ``states`` and/or
-        failed ones; with ``limit``, the page of names after ``after`` (the
-        last name of the previous page), so a fleet of any size is read in
-        pages that each cost the same.
-
-        Raises:
-            NotFound: a state the kind's machine does not have.
-        """
-        machine = self.machines[kind]
-        for state in states or ():
-            machine.state(state)
-        wanted = states or None
-        if failed:
-            wanted = [s for s in (wanted or machine.definition.failed_states)
-                      if machine.is_failed(s)]
-        with self.store.unit() as tx:
-            return tx.list_machines(kind, states=wanted, after=after, limit=limit)
+        """See :meth:`corral.engine.reads.Reads.list_machines`."""
+        return self.reads.list_machines(kind, states=states, failed=failed, after=after,
+                                        limit=limit)
 
     def describe(self, row: MachineRow, role: str = "admin") -> dict[str, Any]:
-        """A machine as ``role`` sees it: its row, whether it has failed, the
-        events its state accepts with who fires each, and those ``role`` may
-        fire (the CLI and the HTTP API both show this)."""
-        failed, allowed, accepted = self._state_doc(row.kind, row.state, role)
-        return {"name": row.name, "state": row.state, "failed": failed,
-                "state_entered_at": row.state_entered_at, "deadline": row.deadline,
-                "counters": row.counters, "epoch": row.epoch, "attrs": readable(row.attrs),
-                "vars": readable(row.vars or {}),
-                "allowed_events": list(allowed),
-                "accepted_events": {event: list(by) for event, by in accepted.items()}}
-
-    def _state_doc(self, kind: str, state: str, role: str
-                   ) -> tuple[bool, tuple[str, ...], dict[str, tuple[str, ...]]]:
-        """What a state says about every machine in it (the definitions do not
-        change while the engine runs): computed once per kind, state and role,
-        so that a page of a thousand machines is not a thousand computations."""
-        key = (kind, state, role)
-        found = self._state_docs.get(key)
-        if found is None:
-            machine = self.machines[kind]
-            found = self._state_docs[key] = (
-                machine.is_failed(state), tuple(machine.allowed_events(state, role)),
-                {event: tuple(machine.firers(state, event))
-                 for event in machine.allowed_events(state)})
-        return found
+        """See :meth:`corral.engine.reads.Reads.describe`."""
+        return self.reads.describe(row, role)
 
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None
     ) -> list[HistoryEntry]:
-        """The newest ``limit`` entries, newest first, older than ``before_id``.
-
-        Payloads and reasons come back readable whatever was stored (see
-        :func:`corral.payload.readable`): one bad row never fails a page.
-        """
-        row = self.get(kind, name)
-        with self.store.unit() as tx:
-            entries = tx.list_history(row.id, limit=limit, before_id=before_id)
-        return [replace(e, payload=readable(e.payload), reason=readable_text(e.reason))
-                for e in entries]
+        """See :meth:`corral.engine.reads.Reads.history`."""
+        return self.reads.history(kind, name, limit=limit, before_id=before_id)
 

@@ -13,7 +13,6 @@ it is installed), at ``READ COMMITTED``, in strict SQL mode, in UTC.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from corral.errors import ConfigError
-from corral.payload import UNREADABLE
+from corral.store.driver import MYSQL_SESSION, loads_json, normalize_url
 
 # PostgreSQL connections older than this are replaced before their next use.
 RECYCLE_SECONDS = 3600
-
-
-# The session every MariaDB/MySQL connection starts with: a value that does
-# not fit a column is an error (never silently cut), and timestamps are UTC.
-MYSQL_SESSION = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,"
-                 "NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO', time_zone = '+00:00'")
-
-
-def normalize_url(url: str) -> str:
-    """Accept ``postgresql://`` and ``postgres://`` as psycopg 3 URLs, and
-    ``mysql://`` and ``mariadb://`` as PyMySQL ones."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    for prefix in ("mysql://", "mariadb://"):
-        if url.startswith(prefix):
-            return prefix[:-3] + "+pymysql://" + url[len(prefix):]
-    return url
 
 
 def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -91,22 +72,6 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
     raise ConfigError(f"unsupported database {backend!r}; use sqlite, postgresql or mysql "
                       "(MariaDB)")
-
-
-def loads_json(data: bytes | str) -> Any:
-    """``json.loads``, with the empty object most counters and vars hold read for
-    free (the sweep reads one per due row).
-
-    A stored document too deep for the decoder (written before the payload
-    check bounded depth) reads as :data:`corral.payload.UNREADABLE` instead of
-    failing every read of its page.
-    """
-    if data == b"{}" or data == "{}":
-        return {}
-    try:
-        return json.loads(data)
-    except RecursionError:
-        return UNREADABLE
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

@@ -26,8 +26,9 @@ from typing import Any
 import psycopg
 from sqlalchemy import text
 
-from corral.store.db import RECYCLE_SECONDS, loads_json
-from corral.store.sql import DriverErrors, SqlStore, SqlTx, translated, translated_async
+from corral.store.db import RECYCLE_SECONDS
+from corral.store.driver import DriverErrors, loads_json
+from corral.store.sql import SqlStore, SqlTx, translated, translated_async
 from corral.store.values import MachineState, StateChange, VarsChange
 
 PSYCOPG_ERRORS = DriverErrors(

@@ -91,7 +91,7 @@ class JSONText(TypeDecorator[Any]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        from corral.store.db import loads_json
+        from corral.store.driver import loads_json
 
         return loads_json(value)
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy import exc as sa_exc
 
-from corral.errors import DuplicateKey, SchemaNotCurrent, SchemaProblem, Unavailable
+from corral.errors import Unavailable
 from corral.store import queries as q
-from corral.store.revision import SCHEMA_REVISION
+from corral.store.driver import NO_DRIVER, DriverErrors, classify, first_line, require_revision
 from corral.store.values import (
     Assignment,
     HistoryEntry,
@@ -31,38 +30,20 @@ from corral.store.values import (
     VarsChange,
 )
 
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
-
-
-@dataclass(frozen=True)
-class DriverErrors:
-    """A driver's own exception classes, for a backend that calls its driver
-    directly (SQLAlchemy wraps the others)."""
-
-    unavailable: tuple[type[BaseException], ...] = ()
-    duplicate: tuple[type[BaseException], ...] = ()
-    schema: tuple[type[BaseException], ...] = ()
-
-
-NO_DRIVER = DriverErrors()
+# SQLAlchemy's wrappers of every driver's exceptions.
+SQLALCHEMY_ERRORS = DriverErrors(
+    unavailable=(sa_exc.OperationalError, sa_exc.InterfaceError),
+    duplicate=(sa_exc.IntegrityError,),
+    schema=(sa_exc.ProgrammingError,),
+)
 
 
 def translate(exc: BaseException, driver: DriverErrors = NO_DRIVER) -> BaseException | None:
     """Corral's error for a database exception (None: not one)."""
-    if isinstance(exc, (sa_exc.IntegrityError, *driver.duplicate)):
-        return DuplicateKey(f"a row with the same key exists: {_first_line(exc)}")
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, *driver.unavailable)):
-        return Unavailable(f"database unavailable: {_first_line(exc)}")
-    if isinstance(exc, (sa_exc.ProgrammingError, *driver.schema)):
-        return SchemaProblem(f"database schema problem ({_first_line(exc)}); run "
-                             "`corral db upgrade`")
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return Unavailable(f"database unavailable: {_first_line(exc)}")
-    return None
+    mine = classify(exc, SQLALCHEMY_ERRORS + driver)
+    if mine is None and isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return Unavailable(f"database unavailable: {first_line(exc)}")
+    return mine
 
 
 @contextmanager
@@ -321,10 +302,7 @@ class SqlStore:
             current = None
             if inspect(conn).has_table("alembic_version"):
                 current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        if current != SCHEMA_REVISION:
-            raise SchemaNotCurrent(
-                f"database schema is at revision {current or 'none'}, this Corral needs "
-                f"{SCHEMA_REVISION}; run `corral db upgrade`")
+        require_revision(current)
 
     def dispose(self) -> None:
         self.sa.dispose()
