@@ -72,7 +72,7 @@ def test_the_cli_prints_a_fleet_page_by_page_locally_and_remotely(engine, migrat
                                                                   monkeypatch):
     fleet(engine)
     monkeypatch.setattr(clients, "PAGE", 7)
-    local = clients.LocalBoards(engine, "board", "t")
+    local = clients.LocalBoards(engine.reads, lambda: engine, "board", "t")
     pages = list(local.find(None, False))
     assert [len(p) for p in pages] == [7, 7, 7, 4]
     assert [d["name"] for p in pages for d in p] == NAMES

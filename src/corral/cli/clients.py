@@ -12,7 +12,7 @@ commands, httpx for remote ones), so that a command starts quickly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +28,7 @@ from corral.store.values import HistoryEntry
 
 if TYPE_CHECKING:
     from corral.engine.core import Engine, FireResult
+    from corral.engine.reads import Reads
 
 # Machines per page when a list is read (and printed) page by page.
 PAGE = 1000
@@ -52,29 +53,39 @@ def _transition(result: FireResult) -> dict[str, Any]:
 
 
 class LocalBoards:
-    """The database itself: whoever holds its credentials has the admin role."""
+    """The database itself: whoever holds its credentials has the admin role.
 
-    def __init__(self, engine: Engine, kind: str, actor: str) -> None:
-        self.engine, self.kind, self.actor = engine, kind, actor
-        engine.machine(kind)
+    Reads go through ``reads`` (on the bare driver where the database URL
+    allows, see :mod:`corral.store.reader`); the engine is built only for a
+    command that changes something.
+    """
+
+    def __init__(self, reads: Reads, engine: Callable[[], Engine], kind: str,
+                 actor: str) -> None:
+        self.reads, self._engine, self.kind, self.actor = reads, engine, kind, actor
+        reads.machines[kind]
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine()
 
     def find(self, states: list[str] | None, failed: bool) -> Iterator[list[dict[str, Any]]]:
         after = None
         while True:
-            rows = self.engine.list_machines(self.kind, states=states, failed=failed,
-                                             after=after, limit=PAGE)
+            rows = self.reads.list_machines(self.kind, states=states, failed=failed,
+                                            after=after, limit=PAGE)
             if rows:
-                yield [self.engine.describe(r) for r in rows]
+                yield [self.reads.describe(r) for r in rows]
             if len(rows) < PAGE:
                 return
             after = rows[-1].name
 
     def show(self, name: str) -> dict[str, Any]:
-        return self.engine.describe(self.engine.get(self.kind, name))
+        return self.reads.describe(self.reads.get(self.kind, name))
 
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
-        entries: list[HistoryEntry] = self.engine.history(self.kind, name, limit=limit,
-                                                          before_id=before)
+        entries: list[HistoryEntry] = self.reads.history(self.kind, name, limit=limit,
+                                                         before_id=before)
         return [{k: getattr(e, k) for k in HISTORY_FIELDS} for e in entries]
 
     def fire(self, name: str, event: str, payload: Any, reason: str | None) -> dict[str, Any]:
@@ -170,7 +181,7 @@ class LocalPools(LocalBoards):
     """Pool commands against the database (fleets, assignments, overrides)."""
 
     def __init__(self, engine: Engine, actor: str, default_ttl: int) -> None:
-        super().__init__(engine, "pool", actor)
+        super().__init__(engine.reads, lambda: engine, "pool", actor)
         from corral.pools import PoolService
 
         self.service = PoolService(engine, default_ttl=default_ttl)
@@ -232,7 +243,7 @@ class LocalJobs(LocalBoards):
     """Job commands against the database."""
 
     def __init__(self, engine: Engine, actor: str, default_ttl: int) -> None:
-        super().__init__(engine, "job", actor)
+        super().__init__(engine.reads, lambda: engine, "job", actor)
         from corral.jobs.service import JobService
 
         self.service = JobService(engine, default_ttl=default_ttl)

@@ -71,7 +71,7 @@ class CliContext:
         """The database's machines, or a server's when --url / CORRAL_URL is given."""
         if self.url:
             return RemoteBoards(self.url, os.environ.get("CORRAL_TOKEN"), kind)
-        return LocalBoards(self.engine(), kind, _actor())
+        return LocalBoards(self.reads(), self.engine, kind, _actor())
 
     def jobs(self) -> LocalJobs | RemoteJobs:
         if self.url:
@@ -93,6 +93,23 @@ class CliContext:
         from corral.app import build_engine
 
         return build_engine(self.settings)
+
+    def reads(self):  # type: ignore[no-untyped-def]
+        """Reads for a command that only looks: on the bare driver where the
+        database URL allows (several times faster to start than building the
+        engine), else through the engine's store."""
+        from corral.store import open_reader
+
+        reader = open_reader(self.settings.database_url)
+        if reader is None:
+            return self.engine().reads
+        from corral.engine.reads import Reads
+        from corral.machines import MachineSet, load_definitions
+
+        click.get_current_context().call_on_close(reader.close)
+        reader.require_current()
+        return Reads(MachineSet(load_definitions(Path(self.settings.statemachines_dir))),
+                     reader.session)
 
 
 class CorralGroup(click.Group):

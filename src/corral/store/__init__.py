@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.store.port import Store
+    from corral.store.reader import Reader
 
 from corral.store.revision import SCHEMA_REVISION
 
-__all__ = ["DEFAULT_DATABASE_URL", "SCHEMA_REVISION", "head_revision", "open_store"]
+__all__ = ["DEFAULT_DATABASE_URL", "SCHEMA_REVISION", "head_revision", "open_reader",
+           "open_store"]
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/corral.db"
 
@@ -39,6 +41,14 @@ def open_store(url: str, *, pool_size: int = 10) -> Store:
     from corral.store.sql import SqlStore
 
     return SqlStore(sa)
+
+
+def open_reader(url: str) -> Reader | None:
+    """The bare-driver reader for commands that only look, or None where the
+    store should read (see :mod:`corral.store.reader`)."""
+    from corral.store.reader import open_reader as reader
+
+    return reader(url)
 
 
 def head_revision() -> str | None:
