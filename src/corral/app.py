@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
+from corral.errors import ConfigError
 from corral.jobs.service import reserve_job_events
 from corral.machines import DefinitionError, MachineSet, load_definitions
 from corral.machines.loader import Problem
@@ -62,14 +63,15 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
     from corral.pools.operations import MoOperations
 
     mo = mo_client(settings)
-    handlers = _board_handlers(settings, simulate) | MoOperations(mo).handlers()
+    handlers = _board_handlers(settings, simulate, engine) | MoOperations(mo).handlers()
     if engine is not None and "job" in engine.machines:
         service = JobService(engine, default_ttl=settings.mo_override_ttl)
         handlers |= JobOperations(service, mo).handlers()
     return handlers
 
 
-def _board_handlers(settings: Settings, simulate: bool | None) -> dict[str, Handler]:
+def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | None
+                    ) -> dict[str, Handler]:
     from corral.operations.base import board_handlers
     from corral.operations.command import CommandBackend
     from corral.operations.simulated import SimulatedLab, SimulatedRates
@@ -82,23 +84,42 @@ def _board_handlers(settings: Settings, simulate: bool | None) -> dict[str, Hand
             seconds=settings.sim_operation_seconds,
             dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
         ))
-        return board_handlers(lab, lab, _pxe(settings) or lab)
+        return board_handlers(lab, lab, _pxe(settings, engine) or lab)
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
         "ping": settings.command_ping,
         "poll": settings.command_poll,
         "write_pxe_config": settings.command_write_pxe_config,
+        "boot_local": settings.command_boot_local,
     }, timeout=settings.command_timeout)
-    return board_handlers(commands, commands, _pxe(settings) or commands)
+    return board_handlers(commands, commands, _pxe(settings, engine) or commands)
 
 
-def _pxe(settings: Settings) -> BootResourcePxe | None:
-    """PXE configurations from the published boot resources, when pxe_root is set."""
-    if not settings.pxe_root:
+def _pxe(settings: Settings, engine: Engine | None) -> BootResourcePxe | None:
+    """Netboot configurations from the published boot resources, when
+    pxe_root is set (and an engine is given: without one, only the operation
+    kinds are wanted, and the fallback backend has the same).
+
+    Raises:
+        ConfigError: pxe_root is set but cannot be written, or boards would
+            not know where to report (no boot_callback_url).
+    """
+    if not settings.pxe_root or engine is None:
         return None
+    from corral.bootres.netboot import NEEDS
     from corral.bootres.pxe import BootResourcePxe
+    from corral.machines.needs import check_needs
+    from corral.tokens import TokenStore
 
-    return BootResourcePxe(Path(settings.bootres_storage), Path(settings.pxe_root))
+    check_needs(engine.machines, [NEEDS])
+
+    if not settings.boot_callback_url:
+        raise ConfigError("pxe_root is set, so boot_callback_url must be too: the address "
+                          "boards use to reach Corral, e.g. CORRAL_BOOT_CALLBACK_URL="
+                          "http://10.0.0.1:8080")
+    return BootResourcePxe(Path(settings.bootres_storage), Path(settings.pxe_root),
+                           callback_url=settings.boot_callback_url,
+                           tokens=TokenStore(engine.store, cache_seconds=0))
 
 
 def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:

@@ -76,6 +76,11 @@ class Settings:
     # configuration of a reimaged board is written from them.
     bootres_storage: str = "./var/boot-resources"
     pxe_root: str = ""
+    # The address boards use to reach Corral's HTTP server (callbacks, iPXE
+    # scripts, boot objects), e.g. http://10.0.0.1:8080; needed with pxe_root.
+    boot_callback_url: str = ""
+    # Switching a board to local boot when no backend can (command backend).
+    command_boot_local: str = ""
     # Jobs: how often the scheduler gives free pools to queued jobs (seconds).
     job_dispatch_interval: float = 1.0
     # Maintenance Orchestrator (gRPC)

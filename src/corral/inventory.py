@@ -5,6 +5,7 @@ boards:
   - name: panda-0001
     arch: armhf
     subarch: omap4
+    release: trusty          # what a reimage installs unless it names another
     mac: "00:11:22:33:44:01"
     hostname: panda-0001.lab
     power: {relay: relay-3, port: 4}
@@ -24,8 +25,8 @@ from typing import Any
 from corral.machines.loader import DefinitionError, Problem
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
-BOARD_KEYS = ("name", "arch", "subarch", "mac", "hostname", "power", "poll", "commands",
-              "labels")
+BOARD_KEYS = ("name", "arch", "subarch", "release", "mac", "hostname", "power", "poll",
+              "commands", "labels")
 BOARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
@@ -78,7 +79,7 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
             continue
         if name in result:
             error(board.line_of("name"), f"board {name!r} is listed twice")
-        for key in ("arch", "subarch", "hostname"):
+        for key in ("arch", "subarch", "release", "hostname"):
             if key in board and not isinstance(board[key], str):
                 error(board.line_of(key), f"{key} must be a string, not {board[key]!r}")
         if "mac" in board and not (isinstance(board["mac"], str)

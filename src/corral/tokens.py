@@ -28,7 +28,12 @@ from corral.store.values import TokenRow
 
 ROLES = ("viewer", "operator", "admin")
 BOARD_ROLE = "board"
-RANK = {BOARD_ROLE: 0, "viewer": 1, "operator": 2, "admin": 3}
+# A reimage token: minted when a board's PXE configuration is written, carried
+# on its kernel command line, good for that board's second-stage events only
+# while it is on the reimage path (see docs/lab.md, "The reimage token").
+REIMAGE_ROLE = "reimage"
+RANK = {BOARD_ROLE: 0, REIMAGE_ROLE: 0, "viewer": 1, "operator": 2, "admin": 3}
+RESERVED_PREFIXES = ("board:", "reimage:")
 PREFIX = "corral"
 _TOKEN_ID = re.compile(r"[0-9]{1,19}")
 MAX_TOKEN_ID = 2**63 - 1
@@ -93,9 +98,9 @@ class TokenStore:
         """
         if role not in ROLES:
             raise CorralError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if not name or name.startswith("board:") or len(name) > 200:
+        if not name or name.startswith(RESERVED_PREFIXES) or len(name) > 200:
             raise CorralError("a token name is 1-200 characters and may not start with "
-                              "'board:'")
+                              "'board:' or 'reimage:'")
         return self._save(name, role, None)
 
     def issue_for_board(self, board: str) -> str:
@@ -109,6 +114,26 @@ class TokenStore:
         if row is None:
             raise UnknownMachine("board", board)
         return self._save(f"board:{board}", BOARD_ROLE, row.id)
+
+    def issue_for_reimage(self, board: str) -> str:
+        """Mint (or rotate: the previous one stops working) the reimage token
+        of board ``board``.
+
+        Raises:
+            UnknownMachine: no such board.
+        """
+        with self.store.unit() as tx:
+            row = tx.get_machine("board", board)
+        if row is None:
+            raise UnknownMachine("board", board)
+        return self._save(f"reimage:{board}", REIMAGE_ROLE, row.id)
+
+    def revoke_reimage(self, board: str) -> bool:
+        """Revoke board ``board``'s reimage token; False if it had none."""
+        with self.store.unit() as tx:
+            revoked = tx.revoke_token(f"reimage:{board}", self.clock())
+        self._cache.clear()
+        return revoked
 
     def _save(self, name: str, role: str, machine_id: int | None) -> str:
         secret = secrets.token_urlsafe(32)

@@ -316,24 +316,34 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     run_import(cfg)
     lab = SimulatedLab(rates=SimulatedRates(power_cycle_failure=0, ping_failure=0,
                                             poll_failure=0))
-    pxe = BootResourcePxe(cfg.storage, tmp_path / "tftp")
+    from corral.tokens import TokenStore
+
+    tokens = TokenStore(engine.store, cache_seconds=0)
+    pxe = BootResourcePxe(cfg.storage, tmp_path / "tftp", callback_url="http://10.0.0.1:8080/",
+                          tokens=tokens)
     worker = OperationWorker(engine, board_handlers(lab, lab, pxe), owner="test")
-    engine.create("board", "panda-1", attrs={"arch": "armhf", "subarch": "midway"})
+    engine.create("board", "panda-1", attrs={"arch": "armhf", "subarch": "midway",
+                                             "mac": "52:54:00:AB:00:01"})
     engine.force_state("board", "panda-1", "ready", actor="test", reason="set-up")
     worker.run_pending()
     engine.fire("board", "panda-1", "reimage", source="operator", payload={"release": "trusty"})
     worker.run_pending()
     worker.run_pending()
     assert engine.get("board", "panda-1").state == "pxe_booting"
-    written = (tmp_path / "tftp" / "pxelinux.cfg" / "panda-1").read_text()
+    root = tmp_path / "tftp"
+    written = (root / "pxelinux.cfg" / "01-52-54-00-ab-00-01").read_text()
     kernel = (cfg.storage / "current" / "control" / "armhf" / "midway" / "trusty" /
               "boot-kernel").resolve()
-    assert f"  KERNEL {kernel}\n" in written
-    assert kernel.read_bytes() == b"kernel B midway"
+    assert f"  KERNEL objects/{kernel.name}\n" in written
+    assert (root / "objects" / kernel.name).read_bytes() == b"kernel B midway"
     assert "com.example:trusty:armhf:midway 20140101" in written
+    assert "  IPAPPEND 2\n" in written
+    token = written.split("corral.token=")[1].split()[0]
+    assert tokens.verify(token).role == "reimage"
     # The second stage installs and the board comes back ready.
     for event in ("second_stage_started", "install_ok"):
         engine.fire("board", "panda-1", event, **firing(event))
+    worker.run_pending()
     clock.advance(46)
     engine.sweep_timeouts()
     worker.run_pending()
@@ -341,8 +351,15 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     entry = next(e for e in engine.history("board", "panda-1", limit=50)
                  if e.event == "write_pxe_config_ok")
     assert entry.payload["product"] == "com.example:trusty:armhf:midway"
+    assert token not in json.dumps([e.payload for e in engine.history("board", "panda-1")])
+    # Rebooting switched every flavour to the local disk and revoked the token.
+    assert "LOCALBOOT 0" in (root / "pxelinux.cfg" / "01-52-54-00-ab-00-01").read_text()
+    assert (root / "grub" / "grub.cfg-01-52-54-00-ab-00-01").read_text().endswith("exit\n")
+    assert (root / "ipxe" / "01-52-54-00-ab-00-01.ipxe").read_text().endswith("exit\n")
+    assert tokens.verify(token) is None
     # A board whose triple nothing covers fails its PXE step, saying why.
-    engine.create("board", "odd-1", attrs={"arch": "s390x", "release": "trusty"})
+    engine.create("board", "odd-1", attrs={"arch": "s390x", "release": "trusty",
+                                           "mac": "52:54:00:ab:00:02"})
     engine.force_state("board", "odd-1", "pxe_configuring", actor="test", reason="test")
     worker.run_pending()
     failed = next(e for e in engine.history("board", "odd-1", limit=50)

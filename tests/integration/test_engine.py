@@ -170,7 +170,9 @@ def test_operations_drive_a_board_to_ready(engine, clock):
     worker = perfect_worker(engine)
     clock.advance(11)
     engine.sweep_timeouts()                      # new -> power_cycling (+ power_cycle op)
-    assert worker.run_pending() == 1             # power_cycle_ok -> rebooting
+    # power_cycle_ok -> rebooting, whose entry switches the board's netboot to
+    # its local disk (boot_local_ok keeps it there).
+    assert worker.run_pending() == 2
     assert engine.get("board", "b1").state == "rebooting"
     clock.advance(46)
     engine.sweep_timeouts()                      # rebooting -> pinging (+ ping op)
@@ -179,8 +181,9 @@ def test_operations_drive_a_board_to_ready(engine, clock):
     assert engine.get("board", "b1").state == "ready"
     events = [(e.event, e.source) for e in reversed(engine.history("board", "b1"))]
     assert events == [("create", "operator"), ("timeout", "timeout"),
-                      ("power_cycle_ok", "operation"), ("timeout", "timeout"),
-                      ("ping_ok", "operation"), ("poll_ok", "operation")]
+                      ("power_cycle_ok", "operation"), ("boot_local_ok", "operation"),
+                      ("timeout", "timeout"), ("ping_ok", "operation"),
+                      ("poll_ok", "operation")]
     assert {op.status for op in operations_of(engine, "b1")} == {"done"}
 
 
@@ -280,7 +283,8 @@ def test_operation_failed_is_not_retried(engine):
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
     worker.run_pending()
-    latest = engine.history("board", "b1", limit=1)[0]
+    latest = next(e for e in engine.history("board", "b1", limit=5)
+                  if not e.event.startswith("boot_local_"))
     assert (latest.event, latest.reason) == ("power_cycle_failed", "relay refused")
 
 

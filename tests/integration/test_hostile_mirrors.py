@@ -509,11 +509,23 @@ def test_an_interrupted_import_is_recorded_as_failed(lab, engine):
 # ---------------------------------------------------------------- the PXE step
 
 
+class FixedTokens:
+    """The token service's part the PXE step uses, without a database (the
+    real one is exercised by the reimage tests)."""
+
+    def issue_for_reimage(self, board: str) -> str:
+        return f"corral_1_reimage-{board}"
+
+    def revoke_reimage(self, board: str) -> bool:
+        return True
+
+
 def _pxe_context(name: str = "b1"):
     from corral.operations.base import OperationContext
 
     return OperationContext(operation_id=1, kind="write_pxe_config", machine_kind="board",
-                            name=name, attrs={"arch": "amd64", "subarch": "generic"},
+                            name=name, attrs={"arch": "amd64", "subarch": "generic",
+                                              "mac": "52:54:00:00:00:01"},
                             payload={}, attempt=1, vars={"release": "trusty"})
 
 
@@ -540,8 +552,8 @@ def _tamper_cmdline(storage: Path, value: str) -> None:
      r"source 'x\\nLABEL evil' holds a control character"),
     (lambda s: _tamper_cmdline(s, "quiet\nLABEL evil\n  KERNEL /evil"), "b1",
      r"boot-cmdline .* holds a control character"),
-    (lambda s: None, "b1\n", r"board name 'b1\\n' cannot name a PXE configuration file"),
-    (lambda s: None, "../b1", r"board name '\.\./b1' cannot name a PXE configuration file"),
+    (lambda s: None, "b1\n", r"board name 'b1\\n' cannot go on a kernel command line"),
+    (lambda s: None, "../b1", r"board name '\.\./b1' cannot go on a kernel command line"),
 ], ids=["product", "version", "source", "cmdline", "board-name-newline",
         "board-name-traversal"])
 def test_the_pxe_step_refuses_control_characters_in_a_stored_snapshot(lab, tamper, board,
@@ -554,11 +566,17 @@ def test_the_pxe_step_refuses_control_characters_in_a_stored_snapshot(lab, tampe
                                                ftype="boot-cmdline")})
     lab.mirror.write()
     run_import(lab.config())
-    pxe = BootResourcePxe(lab.storage, lab.root / "tftp")
-    written = Path(pxe.write(_pxe_context())["path"])
-    assert written.read_text().splitlines()[-1] == "  APPEND console=ttyS0 quiet"
-    written.unlink()
+    root = lab.root / "tftp"
+    pxe = BootResourcePxe(lab.storage, root, callback_url="http://10.0.0.1:8080",
+                          tokens=FixedTokens())
+    written = pxe.write(_pxe_context())["paths"]
+    text = (root / written["pxelinux"]).read_text()
+    assert "  APPEND console=ttyS0 quiet corral.url=http://10.0.0.1:8080 corral.board=b1" in text
+    for path in written.values():
+        (root / path).unlink()
     tamper(lab.storage)
     with pytest.raises(OperationFailed, match=expected):
         pxe.write(_pxe_context(board))
-    assert list((lab.root / "tftp" / "pxelinux.cfg").iterdir()) == []
+    assert list((root / "pxelinux.cfg").iterdir()) == []
+    assert list((root / "ipxe").iterdir()) == []
+    assert [p.name for p in (root / "grub").iterdir()] == ["grub.cfg"]

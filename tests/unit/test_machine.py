@@ -44,15 +44,25 @@ def test_ready_clears_counters(machines):
 def test_disallowed_event_names_the_allowed_ones(machines):
     with pytest.raises(EventNotAllowed) as info:
         machines["board"].compute("rebooting", {}, "install_ok", name="b1")
-    assert info.value.allowed == ["maintenance", "retire"]
-    assert "allowed events: maintenance, retire" in str(info.value)
+    assert info.value.allowed == ["boot_local_failed", "boot_local_ok", "maintenance",
+                                  "retire"]
+    assert "allowed events: boot_local_failed, boot_local_ok, maintenance, retire" in str(
+        info.value)
 
 
 def test_failed_states_accept_only_operator_exits(machines):
+    """Besides the result of switching the board to local boot, which keeps
+    it where it is."""
     board = machines["board"]
     for state in board.definition.failed_states:
-        assert board.allowed_events(state) == ("maintenance", "retire")
+        assert [e for e in board.allowed_events(state) if not e.startswith("boot_local_")
+                ] == ["maintenance", "retire"]
         assert board.definition.states[state].timeout is None
+        if "boot_local" not in board.definition.states[state].on_enter:
+            continue
+        for result in ("boot_local_ok", "boot_local_failed"):
+            outcome = board.compute(state, {}, result, name="b1", role="operation")
+            assert (outcome.to_state, outcome.entered) == (state, False)
 
 
 def test_diagram_mentions_every_state_and_trigger(machines):

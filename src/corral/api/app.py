@@ -18,13 +18,14 @@ annotations at run time, and they name dependencies defined in ``create_app``.
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 import anyio.to_thread
 import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -43,6 +44,7 @@ from corral.api.callbacks import (
     Front,
     corral_error_answer,
 )
+from corral.bootres.netboot import served_ipxe, served_object
 from corral.engine.core import Engine, FireResult
 from corral.errors import CorralError, SchemaNotCurrent
 from corral.jobs import versions
@@ -251,7 +253,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
-               threads: int = 64, default_ttl: int = 43200) -> Front:
+               threads: int = 64, default_ttl: int = 43200,
+               pxe_root: str | None = None) -> Front:
     """The ASGI application: board callbacks answered by :class:`Front`, the rest
     by FastAPI (``Front.app``). ``threads`` bounds the operator requests handled
     at once; ``default_ttl`` is an override's TTL when a request gives none."""
@@ -374,7 +377,9 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
               responses=ERRORS | {200: {"model": TransitionOut,
                                         "description": "The transition, committed."},
                                   413: {"model": ErrorOut, "description": "The payload is "
-                                        f"larger than {MAX_PAYLOAD} bytes."}},
+                                        f"larger than {MAX_PAYLOAD} bytes."},
+                                  415: {"model": ErrorOut, "description": "The payload is "
+                                        "not sent as application/json."}},
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
                   "anyOf": [{"type": "object", "additionalProperties": True},
                             {"type": "null"}],
@@ -439,7 +444,8 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         def show_machine(name: Name, who: Annotated[Principal, Depends(principal)]
                          ) -> MachineOut:
             # A board may read itself (its state tells it what to report next).
-            if not ((kind == "board" and who.board == name) or who.at_least("viewer")):
+            if not ((kind == "board" and who.role == "board" and who.board == name)
+                    or who.at_least("viewer")):
                 raise ApiError(403, "forbidden",
                                f"token {who.name!r} may not read {kind} {name!r}")
             return document(name, who.role)
@@ -502,6 +508,37 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                who: Annotated[Principal, Depends(role("admin"))]) -> TransitionOut:
         return transition_doc(engine.fire("board", name, "retire", source="operator",
                                           actor=who.name, reason=body.reason, role=who.role))
+
+    # -------------------------------------------------------------- netboot
+
+    # What firmware fetches over HTTP (iPXE, UEFI HTTP boot): no token, like
+    # TFTP; see docs/lab.md for what the provisioning network can read.
+    mac_pattern = "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"
+    not_configured = ApiError(404, "not_found", "netboot is not configured here (pxe_root)")
+
+    @app.get("/boot/ipxe/{mac}", tags=["netboot"], response_class=Response,
+             responses={404: {"model": ErrorOut, "description": "No script for this MAC."}},
+             summary="A board's iPXE script, by its MAC (aa:bb:cc:dd:ee:ff).")
+    def ipxe_script(mac: Annotated[str, Path(max_length=17, pattern=mac_pattern)]) -> Response:
+        if not pxe_root:
+            raise not_configured
+        script = served_ipxe(FsPath(pxe_root), mac)
+        if script is None:
+            raise ApiError(404, "not_found", f"no iPXE script for {mac}")
+        return Response(script, media_type="text/plain; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.get("/boot/objects/{sha256}", tags=["netboot"], response_class=FileResponse,
+             responses={404: {"model": ErrorOut, "description": "No such boot object."}},
+             summary="A kernel, initrd or image a board's configuration names.")
+    def boot_object(sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")]) -> FileResponse:
+        if not pxe_root:
+            raise not_configured
+        path = served_object(FsPath(pxe_root), sha256)
+        if path is None:
+            raise ApiError(404, "not_found", f"no boot object {sha256}")
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     # -------------------------------------------------------------- monitoring
 

@@ -26,8 +26,10 @@ from typing import Any
 
 import structlog
 
+from corral.bootres.netboot import REIMAGE_PATH
 from corral.engine.core import Engine, FireRequest
 from corral.errors import (
+    AuthError,
     Conflict,
     CorralError,
     Forbidden,
@@ -36,7 +38,7 @@ from corral.errors import (
     Unavailable,
 )
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
-from corral.tokens import Principal, TokenStore
+from corral.tokens import BOARD_ROLE, REIMAGE_ROLE, Principal, TokenStore
 
 log = structlog.get_logger("corral.api")
 
@@ -84,10 +86,12 @@ def corral_error_answer(exc: CorralError) -> Answer:
     """The status and document for an error the engine raised."""
     if isinstance(exc, Unavailable):
         return UNAVAILABLE
-    if isinstance(exc, NotFound):
-        status, error = 404, "not_found"
-    elif isinstance(exc, Forbidden):
+    if isinstance(exc, Forbidden):
         status, error = 403, "forbidden"
+    elif isinstance(exc, AuthError):
+        status, error = 401, "unauthorized"
+    elif isinstance(exc, NotFound):
+        status, error = 404, "not_found"
     elif isinstance(exc, InvalidRequest):
         status, error = 422, "invalid_request"
     elif isinstance(exc, Conflict):
@@ -131,8 +135,9 @@ def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any] | Non
         kind = content_type.partition(";")[0].strip().lower()
         if kind != "application/json" and not (kind.startswith("application/")
                                                 and kind.endswith("+json")):
-            raise invalid("body", f"the payload must be JSON (Content-Type "
-                                  f"application/json), not {kind or 'empty'!r}")
+            raise ApiError(415, "unsupported_media_type",
+                           f"send the payload as JSON with Content-Type: application/json "
+                           f"(this request says {kind[:100] or 'nothing'!r})")
     try:
         payload = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
@@ -207,10 +212,14 @@ class Callbacks:
             ApiError: the token may not fire events at this board.
             CorralError: the engine refused the event (see :func:`corral_error_answer`).
         """
-        if who.role == "board":
+        only_in = None
+        if who.role in (BOARD_ROLE, REIMAGE_ROLE):
             if who.board != name:
                 raise ApiError(403, "forbidden", f"this token belongs to board {who.board!r}")
             source = "callback"
+            if who.role == REIMAGE_ROLE:
+                # The second stage's events (by: board), while it is reimaged.
+                only_in = REIMAGE_PATH
         elif who.at_least("operator"):
             source = "operator"
         # The transition's `by` decides what this role may fire (the engine checks).
@@ -219,7 +228,7 @@ class Callbacks:
                            "events needs a board token or the operator role")
         result = await self.engine.fire_async(FireRequest(
             kind="board", name=name, event=event, source=source, payload=payload,
-            actor=who.name, role=who.role,
+            actor=who.name, role=BOARD_ROLE if only_in else who.role, only_in=only_in,
             idempotency=(who.name, idempotency_key) if idempotency_key else None))
         return {"kind": result.kind, "name": result.name, "event": result.event,
                 "from_state": result.from_state, "state": result.to_state,

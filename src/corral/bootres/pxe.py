@@ -1,43 +1,71 @@
-"""Writing a board's PXE configuration from the published boot resources.
+"""A board's netboot configuration from the published boot resources.
 
 The ``write_pxe_config`` operation of a reimage looks up the winner for the
-board's (arch, subarch, release) in the current snapshot and writes
-``<pxe_root>/pxelinux.cfg/<board>`` pointing at that winner's kernel and
-initrd (the content-addressed files themselves, so a later import cannot
-change a board's boot half-way). The release comes from the ``reimage``
-event (``{"release": "trusty"}``, kept in the board's vars) or the board's
-``release`` attribute.
+board's (arch, subarch, release) in the current snapshot, makes its files
+reachable under the boot root (``pxe_root/objects/<sha256>``: the
+content-addressed files themselves, so a later import cannot change a
+board's boot half-way), mints the board's reimage token and writes every
+configuration flavour for the board's MAC (see :mod:`corral.bootres.netboot`).
+The release comes from the ``reimage`` event (``{"release": "trusty"}``, kept
+in the board's vars) or the board's ``release`` attribute.
 
-Every value written into the file is refused if it holds a control character
-(a newline would add ``DEFAULT`` or ``LABEL`` lines of the mirror's choosing).
-Imports refuse such values already; this is the last line of defence, for a
-snapshot written before they did.
+``boot_local`` (on leaving the reimage path) writes configurations that boot
+the local disk and revokes the reimage token.
+
+Every value written into a configuration is refused if it holds a control
+character (a newline would add ``DEFAULT`` or ``LABEL`` lines of the
+mirror's choosing). Imports refuse such values already; this is the last
+line of defence, for a snapshot written before they did.
 """
 
 from __future__ import annotations
 
-import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from corral.bootres.netboot import BootFiles, BootRoot, kernel_cmdline, normal_mac
 from corral.bootres.store import Storage
 from corral.bootres.streams import MAX_CMDLINE, has_control_character, read_cmdline
 from corral.inventory import BOARD_NAME_RE
 from corral.operations.base import OperationContext, OperationFailed
 
 
-class BootResourcePxe:
-    """A ``PxeWriter`` backed by the boot resource store."""
+class ReimageTokens(Protocol):
+    def issue_for_reimage(self, board: str) -> str: ...
+    def revoke_reimage(self, board: str) -> bool: ...
 
-    def __init__(self, storage: Path, pxe_root: Path) -> None:
+
+class BootResourcePxe:
+    """A ``PxeWriter`` backed by the boot resource store.
+
+    ``callback_url`` is where boards reach Corral (``boot_callback_url``);
+    ``tokens`` mints and revokes reimage tokens.
+    """
+
+    def __init__(self, storage: Path, pxe_root: Path, *, callback_url: str,
+                 tokens: ReimageTokens) -> None:
         self.storage = Storage(storage)
-        self.pxe_root = pxe_root
+        self.root = BootRoot(pxe_root)
+        self.callback_url = callback_url.rstrip("/")
+        self.tokens = tokens
+
+    def _mac(self, ctx: OperationContext) -> str | None:
+        mac = ctx.attrs.get("mac")
+        found = normal_mac(mac)
+        if mac is not None and found is None:
+            raise OperationFailed(f"board {ctx.name}'s mac {mac!r} is not a MAC address")
+        return found
 
     def write(self, ctx: OperationContext) -> Mapping[str, Any]:
         if not BOARD_NAME_RE.fullmatch(ctx.name):
-            raise OperationFailed(f"board name {ctx.name!r} cannot name a PXE configuration "
-                                  "file (letters, digits, '.', '_' and '-')")
+            raise OperationFailed(f"board name {ctx.name!r} cannot go on a kernel command "
+                                  "line (letters, digits, '.', '_' and '-')")
+        mac = self._mac(ctx)
+        if mac is None:
+            raise OperationFailed(f"board {ctx.name} has no mac: firmware finds its boot "
+                                  "configuration by MAC address (add mac to the inventory)")
         arch = ctx.attrs.get("arch")
         subarch = ctx.attrs.get("subarch", "generic")
         release = ctx.vars.get("release") or ctx.attrs.get("release")
@@ -60,14 +88,15 @@ class BootResourcePxe:
             _check_one_line(key, winner[key])
         control = self.storage.current / "control" / arch / subarch / release
         objects = self.storage.objects.resolve()
-        files = {}
+        files: dict[str, Path] = {}
         for leaf in winner["items"]:
             path = (control / leaf).resolve()
-            if not path.is_relative_to(objects):
+            if not path.is_relative_to(objects) or not path.is_file():
                 raise OperationFailed(f"the current snapshot's {leaf!r} for "
                                       f"{arch}/{subarch}/{release} is not an object of "
                                       f"{self.storage.root}")
-            files[leaf] = _check_one_line(leaf, str(path))
+            _check_one_line(leaf, path.name)
+            files[leaf] = path
         if "boot-kernel" not in files or "boot-initrd" not in files:
             raise OperationFailed(f"the winner for {arch}/{subarch}/{release} "
                                   f"({winner['product']}) has no boot-kernel and boot-initrd")
@@ -81,25 +110,31 @@ class BootResourcePxe:
                                       "holds a control character or is not one line of "
                                       "text; refusing to write it into a PXE configuration")
             cmdline = found
-        text = "\n".join([
-            f"# Written by Corral for {ctx.name}: {winner['product']} {winner['version']} "
-            f"from {winner['source']}",
-            "DEFAULT corral",
-            "LABEL corral",
-            f"  KERNEL {files['boot-kernel']}",
-            f"  INITRD {files['boot-initrd']}",
-            *([f"  FDT {files['boot-dtb']}"] if "boot-dtb" in files else []),
-            *([f"  APPEND {cmdline}"] if cmdline else []),
-            "",
-        ])
-        directory = self.pxe_root / "pxelinux.cfg"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / ctx.name
-        partial = directory / f".{ctx.name}.tmp"
-        partial.write_text(text)
-        os.replace(partial, path)
-        return {"path": str(path), "product": winner["product"], "version": winner["version"],
-                "kernel": files["boot-kernel"], "release": release}
+        served = {leaf: self.root.publish_object(path, path.name)
+                  for leaf, path in files.items()
+                  if leaf in ("boot-kernel", "boot-initrd", "boot-dtb", "root-image")}
+        boot = secrets.token_hex(8)
+        token = self.tokens.issue_for_reimage(ctx.name)
+        image = (f"{self.callback_url}/boot/{served['root-image']}"
+                 if "root-image" in served else None)
+        boot_files = BootFiles(
+            kernel=served["boot-kernel"], initrd=served["boot-initrd"],
+            dtb=served.get("boot-dtb"),
+            cmdline=kernel_cmdline(cmdline, url=self.callback_url, board=ctx.name, boot=boot,
+                                   token=token, image=image),
+            title=f"{ctx.name}: {winner['product']} {winner['version']} from "
+                  f"{winner['source']}")
+        written = self.root.write(mac, boot_files)
+        # Never the token: this result is the event's payload, kept in the history.
+        return {"paths": written, "product": winner["product"], "version": winner["version"],
+                "kernel": served["boot-kernel"], "release": release, "boot": boot}
+
+    def boot_local(self, ctx: OperationContext) -> Mapping[str, Any]:
+        revoked = self.tokens.revoke_reimage(ctx.name)
+        mac = self._mac(ctx)
+        if mac is None:
+            return {"paths": {}, "reimage_token_revoked": revoked}
+        return {"paths": self.root.write(mac, None), "reimage_token_revoked": revoked}
 
 
 def _check_one_line(what: str, value: object) -> str:

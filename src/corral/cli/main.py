@@ -376,6 +376,7 @@ def machines() -> None:
 def machines_check(obj: CliContext) -> None:
     """Validate every definition in the statemachines directory."""
     from corral.app import build_handlers, check_operations, load_machines
+    from corral.bootres.netboot import NEEDS as NETBOOT_NEEDS
     from corral.jobs.service import NEEDS as JOB_NEEDS
     from corral.jobs.service import JobOperations
     from corral.machines.needs import check_needs
@@ -383,7 +384,7 @@ def machines_check(obj: CliContext) -> None:
 
     loaded = load_machines(obj.settings)
     check_operations(loaded, set(build_handlers(obj.settings)) | set(JobOperations.KINDS))
-    check_needs(loaded, [POOL_NEEDS, *JOB_NEEDS])
+    check_needs(loaded, [POOL_NEEDS, *JOB_NEEDS, NETBOOT_NEEDS])
     for m in loaded:
         click.echo(f"{m.definition.path}: {m.kind}: {len(m.definition.states)} states, "
                    f"{len(m.definition.transitions)} transitions: ok")

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from corral.errors import CorralError, EventNotAllowed, Forbidden, InvalidRequest, UnknownMachine
+from corral.errors import (
+    AuthError,
+    CorralError,
+    EventNotAllowed,
+    Forbidden,
+    InvalidRequest,
+    UnknownMachine,
+)
 
 Clock = Callable[[], datetime]
 FORCE_EVENT = "force_state"
@@ -80,6 +87,10 @@ class FireRequest:
     idempotency: tuple[str, str] | None = None
     # Who fires it (a transition's ``by``); None: the role of ``source``.
     role: str | None = None
+    # Refuse it (AuthError, nothing changes) unless the machine is in one of
+    # these states when locked: a reimage token's validity (replays of its
+    # idempotency keys are still answered).
+    only_in: frozenset[str] | None = None
 
     @property
     def firer(self) -> str:
@@ -107,6 +118,8 @@ def outcome_document(outcome: FireResult | CorralError, request: FireRequest
         return used_for | {"error": "invalid_request", "message": str(outcome)}
     if isinstance(outcome, Forbidden):
         return used_for | {"error": "forbidden", "message": str(outcome), "role": outcome.role}
+    if isinstance(outcome, AuthError):
+        return used_for | {"error": "unauthorized", "message": str(outcome)}
     return used_for | {"error": "refused", "message": str(outcome)}
 
 
@@ -137,6 +150,8 @@ def replay_outcome(document: Mapping[str, Any]) -> FireResult | CorralError:
     error = document["error"]
     if error == "forbidden":
         return Forbidden(document["message"], role=document.get("role", ""))
+    if error == "unauthorized":
+        return AuthError(document["message"])
     if error == "event_not_allowed":
         return EventNotAllowed(document["kind"], document["name"], document["state"],
                                document["event"], list(document["allowed"]))

@@ -25,7 +25,14 @@ from corral.engine.events import (
     outcome_document,
     replay_outcome,
 )
-from corral.errors import CorralError, EventNotAllowed, InvalidRequest, NotFound, UnknownMachine
+from corral.errors import (
+    AuthError,
+    CorralError,
+    EventNotAllowed,
+    InvalidRequest,
+    NotFound,
+    UnknownMachine,
+)
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome
 from corral.store.values import MachineState, StateChange, VarsChange
 
@@ -247,6 +254,10 @@ def plan_batch(
             row = rows.get(key)
             if row is None:
                 raise UnknownMachine(request.kind, request.name)
+            if request.only_in is not None and row.state not in request.only_in:
+                raise AuthError(f"this token is valid only while {request.kind} "
+                                f"{request.name} is in {', '.join(sorted(request.only_in))}; "
+                                f"it is {row.state}")
             write = plan_event(machines, row, request.event, now=now, source=request.source,
                                role=request.firer, payload=request.payload,
                                actor=request.actor, reason=request.reason,

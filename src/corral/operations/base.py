@@ -1,6 +1,7 @@
 """The contract between the outbox and the things that touch hardware.
 
-An operation kind (``power_cycle``, ``ping``, ``poll``, ``write_pxe_config``)
+An operation kind (``power_cycle``, ``ping``, ``poll``, ``write_pxe_config``,
+``boot_local``)
 is run by a handler: a callable taking an :class:`OperationContext` and
 returning a detail mapping on success. It raises :class:`OperationFailed` when
 the operation ran and definitely failed (reported as ``<kind>_failed``); any
@@ -63,6 +64,8 @@ class Poller(Protocol):
 class PxeWriter(Protocol):
     def write(self, ctx: OperationContext) -> Mapping[str, Any] | None: ...
 
+    def boot_local(self, ctx: OperationContext) -> Mapping[str, Any] | None: ...
+
 
 def board_handlers(power: PowerDriver, poller: Poller, pxe: PxeWriter) -> dict[str, Handler]:
     """The operation kinds the board machine uses, bound to backends."""
@@ -71,4 +74,5 @@ def board_handlers(power: PowerDriver, poller: Poller, pxe: PxeWriter) -> dict[s
         "ping": poller.ping,
         "poll": poller.poll,
         "write_pxe_config": pxe.write,
+        "boot_local": pxe.boot_local,
     }

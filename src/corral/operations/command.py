@@ -107,3 +107,10 @@ class CommandBackend:
 
     def write(self, ctx: OperationContext) -> Mapping[str, Any]:
         return self._run(ctx)
+
+    def boot_local(self, ctx: OperationContext) -> Mapping[str, Any]:
+        """Only where the lab gives a command: a lab that writes its PXE
+        configurations by command may not need one."""
+        if not ((ctx.attrs.get("commands") or {}).get(ctx.kind) or self.defaults.get(ctx.kind)):
+            return {"skipped": "no boot_local command (command_boot_local)"}
+        return self._run(ctx)

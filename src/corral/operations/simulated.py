@@ -58,6 +58,9 @@ class SimulatedLab:
         self._roll(ctx, self.rates.poll_failure)
         return {"simulated": True}
 
+    def boot_local(self, ctx: OperationContext) -> Mapping[str, Any]:
+        return {"simulated": True}
+
     def write(self, ctx: OperationContext) -> Mapping[str, Any]:
         self._roll(ctx, self.rates.pxe_failure)
         return {"simulated": True, "release": (ctx.payload.get("event_payload") or {}).get(

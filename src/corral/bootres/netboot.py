@@ -1,0 +1,259 @@
+"""What a netbooting board fetches: its boot configuration in every flavour
+firmware looks for, under one boot root.
+
+``pxe_root`` is the directory the lab's TFTP server exports (and Corral's
+HTTP server serves under ``/boot/``). Corral writes there, for a board with
+MAC ``52:54:00:12:34:56``::
+
+    pxelinux.cfg/01-52-54-00-12-34-56    pxelinux (BIOS) and syslinux.efi (UEFI)
+    grub/grub.cfg-01-52-54-00-12-34-56   GRUB (found by grub/grub.cfg, shipped)
+    ipxe/01-52-54-00-12-34-56.ipxe       iPXE (also GET /boot/ipxe/52:54:00:12:34:56)
+    objects/<sha256>                     the kernels and initrds those name
+
+Every path written into a configuration is relative to the boot root, so a
+TFTP server that exports only that directory (tftpd-hpa ``--secure``,
+dnsmasq ``tftp-root``) serves it. Each file is replaced atomically (written
+beside, then renamed), so firmware reads the old configuration or the new
+one, never half of either.
+
+During a reimage the configurations boot the winner's kernel and initrd with
+a command line that tells the second stage who it is
+(:func:`kernel_cmdline`). Otherwise they boot the local disk (pxelinux
+``LOCALBOOT 0``, GRUB ``exit``, iPXE ``exit``), so a reboot starts the
+installed system.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import ConfigError
+from corral.machines.needs import Needs
+
+# The board states between writing the PXE configuration and the installed
+# system's reboot: the reimage token is good only while a board is in one.
+REIMAGE_PATH = frozenset({"pxe_configuring", "pxe_power_cycling", "pxe_booting",
+                          "installing"})
+# The events a second stage reports (by: board in the board machine).
+SECOND_STAGE_EVENTS = ("second_stage_started", "install_ok", "install_failed",
+                       "maintenance_requested")
+NEEDS = Needs(service="netboot", kind="board", states=tuple(sorted(REIMAGE_PATH)),
+              events=SECOND_STAGE_EVENTS)
+
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+# The shipped top-level GRUB configuration: GRUB reads it from its prefix
+# (grub/ under the boot root) and loads the board's own by its MAC.
+GRUB_TOP = """\
+# Written by Corral: load this board's configuration, found by its MAC.
+# (GRUB names the MAC with colons; the per-board file uses dashes, like pxelinux.)
+set timeout=0
+regexp --set=1:m1 --set=2:m2 --set=3:m3 --set=4:m4 --set=5:m5 --set=6:m6 \\
+    '^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$' \\
+    "$net_default_mac"
+if [ -s "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6" ]; then
+    configfile "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6"
+fi
+echo "Corral has no configuration for $net_default_mac; booting the local disk"
+exit
+"""
+
+
+def normal_mac(mac: object) -> str | None:
+    """``mac`` lowercase with colons, or None when it is not a MAC address."""
+    if not isinstance(mac, str):
+        return None
+    value = mac.strip().lower().replace("-", ":")
+    return value if MAC_RE.fullmatch(value) else None
+
+
+def mac_file(mac: str) -> str:
+    """The name pxelinux (and GRUB, iPXE here) look for: ``01-`` (Ethernet)
+    and the MAC, lowercase, dash-separated."""
+    return "01-" + mac.replace(":", "-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BootFiles:
+    """A reimage's boot: paths relative to the boot root, and the command line."""
+
+    kernel: str
+    initrd: str
+    dtb: str | None = None
+    cmdline: str = ""
+    title: str = ""
+
+
+def kernel_cmdline(base: str, *, url: str, board: str, boot: str, token: str,
+                   image: str | None = None) -> str:
+    """The winner's ``boot-cmdline`` and what the second stage needs to
+    report: where Corral is, which board it is, this reimage's id (its
+    callbacks' Idempotency-Keys start with it) and the reimage token."""
+    extra = [f"corral.url={url}", f"corral.board={board}", f"corral.boot={boot}",
+             f"corral.token={token}"]
+    if image:
+        extra.append(f"corral.image={image}")
+    return " ".join([p for p in (base.strip(),) if p] + extra)
+
+
+def pxelinux_config(files: BootFiles | None) -> str:
+    if files is None:
+        return ("# Written by Corral: no reimage in progress; boot the local disk.\n"
+                "DEFAULT local\nLABEL local\n  LOCALBOOT 0\n")
+    lines = [f"# Written by Corral: {files.title}", "DEFAULT corral", "LABEL corral",
+             f"  KERNEL {files.kernel}", f"  INITRD {files.initrd}"]
+    if files.dtb:
+        lines.append(f"  FDT {files.dtb}")
+    if files.cmdline:
+        lines.append(f"  APPEND {files.cmdline}")
+    # BOOTIF=01-<mac>: the second stage knows which interface booted.
+    lines.append("  IPAPPEND 2")
+    return "\n".join(lines) + "\n"
+
+
+# GRUB's local boot: chainload the disk's own UEFI loader (the removable-media
+# path every installer writes); failing that, hand back to the firmware,
+# which tries its next boot option.
+GRUB_LOCAL = """\
+# Written by Corral: no reimage in progress; boot the local disk.
+if search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI; then
+    chainloader /EFI/BOOT/BOOTX64.EFI
+    boot
+fi
+exit
+"""
+
+
+def grub_config(files: BootFiles | None) -> str:
+    if files is None:
+        return GRUB_LOCAL
+    lines = [f"# Written by Corral: {files.title}", "set timeout=0",
+             f"linux /{files.kernel} {files.cmdline}".rstrip(),
+             f"initrd /{files.initrd}"]
+    if files.dtb:
+        lines.append(f"devicetree /{files.dtb}")
+    lines.append("boot")
+    return "\n".join(lines) + "\n"
+
+
+def ipxe_script(files: BootFiles | None) -> str:
+    """The iPXE script; paths are relative to the script's own location
+    (``ipxe/`` over TFTP, ``/boot/ipxe/`` over HTTP), so both reach
+    ``objects/``."""
+    if files is None:
+        return ("#!ipxe\n# Written by Corral: no reimage in progress; boot the local disk.\n"
+                "exit\n")
+    lines = ["#!ipxe", f"# Written by Corral: {files.title}",
+             f"kernel ../{files.kernel} initrd={Path(files.initrd).name} {files.cmdline}"
+             .rstrip(),
+             f"initrd ../{files.initrd}"]
+    if files.dtb:
+        lines.append(f"# FDT {files.dtb} is not passed by iPXE")
+    lines.append("boot")
+    return "\n".join(lines) + "\n"
+
+
+def config_paths(root: Path, mac: str) -> dict[str, Path]:
+    """A board's configuration files under ``root``, by flavour."""
+    name = mac_file(mac)
+    return {"pxelinux": root / "pxelinux.cfg" / name,
+            "grub": root / "grub" / f"grub.cfg-{name}",
+            "ipxe": root / "ipxe" / f"{name}.ipxe"}
+
+
+def served_object(root: Path, sha256: str) -> Path | None:
+    """A published object (``GET /boot/objects/{sha256}``), or None."""
+    if not SHA256_RE.fullmatch(sha256):
+        return None
+    path = root / "objects" / sha256
+    return path if path.is_file() else None
+
+
+def served_ipxe(root: Path, mac: str) -> str | None:
+    """A board's iPXE script (``GET /boot/ipxe/{mac}``), or None."""
+    found = normal_mac(mac)
+    if found is None:
+        return None
+    try:
+        return config_paths(root, found)["ipxe"].read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+class BootRoot:
+    """The boot root (``pxe_root``) and what Corral writes under it.
+
+    Raises:
+        ConfigError: the directory cannot be created or written (checked when
+            built, so that ``corral serve`` stops at start-up instead of
+            failing every reimage).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            for sub in ("pxelinux.cfg", "grub", "ipxe", "objects"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            probe = root / "objects" / ".corral-write-check"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"pxe_root {str(root)!r} is not a directory Corral can write: "
+                              f"{exc.strerror or exc}") from None
+        # A lab's own grub/grub.cfg is left alone (it must load the per-MAC one).
+        top = root / "grub" / "grub.cfg"
+        current = top.read_text(errors="replace") if top.exists() else None
+        if current is None or (current != GRUB_TOP and current.startswith("# Written by Corral")):
+            _replace(top, GRUB_TOP)
+
+    def paths(self, mac: str) -> dict[str, Path]:
+        """The board's configuration files, by flavour."""
+        return config_paths(self.root, mac)
+
+    def publish_object(self, source: Path, sha256: str) -> str:
+        """Make ``source`` (a content-addressed object) reachable under the
+        root; returns its path relative to the root. A hard link where the
+        storage is on the same filesystem, else a copy (renamed into place)."""
+        if not SHA256_RE.fullmatch(sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        target = self.root / "objects" / sha256
+        if not target.exists():
+            partial = target.with_name(f".{sha256}.part")
+            partial.unlink(missing_ok=True)
+            try:
+                os.link(source, partial)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        return f"objects/{sha256}"
+
+    def write(self, mac: str, files: BootFiles | None) -> dict[str, str]:
+        """Write every flavour for ``mac``: the reimage's boot, or (None) the
+        local disk. iPXE's is written last: once it says ``exit``, so do the
+        others (the reference second stage waits for that before it reboots).
+        Returns the paths written, relative to the root."""
+        written = {}
+        paths = self.paths(mac)
+        for flavour, text in (("pxelinux", pxelinux_config(files)),
+                              ("grub", grub_config(files)), ("ipxe", ipxe_script(files))):
+            _replace(paths[flavour], text)
+            written[flavour] = str(paths[flavour].relative_to(self.root))
+        return written
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (readers see the old or the new file)."""
+    partial = path.with_name(f".{path.name}.tmp")
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)

@@ -1,0 +1,172 @@
+"""A reimage as firmware and a second stage see it, over a real HTTP server:
+per-MAC configurations, boot objects and iPXE scripts served under /boot/,
+the reimage token's limits, local boot afterwards, and a second reimage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from corral.api.app import create_app
+from corral.bootres.config import ImportConfig, Source
+from corral.bootres.importer import run_import
+from corral.bootres.pxe import BootResourcePxe
+from corral.engine.worker import OperationWorker
+from corral.operations.base import board_handlers
+from corral.operations.simulated import SimulatedLab, SimulatedRates
+from corral.tokens import TokenStore
+from tests.integration.mirrors import Mirror
+from tests.serving import serving
+
+MAC = "52:54:00:c0:ff:01"
+MAC_FILE = "01-52-54-00-c0-ff-01"
+
+
+def _snapshot(tmp_path: Path) -> Path:
+    mirror = Mirror(tmp_path / "mirror")
+    items = mirror.boot_items("p", "amd64")
+    items["boot-cmdline"] = mirror.item("p/cmdline", b"console=ttyS0\n", ftype="boot-cmdline")
+    items["root-image"] = mirror.item("p/disk.img", b"DISK" * 1000, ftype="root-image")
+    mirror.product("com.example:lab:amd64", arch="amd64", release="lab", subarches="generic",
+                   versions={"1": {"items": items}})
+    mirror.write()
+    storage = tmp_path / "storage"
+    run_import(ImportConfig(sources=(Source(url=mirror.url),), sorting=("sources_order",),
+                            storage=storage))
+    return storage
+
+
+def _args(cmdline: str) -> dict[str, str]:
+    return dict(word.split("=", 1) for word in cmdline.split() if "=" in word)
+
+
+@pytest.fixture
+def netboot(tmp_path, engine):
+    storage = _snapshot(tmp_path)
+    root = tmp_path / "tftp"
+    tokens = TokenStore(engine.store, cache_seconds=0)
+    lab = SimulatedLab(rates=SimulatedRates(power_cycle_failure=0, ping_failure=0,
+                                            poll_failure=0))
+    pxe = BootResourcePxe(storage, root, callback_url="http://corral.lab:8080",
+                          tokens=tokens)
+    worker = OperationWorker(engine, board_handlers(lab, lab, pxe), owner="test")
+    engine.create("board", "q1", attrs={"arch": "amd64", "mac": MAC.upper(),
+                                        "release": "lab"})
+    engine.create("board", "q2", attrs={"arch": "amd64", "mac": "52:54:00:c0:ff:02"})
+    for name in ("q1", "q2"):
+        engine.force_state("board", name, "ready", actor="t", reason="set-up")
+    worker.run_pending()
+    operator = tokens.issue("ops", "operator")
+    app = create_app(engine, tokens, CollectorRegistry(), pxe_root=str(root))
+    with serving(app) as (address, _):
+        with httpx.Client(base_url=f"http://{address[0]}:{address[1]}", timeout=30) as http:
+            yield engine, worker, root, http, operator
+
+
+def _reimage(engine, worker, http, operator) -> dict[str, str]:
+    reply = http.post("/api/v1/boards/q1/events/reimage",
+                      headers={"Authorization": f"Bearer {operator}"})
+    assert reply.status_code == 200, reply.text
+    worker.run_pending()
+    worker.run_pending()
+    assert engine.get("board", "q1").state == "pxe_booting"
+    script = http.get(f"/boot/ipxe/{MAC}")
+    assert script.status_code == 200
+    assert script.headers["cache-control"] == "no-store"
+    kernel_line = next(line for line in script.text.splitlines() if line.startswith("kernel "))
+    return _args(kernel_line)
+
+
+def _report(http, args, event, *, token=None, board="q1", content_type="application/json",
+            body=b"{}"):
+    return http.post(f"/api/v1/boards/{board}/events/{event}", content=body, headers={
+        "Authorization": f"Bearer {token or args['corral.token']}",
+        "Content-Type": content_type, "Idempotency-Key": f"{args['corral.boot']}-{event}"})
+
+
+def test_a_reimage_from_first_fetch_to_local_boot(netboot):
+    engine, worker, root, http, operator = netboot
+    args = _reimage(engine, worker, http, operator)
+    assert (args["corral.url"], args["corral.board"]) == ("http://corral.lab:8080", "q1")
+    assert args["console"] == "ttyS0"
+    # Every flavour boots the same objects, by paths relative to the root.
+    pxelinux = (root / "pxelinux.cfg" / MAC_FILE).read_text()
+    grub = (root / "grub" / f"grub.cfg-{MAC_FILE}").read_text()
+    kernel = next(line.split()[1] for line in pxelinux.splitlines()
+                  if line.strip().startswith("KERNEL"))
+    assert kernel.startswith("objects/")
+    assert f"linux /{kernel} console=ttyS0 corral.url=" in grub
+    assert "  IPAPPEND 2" in pxelinux
+    # The objects and the image are served over HTTP, as iPXE fetches them.
+    image = args["corral.image"].removeprefix("http://corral.lab:8080")
+    assert http.get(image).content == b"DISK" * 1000
+    assert http.get(f"/boot/{kernel}").content == b"kernel amd64"
+    assert http.get("/boot/objects/" + "0" * 64).status_code == 404
+    assert http.get("/boot/objects/../../etc/passwd").status_code == 404
+    assert http.get("/boot/objects/XYZ").status_code == 422
+    assert http.get("/boot/ipxe/52:54:00:00:00:99").status_code == 404
+    assert http.get("/boot/ipxe/not-a-mac").status_code == 422
+
+    # The token: only this board, only second-stage events, only JSON.
+    assert _report(http, args, "second_stage_started", board="q2").status_code == 403
+    assert _report(http, args, "reboot").status_code == 403
+    refused = _report(http, args, "second_stage_started", content_type="text/plain",
+                      body=b"started")
+    assert refused.status_code == 415
+    assert "send the payload as JSON with Content-Type: application/json" in refused.text
+    assert http.get("/api/v1/boards/q1", headers={
+        "Authorization": f"Bearer {args['corral.token']}"}).status_code == 403
+    assert _report(http, args, "second_stage_started").status_code == 200
+    done = _report(http, args, "install_ok", body=b'{"disk": "/dev/vda"}')
+    assert (done.status_code, done.json()["state"]) == (200, "rebooting")
+    # A repeat after a lost answer is replayed, though the board has moved on ...
+    again = _report(http, args, "install_ok", body=b'{"disk": "/dev/vda"}')
+    assert (again.status_code, again.json()["replayed"]) == (200, True)
+    # ... but nothing new is accepted off the reimage path.
+    late = _report(http, args, "maintenance_requested")
+    assert late.status_code == 401
+    assert "valid only while board q1 is in" in late.json()["message"]
+
+    worker.run_pending()  # rebooting: boot_local
+    assert "LOCALBOOT 0" in (root / "pxelinux.cfg" / MAC_FILE).read_text()
+    assert (root / "grub" / f"grub.cfg-{MAC_FILE}").read_text().endswith("exit\n")
+    assert http.get(f"/boot/ipxe/{MAC}").text.splitlines()[-1] == "exit"
+    assert _report(http, args, "maintenance_requested").json()["message"] == (
+        "the token is not valid")
+    history = engine.history("board", "q1", limit=50)
+    seen = [(e.event, e.actor) for e in reversed(history)]
+    assert ("second_stage_started", "reimage:q1") in seen
+    assert ("install_ok", "reimage:q1") in seen
+    assert args["corral.token"] not in json.dumps([e.payload for e in history])
+
+
+def test_a_second_reimage_gets_a_new_token_and_boot_id(netboot):
+    engine, worker, _root, http, operator = netboot
+    first = _reimage(engine, worker, http, operator)
+    for event in ("second_stage_started", "install_ok"):
+        assert _report(http, first, event).status_code == 200
+    worker.run_pending()
+    engine.force_state("board", "q1", "ready", actor="t", reason="installed")
+    worker.run_pending()
+    second = _reimage(engine, worker, http, operator)
+    assert second["corral.boot"] != first["corral.boot"]
+    assert second["corral.token"] != first["corral.token"]
+    assert _report(http, first, "second_stage_started").status_code == 401
+    started = _report(http, second, "second_stage_started")
+    assert (started.status_code, started.json()["replayed"]) == (200, False)
+    assert engine.get("board", "q1").state == "installing"
+
+
+def test_a_board_without_a_mac_fails_its_pxe_step_saying_why(netboot):
+    engine, worker, _root, _http, _operator = netboot
+    engine.create("board", "nomac", attrs={"arch": "amd64", "release": "lab"})
+    engine.force_state("board", "nomac", "pxe_configuring", actor="t", reason="t")
+    worker.run_pending()
+    failed = next(e for e in engine.history("board", "nomac", limit=10)
+                  if e.event == "write_pxe_config_failed")
+    assert failed.reason.startswith("board nomac has no mac: firmware finds its boot "
+                                    "configuration by MAC address")
