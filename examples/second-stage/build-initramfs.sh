@@ -1,19 +1,18 @@
 #!/bin/sh
 # Build the reference second stage into a gzip'd cpio initramfs:
 #
-#   build-initramfs.sh OUTPUT [KERNEL_VERSION] [MODULE ...]
+#   [KERNEL_VERSION=6.1.0-57-amd64] build-initramfs.sh OUTPUT [MODULE ...]
 #
 # Needs busybox-static (/bin/busybox, statically linked) and, for drivers the
 # kernel has as modules, /lib/modules/KERNEL_VERSION (default: the newest
-# there). MODULEs default to the lab's: e1000 (QEMU's default NIC) and
-# virtio_pci and virtio_blk (its disk); their dependencies are added in load order.
+# there). MODULEs default to the QEMU lab's: e1000 and virtio_net (its NICs),
+# virtio_pci and virtio_blk (its disk); their dependencies are added first.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 output=$1
 shift
-version=${1:-$(ls /lib/modules 2>/dev/null | sort -V | tail -n 1)}
-[ $# -gt 0 ] && shift
-modules=${*:-e1000 virtio_pci virtio_blk}
+version=${KERNEL_VERSION:-$(ls /lib/modules 2>/dev/null | sort -V | tail -n 1)}
+modules=${*:-e1000 virtio_pci virtio_net virtio_blk}
 busybox=${BUSYBOX:-/bin/busybox}
 [ -x "$busybox" ] || { echo "no $busybox: install busybox-static" >&2; exit 1; }
 if ldd "$busybox" >/dev/null 2>&1; then

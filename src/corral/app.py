@@ -72,8 +72,9 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
 
 def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | None
                     ) -> dict[str, Handler]:
-    from corral.operations.base import board_handlers
+    from corral.operations.base import PowerByDriver, board_handlers
     from corral.operations.command import CommandBackend
+    from corral.operations.qemu import QemuPower
     from corral.operations.simulated import SimulatedLab, SimulatedRates
 
     if simulate or (simulate is None and settings.backend == "simulated"):
@@ -84,7 +85,8 @@ def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | 
             seconds=settings.sim_operation_seconds,
             dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
         ))
-        return board_handlers(lab, lab, _pxe(settings, engine) or lab)
+        return board_handlers(PowerByDriver(lab, {"qemu": QemuPower()}), lab,
+                              _pxe(settings, engine) or lab)
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
         "ping": settings.command_ping,
@@ -92,7 +94,8 @@ def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | 
         "write_pxe_config": settings.command_write_pxe_config,
         "boot_local": settings.command_boot_local,
     }, timeout=settings.command_timeout)
-    return board_handlers(commands, commands, _pxe(settings, engine) or commands)
+    return board_handlers(PowerByDriver(commands, {"qemu": QemuPower()}), commands,
+                          _pxe(settings, engine) or commands)
 
 
 def _pxe(settings: Settings, engine: Engine | None) -> BootResourcePxe | None:

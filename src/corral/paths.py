@@ -11,3 +11,4 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATEMACHINES_DIR = PROJECT_ROOT / "statemachines"
 ALEMBIC_DIR = PROJECT_ROOT / "alembic"
+SECOND_STAGE_DIR = PROJECT_ROOT / "examples" / "second-stage"

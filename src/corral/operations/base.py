@@ -76,3 +76,22 @@ def board_handlers(power: PowerDriver, poller: Poller, pxe: PxeWriter) -> dict[s
         "write_pxe_config": pxe.write,
         "boot_local": pxe.boot_local,
     }
+
+
+class PowerByDriver:
+    """A ``PowerDriver`` that hands each board to the driver its inventory
+    names (``power: {driver: NAME, ...}``), and the others to ``default``."""
+
+    def __init__(self, default: PowerDriver, drivers: Mapping[str, PowerDriver]) -> None:
+        self.default = default
+        self.drivers = dict(drivers)
+
+    def cycle(self, ctx: OperationContext) -> Mapping[str, Any] | None:
+        name = ctx.attrs.get("power_driver")
+        if name is None:
+            return self.default.cycle(ctx)
+        driver = self.drivers.get(name) if isinstance(name, str) else None
+        if driver is None:
+            raise OperationFailed(f"board {ctx.name} names power driver {name!r}; drivers: "
+                                  f"{', '.join(sorted(self.drivers))}")
+        return driver.cycle(ctx)

@@ -1,0 +1,340 @@
+"""A lab of real (virtual) boards: QEMU VMs that netboot what Corral writes.
+
+``corral lab up`` builds, in one directory:
+
+- ``tftp/``: the boot root (``pxe_root``), with Debian's ``pxelinux.0`` and
+  ``ldlinux.c32`` for BIOS boards and a GRUB netboot image
+  (``grub/grubx64.efi``, built with ``grub-mkimage``) for UEFI boards;
+- ``assets/``: the host's kernel, the reference second stage built into an
+  initramfs (``examples/second-stage``), and two disk images of the lab's
+  "installed OS" (the same kernel and initramfs behind syslinux, for BIOS and
+  UEFI): the one each board starts with and the one a reimage installs;
+- ``mirror/`` and ``import.yaml``: a simplestreams mirror offering that
+  kernel, initramfs and image as amd64/generic/``lab``;
+- ``lab.yaml``: the inventory, each board's power driven over QMP and its
+  ping an HTTP check of the installed system through QEMU's port forward;
+
+then starts one VM per board. Each VM has a network of its own: QEMU's
+user-mode network, whose built-in DHCP and TFTP server offers the boot root
+(pxelinux.0 to BIOS boards, grubx64.efi to UEFI ones) and whose host address
+10.0.2.2 is the Corral host's loopback, where boards report. This needs no
+privileges, bridges or DHCP server; a lab of physical boards uses dnsmasq or
+tftpd-hpa the same way (docs/lab.md).
+
+QEMU runs with TCG (software emulation) unless ``accel`` says otherwise:
+iPXE resets under KVM on some hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import CorralError
+from corral.paths import SECOND_STAGE_DIR
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
+LDLINUX_BIOS = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+SYSLINUX_EFI = Path("/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi")
+LDLINUX_EFI = Path("/usr/lib/syslinux/modules/efi64/ldlinux.e64")
+SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
+GRUB_MODULES = Path("/usr/lib/grub/x86_64-efi")
+BUSYBOX = Path("/bin/busybox")
+# What grubx64.efi needs: TFTP over the firmware's network, the shipped
+# grub.cfg (regexp, test, configfile), Linux, and chainloading the disk.
+GRUB_IMAGE_MODULES = ("normal", "configfile", "linux", "echo", "test", "regexp", "tftp",
+                      "efinet", "boot", "gzio", "minicmd", "search", "search_fs_file",
+                      "chain", "part_msdos", "fat", "efi_gop")
+DISK_MB = 64
+MEMORY_MB = 768
+FIRMWARES = ("bios", "uefi")
+# The Debian packages that provide what the lab runs.
+PACKAGES = {
+    "qemu-system-x86_64": "qemu-system-x86", str(OVMF_CODE): "ovmf", str(PXELINUX): "pxelinux",
+    str(LDLINUX_BIOS): "syslinux-common", str(SYSLINUX_EFI): "syslinux-efi",
+    "syslinux": "syslinux", "mformat": "mtools", "grub-mkimage": "grub-common",
+    str(GRUB_MODULES): "grub-efi-amd64-bin", str(BUSYBOX): "busybox-static",
+    "cpio": "cpio", "/boot/vmlinuz-*": "linux-image-amd64",
+}
+
+
+def missing() -> list[str]:
+    """What this host lacks to run the lab (empty: nothing), as
+    ``thing (Debian package)``."""
+    absent = []
+    for thing, package in PACKAGES.items():
+        if thing.startswith("/boot/"):
+            found = bool(_kernels())
+        elif thing.startswith("/"):
+            found = Path(thing).exists()
+        else:
+            found = shutil.which(thing) is not None
+        if not found:
+            absent.append(f"{thing} ({package})")
+    if BUSYBOX.exists() and not _static(BUSYBOX):
+        absent.append(f"a static {BUSYBOX} (busybox-static)")
+    return absent
+
+
+def _kernels() -> list[Path]:
+    found = [p for p in Path("/boot").glob("vmlinuz-*") if os.access(p, os.R_OK)]
+    return sorted(found, key=lambda p: [int(x) if x.isdigit() else x
+                                        for x in re.split(r"(\d+)", p.name)])
+
+
+def _static(path: Path) -> bool:
+    result = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=False)
+    return result.returncode != 0 or "not a dynamic executable" in result.stdout + result.stderr
+
+
+def _run(*argv: str, **env: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                            env={**os.environ, **env} if env else None)
+    if result.returncode != 0:
+        raise CorralError(f"{argv[0]} failed ({result.returncode}): "
+                          f"{(result.stderr or result.stdout).strip()[-500:]}")
+
+
+@dataclass(frozen=True)
+class LabBoard:
+    name: str
+    firmware: str
+    mac: str
+    port: int
+    directory: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.directory / "console.log"
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "disk.img"
+
+
+class Lab:
+    """The lab in ``directory``: ``bios`` and ``uefi`` boards, alternating."""
+
+    def __init__(self, directory: Path, *, boards: int = 2, accel: str = "tcg",
+                 first_port: int = 0) -> None:
+        if boards < 1 or boards > 250:
+            raise CorralError("a lab has 1 to 250 boards")
+        self.directory = directory.resolve()
+        self.accel = accel
+        self.tftp = self.directory / "tftp"
+        self.assets = self.directory / "assets"
+        self.boards = [
+            LabBoard(name=f"lab-{FIRMWARES[i % 2]}-{i // 2 + 1}", firmware=FIRMWARES[i % 2],
+                     mac=f"52:54:00:c0:{i // 256:02x}:{i % 256:02x}",
+                     port=first_port + i if first_port else _free_port(),
+                     directory=self.directory / "vm" / f"lab-{FIRMWARES[i % 2]}-{i // 2 + 1}")
+            for i in range(boards)]
+        self._vms: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ------------------------------------------------------------ building
+
+    def build(self) -> None:
+        """Everything but the VMs (idempotent: existing assets are kept)."""
+        absent = missing()
+        if absent:
+            raise CorralError("the lab needs " + ", ".join(absent))
+        for path in (self.tftp / "grub", self.assets, self.directory / "vm"):
+            path.mkdir(parents=True, exist_ok=True)
+        kernel = _kernels()[-1]
+        version = kernel.name.removeprefix("vmlinuz-")
+        vmlinuz = self.assets / "vmlinuz"
+        if not vmlinuz.exists():
+            shutil.copyfile(kernel, vmlinuz)
+        initrd = self.assets / "second-stage.cpio.gz"
+        if not initrd.exists():
+            _run(str(SECOND_STAGE_DIR / "build-initramfs.sh"), str(initrd),
+                 KERNEL_VERSION=version)
+        for name in ("preinstalled", "lab"):
+            image = self.assets / f"{name}.img"
+            if not image.exists():
+                build_disk(image, vmlinuz, initrd, os_name=name)
+        shutil.copyfile(PXELINUX, self.tftp / "pxelinux.0")
+        shutil.copyfile(LDLINUX_BIOS, self.tftp / "ldlinux.c32")
+        grub = self.tftp / "grub" / "grubx64.efi"
+        if not grub.exists():
+            _run("grub-mkimage", "-O", "x86_64-efi", "-d", str(GRUB_MODULES), "-o", str(grub),
+                 "-p", "(tftp)/grub", *GRUB_IMAGE_MODULES)
+        self._write_mirror(vmlinuz, initrd, self.assets / "lab.img")
+        (self.directory / "import.yaml").write_text(json.dumps({
+            "sources": [{"url": str(self.directory / "mirror")}],
+            "sorting": ["sources_order"],
+            "storage": str(self.directory / "boot-resources")}, indent=2) + "\n")
+        self._write_inventory()
+
+    def _write_mirror(self, vmlinuz: Path, initrd: Path, image: Path) -> None:
+        import hashlib
+
+        mirror = self.directory / "mirror"
+        items = {}
+        for ftype, source, name in (("boot-kernel", vmlinuz, "vmlinuz"),
+                                    ("boot-initrd", initrd, "initrd.gz"),
+                                    ("root-image", image, "disk.img")):
+            target = mirror / "lab" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists() or target.stat().st_size != source.stat().st_size:
+                shutil.copyfile(source, target)
+            digest = hashlib.sha256(target.read_bytes()).hexdigest()
+            items[ftype] = {"ftype": ftype, "path": f"lab/{name}", "sha256": digest,
+                            "size": target.stat().st_size}
+        cmdline = mirror / "lab" / "cmdline"
+        cmdline.write_bytes(b"console=ttyS0\n")
+        items["boot-cmdline"] = {"ftype": "boot-cmdline", "path": "lab/cmdline",
+                                 "sha256": hashlib.sha256(b"console=ttyS0\n").hexdigest(),
+                                 "size": cmdline.stat().st_size}
+        products = {"format": "products:1.0", "content_id": "org.corral:lab",
+                    "products": {"org.corral:lab:amd64": {
+                        "arch": "amd64", "release": "lab", "subarches": "generic",
+                        "versions": {"1": {"items": items}}}}}
+        streams = mirror / "streams" / "v1"
+        streams.mkdir(parents=True, exist_ok=True)
+        (streams / "org.corral:lab.json").write_text(json.dumps(products, indent=1))
+        (streams / "index.json").write_text(json.dumps({"format": "index:1.0", "index": {
+            "org.corral:lab": {"path": "streams/v1/org.corral:lab.json",
+                               "format": "products:1.0",
+                               "products": ["org.corral:lab:amd64"]}}}, indent=1))
+
+    def _write_inventory(self) -> None:
+        probe = f"{sys.executable} -m corral.lab.probe"
+        lines = ["# The lab's boards (written by `corral lab up`).", "boards:"]
+        for board in self.boards:
+            check = f"{probe} http://127.0.0.1:{board.port}/ corral-installed"
+            lines += [f"  - name: {board.name}", "    arch: amd64", "    subarch: generic",
+                      "    release: lab", f"    mac: \"{board.mac}\"",
+                      "    hostname: 127.0.0.1",
+                      f"    power: {{driver: qemu, qmp: \"{board.qmp}\"}}",
+                      f"    commands: {{ping: \"{check}\", poll: \"{check}\"}}",
+                      f"    labels: {{firmware: {board.firmware}, "
+                      f"http: \"127.0.0.1:{board.port}\"}}"]
+        (self.directory / "lab.yaml").write_text("\n".join(lines) + "\n")
+
+    @property
+    def inventory(self) -> Path:
+        return self.directory / "lab.yaml"
+
+    def settings(self, http_port: int) -> dict[str, str]:
+        """The environment ``corral serve`` needs to drive this lab."""
+        return {"CORRAL_PXE_ROOT": str(self.tftp),
+                "CORRAL_BOOTRES_STORAGE": str(self.directory / "boot-resources"),
+                "CORRAL_BOOT_CALLBACK_URL": f"http://10.0.2.2:{http_port}"}
+
+    # ------------------------------------------------------------ running
+
+    def start(self) -> None:
+        """Start every board's VM with the disk it was installed with."""
+        for board in self.boards:
+            board.directory.mkdir(parents=True, exist_ok=True)
+            if not board.disk.exists():
+                shutil.copyfile(self.assets / "preinstalled.img", board.disk)
+            board.qmp.unlink(missing_ok=True)
+            argv = self.command(board)
+            with open(board.directory / "qemu.log", "wb") as errors:
+                self._vms[board.name] = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                    start_new_session=True)
+        deadline = time.monotonic() + 30
+        for board in self.boards:
+            while not board.qmp.exists():
+                vm = self._vms[board.name]
+                if vm.poll() is not None:
+                    raise CorralError(f"QEMU for {board.name} exited ({vm.returncode}): "
+                                      + (board.directory / "qemu.log").read_text()[-500:])
+                if time.monotonic() > deadline:
+                    raise CorralError(f"QEMU for {board.name} did not open its QMP socket")
+                time.sleep(0.1)
+
+    def command(self, board: LabBoard) -> list[str]:
+        bootfile = "pxelinux.0" if board.firmware == "bios" else "grub/grubx64.efi"
+        argv = ["qemu-system-x86_64", "-accel", self.accel, "-m", str(MEMORY_MB),
+                "-display", "none", "-monitor", "none", "-serial", f"file:{board.console}",
+                "-qmp", f"unix:{board.qmp},server=on,wait=off",
+                "-drive", f"file={board.disk},format=raw,if=none,id=disk0",
+                "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
+                "-netdev", f"user,id=net0,tftp={self.tftp},bootfile={bootfile},"
+                           f"hostfwd=tcp:127.0.0.1:{board.port}-:80"]
+        if board.firmware == "bios":
+            # SeaBIOS, and QEMU's iPXE ROM on the NIC, which chains pxelinux.0.
+            return [*argv, "-device", f"e1000,netdev=net0,mac={board.mac},bootindex=1"]
+        vars_file = board.directory / "OVMF_VARS.fd"
+        if not vars_file.exists():
+            shutil.copyfile(OVMF_VARS, vars_file)
+        # OVMF's own PXE (no iPXE ROM), IPv4 only: no minutes lost to IPv6.
+        return [*argv, "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+                "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,file={vars_file}",
+                "-device", f"virtio-net-pci,netdev=net0,mac={board.mac},bootindex=1,romfile="]
+
+    def stop(self) -> None:
+        for vm in self._vms.values():
+            if vm.poll() is None:
+                os.killpg(vm.pid, signal.SIGTERM)
+        for vm in self._vms.values():
+            try:
+                vm.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(vm.pid, signal.SIGKILL)
+                vm.wait()
+        self._vms.clear()
+
+
+def build_disk(path: Path, kernel: Path, initrd: Path, *, os_name: str) -> None:
+    """A disk image that boots ``kernel`` and ``initrd`` under BIOS (syslinux
+    in the MBR and the partition) and UEFI (syslinux.efi as the removable-
+    media loader): one FAT partition, marked active and as the EFI system
+    partition. Built with mtools and syslinux, no loop device or root."""
+    size = DISK_MB * 1024 * 1024
+    start = 2048
+    count = size // 512 - start
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "wb") as handle:
+        handle.truncate(size)
+    mbr = bytearray(SYSLINUX_MBR.read_bytes()[:440].ljust(512, b"\0"))
+    mbr[446:462] = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0xEF, b"\xfe\xff\xff",
+                               start, count)
+    mbr[510:512] = b"\x55\xaa"
+    with open(partial, "r+b") as handle:
+        handle.write(mbr)
+    volume = f"{partial}@@{start * 512}"
+    config = partial.with_name("syslinux.cfg")
+    config.write_text(f"DEFAULT os\nLABEL os\n  KERNEL /vmlinuz\n  INITRD /initrd.gz\n"
+                      f"  APPEND console=ttyS0 corral.os={os_name}\n")
+    try:
+        _run("mformat", "-i", volume, "-v", "CORRAL", "-T", str(count), "-h", "64", "-s", "32",
+             "-H", str(start), "::")
+        _run("syslinux", "--install", "--offset", str(start * 512), str(partial))
+        _run("mcopy", "-i", volume, str(config), "::/syslinux.cfg")
+        _run("mcopy", "-i", volume, str(kernel), "::/vmlinuz")
+        _run("mcopy", "-i", volume, str(initrd), "::/initrd.gz")
+        _run("mmd", "-i", volume, "::/EFI", "::/EFI/BOOT")
+        _run("mcopy", "-i", volume, str(SYSLINUX_EFI), "::/EFI/BOOT/BOOTX64.EFI")
+        _run("mcopy", "-i", volume, str(LDLINUX_EFI), "::/EFI/BOOT/ldlinux.e64")
+        _run("mcopy", "-i", volume, str(config), "::/EFI/BOOT/syslinux.cfg")
+    finally:
+        config.unlink(missing_ok=True)
+    partial.replace(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
