@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CORRAL_DATABASE_URL ?= sqlite:///./var/corral.db
 
-.PHONY: run test lint bench docs proto install clean
+.PHONY: run test lint bench docs proto install clean lab
 
 # constraints.txt holds the exact versions of what the callback fast path
 # depends on (uvicorn's private protocol class, httptools), as tested.
@@ -33,6 +33,13 @@ run: $(STAMP)
 	$(BIN)/corral serve --simulate & \
 	$(BIN)/corral simulate boards --count 20 --url http://127.0.0.1:8080; \
 	wait
+
+# A lab of QEMU boards (one BIOS, one UEFI) that netboot what Corral writes,
+# in var/lab, served on 127.0.0.1:8080 (see docs/lab.md for the Debian packages
+# it needs). Reimage one from a second terminal:
+#   .venv/bin/corral board event lab-bios-1 reimage
+lab: $(STAMP)
+	$(BIN)/corral lab up --dir var/lab
 
 # Two test processes: most of the suite waits on servers, subprocesses and
 # databases. `pytest -m "not slow"` runs the quick part alone.
