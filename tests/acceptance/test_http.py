@@ -154,9 +154,10 @@ def test_malformed_callbacks_change_nothing(lab):
         # Larger than MAX_PAYLOAD (64 KiB).
         (lab.post(report, token,
                   json={"log": "x" * 70_000}), 413, "payload_too_large"),
+        # A form is not JSON: 415, saying to send JSON.
         (lab.post(report, token, content="uptime=12",
-                  headers={"Content-Type": "application/x-www-form-urlencoded"}), 422,
-         "invalid_request"),
+                  headers={"Content-Type": "application/x-www-form-urlencoded"}), 415,
+         "unsupported_media_type"),
         # Python would read NaN; no database stores it as JSON.
         (lab.post(report, token, content='{"temp": NaN}',
                   headers=json_type), 422, "invalid_request"),
