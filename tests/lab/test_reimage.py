@@ -1,5 +1,6 @@
 """Corral reimages real (virtual) boards end to end: a SeaBIOS board through
-QEMU's iPXE ROM and pxelinux, an OVMF board through GRUB, each netbooting the
+QEMU's iPXE ROM and pxelinux, an OVMF board through GRUB, and a SeaBIOS board
+whose iPXE ROM runs the script Corral serves over HTTP, each netbooting the
 configuration Corral wrote, running the reference second stage, which writes
 the image to the board's disk and reports with the reimage token, then
 rebooting into the installed system, which the ping finds on the network.
@@ -72,10 +73,10 @@ class Corral:
 
 @pytest.fixture
 def lab(lab_host, tmp_path):
-    lab = Lab(tmp_path / "lab", boards=2)
+    lab = Lab(tmp_path / "lab", boards=3)
     lab.build()
-    lab.start()
     http_port = _port()
+    lab.start(http_port)
     env = {**os.environ, "CORRAL_DATABASE_URL": f"sqlite:///{tmp_path}/corral.db",
            "CORRAL_OPERATION_INTERVAL": "0.2", "CORRAL_LOG_FORMAT": "json",
            **lab.settings(http_port)}
@@ -100,10 +101,10 @@ def lab(lab_host, tmp_path):
         print((tmp_path / "serve.log").read_text(errors="replace")[-5000:])
 
 
-def test_a_bios_and_a_uefi_board_are_reimaged_for_real(lab):
+def test_bios_uefi_and_ipxe_boards_are_reimaged_for_real(lab):
     lab, corral, http_port = lab
     names = [b.name for b in lab.boards]
-    assert {b.firmware for b in lab.boards} == {"bios", "uefi"}
+    assert [b.firmware for b in lab.boards] == ["bios", "uefi", "ipxe"]
     corral("board", "import", str(lab.inventory))
     # Imported: power cycled over QMP, booted from the disk they came with, pinged.
     corral.wait(names, "ready", since=0, seconds=400)
@@ -134,6 +135,8 @@ def test_a_bios_and_a_uefi_board_are_reimaged_for_real(lab):
         assert "LOCALBOOT 0" in (lab.tftp / "pxelinux.cfg" / name).read_text()
         assert "chainloader /EFI/BOOT/BOOTX64.EFI" in (
             lab.tftp / "grub" / f"grub.cfg-{name}").read_text()
+        script = httpx.get(f"http://127.0.0.1:{http_port}/boot/ipxe/{board.mac}", timeout=5)
+        assert script.text.splitlines()[-1] == "exit"
         # The reimage token the board booted with (the kernel logs its command
         # line) is refused now.
         console = board.console.read_text(errors="replace")

@@ -80,6 +80,8 @@ def test_the_command_line_tells_the_second_stage_who_it_is():
 def test_the_root_writes_every_flavour_atomically(tmp_path):
     root = BootRoot(tmp_path / "tftp")
     assert (tmp_path / "tftp" / "grub" / "grub.cfg").read_text() == GRUB_TOP
+    # A board Corral has written nothing for boots its disk.
+    assert "LOCALBOOT 0" in (tmp_path / "tftp" / "pxelinux.cfg" / "default").read_text()
     written = root.write("52:54:00:ab:cd:01", FILES)
     assert written == {"pxelinux": "pxelinux.cfg/01-52-54-00-ab-cd-01",
                        "grub": "grub/grub.cfg-01-52-54-00-ab-cd-01",

@@ -61,6 +61,10 @@ if [ -s "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6" ]; then
     configfile "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6"
 fi
 echo "Corral has no configuration for $net_default_mac; booting the local disk"
+if search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI; then
+    chainloader /EFI/BOOT/BOOTX64.EFI
+    boot
+fi
 exit
 """
 
@@ -206,11 +210,14 @@ class BootRoot:
         except OSError as exc:
             raise ConfigError(f"pxe_root {str(root)!r} is not a directory Corral can write: "
                               f"{exc.strerror or exc}") from None
-        # A lab's own grub/grub.cfg is left alone (it must load the per-MAC one).
-        top = root / "grub" / "grub.cfg"
-        current = top.read_text(errors="replace") if top.exists() else None
-        if current is None or (current != GRUB_TOP and current.startswith("# Written by Corral")):
-            _replace(top, GRUB_TOP)
+        # A lab's own grub/grub.cfg (it must load the per-MAC one) and
+        # pxelinux.cfg/default are left alone. Corral's boot the local disk
+        # for a board it has written nothing for yet.
+        for shipped, text in ((root / "grub" / "grub.cfg", GRUB_TOP),
+                              (root / "pxelinux.cfg" / "default", pxelinux_config(None))):
+            current = shipped.read_text(errors="replace") if shipped.exists() else None
+            if current is None or (current != text and current.startswith("# Written by Corral")):
+                _replace(shipped, text)
 
     def paths(self, mac: str) -> dict[str, Path]:
         """The board's configuration files, by flavour."""

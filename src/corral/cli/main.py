@@ -986,8 +986,8 @@ def lab() -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path("var/lab"), show_default=True,
               help="Where the lab's files, disks and database live.")
-@click.option("--boards", type=click.IntRange(1, 250), default=2, show_default=True,
-              help="How many boards (BIOS and UEFI, alternating).")
+@click.option("--boards", type=click.IntRange(1, 250), default=3, show_default=True,
+              help="How many boards (BIOS, UEFI and iPXE, in turn).")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Where Corral's HTTP service listens (the boards reach it as 10.0.2.2).")
 @click.option("--accel", type=click.Choice(["tcg", "kvm"]), default="tcg", show_default=True,
@@ -1019,7 +1019,7 @@ def lab_up(obj: CliContext, directory: Path, boards: int, listen: str, accel: st
         done = subprocess.run([*corral, *args], env=env, check=False)
         if done.returncode != 0:
             raise CorralError(f"corral {' '.join(args)} failed (exit {done.returncode})")
-    the_lab.start()
+    the_lab.start(port)
     click.echo(f"{len(the_lab.boards)} boards running; consoles in "
                f"{the_lab.directory / 'vm'}/*/console.log", err=True)
     server = subprocess.Popen([*corral, "serve", "--listen", listen], env=env)

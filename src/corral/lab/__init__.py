@@ -59,7 +59,9 @@ GRUB_IMAGE_MODULES = ("normal", "configfile", "linux", "echo", "test", "regexp",
                       "chain", "part_msdos", "fat", "efi_gop")
 DISK_MB = 64
 MEMORY_MB = 768
-FIRMWARES = ("bios", "uefi")
+# bios: SeaBIOS, iPXE ROM chaining pxelinux.0; uefi: OVMF's PXE, GRUB;
+# ipxe: SeaBIOS, its iPXE ROM fetching Corral's script over HTTP.
+FIRMWARES = ("bios", "uefi", "ipxe")
 # The Debian packages that provide what the lab runs.
 PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86", str(OVMF_CODE): "ovmf", str(PXELINUX): "pxelinux",
@@ -129,7 +131,7 @@ class LabBoard:
 
 
 class Lab:
-    """The lab in ``directory``: ``bios`` and ``uefi`` boards, alternating."""
+    """The lab in ``directory``: ``bios``, ``uefi`` and ``ipxe`` boards, in turn."""
 
     def __init__(self, directory: Path, *, boards: int = 2, accel: str = "tcg",
                  first_port: int = 0) -> None:
@@ -139,12 +141,14 @@ class Lab:
         self.accel = accel
         self.tftp = self.directory / "tftp"
         self.assets = self.directory / "assets"
+        kinds = len(FIRMWARES)
+        names = [f"lab-{FIRMWARES[i % kinds]}-{i // kinds + 1}" for i in range(boards)]
         self.boards = [
-            LabBoard(name=f"lab-{FIRMWARES[i % 2]}-{i // 2 + 1}", firmware=FIRMWARES[i % 2],
+            LabBoard(name=name, firmware=FIRMWARES[i % kinds],
                      mac=f"52:54:00:c0:{i // 256:02x}:{i % 256:02x}",
                      port=first_port + i if first_port else _free_port(),
-                     directory=self.directory / "vm" / f"lab-{FIRMWARES[i % 2]}-{i // 2 + 1}")
-            for i in range(boards)]
+                     directory=self.directory / "vm" / name)
+            for i, name in enumerate(names)]
         self._vms: dict[str, subprocess.Popen[bytes]] = {}
 
     # ------------------------------------------------------------ building
@@ -240,14 +244,16 @@ class Lab:
 
     # ------------------------------------------------------------ running
 
-    def start(self) -> None:
-        """Start every board's VM with the disk it was installed with."""
+    def start(self, http_port: int) -> None:
+        """Start every board's VM with the disk it was installed with; Corral
+        serves HTTP on the host's ``http_port`` (where ``ipxe`` boards fetch
+        their scripts)."""
         for board in self.boards:
             board.directory.mkdir(parents=True, exist_ok=True)
             if not board.disk.exists():
                 shutil.copyfile(self.assets / "preinstalled.img", board.disk)
             board.qmp.unlink(missing_ok=True)
-            argv = self.command(board)
+            argv = self.command(board, http_port)
             with open(board.directory / "qemu.log", "wb") as errors:
                 self._vms[board.name] = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
@@ -263,8 +269,10 @@ class Lab:
                     raise CorralError(f"QEMU for {board.name} did not open its QMP socket")
                 time.sleep(0.1)
 
-    def command(self, board: LabBoard) -> list[str]:
-        bootfile = "pxelinux.0" if board.firmware == "bios" else "grub/grubx64.efi"
+    def command(self, board: LabBoard, http_port: int) -> list[str]:
+        bootfile = {"bios": "pxelinux.0", "uefi": "grub/grubx64.efi",
+                    "ipxe": f"http://10.0.2.2:{http_port}/boot/ipxe/{board.mac}"
+                    }[board.firmware]
         argv = ["qemu-system-x86_64", "-accel", self.accel, "-m", str(MEMORY_MB),
                 "-display", "none", "-monitor", "none", "-serial", f"file:{board.console}",
                 "-qmp", f"unix:{board.qmp},server=on,wait=off",
@@ -272,8 +280,9 @@ class Lab:
                 "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
                 "-netdev", f"user,id=net0,tftp={self.tftp},bootfile={bootfile},"
                            f"hostfwd=tcp:127.0.0.1:{board.port}-:80"]
-        if board.firmware == "bios":
-            # SeaBIOS, and QEMU's iPXE ROM on the NIC, which chains pxelinux.0.
+        if board.firmware in ("bios", "ipxe"):
+            # SeaBIOS, and QEMU's iPXE ROM on the NIC, which chains pxelinux.0
+            # (bios) or runs the script Corral serves (ipxe).
             return [*argv, "-device", f"e1000,netdev=net0,mac={board.mac},bootindex=1"]
         vars_file = board.directory / "OVMF_VARS.fd"
         if not vars_file.exists():
