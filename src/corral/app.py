@@ -122,7 +122,17 @@ def _pxe(settings: Settings, engine: Engine | None) -> BootResourcePxe | None:
                           "http://10.0.0.1:8080")
     return BootResourcePxe(Path(settings.bootres_storage), Path(settings.pxe_root),
                            callback_url=settings.boot_callback_url,
-                           tokens=TokenStore(engine.store, cache_seconds=0))
+                           tokens=TokenStore(engine.store, cache_seconds=0),
+                           board_state=lambda name: _state_of(engine, name))
+
+
+def _state_of(engine: Engine, name: str) -> str | None:
+    from corral.errors import UnknownMachine
+
+    try:
+        return engine.get("board", name).state
+    except UnknownMachine:
+        return None
 
 
 def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:

@@ -79,6 +79,9 @@ class Settings:
     # The address boards use to reach Corral's HTTP server (callbacks, iPXE
     # scripts, boot objects), e.g. http://10.0.0.1:8080; needed with pxe_root.
     boot_callback_url: str = ""
+    # Who may fetch /boot/* (iPXE scripts, which carry reimage tokens, and boot
+    # objects): comma-separated networks, e.g. 10.0.0.0/24; empty: anyone.
+    boot_networks: str = ""
     # Switching a board to local boot when no backend can (command backend).
     command_boot_local: str = ""
     # Jobs: how often the scheduler gives free pools to queued jobs (seconds).
@@ -147,10 +150,32 @@ def _coerce(name: str, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{name} (from {origin}) must be between 0 and 1, not {raw!r}")
     if name in ("listen", "mo_target"):
         parse_listen(value, origin, name)
+    if name == "boot_networks":
+        parse_networks(value, origin)
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{name} (from {origin}) must be one of "
                           f"{', '.join(_CHOICES[name])}, not {raw!r}")
     return value
+
+
+def parse_networks(value: str, origin: str = "boot_networks") -> list[Any]:
+    """``10.0.0.0/24, fd00::/64`` as address networks (empty: none).
+
+    Raises:
+        ConfigError: one of them is not a network.
+    """
+    import ipaddress
+
+    networks = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"boot_networks (from {origin}): {part!r} is not a network "
+                              "such as 10.0.0.0/24") from None
+    return networks
 
 
 def parse_listen(value: str, origin: str = "listen", name: str = "listen") -> tuple[str, int]:

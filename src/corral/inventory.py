@@ -63,6 +63,7 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
         raise InventoryError([Problem(path=where, line=getattr(doc, "line", 1),
                                       message="an inventory is a list of boards under 'boards:'")])
     result: dict[str, dict[str, Any]] = {}
+    macs: dict[str, str] = {}
     for index, board in enumerate(boards):
         line = boards.line_of(index)
         if not isinstance(board, LineDict):
@@ -86,6 +87,13 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
                                    and MAC_RE.fullmatch(board["mac"])):
             error(board.line_of("mac"), f"mac must look like 00:11:22:33:44:55 (quote it in "
                   f"YAML), not {board['mac']!r}")
+        elif "mac" in board:
+            # Firmware finds its boot configuration by MAC: two boards with one
+            # MAC would boot each other's installer.
+            mac = board["mac"].lower()
+            if mac in macs:
+                error(board.line_of("mac"), f"mac {board['mac']} is also {macs[mac]}'s")
+            macs.setdefault(mac, name)
         for key in ("power", "poll", "commands", "labels"):
             if key in board and not isinstance(board[key], dict):
                 error(board.line_of(key), f"{key} must be a mapping")

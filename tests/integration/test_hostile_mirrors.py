@@ -554,8 +554,14 @@ def _tamper_cmdline(storage: Path, value: str) -> None:
      r"boot-cmdline .* holds a control character"),
     (lambda s: None, "b1\n", r"board name 'b1\\n' cannot go on a kernel command line"),
     (lambda s: None, "../b1", r"board name '\.\./b1' cannot go on a kernel command line"),
+    (lambda s: _tamper_cmdline(s, "quiet; chainloader (tftp)/evil.efi"), "b1",
+     r"boot-cmdline .* holds ;, which GRUB or iPXE would read as syntax"),
+    (lambda s: _tamper_cmdline(s, "quiet corral.url=http://evil.example"), "b1",
+     r"boot-cmdline .* sets corral\.\* parameters"),
+    (lambda s: None, "b" * 193, r"is longer than the 192 characters"),
 ], ids=["product", "version", "source", "cmdline", "board-name-newline",
-        "board-name-traversal"])
+        "board-name-traversal", "cmdline-grub-syntax", "cmdline-corral-params",
+        "board-name-too-long"])
 def test_the_pxe_step_refuses_control_characters_in_a_stored_snapshot(lab, tamper, board,
                                                                        expected):
     """A snapshot written before imports checked its names must not reach a board."""
@@ -571,7 +577,8 @@ def test_the_pxe_step_refuses_control_characters_in_a_stored_snapshot(lab, tampe
                           tokens=FixedTokens())
     written = pxe.write(_pxe_context())["paths"]
     text = (root / written["pxelinux"]).read_text()
-    assert "  APPEND console=ttyS0 quiet corral.url=http://10.0.0.1:8080 corral.board=b1" in text
+    assert "  APPEND corral.url=http://10.0.0.1:8080 corral.board=b1 corral.boot=" in text
+    assert " console=ttyS0 quiet\n  IPAPPEND 2\n" in text
     for path in written.values():
         (root / path).unlink()
     tamper(lab.storage)

@@ -99,7 +99,8 @@ def test_a_reimage_from_first_fetch_to_local_boot(netboot):
     kernel = next(line.split()[1] for line in pxelinux.splitlines()
                   if line.strip().startswith("KERNEL"))
     assert kernel.startswith("objects/")
-    assert f"linux /{kernel} console=ttyS0 corral.url=" in grub
+    assert f"linux /{kernel} corral.url=http://corral.lab:8080 corral.board=q1 " in grub
+    assert grub.splitlines()[2].endswith(" console=ttyS0")
     assert "  IPAPPEND 2" in pxelinux
     # The objects and the image are served over HTTP, as iPXE fetches them.
     image = args["corral.image"].removeprefix("http://corral.lab:8080")
@@ -170,3 +171,50 @@ def test_a_board_without_a_mac_fails_its_pxe_step_saying_why(netboot):
                   if e.event == "write_pxe_config_failed")
     assert failed.reason.startswith("board nomac has no mac: firmware finds its boot "
                                     "configuration by MAC address")
+
+
+def test_a_write_that_lost_the_race_with_leaving_pxe_configuring_writes_nothing(tmp_path,
+                                                                               engine):
+    """maintenance fired while write_pxe_config runs: its boot_local has the
+    last word, whichever of the two takes the board's lock first."""
+    from corral.operations.base import OperationContext, OperationFailed
+
+    storage = _snapshot(tmp_path)
+    engine.create("board", "q3", attrs={"arch": "amd64", "mac": MAC, "release": "lab"})
+    states = {"q3": "maintenance"}
+    pxe = BootResourcePxe(storage, tmp_path / "tftp", callback_url="http://c:1",
+                          tokens=TokenStore(engine.store, cache_seconds=0),
+                          board_state=states.get)
+    ctx = OperationContext(operation_id=9, kind="write_pxe_config", machine_kind="board",
+                           name="q3", attrs={"arch": "amd64", "mac": MAC, "release": "lab"},
+                           payload={}, attempt=1)
+    with pytest.raises(OperationFailed, match="is maintenance, no longer pxe_configuring"):
+        pxe.write(ctx)
+    assert not (tmp_path / "tftp" / "pxelinux.cfg" / MAC_FILE).exists()
+    assert not (tmp_path / "tftp" / "ipxe" / f"{MAC_FILE}.ipxe").exists()
+    states["q3"] = "pxe_configuring"
+    assert pxe.write(ctx)["paths"]["pxelinux"] == f"pxelinux.cfg/{MAC_FILE}"
+
+
+def test_boot_networks_keep_scripts_from_other_networks(tmp_path, engine):
+    from corral.bootres.netboot import BootRoot
+    from corral.config import parse_networks
+    from corral.errors import ConfigError
+
+    root = tmp_path / "tftp"
+    BootRoot(root).write(MAC, None)
+    tokens = TokenStore(engine.store, cache_seconds=0)
+    answers = {}
+    for networks in ("10.9.0.0/16, fd00::/64", "10.9.0.0/16,127.0.0.0/8"):
+        app = create_app(engine, tokens, CollectorRegistry(), pxe_root=str(root),
+                         boot_networks=networks)
+        with serving(app) as (address, _):
+            answers[networks] = httpx.get(f"http://{address[0]}:{address[1]}/boot/ipxe/{MAC}",
+                                          timeout=10)
+    refused, allowed = answers.values()
+    assert refused.status_code == 403
+    assert "127.0.0.1 is not on a network allowed to netboot" in refused.json()["message"]
+    assert allowed.status_code == 200
+    assert allowed.text.splitlines()[-1] == "exit"
+    with pytest.raises(ConfigError, match=r"'10\.0\.0\.0/33' is not a network"):
+        parse_networks("10.0.0.0/24, 10.0.0.0/33")

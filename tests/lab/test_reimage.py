@@ -97,7 +97,8 @@ def lab(lab_host, tmp_path):
         for board in lab.boards:
             # The consoles tell what the firmware and the second stage did.
             print(f"--- {board.name} console (tail) ---")
-            print(board.console.read_text(errors="replace")[-3000:])
+            console = board.console.read_text(errors="replace")[-3000:]
+            print(re.sub(r"corral\.token=\S+", "corral.token=<hidden>", console))
         print((tmp_path / "serve.log").read_text(errors="replace")[-5000:])
 
 
@@ -133,7 +134,7 @@ def test_bios_uefi_and_ipxe_boards_are_reimaged_for_real(lab):
         # Its netboot configurations boot the local disk.
         name = mac_file(board.mac)
         assert "LOCALBOOT 0" in (lab.tftp / "pxelinux.cfg" / name).read_text()
-        assert "chainloader /EFI/BOOT/BOOTX64.EFI" in (
+        assert 'chainloader "$corral_loader"' in (
             lab.tftp / "grub" / f"grub.cfg-{name}").read_text()
         script = httpx.get(f"http://127.0.0.1:{http_port}/boot/ipxe/{board.mac}", timeout=5)
         assert script.text.splitlines()[-1] == "exit"

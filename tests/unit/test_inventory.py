@@ -36,3 +36,17 @@ def test_inventory_refuses_a_trailing_newline(tmp_path, line, message):
     path.write_text("boards:\n" + line)
     with pytest.raises(InventoryError, match=message):
         load_inventory(path)
+
+
+def test_inventory_takes_a_release_and_refuses_a_shared_mac(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text('boards:\n  - name: b1\n    release: noble\n    mac: "02:00:00:00:00:01"\n'
+                    '  - name: b2\n    mac: "02:00:00:00:00:0A"\n'
+                    '  - name: b3\n    mac: "02:00:00:00:00:0a"\n')
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert str(info.value).splitlines() == [
+        f"{path}:8: mac 02:00:00:00:00:0a is also b2's"]
+    path.write_text('boards:\n  - name: b1\n    release: noble\n  - name: b2\n    release: 7\n')
+    with pytest.raises(InventoryError, match="release must be a string, not 7"):
+        load_inventory(path)

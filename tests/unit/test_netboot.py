@@ -11,6 +11,7 @@ from corral.bootres.netboot import (
     GRUB_TOP,
     BootFiles,
     BootRoot,
+    cmdline_problem,
     grub_config,
     ipxe_script,
     kernel_cmdline,
@@ -68,13 +69,24 @@ def test_local_boot_configurations():
 
 
 def test_the_command_line_tells_the_second_stage_who_it_is():
+    # Corral's first: a repeated parameter is read from its first place.
     assert kernel_cmdline(" console=ttyS0 quiet ", url="http://10.0.0.1:8080", board="b1",
                           boot="0123abcd", token="corral_5_s3cret") == (
-        "console=ttyS0 quiet corral.url=http://10.0.0.1:8080 corral.board=b1 "
-        "corral.boot=0123abcd corral.token=corral_5_s3cret")
+        "corral.url=http://10.0.0.1:8080 corral.board=b1 "
+        "corral.boot=0123abcd corral.token=corral_5_s3cret console=ttyS0 quiet")
     assert kernel_cmdline("", url="http://c", board="b", boot="x", token="t",
                           image="http://c/boot/objects/abc").endswith(
         "corral.token=t corral.image=http://c/boot/objects/abc")
+
+
+@pytest.mark.parametrize(("cmdline", "problem"), [
+    ("console=ttyS0; reboot", "holds ;"), ("quiet && chain http://evil/x", "holds &"),
+    ("x=${net0/ip}", "holds $ { }"), ("a=\"b c\"", "holds \""), ("#comment", "holds #"),
+    ("quiet corral.url=http://evil", "sets corral.* parameters"),
+    ("console=ttyS0,115200n8 root=/dev/vda1 ro quiet", None)])
+def test_a_cmdline_grub_or_ipxe_would_read_as_syntax_is_refused(cmdline, problem):
+    found = cmdline_problem(cmdline)
+    assert (found if found is None else found[:len(problem)]) == problem
 
 
 def test_the_root_writes_every_flavour_atomically(tmp_path):

@@ -15,6 +15,7 @@ annotations at run time, and they name dependencies defined in ``create_app``.
 """
 
 
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -45,6 +46,7 @@ from corral.api.callbacks import (
     corral_error_answer,
 )
 from corral.bootres.netboot import served_ipxe, served_object
+from corral.config import parse_networks
 from corral.engine.core import Engine, FireResult
 from corral.errors import CorralError, SchemaNotCurrent
 from corral.jobs import versions
@@ -254,7 +256,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
                threads: int = 64, default_ttl: int = 43200,
-               pxe_root: str | None = None) -> Front:
+               pxe_root: str | None = None, boot_networks: str = "") -> Front:
     """The ASGI application: board callbacks answered by :class:`Front`, the rest
     by FastAPI (``Front.app``). ``threads`` bounds the operator requests handled
     at once; ``default_ttl`` is an override's TTL when a request gives none."""
@@ -515,11 +517,27 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     # TFTP; see docs/lab.md for what the provisioning network can read.
     mac_pattern = "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"
     not_configured = ApiError(404, "not_found", "netboot is not configured here (pxe_root)")
+    allowed_networks = parse_networks(boot_networks)
+
+    def boot_client(request: Request) -> None:
+        """Only the provisioning network, where boot_networks says which it is."""
+        if not allowed_networks:
+            return
+        host = request.client.host if request.client else ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is None or not any(address in n for n in allowed_networks):
+            raise ApiError(403, "forbidden", f"{host or 'this client'} is not on a network "
+                           "allowed to netboot (boot_networks)")
 
     @app.get("/boot/ipxe/{mac}", tags=["netboot"], response_class=Response,
-             responses={404: {"model": ErrorOut, "description": "No script for this MAC."}},
+             responses={403: {"model": ErrorOut, "description": "Not from boot_networks."},
+                        404: {"model": ErrorOut, "description": "No script for this MAC."}},
              summary="A board's iPXE script, by its MAC (aa:bb:cc:dd:ee:ff).")
-    def ipxe_script(mac: Annotated[str, Path(max_length=17, pattern=mac_pattern)]) -> Response:
+    def ipxe_script(mac: Annotated[str, Path(max_length=17, pattern=mac_pattern)],
+                    _: Annotated[None, Depends(boot_client)]) -> Response:
         if not pxe_root:
             raise not_configured
         script = served_ipxe(FsPath(pxe_root), mac)
@@ -529,9 +547,11 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                         headers={"Cache-Control": "no-store"})
 
     @app.get("/boot/objects/{sha256}", tags=["netboot"], response_class=FileResponse,
-             responses={404: {"model": ErrorOut, "description": "No such boot object."}},
+             responses={403: {"model": ErrorOut, "description": "Not from boot_networks."},
+                        404: {"model": ErrorOut, "description": "No such boot object."}},
              summary="A kernel, initrd or image a board's configuration names.")
-    def boot_object(sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")]) -> FileResponse:
+    def boot_object(sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+                    _: Annotated[None, Depends(boot_client)]) -> FileResponse:
         if not pxe_root:
             raise not_configured
         path = served_object(FsPath(pxe_root), sha256)

@@ -94,7 +94,8 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
 
     tokens = TokenStore(engine.store, cache_seconds=settings.token_cache_seconds)
     app = create_app(engine, tokens, registry, threads=settings.http_threads,
-                     default_ttl=settings.mo_override_ttl, pxe_root=settings.pxe_root or None)
+                     default_ttl=settings.mo_override_ttl, pxe_root=settings.pxe_root or None,
+                     boot_networks=settings.boot_networks)
     sock = _socket(settings, reuse_port=settings.http_processes > 1)
     server = uvicorn.Server(uvicorn_config(app, header_timeout=settings.http_header_timeout,
                                            body_timeout=settings.http_body_timeout))

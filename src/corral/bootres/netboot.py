@@ -26,9 +26,13 @@ installed system.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,19 @@ NEEDS = Needs(service="netboot", kind="board", states=tuple(sorted(REIMAGE_PATH)
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
+# GRUB's local boot: chainload the disk's own UEFI loader (the removable-media
+# path installers write, for this CPU); failing that, hand back to the
+# firmware, which tries its next boot option.
+_CHAINLOAD_DISK = """\
+if [ "$grub_cpu" = arm64 ]; then set corral_loader=/EFI/BOOT/BOOTAA64.EFI
+else set corral_loader=/EFI/BOOT/BOOTX64.EFI; fi
+if search --no-floppy --file --set=root "$corral_loader"; then
+    chainloader "$corral_loader"
+    boot
+fi
+exit
+"""
+
 # The shipped top-level GRUB configuration: GRUB reads it from its prefix
 # (grub/ under the boot root) and loads the board's own by its MAC.
 GRUB_TOP = """\
@@ -61,12 +78,7 @@ if [ -s "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6" ]; then
     configfile "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6"
 fi
 echo "Corral has no configuration for $net_default_mac; booting the local disk"
-if search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI; then
-    chainloader /EFI/BOOT/BOOTX64.EFI
-    boot
-fi
-exit
-"""
+""" + _CHAINLOAD_DISK
 
 
 def normal_mac(mac: object) -> str | None:
@@ -94,16 +106,33 @@ class BootFiles:
     title: str = ""
 
 
+# What GRUB and iPXE read as syntax in a command line (a statement separator,
+# a variable, a quote, a comment): a mirror's boot-cmdline holding one could
+# add commands to their configurations.
+CMDLINE_SYNTAX = frozenset(";&|$`\"'\\#{}<>")
+
+
+def cmdline_problem(cmdline: str) -> str | None:
+    """Why a boot-cmdline cannot go into every configuration flavour, or None."""
+    bad = sorted(set(cmdline) & CMDLINE_SYNTAX)
+    if bad:
+        return (f"holds {' '.join(bad)}, which GRUB or iPXE would read as syntax")
+    if any(word.startswith("corral.") for word in cmdline.split()):
+        return "sets corral.* parameters, which are Corral's to give"
+    return None
+
+
 def kernel_cmdline(base: str, *, url: str, board: str, boot: str, token: str,
                    image: str | None = None) -> str:
-    """The winner's ``boot-cmdline`` and what the second stage needs to
-    report: where Corral is, which board it is, this reimage's id (its
-    callbacks' Idempotency-Keys start with it) and the reimage token."""
+    """What the second stage needs to report (where Corral is, which board it
+    is, this netboot's id, the prefix of its callbacks' Idempotency-Keys, and
+    the reimage token), then the winner's ``boot-cmdline``. Corral's come
+    first: a parameter given twice is read from its first place."""
     extra = [f"corral.url={url}", f"corral.board={board}", f"corral.boot={boot}",
              f"corral.token={token}"]
     if image:
         extra.append(f"corral.image={image}")
-    return " ".join([p for p in (base.strip(),) if p] + extra)
+    return " ".join(extra + [p for p in (base.strip(),) if p])
 
 
 def pxelinux_config(files: BootFiles | None) -> str:
@@ -121,17 +150,8 @@ def pxelinux_config(files: BootFiles | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-# GRUB's local boot: chainload the disk's own UEFI loader (the removable-media
-# path every installer writes); failing that, hand back to the firmware,
-# which tries its next boot option.
-GRUB_LOCAL = """\
-# Written by Corral: no reimage in progress; boot the local disk.
-if search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI; then
-    chainloader /EFI/BOOT/BOOTX64.EFI
-    boot
-fi
-exit
-"""
+GRUB_LOCAL = ("# Written by Corral: no reimage in progress; boot the local disk.\n"
+              + _CHAINLOAD_DISK)
 
 
 def grub_config(files: BootFiles | None) -> str:
@@ -230,17 +250,40 @@ class BootRoot:
         if not SHA256_RE.fullmatch(sha256):
             raise ValueError(f"not a sha256: {sha256!r}")
         target = self.root / "objects" / sha256
-        if not target.exists():
-            partial = target.with_name(f".{sha256}.part")
-            partial.unlink(missing_ok=True)
+        size = source.stat().st_size
+        if not (target.is_file() and target.stat().st_size == size):
+            # A name of its own: two boards may publish the same object at once.
+            fd, name = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".part",
+                                        dir=target.parent)
+            os.close(fd)
+            partial = Path(name)
             try:
-                os.link(source, partial)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copyfile(source, partial)
-            os.replace(partial, target)
+                partial.unlink()
+                try:
+                    os.link(source, partial)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    shutil.copyfile(source, partial)
+                    with open(partial, "rb") as handle:
+                        os.fsync(handle.fileno())
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
         return f"objects/{sha256}"
+
+    @contextmanager
+    def locked(self, mac: str) -> Iterator[None]:
+        """Hold the board's lock (one writer of its configurations at a time on
+        this host: a reimage's write and the switch back to local boot)."""
+        locks = self.root / ".corral-locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / mac_file(mac), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write(self, mac: str, files: BootFiles | None) -> dict[str, str]:
         """Write every flavour for ``mac``: the reimage's boot, or (None) the
@@ -257,10 +300,15 @@ class BootRoot:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (readers see the old or the new file)."""
-    partial = path.with_name(f".{path.name}.tmp")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    """Write ``text`` to ``path`` atomically (readers see the old or the new
+    file), through a temporary file of its own."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(name, 0o644)
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)

@@ -21,11 +21,17 @@ line of defence, for a snapshot written before they did.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from corral.bootres.netboot import BootFiles, BootRoot, kernel_cmdline, normal_mac
+from corral.bootres.netboot import (
+    BootFiles,
+    BootRoot,
+    cmdline_problem,
+    kernel_cmdline,
+    normal_mac,
+)
 from corral.bootres.store import Storage
 from corral.bootres.streams import MAX_CMDLINE, has_control_character, read_cmdline
 from corral.inventory import BOARD_NAME_RE
@@ -37,19 +43,28 @@ class ReimageTokens(Protocol):
     def revoke_reimage(self, board: str) -> bool: ...
 
 
+# The longest board name a reimage token's name (reimage:NAME) holds.
+MAX_NAME = 200 - len("reimage:")
+
+
 class BootResourcePxe:
     """A ``PxeWriter`` backed by the boot resource store.
 
     ``callback_url`` is where boards reach Corral (``boot_callback_url``);
-    ``tokens`` mints and revokes reimage tokens.
+    ``tokens`` mints and revokes reimage tokens; ``board_state`` reads a
+    board's current state (None: no such board), so that a write that lost
+    a race with the board leaving ``pxe_configuring`` does not leave the
+    installer behind.
     """
 
     def __init__(self, storage: Path, pxe_root: Path, *, callback_url: str,
-                 tokens: ReimageTokens) -> None:
+                 tokens: ReimageTokens,
+                 board_state: Callable[[str], str | None] | None = None) -> None:
         self.storage = Storage(storage)
         self.root = BootRoot(pxe_root)
         self.callback_url = callback_url.rstrip("/")
         self.tokens = tokens
+        self.board_state = board_state
 
     def _mac(self, ctx: OperationContext) -> str | None:
         mac = ctx.attrs.get("mac")
@@ -62,6 +77,9 @@ class BootResourcePxe:
         if not BOARD_NAME_RE.fullmatch(ctx.name):
             raise OperationFailed(f"board name {ctx.name!r} cannot go on a kernel command "
                                   "line (letters, digits, '.', '_' and '-')")
+        if len(ctx.name) > MAX_NAME:
+            raise OperationFailed(f"board name {ctx.name[:40]}... is longer than the "
+                                  f"{MAX_NAME} characters a reimage token's name holds")
         mac = self._mac(ctx)
         if mac is None:
             raise OperationFailed(f"board {ctx.name} has no mac: firmware finds its boot "
@@ -109,14 +127,32 @@ class BootResourcePxe:
                 raise OperationFailed(f"the current snapshot's boot-cmdline {data[:80]!r} "
                                       "holds a control character or is not one line of "
                                       "text; refusing to write it into a PXE configuration")
+            problem = cmdline_problem(found)
+            if problem is not None:
+                raise OperationFailed(f"the current snapshot's boot-cmdline {found[:80]!r} "
+                                      f"{problem}; refusing to write it into a boot "
+                                      "configuration")
             cmdline = found
         served = {leaf: self.root.publish_object(path, path.name)
                   for leaf, path in files.items()
                   if leaf in ("boot-kernel", "boot-initrd", "boot-dtb", "root-image")}
-        boot = secrets.token_hex(8)
-        token = self.tokens.issue_for_reimage(ctx.name)
         image = (f"{self.callback_url}/boot/{served['root-image']}"
                  if "root-image" in served else None)
+        with self.root.locked(mac):
+            # Under the board's lock: a boot_local that follows waits for this
+            # write, and one that came first is seen here.
+            if self.board_state is not None:
+                state = self.board_state(ctx.name)
+                if state != "pxe_configuring":
+                    raise OperationFailed(f"board {ctx.name} is {state}, no longer "
+                                          "pxe_configuring: nothing written")
+            return self._write(ctx, mac, winner, served, cmdline, image, release)
+
+    def _write(self, ctx: OperationContext, mac: str, winner: Mapping[str, Any],
+               served: Mapping[str, str], cmdline: str, image: str | None,
+               release: str) -> Mapping[str, Any]:
+        boot = secrets.token_hex(8)
+        token = self.tokens.issue_for_reimage(ctx.name)
         boot_files = BootFiles(
             kernel=served["boot-kernel"], initrd=served["boot-initrd"],
             dtb=served.get("boot-dtb"),
@@ -130,11 +166,12 @@ class BootResourcePxe:
                 "kernel": served["boot-kernel"], "release": release, "boot": boot}
 
     def boot_local(self, ctx: OperationContext) -> Mapping[str, Any]:
-        revoked = self.tokens.revoke_reimage(ctx.name)
         mac = self._mac(ctx)
         if mac is None:
-            return {"paths": {}, "reimage_token_revoked": revoked}
-        return {"paths": self.root.write(mac, None), "reimage_token_revoked": revoked}
+            return {"paths": {}, "reimage_token_revoked": self.tokens.revoke_reimage(ctx.name)}
+        with self.root.locked(mac):
+            revoked = self.tokens.revoke_reimage(ctx.name)
+            return {"paths": self.root.write(mac, None), "reimage_token_revoked": revoked}
 
 
 def _check_one_line(what: str, value: object) -> str:

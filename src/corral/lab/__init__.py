@@ -240,7 +240,9 @@ class Lab:
         """The environment ``corral serve`` needs to drive this lab."""
         return {"CORRAL_PXE_ROOT": str(self.tftp),
                 "CORRAL_BOOTRES_STORAGE": str(self.directory / "boot-resources"),
-                "CORRAL_BOOT_CALLBACK_URL": f"http://10.0.2.2:{http_port}"}
+                "CORRAL_BOOT_CALLBACK_URL": f"http://10.0.2.2:{http_port}",
+                # QEMU's user-mode network reaches the host from its loopback.
+                "CORRAL_BOOT_NETWORKS": "127.0.0.0/8"}
 
     # ------------------------------------------------------------ running
 

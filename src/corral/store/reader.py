@@ -206,7 +206,7 @@ def _sqlite(rest: str) -> Reader | None:
     import sqlite3
 
     def connect() -> sqlite3.Connection:
-        file = Path(path).expanduser()
+        file = Path(path)  # as SQLAlchemy opens it: no ~ expansion
         if not file.exists():
             # A command that only reads must not create an empty database.
             require_revision(None)
