@@ -73,10 +73,12 @@ class Corral:
 
 @pytest.fixture
 def lab(lab_host, tmp_path):
-    lab = Lab(tmp_path / "lab", boards=3)
+    lab = Lab(tmp_path / "lab", boards=3)  # accel auto: KVM only where the probe says so
     lab.build()
     http_port = _port()
     lab.start(http_port)
+    assert lab.accel in ("kvm", "tcg")
+    print(f"lab boards run under {lab.accel}")
     env = {**os.environ, "CORRAL_DATABASE_URL": f"sqlite:///{tmp_path}/corral.db",
            "CORRAL_OPERATION_INTERVAL": "0.2", "CORRAL_LOG_FORMAT": "json",
            **lab.settings(http_port)}

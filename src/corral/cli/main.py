@@ -990,8 +990,10 @@ def lab() -> None:
               help="How many boards (BIOS, UEFI and iPXE, in turn).")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Where Corral's HTTP service listens (the boards reach it as 10.0.2.2).")
-@click.option("--accel", type=click.Choice(["tcg", "kvm"]), default="tcg", show_default=True,
-              help="QEMU's accelerator: TCG unless KVM is known to work here.")
+@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto",
+              show_default=True,
+              help="QEMU's accelerator; auto: KVM where a probe shows iPXE runs under it, "
+                   "else TCG.")
 @click.pass_obj
 def lab_up(obj: CliContext, directory: Path, boards: int, listen: str, accel: str) -> None:
     """Build the lab, start its boards and serve them until Ctrl-C.
@@ -1020,7 +1022,7 @@ def lab_up(obj: CliContext, directory: Path, boards: int, listen: str, accel: st
         if done.returncode != 0:
             raise CorralError(f"corral {' '.join(args)} failed (exit {done.returncode})")
     the_lab.start(port)
-    click.echo(f"{len(the_lab.boards)} boards running; consoles in "
+    click.echo(f"{len(the_lab.boards)} boards running under {the_lab.accel}; consoles in "
                f"{the_lab.directory / 'vm'}/*/console.log", err=True)
     server = subprocess.Popen([*corral, "serve", "--listen", listen], env=env)
     try:

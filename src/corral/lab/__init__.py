@@ -21,8 +21,9 @@ user-mode network, whose built-in DHCP and TFTP server offers the boot root
 privileges, bridges or DHCP server; a lab of physical boards uses dnsmasq or
 tftpd-hpa the same way (docs/lab.md).
 
-QEMU runs with TCG (software emulation) unless ``accel`` says otherwise:
-iPXE resets under KVM on some hosts.
+QEMU runs with TCG (software emulation) unless a probe shows KVM works here
+(:func:`kvm_works`): iPXE resets under KVM on some hosts, nested VMs among
+them.
 """
 
 from __future__ import annotations
@@ -90,6 +91,52 @@ def missing() -> list[str]:
     return absent
 
 
+KVM_DEVICE = Path("/dev/kvm")
+# What SeaBIOS prints once per (re)start, and what iPXE prints when it has
+# tried every network device and found nothing to boot.
+_BANNER = "SeaBIOS (version"
+_IPXE_DONE = ("Nothing to boot", "No more network devices")
+
+
+def probe_verdict(console: str) -> bool | None:
+    """Read a probe VM's console: False once SeaBIOS has started twice (iPXE
+    reset the machine), True once iPXE finished with SeaBIOS started once,
+    None while neither."""
+    if console.count(_BANNER) >= 2:
+        return False
+    if console.count(_BANNER) == 1 and any(done in console for done in _IPXE_DONE):
+        return True
+    return None
+
+
+def kvm_works(seconds: float = 30.0) -> bool:
+    """Whether QEMU's iPXE ROM runs under KVM on this host: a VM with no disk
+    and no boot server must reach iPXE's "nothing to boot" without a reset."""
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK) or shutil.which("qemu-system-x86_64") is None:
+        return False
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="corral-kvm-probe-") as scratch:
+        console = Path(scratch) / "console.log"
+        vm = subprocess.Popen(
+            ["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nographic",
+             "-monitor", "none", "-serial", f"file:{console}", "-netdev", "user,id=n0",
+             "-device", "e1000,netdev=n0", "-boot", "n"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and vm.poll() is None:
+                time.sleep(0.5)
+                text = console.read_bytes().decode("latin-1") if console.exists() else ""
+                verdict = probe_verdict(text)
+                if verdict is not None:
+                    return verdict
+            return False
+        finally:
+            vm.kill()
+            vm.wait()
+
+
 def _kernels() -> list[Path]:
     found = [p for p in Path("/boot").glob("vmlinuz-*") if os.access(p, os.R_OK)]
     return sorted(found, key=lambda p: [int(x) if x.isdigit() else x
@@ -133,10 +180,13 @@ class LabBoard:
 class Lab:
     """The lab in ``directory``: ``bios``, ``uefi`` and ``ipxe`` boards, in turn."""
 
-    def __init__(self, directory: Path, *, boards: int = 2, accel: str = "tcg",
+    def __init__(self, directory: Path, *, boards: int = 3, accel: str = "auto",
                  first_port: int = 0) -> None:
+        """``accel``: ``tcg``, ``kvm``, or ``auto`` (KVM where :func:`kvm_works`)."""
         if boards < 1 or boards > 250:
             raise CorralError("a lab has 1 to 250 boards")
+        if accel not in ("auto", "tcg", "kvm"):
+            raise CorralError(f"accel must be auto, tcg or kvm, not {accel!r}")
         self.directory = directory.resolve()
         self.accel = accel
         self.tftp = self.directory / "tftp"
@@ -250,6 +300,8 @@ class Lab:
         """Start every board's VM with the disk it was installed with; Corral
         serves HTTP on the host's ``http_port`` (where ``ipxe`` boards fetch
         their scripts)."""
+        if self.accel == "auto":
+            self.accel = "kvm" if kvm_works() else "tcg"
         for board in self.boards:
             board.directory.mkdir(parents=True, exist_ok=True)
             if not board.disk.exists():
