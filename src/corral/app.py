@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
-from corral.errors import ConfigError
+from corral.errors import ConfigError, UnknownMachine
 from corral.jobs.service import reserve_job_events
 from corral.machines import DefinitionError, MachineSet, load_definitions
 from corral.machines.loader import Problem
@@ -127,8 +127,6 @@ def _pxe(settings: Settings, engine: Engine | None) -> BootResourcePxe | None:
 
 
 def _state_of(engine: Engine, name: str) -> str | None:
-    from corral.errors import UnknownMachine
-
     try:
         return engine.get("board", name).state
     except UnknownMachine:

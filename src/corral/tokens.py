@@ -109,11 +109,7 @@ class TokenStore:
         Raises:
             UnknownMachine: no such board.
         """
-        with self.store.unit() as tx:
-            row = tx.get_machine("board", board)
-        if row is None:
-            raise UnknownMachine("board", board)
-        return self._save(f"board:{board}", BOARD_ROLE, row.id)
+        return self._save_for_board(board, "board", BOARD_ROLE)
 
     def issue_for_reimage(self, board: str) -> str:
         """Mint (or rotate: the previous one stops working) the reimage token
@@ -122,11 +118,14 @@ class TokenStore:
         Raises:
             UnknownMachine: no such board.
         """
+        return self._save_for_board(board, "reimage", REIMAGE_ROLE)
+
+    def _save_for_board(self, board: str, prefix: str, role: str) -> str:
         with self.store.unit() as tx:
             row = tx.get_machine("board", board)
         if row is None:
             raise UnknownMachine("board", board)
-        return self._save(f"reimage:{board}", REIMAGE_ROLE, row.id)
+        return self._save(f"{prefix}:{board}", role, row.id)
 
     def revoke_reimage(self, board: str) -> bool:
         """Revoke board ``board``'s reimage token; False if it had none."""

@@ -130,6 +130,7 @@ def test_a_reimage_from_first_fetch_to_local_boot(netboot):
     # ... but nothing new is accepted off the reimage path.
     late = _report(http, args, "maintenance_requested")
     assert late.status_code == 401
+    assert late.headers["www-authenticate"] == "Bearer"
     assert "valid only while board q1 is in" in late.json()["message"]
 
     worker.run_pending()  # rebooting: boot_local

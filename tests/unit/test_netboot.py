@@ -138,3 +138,15 @@ def test_an_unwritable_root_is_refused_at_start_up(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ConfigError, match=r"pxe_root .* is not a directory Corral can write"):
         BootRoot(blocker / "tftp")
+
+
+def test_a_killed_writers_leftovers_are_removed_at_start_up(tmp_path):
+    BootRoot(tmp_path / "tftp")
+    old = tmp_path / "tftp" / "ipxe" / ".01-52-54-00-ab-cd-01.ipxe.abc123.tmp"
+    fresh = tmp_path / "tftp" / "objects" / f".{'d' * 64}.xyz.part"
+    for path in (old, fresh):
+        path.write_text("half")
+    os.utime(old, (1, 1))
+    BootRoot(tmp_path / "tftp")
+    assert not old.exists()
+    assert fresh.exists()  # perhaps another process's write in flight

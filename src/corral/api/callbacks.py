@@ -103,7 +103,8 @@ def corral_error_answer(exc: CorralError) -> Answer:
     if hasattr(exc, "allowed"):
         body["error"] = "event_not_allowed"
         body["allowed_events"] = exc.allowed
-    return status, body, {}
+    # A 401 says how to authenticate, whichever layer refused the token.
+    return status, body, {"WWW-Authenticate": "Bearer"} if status == 401 else {}
 
 
 # The database went away: nothing was committed; the client may retry (with the

@@ -25,12 +25,14 @@ installed system.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ SECOND_STAGE_EVENTS = ("second_stage_started", "install_ok", "install_failed",
 NEEDS = Needs(service="netboot", kind="board", states=tuple(sorted(REIMAGE_PATH)),
               events=SECOND_STAGE_EVENTS)
 
+# Temporary files older than this are a killed writer's leftovers.
+STALE_SECONDS = 3600
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -230,6 +234,14 @@ class BootRoot:
         except OSError as exc:
             raise ConfigError(f"pxe_root {str(root)!r} is not a directory Corral can write: "
                               f"{exc.strerror or exc}") from None
+        # What a writer killed mid-write left (an hour is far longer than any
+        # write, so another process's file in flight is never taken).
+        stale = time.time() - STALE_SECONDS
+        for sub in ("pxelinux.cfg", "grub", "ipxe", "objects"):
+            for leftover in (*(root / sub).glob(".*.tmp"), *(root / sub).glob(".*.part")):
+                with contextlib.suppress(FileNotFoundError):
+                    if leftover.stat().st_mtime < stale:
+                        leftover.unlink()
         # A lab's own grub/grub.cfg (it must load the per-MAC one) and
         # pxelinux.cfg/default are left alone. Corral's boot the local disk
         # for a board it has written nothing for yet.
