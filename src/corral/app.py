@@ -72,30 +72,42 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
 
 def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | None
                     ) -> dict[str, Handler]:
-    from corral.operations.base import PowerByDriver, board_handlers
+    """Boards' operations. Power goes to the driver each board names
+    (redfish, ipmi, snmp, qemu, command, simulated), else to the process-wide
+    backend: the simulated lab or the command templates."""
+    from corral.operations.base import board_handlers
     from corral.operations.command import CommandBackend
-    from corral.operations.qemu import QemuPower
     from corral.operations.simulated import SimulatedLab, SimulatedRates
+    from corral.power.controllers import ControllerSlots
+    from corral.power.drivers import CommandPower, SimulatedPower, protocol_drivers
+    from corral.power.service import PowerOperations
 
-    if simulate or (simulate is None and settings.backend == "simulated"):
-        lab = SimulatedLab(seed=settings.sim_seed, rates=SimulatedRates(
-            power_cycle_failure=settings.sim_power_cycle_failure,
-            ping_failure=settings.sim_ping_failure,
-            poll_failure=settings.sim_poll_failure,
-            seconds=settings.sim_operation_seconds,
-            dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
-        ))
-        return board_handlers(PowerByDriver(lab, {"qemu": QemuPower()}), lab,
-                              _pxe(settings, engine) or lab)
+    lab = SimulatedLab(seed=settings.sim_seed, rates=SimulatedRates(
+        power_cycle_failure=settings.sim_power_cycle_failure,
+        ping_failure=settings.sim_ping_failure,
+        poll_failure=settings.sim_poll_failure,
+        seconds=settings.sim_operation_seconds,
+        dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
+    ))
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
+        "power_on": settings.command_power_on,
+        "power_off": settings.command_power_off,
+        "set_boot_device": settings.command_set_boot_device,
         "ping": settings.command_ping,
         "poll": settings.command_poll,
         "write_pxe_config": settings.command_write_pxe_config,
         "boot_local": settings.command_boot_local,
     }, timeout=settings.command_timeout)
-    return board_handlers(PowerByDriver(commands, {"qemu": QemuPower()}), commands,
-                          _pxe(settings, engine) or commands)
+    simulated = simulate or (simulate is None and settings.backend == "simulated")
+    slots = (ControllerSlots(engine.store, engine.clock,
+                             wait_seconds=settings.power_controller_wait)
+             if engine is not None else None)
+    power = PowerOperations(
+        {**protocol_drivers(), "simulated": SimulatedPower(lab), "command": CommandPower(commands)},
+        default="simulated" if simulated else "command", slots=slots)
+    backend: SimulatedLab | CommandBackend = lab if simulated else commands
+    return board_handlers(power.handlers(), backend, _pxe(settings, engine) or backend)
 
 
 def _pxe(settings: Settings, engine: Engine | None) -> BootResourcePxe | None:

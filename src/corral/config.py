@@ -68,10 +68,16 @@ class Settings:
     operation_retry_delay: float = 5.0
     command_timeout: float = 60.0
     command_power_cycle: str = ""
+    command_power_on: str = ""
+    command_power_off: str = ""
+    command_set_boot_device: str = ""
     command_ping: str = "ping -c 1 -W 2 {hostname}"
     command_poll: str = "ping -c 1 -W 2 {hostname}"
     command_write_pxe_config: str = ""
     worker_id: str = ""
+    # Seconds an operation waits for a free slot of its board's power
+    # controller (a PDU, a relay bank) before trying again later.
+    power_controller_wait: float = 60.0
     # Boot resources: where imports publish, and (when set) where the PXE
     # configuration of a reimaged board is written from them.
     bootres_storage: str = "./var/boot-resources"
@@ -115,7 +121,8 @@ _POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body
              "sweep_interval", "sweep_batch", "sweep_threads", "state_count_interval",
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
-             "operation_max_attempts", "command_timeout", "mo_deadline", "mo_attempts",
+             "operation_max_attempts", "command_timeout", "power_controller_wait", "mo_deadline",
+             "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}
 _NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "history_retention_days",
                  "operation_retention_days", "group_commit_threads",

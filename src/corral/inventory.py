@@ -10,7 +10,13 @@ boards:
     hostname: panda-0001.lab
     power: {relay: relay-3, port: 4}
     commands: {power_cycle: "relay-ctl {power_relay} cycle {power_port}"}
+  - name: server-07
+    mac: "00:11:22:33:44:07"
+    power: {driver: redfish, address: "https://bmc-07.lab", system: "1",
+            username: corral, password_file: /etc/corral/bmc-07.pass}
 ```
+
+A board's ``power.driver`` (see docs/power.md) has its settings checked here.
 
 The whole file is validated before anything is written, and every problem is
 reported with its line.
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.machines.loader import DefinitionError, Problem
+from corral.power.settings import SECRET_KEYS, check_power
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
 BOARD_KEYS = ("name", "arch", "subarch", "release", "mac", "hostname", "power", "poll",
@@ -97,12 +104,17 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
         for key in ("power", "poll", "commands", "labels"):
             if key in board and not isinstance(board[key], dict):
                 error(board.line_of(key), f"{key} must be a mapping")
+        if isinstance(board.get("power"), LineDict):
+            power = board["power"]
+            check_power(power, power.line_of, error, line=board.line_of("power"))
         attrs = {k: _plain(v) for k, v in board.items() if k != "name"}
         for key in ("power", "poll"):
-            # Flatten power.relay to power_relay so command templates can use it.
+            # Flatten power.relay to power_relay so command templates can use
+            # it (a secret stays where it is: no template needs it).
             for sub, value in (attrs.get(key) or {}).items() if isinstance(attrs.get(key),
                                                                            dict) else ():
-                attrs.setdefault(f"{key}_{sub}", value)
+                if not (key == "power" and sub in SECRET_KEYS):
+                    attrs.setdefault(f"{key}_{sub}", value)
         attrs.setdefault("hostname", name)
         result[name] = attrs
     if problems:

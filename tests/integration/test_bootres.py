@@ -309,6 +309,7 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     from corral.engine.worker import OperationWorker
     from corral.operations.base import board_handlers
     from corral.operations.simulated import SimulatedLab, SimulatedRates
+    from corral.power.drivers import simulated_power
 
     a, b = generic_and_midway(tmp_path)
     cfg = config(tmp_path, Source(url=a.url), Source(url=b.url),
@@ -321,7 +322,7 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     tokens = TokenStore(engine.store, cache_seconds=0)
     pxe = BootResourcePxe(cfg.storage, tmp_path / "tftp", callback_url="http://10.0.0.1:8080/",
                           tokens=tokens)
-    worker = OperationWorker(engine, board_handlers(lab, lab, pxe), owner="test")
+    worker = OperationWorker(engine, board_handlers(simulated_power(lab), lab, pxe), owner="test")
     engine.create("board", "panda-1", attrs={"arch": "armhf", "subarch": "midway",
                                              "mac": "52:54:00:AB:00:01"})
     engine.force_state("board", "panda-1", "ready", actor="test", reason="set-up")

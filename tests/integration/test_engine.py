@@ -12,6 +12,7 @@ from corral.errors import Conflict, CorralError, EventNotAllowed, StateMismatch,
 from corral.machines.loader import expand_sources
 from corral.operations.base import OperationFailed, board_handlers
 from corral.operations.simulated import SimulatedLab, SimulatedRates
+from corral.power.drivers import simulated_power
 from tests.integration.helpers import history_count, operations_of, snapshot
 
 PERFECT = SimulatedRates(power_cycle_failure=0, ping_failure=0, poll_failure=0)
@@ -19,7 +20,8 @@ PERFECT = SimulatedRates(power_cycle_failure=0, ping_failure=0, poll_failure=0)
 
 def perfect_worker(engine, **kwargs):
     lab = SimulatedLab(rates=PERFECT)
-    return OperationWorker(engine, board_handlers(lab, lab, lab), owner="test", **kwargs)
+    return OperationWorker(engine, board_handlers(simulated_power(lab), lab, lab), owner="test",
+                           **kwargs)
 
 
 def test_create_starts_in_initial_state_with_deadline(engine, clock):
@@ -190,7 +192,7 @@ def test_operations_drive_a_board_to_ready(engine, clock):
 def test_failed_operation_reports_failed_event(engine, clock):
     lab = SimulatedLab(rates=SimulatedRates(power_cycle_failure=0, ping_failure=0,
                                             poll_failure=0, dead_boards=("b1",)))
-    worker = OperationWorker(engine, board_handlers(lab, lab, lab), owner="test")
+    worker = OperationWorker(engine, board_handlers(simulated_power(lab), lab, lab), owner="test")
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
     for _ in range(4):
@@ -250,7 +252,7 @@ def test_transient_errors_retry_with_backoff_then_fail(engine, clock):
         raise ConnectionError("relay controller unreachable")
 
     lab = SimulatedLab(rates=PERFECT)
-    handlers = board_handlers(lab, lab, lab) | {"power_cycle": flaky}
+    handlers = board_handlers(simulated_power(lab), lab, lab) | {"power_cycle": flaky}
     worker = OperationWorker(engine, handlers, owner="t", max_attempts=3, retry_delay=10)
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
@@ -278,8 +280,8 @@ def test_operation_failed_is_not_retried(engine):
         raise OperationFailed("relay refused")
 
     lab = SimulatedLab(rates=PERFECT)
-    worker = OperationWorker(engine, board_handlers(lab, lab, lab) | {"power_cycle": refuse},
-                             owner="t")
+    worker = OperationWorker(engine, board_handlers(simulated_power(lab), lab, lab)
+                             | {"power_cycle": refuse}, owner="t")
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
     worker.run_pending()

@@ -18,6 +18,7 @@ from corral.bootres.pxe import BootResourcePxe
 from corral.engine.worker import OperationWorker
 from corral.operations.base import board_handlers
 from corral.operations.simulated import SimulatedLab, SimulatedRates
+from corral.power.drivers import simulated_power
 from corral.tokens import TokenStore
 from tests.integration.mirrors import Mirror
 from tests.serving import serving
@@ -53,7 +54,7 @@ def netboot(tmp_path, engine):
                                             poll_failure=0))
     pxe = BootResourcePxe(storage, root, callback_url="http://corral.lab:8080",
                           tokens=tokens)
-    worker = OperationWorker(engine, board_handlers(lab, lab, pxe), owner="test")
+    worker = OperationWorker(engine, board_handlers(simulated_power(lab), lab, pxe), owner="test")
     engine.create("board", "q1", attrs={"arch": "amd64", "mac": MAC.upper(),
                                         "release": "lab"})
     engine.create("board", "q2", attrs={"arch": "amd64", "mac": "52:54:00:c0:ff:02"})

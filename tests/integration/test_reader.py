@@ -14,6 +14,7 @@ import pytest
 from corral.engine.reads import Reads
 from corral.errors import SchemaNotCurrent, Unavailable, UnknownMachine
 from corral.store.reader import open_reader
+from corral.store.revision import SCHEMA_REVISION
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
 
@@ -82,7 +83,7 @@ def test_a_missing_sqlite_database_is_reported_not_created(tmp_path):
                          timeout=60)
     assert run.returncode == 5
     assert run.stderr.strip() == ("error: database schema is at revision none, this Corral "
-                                  "needs 0007; run `corral db upgrade`")
+                                  f"needs {SCHEMA_REVISION}; run `corral db upgrade`")
     assert not target.exists()
 
 

@@ -1,5 +1,5 @@
-"""The qemu power driver speaks QMP to a socket; the dispatch picks a driver
-by the inventory's power.driver. (Against a real VM: tests/lab.)"""
+"""The qemu power driver speaks QMP to a socket; the power operations pick a
+driver by the inventory's power.driver. (Against a real VM: tests/lab.)"""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from corral.operations.base import OperationContext, OperationFailed, PowerByDriver
-from corral.operations.qemu import QemuPower
+from corral.operations.base import OperationContext, OperationFailed
+from corral.power.base import UNKNOWN, PowerTarget, SettingsSpec
+from corral.power.qemu import QemuDriver
+from corral.power.service import PowerOperations
+from corral.power.settings import secret_reader
 
 
 def _ctx(**attrs) -> OperationContext:
     return OperationContext(operation_id=1, kind="power_cycle", machine_kind="board",
                             name="b1", attrs=attrs, payload={}, attempt=1)
+
+
+def _target(**settings) -> PowerTarget:
+    return PowerTarget(ctx=_ctx(power=settings), settings=settings,
+                       secret=secret_reader("b1", settings))
 
 
 def _qmp_server(path: Path, replies: list[dict]) -> list[dict]:
@@ -47,40 +55,50 @@ def _qmp_server(path: Path, replies: list[dict]) -> list[dict]:
 
 def test_a_reset_over_qmp(tmp_path):
     sock = tmp_path / "qmp.sock"
-    received = _qmp_server(sock, [{"return": {}}, {"return": {}}])
-    assert QemuPower().cycle(_ctx(power_qmp=str(sock))) == {"driver": "qemu",
-                                                            "action": "system_reset"}
-    assert [m["execute"] for m in received] == ["qmp_capabilities", "system_reset"]
+    received = _qmp_server(sock, [{"return": {}}, {"return": {}}, {"return": {}}])
+    assert QemuDriver().power_cycle(_target(qmp=str(sock))) == {"asked": "system_reset"}
+    assert [m["execute"] for m in received] == ["qmp_capabilities", "system_reset", "cont"]
+
+
+def test_the_power_state_is_whether_the_vm_runs(tmp_path):
+    sock = tmp_path / "qmp.sock"
+    _qmp_server(sock, [{"return": {}}, {"return": {"running": False, "status": "paused"}}])
+    assert QemuDriver().power_state(_target(qmp=str(sock))) == "off"
 
 
 def test_qemu_refusing_is_a_definite_failure(tmp_path):
     sock = tmp_path / "qmp.sock"
     _qmp_server(sock, [{"return": {}}, {"error": {"class": "GenericError", "desc": "no"}}])
     with pytest.raises(OperationFailed, match="QMP refused system_reset: no"):
-        QemuPower().cycle(_ctx(power_qmp=str(sock)))
+        QemuDriver().power_cycle(_target(qmp=str(sock)))
 
 
 def test_a_vm_that_is_not_running_fails_saying_so(tmp_path):
     with pytest.raises(OperationFailed, match="is not running"):
-        QemuPower().cycle(_ctx(power_qmp=str(tmp_path / "gone.sock")))
-    with pytest.raises(OperationFailed, match=r"no power\.qmp"):
-        QemuPower().cycle(_ctx())
+        QemuDriver().power_cycle(_target(qmp=str(tmp_path / "gone.sock")))
 
 
 class Recorder:
+    SPEC = SettingsSpec(open=True)
+    reports_state = False
+
     def __init__(self) -> None:
         self.names: list[str] = []
 
-    def cycle(self, ctx: OperationContext) -> dict:
-        self.names.append(ctx.name)
+    def power_cycle(self, target: PowerTarget) -> dict:
+        self.names.append(target.name)
         return {"by": "recorder"}
+
+    def power_state(self, target: PowerTarget) -> str:
+        return UNKNOWN
 
 
 def test_the_inventory_chooses_the_driver():
     default, qemu = Recorder(), Recorder()
-    power = PowerByDriver(default, {"qemu": qemu})
-    power.cycle(_ctx())
-    power.cycle(_ctx(power_driver="qemu"))
+    power = PowerOperations({"simulated": default, "qemu": qemu}, default="simulated")
+    assert power.power_cycle(_ctx())["driver"] == "simulated"
+    assert power.power_cycle(_ctx(power={"driver": "qemu"}))["by"] == "recorder"
     assert (default.names, qemu.names) == (["b1"], ["b1"])
-    with pytest.raises(OperationFailed, match="names power driver 'redfishh'; drivers: qemu"):
-        power.cycle(_ctx(power_driver="redfishh"))
+    with pytest.raises(OperationFailed, match="names power driver 'redfishh', which this "
+                       "engine does not have"):
+        power.power_cycle(_ctx(power={"driver": "redfishh"}))

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from corral.errors import UnknownMachine
 from corral.machines import MachineSet
 from corral.payload import readable, readable_text
+from corral.power.settings import hide_secrets
 from corral.store.values import HistoryEntry, MachineRow
 
 
@@ -92,7 +93,8 @@ class Reads:
         failed, allowed, accepted = self._state_doc(row.kind, row.state, role)
         return {"name": row.name, "state": row.state, "failed": failed,
                 "state_entered_at": row.state_entered_at, "deadline": row.deadline,
-                "counters": row.counters, "epoch": row.epoch, "attrs": readable(row.attrs),
+                "counters": row.counters, "epoch": row.epoch,
+                "attrs": hide_secrets(readable(row.attrs)),
                 "vars": readable(row.vars or {}),
                 "allowed_events": list(allowed),
                 "accepted_events": {event: list(by) for event, by in accepted.items()}}

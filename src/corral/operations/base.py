@@ -1,13 +1,13 @@
 """The contract between the outbox and the things that touch hardware.
 
-An operation kind (``power_cycle``, ``ping``, ``poll``, ``write_pxe_config``,
-``boot_local``)
-is run by a handler: a callable taking an :class:`OperationContext` and
-returning a detail mapping on success. It raises :class:`OperationFailed` when
-the operation ran and definitely failed (reported as ``<kind>_failed``); any
-other exception is transient and the operation is retried with backoff.
-Handlers must be idempotent: after a worker dies an operation runs again, and
-``operation_id`` is there for backends that can deduplicate.
+An operation kind (``power_cycle``, ``set_boot_device``, ``power_off``,
+``ping``, ``poll``, ``write_pxe_config``, ``boot_local``) is run by a handler: a
+callable taking an :class:`OperationContext` and returning a detail mapping on
+success. It raises :class:`OperationFailed` when the operation ran and
+definitely failed (reported as ``<kind>_failed``); any other exception is
+transient and the operation is retried with backoff. Handlers must be
+idempotent: after a worker dies an operation runs again, and ``operation_id``
+is there for backends that can deduplicate.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ class OperationContext:
 Handler = Callable[[OperationContext], "Mapping[str, Any] | Reported | None"]
 
 
-class PowerDriver(Protocol):
-    def cycle(self, ctx: OperationContext) -> Mapping[str, Any] | None: ...
-
-
 class Poller(Protocol):
     def ping(self, ctx: OperationContext) -> Mapping[str, Any] | None: ...
 
@@ -67,31 +63,15 @@ class PxeWriter(Protocol):
     def boot_local(self, ctx: OperationContext) -> Mapping[str, Any] | None: ...
 
 
-def board_handlers(power: PowerDriver, poller: Poller, pxe: PxeWriter) -> dict[str, Handler]:
-    """The operation kinds the board machine uses, bound to backends."""
+def board_handlers(power: Mapping[str, Handler], poller: Poller, pxe: PxeWriter
+                   ) -> dict[str, Handler]:
+    """The operation kinds the board machine uses, bound to backends: the power
+    kinds (``power_cycle``, ``power_off``, ``set_boot_device``, ...) come from
+    ``corral.power.service.PowerOperations``."""
     return {
-        "power_cycle": power.cycle,
+        **power,
         "ping": poller.ping,
         "poll": poller.poll,
         "write_pxe_config": pxe.write,
         "boot_local": pxe.boot_local,
     }
-
-
-class PowerByDriver:
-    """A ``PowerDriver`` that hands each board to the driver its inventory
-    names (``power: {driver: NAME, ...}``), and the others to ``default``."""
-
-    def __init__(self, default: PowerDriver, drivers: Mapping[str, PowerDriver]) -> None:
-        self.default = default
-        self.drivers = dict(drivers)
-
-    def cycle(self, ctx: OperationContext) -> Mapping[str, Any] | None:
-        name = ctx.attrs.get("power_driver")
-        if name is None:
-            return self.default.cycle(ctx)
-        driver = self.drivers.get(name) if isinstance(name, str) else None
-        if driver is None:
-            raise OperationFailed(f"board {ctx.name} names power driver {name!r}; drivers: "
-                                  f"{', '.join(sorted(self.drivers))}")
-        return driver.cycle(ctx)

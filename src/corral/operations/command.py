@@ -67,13 +67,24 @@ def _text(output: bytes) -> str:
 
 
 class CommandBackend:
-    """Implements ``PowerDriver``, ``Poller`` and ``PxeWriter`` with commands."""
+    """Implements ``Poller`` and ``PxeWriter`` (and, wrapped by
+    ``corral.power.drivers.CommandPower``, power) with commands."""
 
     def __init__(self, defaults: Mapping[str, str], *, timeout: float = 60.0) -> None:
         self.defaults = dict(defaults)
         self.timeout = timeout
 
-    def _run(self, ctx: OperationContext) -> Mapping[str, Any]:
+    def has_command(self, ctx: OperationContext) -> bool:
+        """Whether the board or the configuration gives a command for ctx.kind."""
+        return bool((ctx.attrs.get("commands") or {}).get(ctx.kind)
+                    or self.defaults.get(ctx.kind))
+
+    def run(self, ctx: OperationContext) -> Mapping[str, Any]:
+        """Run the command for ``ctx.kind``.
+
+        Raises:
+            OperationFailed: there is none, or it exited with a status other than 0.
+        """
         commands = ctx.attrs.get("commands") or {}
         template = commands.get(ctx.kind) or self.defaults.get(ctx.kind)
         if not template:
@@ -97,20 +108,20 @@ class CommandBackend:
         return detail
 
     def cycle(self, ctx: OperationContext) -> Mapping[str, Any]:
-        return self._run(ctx)
+        return self.run(ctx)
 
     def ping(self, ctx: OperationContext) -> Mapping[str, Any]:
-        return self._run(ctx)
+        return self.run(ctx)
 
     def poll(self, ctx: OperationContext) -> Mapping[str, Any]:
-        return self._run(ctx)
+        return self.run(ctx)
 
     def write(self, ctx: OperationContext) -> Mapping[str, Any]:
-        return self._run(ctx)
+        return self.run(ctx)
 
     def boot_local(self, ctx: OperationContext) -> Mapping[str, Any]:
         """Only where the lab gives a command: a lab that writes its PXE
         configurations by command may not need one."""
-        if not ((ctx.attrs.get("commands") or {}).get(ctx.kind) or self.defaults.get(ctx.kind)):
+        if not self.has_command(ctx):
             return {"skipped": "no boot_local command (command_boot_local)"}
-        return self._run(ctx)
+        return self.run(ctx)

@@ -31,7 +31,8 @@ class SimulatedRates:
 
 
 class SimulatedLab:
-    """Implements ``PowerDriver``, ``Poller`` and ``PxeWriter`` by dice rolls."""
+    """Implements ``Poller`` and ``PxeWriter`` (and, wrapped by
+    ``corral.power.drivers.SimulatedPower``, power) by dice rolls."""
 
     def __init__(self, *, seed: int = 0, rates: SimulatedRates | None = None) -> None:
         self.seed = seed

@@ -130,6 +130,17 @@ class Tx(EventTx, Protocol):
     def retry_operation(self, operation_id: int, *, run_after: datetime,
                         error: str) -> None: ...
 
+    # -- power controllers: command slots every engine process shares
+    def controller_slot_count(self, controller: str) -> int: ...
+
+    def add_controller_slots(self, controller: str, first: int, last: int) -> None:
+        """Raises: DuplicateKey when another process added them first."""
+
+    def take_controller_slot(self, controller: str, slot: int, *, holder: str, now: datetime,
+                             until: datetime) -> bool: ...
+
+    def free_controller_slot(self, controller: str, slot: int, holder: str) -> None: ...
+
     # -- idempotency keys and retention
     def delete_idempotency_keys_before(self, cutoff: datetime, limit: int) -> int: ...
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from corral.store.schema import (
     bootres_imports,
     bootres_published,
+    controller_slots,
     history,
     idempotency_keys,
     jobs,
@@ -418,6 +419,40 @@ def get_idempotent_outcomes(
 def insert_idempotent_outcomes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(insert(idempotency_keys), list(rows))
+
+
+def controller_slot_count(conn: Connection, controller: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(controller_slots)
+                            .where(controller_slots.c.controller == controller)).scalar_one())
+
+
+def add_controller_slots(conn: Connection, controller: str, first: int, last: int) -> None:
+    """Create free slots ``first`` to ``last - 1`` (another process creating
+    the same ones at once makes this raise ``DuplicateKey``)."""
+    conn.execute(insert(controller_slots), [
+        {"controller": controller, "slot": slot, "holder": None, "expires_at": None}
+        for slot in range(first, last)])
+
+
+def take_controller_slot(conn: Connection, controller: str, slot: int, *, holder: str,
+                         now: datetime, until: datetime) -> bool:
+    """Take one slot if it is free or its holder's time is up. Two takers of
+    one slot serialize on its row: the second re-reads it after the first
+    commits and finds it held."""
+    result = conn.execute(
+        update(controller_slots)
+        .where(controller_slots.c.controller == controller, controller_slots.c.slot == slot,
+               or_(controller_slots.c.holder.is_(None), controller_slots.c.expires_at < now))
+        .values(holder=holder, expires_at=until))
+    return int(result.rowcount) == 1
+
+
+def free_controller_slot(conn: Connection, controller: str, slot: int, holder: str) -> None:
+    conn.execute(
+        update(controller_slots)
+        .where(controller_slots.c.controller == controller, controller_slots.c.slot == slot,
+               controller_slots.c.holder == holder)
+        .values(holder=None, expires_at=None))
 
 
 def delete_idempotency_keys_before(conn: Connection, cutoff: datetime, limit: int) -> int:

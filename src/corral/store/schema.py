@@ -210,6 +210,19 @@ machine_state_counts = Table(
     Column("counted_at", UTCDateTime, nullable=False),
 )
 
+# Who holds each command slot of a power controller (a PDU, a relay bank, a
+# BMC): a row per slot, taken by an operation for as long as it talks to the
+# controller, so that every engine process sees the same holders. A holder
+# that dies leaves an expiry that frees the slot.
+controller_slots = Table(
+    "controller_slots",
+    metadata,
+    Column("controller", String(200), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("holder", String(200), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

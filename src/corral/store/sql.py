@@ -151,6 +151,21 @@ class SqlTx:
     def retry_operation(self, operation_id: int, *, run_after: datetime, error: str) -> None:
         q.retry_operation(self.conn, operation_id, run_after=run_after, error=error)
 
+    # -- power controllers
+    def controller_slot_count(self, controller: str) -> int:
+        return q.controller_slot_count(self.conn, controller)
+
+    def add_controller_slots(self, controller: str, first: int, last: int) -> None:
+        q.add_controller_slots(self.conn, controller, first, last)
+
+    def take_controller_slot(self, controller: str, slot: int, *, holder: str, now: datetime,
+                             until: datetime) -> bool:
+        return q.take_controller_slot(self.conn, controller, slot, holder=holder, now=now,
+                                      until=until)
+
+    def free_controller_slot(self, controller: str, slot: int, holder: str) -> None:
+        q.free_controller_slot(self.conn, controller, slot, holder)
+
     # -- idempotency keys
     def delete_idempotency_keys_before(self, cutoff: datetime, limit: int) -> int:
         return q.delete_idempotency_keys_before(self.conn, cutoff, limit)

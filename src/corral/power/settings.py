@@ -1,0 +1,179 @@
+"""A board's ``power:`` settings: checked at inventory import, read at run time,
+hidden on the way out.
+
+```yaml
+power: {driver: redfish, address: "https://bmc-7.lab", system: "1",
+        username: corral, password_file: /etc/corral/bmc-7.pass}
+```
+
+Every driver accepts the common settings (``controller``, ``concurrency``,
+``timeout``, ``power_on_wait``) and its own (its ``SPEC``). A secret setting
+(``password``, ``community``, ``auth_key``, ``priv_key``) may be given inline,
+as ``NAME_file`` (a file whose first line is the secret, read when the
+operation runs) or as ``NAME_env`` (an environment variable of the engine
+process). Whatever the form, a secret's value never leaves the engine: every
+answer shows it as :data:`HIDDEN`, and no message is built from it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from corral.power.base import PowerFailed, SettingsSpec
+
+HIDDEN = "(hidden)"
+COMMON = ("driver", "controller", "concurrency", "timeout", "power_on_wait")
+SECRET_NAMES = ("password", "community", "auth_key", "priv_key")
+# Power setting names whose value is a secret, wherever they appear.
+SECRET_KEYS = frozenset(SECRET_NAMES)
+# Without a driver, a board's power settings are free-form template
+# variables for the command (or simulated) backend, as they always were.
+DEFAULT_TIMEOUT = 20.0
+DEFAULT_POWER_ON_WAIT = 30.0
+
+
+def driver_names() -> tuple[str, ...]:
+    from corral.power.drivers import SPECS
+
+    return tuple(sorted(SPECS))
+
+
+def check_power(settings: Mapping[str, Any], line_of: Callable[[str], int],
+                error: Callable[[int, str], None], *, line: int) -> None:
+    """Report every problem of one board's ``power:`` mapping through ``error``."""
+    from corral.power.drivers import SPECS
+
+    driver = settings.get("driver")
+    if driver is None:
+        return
+    if not isinstance(driver, str) or driver not in SPECS:
+        error(line_of("driver"), f"power driver {driver!r} is not one of: "
+              f"{', '.join(sorted(SPECS))}")
+        return
+    spec = SPECS[driver]
+    allowed = COMMON + spec.keys()
+    for key in settings:
+        if key not in allowed and not spec.open:
+            error(line_of(key), f"unknown power setting {key!r} for driver {driver}; allowed "
+                  f"keys: {', '.join(allowed)}")
+    for key in spec.required:
+        if key not in settings:
+            error(line, f"power driver {driver} needs {key!r}; allowed keys: "
+                  f"{', '.join(allowed)}")
+    for name in spec.secrets:
+        given = [f"{name}{s}" for s in ("", "_file", "_env") if f"{name}{s}" in settings]
+        if len(given) > 1:
+            error(line_of(given[1]), f"give one of {', '.join(given)}, not several")
+        for key in given:
+            if not isinstance(settings[key], str) or not settings[key]:
+                # The value may be the secret itself: never repeat it.
+                error(line_of(key), f"{key} must be a non-empty string")
+    for key, values in spec.choices.items():
+        if key in settings and settings[key] not in values:
+            error(line_of(key), f"{key} must be one of {', '.join(values)}, not "
+                  f"{settings[key]!r}")
+    for key in (*spec.integers, "concurrency"):
+        value = settings.get(key)
+        if key in settings and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 0 or (key == "concurrency" and value < 1)):
+            error(line_of(key), f"{key} must be a whole number"
+                  f"{' of at least 1' if key == 'concurrency' else ''}, not {value!r}")
+    for key in (*spec.numbers, "timeout", "power_on_wait"):
+        value = settings.get(key)
+        if key in settings and (isinstance(value, bool) or not isinstance(value, int | float)
+                                or value <= 0):
+            error(line_of(key), f"{key} must be a number of seconds above 0, not {value!r}")
+    for key in spec.booleans:
+        if key in settings and not isinstance(settings[key], bool):
+            error(line_of(key), f"{key} must be true or false, not {settings[key]!r}")
+    for key in ("address", "controller", "system", "username", "ca_file", "user"):
+        if key in settings and not isinstance(settings[key], str):
+            error(line_of(key), f"{key} must be a string, not {settings[key]!r}")
+
+
+def secret_reader(board: str, settings: Mapping[str, Any]) -> Callable[[str], str | None]:
+    """A function that returns the secret ``name`` of a board's power settings
+    (inline, ``name_file`` or ``name_env``), or None when none is given.
+
+    Raises (when called):
+        PowerFailed: the file cannot be read or the variable is unset. The
+            message names the file or variable, never a value.
+    """
+
+    def read(name: str) -> str | None:
+        if isinstance(settings.get(name), str):
+            return str(settings[name])
+        path = settings.get(f"{name}_file")
+        if isinstance(path, str):
+            try:
+                with Path(path).open(encoding="utf-8") as handle:
+                    return handle.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise PowerFailed(f"board {board}: {name}_file {path} cannot be read: "
+                                  f"{reason}") from None
+        variable = settings.get(f"{name}_env")
+        if isinstance(variable, str):
+            value = os.environ.get(variable)
+            if value is None:
+                raise PowerFailed(f"board {board}: {name}_env names {variable}, which the "
+                                  "engine's environment does not set")
+            return value
+        return None
+
+    return read
+
+
+def hide_secrets(attrs: Any) -> Any:
+    """A board's attributes with every secret power setting replaced by
+    :data:`HIDDEN` (the ``power`` mapping and its flattened ``power_*`` keys)."""
+    if not isinstance(attrs, dict):
+        return attrs
+    power = attrs.get("power")
+    flat = [k for k in attrs if k.startswith("power_") and k[6:] in SECRET_KEYS]
+    if not flat and not (isinstance(power, dict) and SECRET_KEYS & power.keys()):
+        return attrs
+    shown = {k: (HIDDEN if k in flat else v) for k, v in attrs.items()}
+    if isinstance(power, dict):
+        shown["power"] = {k: (HIDDEN if k in SECRET_KEYS else v) for k, v in power.items()}
+    return shown
+
+
+def timeout_of(settings: Mapping[str, Any]) -> float:
+    value = settings.get("timeout")
+    return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_TIMEOUT
+
+
+def power_on_wait_of(settings: Mapping[str, Any]) -> float:
+    value = settings.get("power_on_wait")
+    return (float(value) if isinstance(value, int | float) and value > 0
+            else DEFAULT_POWER_ON_WAIT)
+
+
+def controller_of(driver: str, settings: Mapping[str, Any]) -> str | None:
+    """The controller whose commands are serialized: ``controller`` when the
+    board names one, else the driver and its address (a PDU, a BMC), else a
+    command board's relay; None when nothing says which controller it is."""
+    named = settings.get("controller")
+    if isinstance(named, str) and named:
+        return named
+    address = settings.get("address")
+    if isinstance(address, str) and address:
+        port = settings.get("port")
+        return f"{driver}:{address}" + (f":{port}" if port is not None else "")
+    relay = settings.get("relay")
+    if isinstance(relay, str | int) and not isinstance(relay, bool):
+        return f"relay:{relay}"
+    return None
+
+
+def concurrency_of(settings: Mapping[str, Any]) -> int:
+    value = settings.get("concurrency")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def spec_keys(spec: SettingsSpec) -> tuple[str, ...]:
+    return COMMON + spec.keys()
