@@ -12,7 +12,7 @@ export CORRAL_DATABASE_URL ?= sqlite:///./var/corral.db
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,power]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -85,7 +85,7 @@ class SnmpDriver:
     SPEC: ClassVar[SettingsSpec] = SettingsSpec(
         required=("address", "outlet", "pdu"),
         optional=("port", "unit", "version", "user", "auth_protocol", "priv_protocol",
-                  "cycle_delay"),
+                  "context", "cycle_delay"),
         secrets=("community", "auth_key", "priv_key"),
         choices={"pdu": tuple(PDUS), "version": ("1", "2c", "3"),
                  "auth_protocol": AUTH_PROTOCOLS, "priv_protocol": PRIV_PROTOCOLS},
@@ -154,14 +154,19 @@ async def _request(target: PowerTarget, doing: str, oid: str, value: int | None)
                        else hl.ObjectType(hl.ObjectIdentity(oid), Integer32(value)))
         call = hl.get_cmd if value is None else hl.set_cmd
         indication, status, _index, binds = await call(
-            engine, _credentials(target, hl), transport, hl.ContextData(), object_type)
+            engine, _credentials(target, hl), transport,
+            hl.ContextData(contextName=str(settings.get("context", ""))), object_type)
     finally:
         engine.close_dispatcher()
     if indication:
         text = str(indication)
         if "timeout" in text.lower() or "no snmp response" in text.lower():
-            raise PowerUnavailable(f"{where} did not answer {doing} within {timeout:g} s "
-                                   "(or does not know this community or user)")
+            if str(settings.get("version", "2c")) != "3" and await _answers_v3(target, hl):
+                # An agent drops a request with a community it does not
+                # know: silence. If it answers SNMPv3 discovery, it is alive.
+                raise PowerFailed(f"{where} answers, but not to this community when "
+                                  f"{doing}: the community is wrong or cannot write")
+            raise PowerUnavailable(f"{where} did not answer {doing} within {timeout:g} s")
         # Authentication and decryption errors of SNMPv3 are definite.
         raise PowerFailed(f"{where} refused {doing}: {text[:200]}")
     if status:
@@ -172,6 +177,25 @@ async def _request(target: PowerTarget, doing: str, oid: str, value: int | None)
     except (TypeError, ValueError):
         raise PowerFailed(f"{where} has no outlet {settings['outlet']} ({oid} holds "
                           f"{answered.prettyPrint()[:80]!r})") from None
+
+
+async def _answers_v3(target: PowerTarget, hl: Any) -> bool:
+    """Whether the agent answers SNMPv3 engine discovery (with a user it cannot
+    know: any answer, even "unknown user", proves it is there)."""
+    settings = target.settings
+    engine = hl.SnmpEngine()
+    try:
+        transport = await hl.UdpTransportTarget.create(
+            (str(settings["address"]), int(settings.get("port", 161))), timeout=1, retries=0)
+        indication, _status, _index, _binds = await hl.get_cmd(
+            engine, hl.UsmUserData("corral-probe"), transport, hl.ContextData(),
+            hl.ObjectType(hl.ObjectIdentity("1.3.6.1.2.1.1.1.0")))
+    except Exception:
+        return False
+    finally:
+        engine.close_dispatcher()
+    text = str(indication).lower() if indication else ""
+    return bool(indication) and "timeout" not in text and "no snmp response" not in text
 
 
 def _credentials(target: PowerTarget, hl: Any) -> Any:
