@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import datetime
+from itertools import pairwise
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_two_engines_never_send_one_pdu_two_commands_at_once(pg_migrated_url, tm
         spans = sorted((datetime.fromisoformat(op.result["command_started_at"]),
                         datetime.fromisoformat(op.result["command_finished_at"]))
                        for op in cycles)
-        for (_, finished), (started, _) in zip(spans, spans[1:], strict=False):
+        for (_, finished), (started, _) in pairwise(spans):
             assert finished <= started, "two commands were in flight at once"
         # Both processes ran power cycles: the slots, not one process, kept order.
         assert all(count > 0 for count in leased), leased
