@@ -517,3 +517,38 @@ def test_several_api_processes_share_the_address_and_the_metrics(migrated_url, t
         lab.stop()
     assert subprocess.run(["pgrep", "-P", str(lab.process.pid)],
                           capture_output=True).returncode == 1
+
+
+def test_power_secrets_never_leave_over_the_cli_or_the_api(migrated_url, tmp_path):
+    secret, community = "Inl1ne-BMC-pw-6d1", "c0mmunity-77b"
+    (tmp_path / "lab.yaml").write_text(f"""boards:
+  - name: srv-1
+    power: {{driver: ipmi, address: 127.0.0.1, port: 9, username: admin, password: {secret}}}
+  - name: pdu-1
+    power: {{driver: snmp, pdu: raritan_px, address: 127.0.0.1, port: 9, outlet: 2,
+            community: {community}, timeout: 0.5}}
+""")
+    lab = Lab(migrated_url, tmp_path)
+    said = lab.cli("board", "import", "lab.yaml")
+    lab.start()
+    try:
+        admin = lab.cli("token", "create", "ada", "--role", "admin")
+        for name in ("srv-1", "pdu-1"):
+            said += lab.cli("board", "show", name)
+            said += lab.cli("board", "show", name, "--json")
+            said += lab.cli("board", "history", name)
+            said += subprocess.run([CORRAL, "--url", lab.base, "board", "show", name],
+                                   env=lab.env | {"CORRAL_TOKEN": admin}, capture_output=True,
+                                   text=True, timeout=60, check=True).stdout
+            said += lab.get(f"/api/v1/boards/{name}", admin).text
+            said += lab.get(f"/api/v1/boards/{name}/history", admin).text
+        said += lab.cli("board", "list", "--json")
+        said += lab.get("/api/v1/boards", admin).text
+        document = lab.get("/api/v1/boards/srv-1", admin).json()
+        assert document["attrs"]["power"]["password"] == "(hidden)"
+        assert document["attrs"]["power"]["username"] == "admin"
+    finally:
+        lab.stop()
+    said += (tmp_path / "serve.log").read_text()
+    assert secret not in said
+    assert community not in said

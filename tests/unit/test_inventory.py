@@ -50,3 +50,44 @@ def test_inventory_takes_a_release_and_refuses_a_shared_mac(tmp_path):
     path.write_text('boards:\n  - name: b1\n    release: noble\n  - name: b2\n    release: 7\n')
     with pytest.raises(InventoryError, match="release must be a string, not 7"):
         load_inventory(path)
+
+
+def test_power_settings_are_checked_per_driver_with_lines(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text("""boards:
+  - name: s1
+    power:
+      driver: redfish
+      adress: https://bmc-1
+      verify_tls: "yes"
+  - name: s2
+    power: {driver: ipmi, address: 10.0.0.2, password: a, password_env: B, port: x}
+  - name: s3
+    power: {driver: snmp, address: pdu-1, outlet: 3, pdu: acme}
+  - name: s4
+    power: {driver: redfsh}
+""")
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    text = str(info.value)
+    assert ("lab.yaml:5: unknown power setting 'adress' for driver redfish; allowed keys: "
+            "driver, controller, concurrency, timeout, power_on_wait, address, system") in text
+    assert "lab.yaml:3: power driver redfish needs 'address'" in text
+    assert "lab.yaml:6: verify_tls must be true or false, not 'yes'" in text
+    assert "lab.yaml:8: give one of password, password_env, not several" in text
+    assert "lab.yaml:8: port must be a whole number, not 'x'" in text
+    assert "lab.yaml:10: pdu must be one of apc_rackpdu, apc_masterswitch, raritan_px" in text
+    assert ("lab.yaml:12: power driver 'redfsh' is not one of: command, ipmi, qemu, redfish, "
+            "simulated, snmp") in text
+    # A secret's value is never repeated in a message.
+    assert "password: a" not in text
+
+
+def test_a_secret_is_not_flattened_for_templates(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text("boards:\n  - name: p1\n    power: {driver: snmp, address: pdu-1, "
+                    "outlet: 3, pdu: apc_rackpdu, community: c0mm}\n")
+    board = load_inventory(path)["p1"]
+    assert board["power_address"] == "pdu-1"
+    assert "power_community" not in board
+    assert board["power"]["community"] == "c0mm"  # the engine needs it
