@@ -5,7 +5,8 @@ configuration Corral wrote, running the reference second stage, which writes
 the image to the board's disk and reports with the reimage token, then
 rebooting into the installed system, which the ping finds on the network.
 
-Nothing is simulated: power is QMP, TFTP and DHCP are QEMU's, the ping is an
+Nothing is simulated: power is IPMI (lab-bios-1's BMC is OpenIPMI's ipmi_sim,
+which runs its VM) or QMP, TFTP and DHCP are QEMU's, the ping is an
 HTTP request to the installed system, the callbacks cross the network."""
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from corral.bootres.netboot import mac_file
 from corral.lab import Lab
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
-REIMAGE_PATH = ["reimage", "write_pxe_config_ok", "power_cycle_ok", "second_stage_started",
-                "install_ok", "boot_local_ok", "timeout", "ping_ok"]
-STATES = ["pxe_configuring", "pxe_power_cycling", "pxe_booting", "installing", "rebooting",
-          "rebooting", "pinging", "ready"]
+REIMAGE_PATH = ["reimage", "write_pxe_config_ok", "set_boot_device_ok", "power_cycle_ok",
+                "second_stage_started", "install_ok", "boot_local_ok", "timeout", "ping_ok"]
+STATES = ["pxe_configuring", "pxe_boot_device", "pxe_power_cycling", "pxe_booting",
+          "installing", "rebooting", "rebooting", "pinging", "ready"]
 
 
 def _port() -> int:
@@ -129,7 +130,14 @@ def test_bios_uefi_and_ipxe_boards_are_reimaged_for_real(lab):
         assert [(e["event"], e["actor"]) for e in callbacks] == [
             ("second_stage_started", f"reimage:{board.name}"),
             ("install_ok", f"reimage:{board.name}")]
-        assert history[4]["payload"] == {"disk": "/dev/vda"}
+        assert history[5]["payload"] == {"disk": "/dev/vda"}
+        # lab-bios-1's BMC is ipmi_sim running its VM: the cycle went over IPMI.
+        cycled = history[3]["payload"]
+        if board.ipmi_port:
+            assert (cycled["driver"], cycled["asked"], cycled["state"]) == (
+                "ipmi", "chassis power cycle", "on")
+        else:
+            assert (cycled["driver"], cycled["asked"]) == ("qemu", "system_reset")
         # The installed system is the reimage's image, not the one the board had.
         banner = httpx.get(f"http://127.0.0.1:{board.port}/", timeout=5).text
         assert banner.split() == ["corral-installed", board.mac, "lab"]

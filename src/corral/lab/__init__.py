@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -38,6 +40,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,7 @@ MEMORY_MB = 768
 # bios: SeaBIOS, iPXE ROM chaining pxelinux.0; uefi: OVMF's PXE, GRUB;
 # ipxe: SeaBIOS, its iPXE ROM fetching Corral's script over HTTP.
 FIRMWARES = ("bios", "uefi", "ipxe")
+IPMI_USER = "corral"
 # The Debian packages that provide what the lab runs.
 PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86", str(OVMF_CODE): "ovmf", str(PXELINUX): "pxelinux",
@@ -70,6 +74,8 @@ PACKAGES = {
     "syslinux": "syslinux", "mformat": "mtools", "grub-mkimage": "grub-common",
     str(GRUB_MODULES): "grub-efi-amd64-bin", str(BUSYBOX): "busybox-static",
     "cpio": "cpio", "/boot/vmlinuz-*": "linux-image-amd64",
+    # The IPMI-powered boards' BMC, and the client Corral's ipmi driver runs.
+    "ipmi_sim": "openipmi", "ipmitool": "ipmitool",
 }
 
 
@@ -163,6 +169,9 @@ class LabBoard:
     mac: str
     port: int
     directory: Path
+    # The UDP port of the board's BMC (OpenIPMI's ipmi_sim, which runs the
+    # VM and is its only way to switch it), or 0: power goes over QMP.
+    ipmi_port: int = 0
 
     @property
     def qmp(self) -> Path:
@@ -181,8 +190,10 @@ class Lab:
     """The lab in ``directory``: ``bios``, ``uefi`` and ``ipxe`` boards, in turn."""
 
     def __init__(self, directory: Path, *, boards: int = 3, accel: str = "auto",
-                 first_port: int = 0) -> None:
-        """``accel``: ``tcg``, ``kvm``, or ``auto`` (KVM where :func:`kvm_works`)."""
+                 first_port: int = 0, ipmi_boards: int = 1) -> None:
+        """``accel``: ``tcg``, ``kvm``, or ``auto`` (KVM where :func:`kvm_works`).
+        The first ``ipmi_boards`` boards are powered over IPMI through a BMC of
+        their own (``ipmi_sim``); the others over QMP."""
         if boards < 1 or boards > 250:
             raise CorralError("a lab has 1 to 250 boards")
         if accel not in ("auto", "tcg", "kvm"):
@@ -197,7 +208,8 @@ class Lab:
             LabBoard(name=name, firmware=FIRMWARES[i % kinds],
                      mac=f"52:54:00:c0:{i // 256:02x}:{i % 256:02x}",
                      port=first_port + i if first_port else _free_port(),
-                     directory=self.directory / "vm" / name)
+                     directory=self.directory / "vm" / name,
+                     ipmi_port=_free_udp_port() if i < ipmi_boards else 0)
             for i, name in enumerate(names)]
         self._vms: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -273,10 +285,19 @@ class Lab:
         lines = ["# The lab's boards (written by `corral lab up`).", "boards:"]
         for board in self.boards:
             check = f"{probe} http://127.0.0.1:{board.port}/ corral-installed"
+            if board.ipmi_port:
+                # A VM boots the network first and the netboot configuration
+                # decides what it runs, so its boot device is left alone
+                # (ipmi_sim's VM interface refuses boot flags anyway).
+                power = (f"{{driver: ipmi, address: 127.0.0.1, port: {board.ipmi_port}, "
+                         f"username: {IPMI_USER}, password_file: \"{self.ipmi_password}\", "
+                         "set_boot_device: false}")
+            else:
+                power = f"{{driver: qemu, qmp: \"{board.qmp}\"}}"
             lines += [f"  - name: {board.name}", "    arch: amd64", "    subarch: generic",
                       "    release: lab", f"    mac: \"{board.mac}\"",
                       "    hostname: 127.0.0.1",
-                      f"    power: {{driver: qemu, qmp: \"{board.qmp}\"}}",
+                      f"    power: {power}",
                       f"    commands: {{ping: \"{check}\", poll: \"{check}\"}}",
                       f"    labels: {{firmware: {board.firmware}, "
                       f"http: \"127.0.0.1:{board.port}\"}}"]
@@ -285,6 +306,11 @@ class Lab:
     @property
     def inventory(self) -> Path:
         return self.directory / "lab.yaml"
+
+    @property
+    def ipmi_password(self) -> Path:
+        """The lab BMCs' password, in a file only its owner reads."""
+        return self.directory / "ipmi.pass"
 
     def settings(self, http_port: int) -> dict[str, str]:
         """The environment ``corral serve`` needs to drive this lab."""
@@ -308,6 +334,8 @@ class Lab:
                 shutil.copyfile(self.assets / "preinstalled.img", board.disk)
             board.qmp.unlink(missing_ok=True)
             argv = self.command(board, http_port)
+            if board.ipmi_port:
+                argv = self._bmc(board, argv)
             with open(board.directory / "qemu.log", "wb") as errors:
                 self._vms[board.name] = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
@@ -323,12 +351,57 @@ class Lab:
                     raise CorralError(f"QEMU for {board.name} did not open its QMP socket")
                 time.sleep(0.1)
 
+    def _bmc(self, board: LabBoard, qemu: list[str]) -> list[str]:
+        """The ipmi_sim command that runs ``qemu`` as board's chassis: power on
+        starts the VM, power off stops it (a graceful request over the VM's
+        IPMI interface, then SIGTERM), a cycle does both. The VM talks to its
+        BMC through QEMU's ipmi-bmc-extern device."""
+        if not self.ipmi_password.exists():
+            self.ipmi_password.write_text(secrets.token_urlsafe(12) + "\n")
+            self.ipmi_password.chmod(0o600)
+        password = self.ipmi_password.read_text().strip()
+        vm_port = _free_port()
+        qemu = [*qemu, "-chardev", f"socket,id=ipmi0,host=127.0.0.1,port={vm_port},reconnect=1",
+                "-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0",
+                "-device", "isa-ipmi-kcs,bmc=bmc0"]
+        config = board.directory / "bmc.conf"
+        config.write_text(f"""name "{board.name}-bmc"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {board.ipmi_port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid {uuid.uuid5(uuid.NAMESPACE_OID, board.name).hex}
+  endlan
+  serial 15 127.0.0.1 {vm_port} codec VM
+  startcmd "{shlex.join(qemu)}"
+  startnow true
+  poweroff_wait 5
+  kill_wait 5
+  user 2 true "{IPMI_USER}" "{password}" admin 10 none md2 md5 straight
+""")
+        config.chmod(0o600)
+        (board.directory / "bmc.emu").write_text(
+            "mc_setbmc 0x20\n"
+            "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
+            "mc_enable 0x20\n")
+        return ["ipmi_sim", "-c", str(config), "-f", str(board.directory / "bmc.emu"), "-n",
+                "-s", str(board.directory / "bmc-state")]
+
     def command(self, board: LabBoard, http_port: int) -> list[str]:
         bootfile = {"bios": "pxelinux.0", "uefi": "grub/grubx64.efi",
                     "ipxe": f"http://10.0.2.2:{http_port}/boot/ipxe/{board.mac}"
                     }[board.firmware]
+        # A BMC-run VM is a new process after each power cycle: its console
+        # is appended to, so that every boot's output stays.
+        console = (["-chardev", f"file,id=console0,path={board.console},append=on",
+                    "-serial", "chardev:console0"] if board.ipmi_port
+                   else ["-serial", f"file:{board.console}"])
         argv = ["qemu-system-x86_64", "-accel", self.accel, "-m", str(MEMORY_MB),
-                "-display", "none", "-monitor", "none", "-serial", f"file:{board.console}",
+                "-display", "none", "-monitor", "none", *console,
                 "-qmp", f"unix:{board.qmp},server=on,wait=off",
                 "-drive", f"file={board.disk},format=raw,if=none,id=disk0",
                 "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
@@ -348,6 +421,9 @@ class Lab:
                 "-device", f"virtio-net-pci,netdev=net0,mac={board.mac},bootindex=1,romfile="]
 
     def stop(self) -> None:
+        for board in self.boards:
+            if board.ipmi_port and board.qmp.exists():
+                _quit(board.qmp)  # the BMC's VM, which is not in its process group
         for vm in self._vms.values():
             if vm.poll() is None:
                 os.killpg(vm.pid, signal.SIGTERM)
@@ -395,6 +471,23 @@ def build_disk(path: Path, kernel: Path, initrd: Path, *, os_name: str) -> None:
     finally:
         config.unlink(missing_ok=True)
     partial.replace(path)
+
+
+def _quit(qmp: Path) -> None:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(qmp))
+            sock.sendall(b'{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n')
+            sock.recv(4096)
+    except OSError:
+        pass  # already gone
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _free_port() -> int:

@@ -50,10 +50,11 @@ _STATE = re.compile(r"Chassis Power is (on|off)")
 class IpmiDriver:
     SPEC: ClassVar[SettingsSpec] = SettingsSpec(
         required=("address",),
-        optional=("port", "username", "boot_mode", "cipher_suite"),
+        optional=("port", "username", "boot_mode", "cipher_suite", "set_boot_device"),
         secrets=("password",),
         choices={"boot_mode": ("bios", "uefi")},
         integers=("port", "cipher_suite"),
+        booleans=("set_boot_device",),
     )
     reports_state: ClassVar[bool] = True
 

@@ -38,10 +38,11 @@ SYSTEMS = "/redfish/v1/Systems"
 class RedfishDriver:
     SPEC: ClassVar[SettingsSpec] = SettingsSpec(
         required=("address",),
-        optional=("system", "username", "verify_tls", "ca_file", "boot_mode"),
+        optional=("system", "username", "verify_tls", "ca_file", "boot_mode",
+                  "set_boot_device"),
         secrets=("password",),
         choices={"boot_mode": ("bios", "uefi")},
-        booleans=("verify_tls",),
+        booleans=("verify_tls", "set_boot_device"),
     )
     reports_state: ClassVar[bool] = True
 

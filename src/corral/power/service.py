@@ -74,6 +74,9 @@ class PowerOperations:
         persistent = bool(ctx.payload.get("persistent", False))
 
         def ask(driver: PowerDriver, target: PowerTarget) -> Mapping[str, Any]:
+            if target.settings.get("set_boot_device") is False:
+                return {"skipped": "the inventory leaves this board's boot device alone "
+                                   "(set_boot_device: false)"}
             answer = driver.set_boot_device(target, device, persistent=persistent)
             if answer is None:
                 return {"skipped": f"driver {self._name(ctx)} has no boot device to set"}
