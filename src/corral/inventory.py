@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from corral.machines.loader import DefinitionError, Problem
-from corral.power.settings import SECRET_KEYS, check_power
+from corral.power.drivers import check_power
+from corral.power.settings import SECRET_KEYS
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
 BOARD_KEYS = ("name", "arch", "subarch", "release", "mac", "hostname", "power", "poll",

@@ -32,4 +32,4 @@ def test_install_pins_the_uvicorn_the_callback_protocol_supports():
     assert SUPPORTED_UVICORN[0] <= _minor(pins["uvicorn"]) <= SUPPORTED_UVICORN[1]
     makefile = (ROOT / "Makefile").read_text()
     assert "$(STAMP): pyproject.toml constraints.txt" in makefile
-    assert "pip install --quiet -c constraints.txt -e '.[dev]'" in makefile
+    assert "pip install --quiet -c constraints.txt -e '.[dev,power]'" in makefile

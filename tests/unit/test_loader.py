@@ -37,7 +37,8 @@ def test_shipped_definitions_load():
     board = definitions["board"]
     assert board.initial == "new"
     assert set(board.failed_states) == {"failed_power_cycling", "failed_pinging",
-                                        "failed_pxe_config", "failed_pxe_booting",
+                                        "failed_pxe_config", "failed_boot_device",
+                                        "failed_pxe_booting",
                                         "failed_installing"}
     for name in ("new", "ready", "power_cycling", "rebooting", "pinging", "pxe_configuring",
                  "pxe_power_cycling", "pxe_booting", "installing", "maintenance", "retired"):

@@ -8,7 +8,7 @@ checked (and a lab without BMCs runs) without them installed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from corral.power.base import UNKNOWN, PowerDriver, PowerTarget, SettingsSpec
 from corral.power.ipmi import IpmiDriver
 from corral.power.qemu import QemuDriver
 from corral.power.redfish import RedfishDriver
+from corral.power.settings import COMMON
 from corral.power.snmp import SnmpDriver
 
 
@@ -109,3 +110,54 @@ def simulated_power(lab: SimulatedLab) -> dict[str, Handler]:
 
     return PowerOperations({**protocol_drivers(), "simulated": SimulatedPower(lab)},
                            default="simulated").handlers()
+
+
+def check_power(settings: Mapping[str, Any], line_of: Callable[[str], int],
+                error: Callable[[int, str], None], *, line: int) -> None:
+    """Report every problem of one board's ``power:`` mapping through ``error``."""
+    driver = settings.get("driver")
+    if driver is None:
+        return
+    if not isinstance(driver, str) or driver not in SPECS:
+        error(line_of("driver"), f"power driver {driver!r} is not one of: "
+              f"{', '.join(sorted(SPECS))}")
+        return
+    spec = SPECS[driver]
+    allowed = COMMON + spec.keys()
+    for key in settings:
+        if key not in allowed and not spec.open:
+            error(line_of(key), f"unknown power setting {key!r} for driver {driver}; allowed "
+                  f"keys: {', '.join(allowed)}")
+    for key in spec.required:
+        if key not in settings:
+            error(line, f"power driver {driver} needs {key!r}; allowed keys: "
+                  f"{', '.join(allowed)}")
+    for name in spec.secrets:
+        given = [f"{name}{s}" for s in ("", "_file", "_env") if f"{name}{s}" in settings]
+        if len(given) > 1:
+            error(line_of(given[1]), f"give one of {', '.join(given)}, not several")
+        for key in given:
+            if not isinstance(settings[key], str) or not settings[key]:
+                # The value may be the secret itself: never repeat it.
+                error(line_of(key), f"{key} must be a non-empty string")
+    for key, values in spec.choices.items():
+        if key in settings and settings[key] not in values:
+            error(line_of(key), f"{key} must be one of {', '.join(values)}, not "
+                  f"{settings[key]!r}")
+    for key in (*spec.integers, "concurrency"):
+        value = settings.get(key)
+        if key in settings and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 0 or (key == "concurrency" and value < 1)):
+            error(line_of(key), f"{key} must be a whole number"
+                  f"{' of at least 1' if key == 'concurrency' else ''}, not {value!r}")
+    for key in (*spec.numbers, "timeout", "power_on_wait"):
+        value = settings.get(key)
+        if key in settings and (isinstance(value, bool) or not isinstance(value, int | float)
+                                or value <= 0):
+            error(line_of(key), f"{key} must be a number of seconds above 0, not {value!r}")
+    for key in spec.booleans:
+        if key in settings and not isinstance(settings[key], bool):
+            error(line_of(key), f"{key} must be true or false, not {settings[key]!r}")
+    for key in ("address", "controller", "system", "username", "ca_file", "user"):
+        if key in settings and not isinstance(settings[key], str):
+            error(line_of(key), f"{key} must be a string, not {settings[key]!r}")

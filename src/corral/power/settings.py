@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from corral.power.base import PowerFailed, SettingsSpec
+from corral.power.base import PowerFailed
 
 HIDDEN = "(hidden)"
 COMMON = ("driver", "controller", "concurrency", "timeout", "power_on_wait")
@@ -33,65 +33,6 @@ SECRET_KEYS = frozenset(SECRET_NAMES)
 # variables for the command (or simulated) backend, as they always were.
 DEFAULT_TIMEOUT = 20.0
 DEFAULT_POWER_ON_WAIT = 30.0
-
-
-def driver_names() -> tuple[str, ...]:
-    from corral.power.drivers import SPECS
-
-    return tuple(sorted(SPECS))
-
-
-def check_power(settings: Mapping[str, Any], line_of: Callable[[str], int],
-                error: Callable[[int, str], None], *, line: int) -> None:
-    """Report every problem of one board's ``power:`` mapping through ``error``."""
-    from corral.power.drivers import SPECS
-
-    driver = settings.get("driver")
-    if driver is None:
-        return
-    if not isinstance(driver, str) or driver not in SPECS:
-        error(line_of("driver"), f"power driver {driver!r} is not one of: "
-              f"{', '.join(sorted(SPECS))}")
-        return
-    spec = SPECS[driver]
-    allowed = COMMON + spec.keys()
-    for key in settings:
-        if key not in allowed and not spec.open:
-            error(line_of(key), f"unknown power setting {key!r} for driver {driver}; allowed "
-                  f"keys: {', '.join(allowed)}")
-    for key in spec.required:
-        if key not in settings:
-            error(line, f"power driver {driver} needs {key!r}; allowed keys: "
-                  f"{', '.join(allowed)}")
-    for name in spec.secrets:
-        given = [f"{name}{s}" for s in ("", "_file", "_env") if f"{name}{s}" in settings]
-        if len(given) > 1:
-            error(line_of(given[1]), f"give one of {', '.join(given)}, not several")
-        for key in given:
-            if not isinstance(settings[key], str) or not settings[key]:
-                # The value may be the secret itself: never repeat it.
-                error(line_of(key), f"{key} must be a non-empty string")
-    for key, values in spec.choices.items():
-        if key in settings and settings[key] not in values:
-            error(line_of(key), f"{key} must be one of {', '.join(values)}, not "
-                  f"{settings[key]!r}")
-    for key in (*spec.integers, "concurrency"):
-        value = settings.get(key)
-        if key in settings and (isinstance(value, bool) or not isinstance(value, int)
-                                or value < 0 or (key == "concurrency" and value < 1)):
-            error(line_of(key), f"{key} must be a whole number"
-                  f"{' of at least 1' if key == 'concurrency' else ''}, not {value!r}")
-    for key in (*spec.numbers, "timeout", "power_on_wait"):
-        value = settings.get(key)
-        if key in settings and (isinstance(value, bool) or not isinstance(value, int | float)
-                                or value <= 0):
-            error(line_of(key), f"{key} must be a number of seconds above 0, not {value!r}")
-    for key in spec.booleans:
-        if key in settings and not isinstance(settings[key], bool):
-            error(line_of(key), f"{key} must be true or false, not {settings[key]!r}")
-    for key in ("address", "controller", "system", "username", "ca_file", "user"):
-        if key in settings and not isinstance(settings[key], str):
-            error(line_of(key), f"{key} must be a string, not {settings[key]!r}")
 
 
 def secret_reader(board: str, settings: Mapping[str, Any]) -> Callable[[str], str | None]:
@@ -173,7 +114,3 @@ def controller_of(driver: str, settings: Mapping[str, Any]) -> str | None:
 def concurrency_of(settings: Mapping[str, Any]) -> int:
     value = settings.get("concurrency")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
-
-
-def spec_keys(spec: SettingsSpec) -> tuple[str, ...]:
-    return COMMON + spec.keys()
