@@ -75,6 +75,11 @@ class Settings:
     command_poll: str = "ping -c 1 -W 2 {hostname}"
     command_write_pxe_config: str = ""
     worker_id: str = ""
+    # The event stream: a comment every events_heartbeat seconds of silence;
+    # the horizon looked at every events_interval seconds (PostgreSQL's
+    # notifications move it at once).
+    events_heartbeat: float = 15.0
+    events_interval: float = 0.5
     # Seconds an operation waits for a free slot of its board's power
     # controller (a PDU, a relay bank) before trying again later.
     power_controller_wait: float = 60.0
@@ -122,6 +127,7 @@ _POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "power_controller_wait", "mo_deadline",
+             "events_heartbeat", "events_interval",
              "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}
 _NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "history_retention_days",

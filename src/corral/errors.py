@@ -76,6 +76,12 @@ class Unavailable(CorralError):
     exit_code = 6
 
 
+class Unsupported(CorralError):
+    """What was asked is not available on this backend."""
+
+    exit_code = 2
+
+
 class AuthError(CorralError):
     """A server refused the token (missing, wrong, revoked or too small a role)."""
 

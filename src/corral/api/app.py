@@ -15,6 +15,7 @@ annotations at run time, and they name dependencies defined in ``create_app``.
 """
 
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ import anyio.to_thread
 import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -45,6 +46,7 @@ from corral.api.callbacks import (
     Front,
     corral_error_answer,
 )
+from corral.api.events import HistoryTail, event_frames
 from corral.bootres.netboot import served_ipxe, served_object
 from corral.config import parse_networks
 from corral.engine.core import Engine, FireResult
@@ -256,7 +258,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
                threads: int = 64, default_ttl: int = 43200,
-               pxe_root: str | None = None, boot_networks: str = "") -> Front:
+               pxe_root: str | None = None, boot_networks: str = "",
+               events_heartbeat: float = 15.0, events_interval: float = 0.5) -> Front:
     """The ASGI application: board callbacks answered by :class:`Front`, the rest
     by FastAPI (``Front.app``). ``threads`` bounds the operator requests handled
     at once; ``default_ttl`` is an override's TTL when a request gives none."""
@@ -268,10 +271,14 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         # Board callbacks share transactions on this loop (PostgreSQL).
         await engine.start_loop_group_commit()
+        await anyio.to_thread.run_sync(tail.start_in, asyncio.get_running_loop())
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(tail.stop)
             await engine.stop_loop_group_commit()
+
+    tail = HistoryTail(engine.store, interval=events_interval)
 
     callbacks = Callbacks(engine, tokens)
     def known_query(request: Request) -> None:
@@ -561,6 +568,50 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                             headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     # -------------------------------------------------------------- monitoring
+
+    # -------------------------------------------------------------- events
+
+    @app.get("/api/v1/events", tags=["events"], response_class=StreamingResponse,
+             responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
+                                        "description": "Server-Sent Events."}},
+             summary="Every history row as it commits, in commit order (Server-Sent "
+                     "Events).", operation_id="stream_events")
+    async def stream_events(
+        _: Annotated[Principal, Depends(role("viewer"))],
+        after: Annotated[int | None, Query(ge=0, description=(
+            "Start after this history id (0: from the oldest kept row); without it, "
+            "from now. Last-Event-ID, when sent, wins."))] = None,
+        kind: Annotated[list[str], Query(description="Only these machine kinds.")] = [],  # noqa: B006
+        name: Annotated[list[str], Query(description="Only these machines.")] = [],  # noqa: B006
+        state: Annotated[list[str], Query(description="Only rows entering these states.")
+                         ] = [],  # noqa: B006
+        event: Annotated[list[str], Query(description="Only these events.")] = [],  # noqa: B006
+        source: Annotated[list[str], Query(description=(
+            "Only these sources: callback, timeout, operation, operator."))] = [],  # noqa: B006
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        """Each event's SSE ``id`` is its history id and its ``data`` the row
+        as JSON (kind, name, from_state, to_state, event, source, actor,
+        reason, at, payload). A reconnecting client sends ``Last-Event-ID`` and
+        resumes exactly after that row: nothing lost, nothing twice. A
+        ``: heartbeat`` comment comes after 15 s of silence."""
+        if tail.unsupported:
+            raise ApiError(501, "not_implemented", tail.unsupported)
+        start = after
+        if last_event_id is not None and last_event_id.strip():
+            if not last_event_id.strip().isdigit():
+                raise RequestValidationError([{
+                    "loc": ("header", "Last-Event-ID"),
+                    "msg": "must be a history id (a whole number), as the stream sent it"}])
+            start = int(last_event_id.strip())
+        if start is None:
+            start = tail.horizon
+        filters = {"kind": kind, "name": name, "state": state, "event": event,
+                   "source": source}
+        return StreamingResponse(
+            event_frames(tail, after=start, filters=filters, heartbeat=events_heartbeat),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics.",
              response_class=Response)

@@ -81,8 +81,11 @@ def uvicorn_config(app: Front, *, header_timeout: float = 10.0,
 
     protocol = callback_protocol(app.callbacks, header_timeout=header_timeout,
                                  body_timeout=body_timeout)
+    # Event streams never end by themselves: on shutdown they are given a few
+    # seconds, then closed (clients resume from their Last-Event-ID).
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                          proxy_headers=False, server_header=False, http=protocol or "auto")
+                          proxy_headers=False, server_header=False, http=protocol or "auto",
+                          timeout_graceful_shutdown=5)
 
 
 def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) -> None:
@@ -95,7 +98,9 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
     tokens = TokenStore(engine.store, cache_seconds=settings.token_cache_seconds)
     app = create_app(engine, tokens, registry, threads=settings.http_threads,
                      default_ttl=settings.mo_override_ttl, pxe_root=settings.pxe_root or None,
-                     boot_networks=settings.boot_networks)
+                     boot_networks=settings.boot_networks,
+                     events_heartbeat=settings.events_heartbeat,
+                     events_interval=settings.events_interval)
     sock = _socket(settings, reuse_port=settings.http_processes > 1)
     server = uvicorn.Server(uvicorn_config(app, header_timeout=settings.http_header_timeout,
                                            body_timeout=settings.http_body_timeout))

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, text, update
 
-from corral.errors import Unavailable
+from corral.errors import Unavailable, Unsupported
 from corral.store.schema import operations
 from corral.store.sql import SqlStore, SqlTx, translated
 from corral.store.values import OperationRow
@@ -66,6 +66,19 @@ class MysqlTx(SqlTx):
             raise Unavailable(f"another process held the lock {name!r} for {LOCK_WAIT} s; "
                               "this pass is skipped")
         self.held.append(name)
+
+
+    def history_horizon_candidate(self) -> tuple[int, Any]:
+        """Not on MariaDB or MySQL: their list of running transactions
+        (information_schema.INNODB_TRX) is a cache that readers polling it
+        keep from being refreshed, so a horizon read from it could pass a row
+        that commits later. The event stream refuses (see docs/http-api.md)."""
+        raise Unsupported("the event stream needs PostgreSQL or SQLite; on MariaDB and "
+                          "MySQL, follow a machine's history instead (GET "
+                          "/api/v1/boards/NAME/history)")
+
+    def history_settled(self, pending: Any) -> bool:
+        return True
 
 
 class MysqlStore(SqlStore):

@@ -35,6 +35,7 @@ from corral.store.values import (
     MachineState,
     OperationRow,
     StateChange,
+    StreamEntry,
     TokenRow,
     VarsChange,
 )
@@ -129,6 +130,17 @@ class Tx(EventTx, Protocol):
 
     def retry_operation(self, operation_id: int, *, run_after: datetime,
                         error: str) -> None: ...
+
+    # -- the event stream
+    def stream_history(self, *, after: int, upto: int, limit: int,
+                       filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]: ...
+
+    def history_horizon_candidate(self) -> tuple[int, Any]:
+        """The newest history id that may exist, and what must finish before
+        every row up to it has committed (None: nothing)."""
+
+    def history_settled(self, pending: Any) -> bool:
+        """Whether what :meth:`history_horizon_candidate` named has finished."""
 
     # -- power controllers: command slots every engine process shares
     def controller_slot_count(self, controller: str) -> int: ...
@@ -235,6 +247,10 @@ class Store(Protocol):
 
     def unit(self) -> AbstractContextManager[Tx]:
         """One general transaction: commit on success, roll back on error."""
+
+    def history_listener(self) -> Any:
+        """An object whose ``wait(timeout)`` returns once new history may have
+        committed (or after ``timeout``), and ``close()``."""
 
     async def connect_async(self) -> Any:
         """A connection for :meth:`async_events` (opaque to callers)."""

@@ -137,6 +137,25 @@ WHERE id = %(id)s
 
 PG_LOCK_NAMED = "SELECT pg_advisory_xact_lock(hashtext(:name))"
 
+# Wakes the event stream's readers (LISTEN corral_history) when the write
+# commits; the table stays the truth, so a lost notification only delays.
+PG_NOTIFY_HISTORY = "SELECT pg_notify('corral_history', '')"
+HISTORY_CHANNEL = "corral_history"
+
+# The event stream's horizon, in two statements (see PgTx.history_horizon_candidate).
+PG_LAST_HISTORY_ID = """
+SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM history_id_seq
+"""
+# Every transaction of this database holding a transaction id: a snapshot's
+# in-progress list leaves out those above its xmax (the newest completed one),
+# and pg_xact_status says committed a moment before new snapshots see it, so
+# both miss what the reader must wait for. A backend's xid is cleared exactly
+# when new snapshots see its transaction as finished.
+PG_WRITERS = """
+SELECT backend_xid::text FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL AND datname = current_database() AND pid <> pg_backend_pid()
+"""
+
 
 def _row(values: tuple[Any, ...]) -> MachineState:
     id_, kind, name, state, entered, deadline, counters, epoch = values
@@ -193,6 +212,8 @@ def _write_statements(
     statements += [(PG_UPDATE_VARS, {"id": change.id, "replace": change.replace,
                                      "values": _dumps(change.values)})
                    for change in vars_changes]
+    if history:
+        statements.append((PG_NOTIFY_HISTORY, {}))
     return statements
 
 
@@ -304,6 +325,42 @@ class PgTx(SqlTx):
     def lock_named(self, name: str) -> None:
         self.conn.execute(text(PG_LOCK_NAMED), {"name": name})
 
+    def history_horizon_candidate(self) -> tuple[int, Any]:
+        """Concurrent writers take history ids in one order and commit in
+        another, so a reader that is past id N could miss a row N-1 that
+        commits later. The stream therefore reads only up to a horizon every
+        row below which has settled: first the newest id handed out (the
+        sequence, which is not transactional), then, in a later statement,
+        the transactions in progress. Every writer holds a transaction id
+        before it takes a history id (it has locked the machine's row), so any
+        transaction that may hold an id up to the horizon is in that list;
+        one that starts later takes a higher id. The horizon settles when
+        none of them is still in progress for a new snapshot
+        (:meth:`history_settled`)."""
+        newest = int(self.conn.execute(text(PG_LAST_HISTORY_ID)).scalar_one())
+        listed = self.conn.execute(text(PG_WRITERS)).scalars().all()
+        return newest, [str(x) for x in listed]
+
+    def history_settled(self, pending: Any) -> bool:
+        if not pending:
+            return True
+        running = {str(x) for x in self.conn.execute(text(PG_WRITERS)).scalars()}
+        return not running & set(pending)
+
+
+class _PgListener:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def wait(self, timeout: float) -> None:
+        """Until a writer's NOTIFY arrives or ``timeout`` seconds pass."""
+        with translated(PSYCOPG_ERRORS):
+            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+                pass
+
+    def close(self) -> None:
+        self.conn.close()
+
 
 class _IsoFormatter(dict[datetime, str]):
     def __call__(self, value: datetime | None) -> str | None:
@@ -373,6 +430,15 @@ class PgStore(SqlStore):
                 if not pg.closed:
                     pg.autocommit = False
                 fairy.close()
+
+    def history_listener(self) -> Any:
+        """LISTENs for committed history (writers NOTIFY); see SqlStore's."""
+        url = self.sa.url.set(drivername="postgresql")
+        with translated(PSYCOPG_ERRORS):
+            conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
+                                   application_name="corral-events")
+            conn.execute(f"LISTEN {HISTORY_CHANNEL}")
+        return _PgListener(conn)
 
     async def connect_async(self) -> psycopg.AsyncConnection[Any]:
         """An asyncio connection to the database, set up as the pooled ones are

@@ -46,6 +46,7 @@ from corral.store.values import (
     MachineState,
     OperationRow,
     StateChange,
+    StreamEntry,
     TokenRow,
     VarsChange,
 )
@@ -250,6 +251,33 @@ def list_history(
         query = query.where(history.c.id < before_id)
     query = query.order_by(history.c.id.desc()).limit(limit)
     return [HistoryEntry.from_row(r) for r in conn.execute(query)]
+
+
+def stream_history(conn: Connection, *, after: int, upto: int, limit: int,
+                   filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]:
+    """History rows with ``after < id <= upto`` in id order, with their
+    machine's kind and name; ``filters`` keeps those whose ``kind``, ``name``,
+    ``state`` (the state entered), ``event`` or ``source`` is among the given."""
+    columns = {"kind": machines.c.kind, "name": machines.c.name, "state": history.c.to_state,
+               "event": history.c.event, "source": history.c.source}
+    query = (select(history, machines.c.kind.label("machine_kind"),
+                    machines.c.name.label("machine_name"))
+             .join(machines, machines.c.id == history.c.machine_id)
+             .where(history.c.id > after, history.c.id <= upto))
+    for key, wanted in filters.items():
+        if wanted:
+            query = query.where(columns[key].in_(list(wanted)))
+    rows = conn.execute(query.order_by(history.c.id).limit(limit))
+    result = []
+    for row in rows:
+        fields = dict(row._mapping)
+        kind, name = fields.pop("machine_kind"), fields.pop("machine_name")
+        result.append(StreamEntry(entry=HistoryEntry(**fields), kind=kind, name=name))
+    return result
+
+
+def newest_history_id(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(history.c.id), 0))).scalar_one())
 
 
 # ---------------------------------------------------------------- operations

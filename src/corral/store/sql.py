@@ -8,6 +8,7 @@ that nothing above the store needs to know which database it runs on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
@@ -26,6 +27,7 @@ from corral.store.values import (
     MachineState,
     OperationRow,
     StateChange,
+    StreamEntry,
     TokenRow,
     VarsChange,
 )
@@ -67,6 +69,14 @@ async def translated_async(driver: DriverErrors = NO_DRIVER) -> AsyncIterator[No
         if mine is None:
             raise
         raise mine from exc
+
+
+class _Sleeper:
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def close(self) -> None:
+        pass
 
 
 class SqlTx:
@@ -150,6 +160,21 @@ class SqlTx:
 
     def retry_operation(self, operation_id: int, *, run_after: datetime, error: str) -> None:
         q.retry_operation(self.conn, operation_id, run_after=run_after, error=error)
+
+    # -- the event stream
+    def stream_history(self, *, after: int, upto: int, limit: int,
+                       filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]:
+        return q.stream_history(self.conn, after=after, upto=upto, limit=limit,
+                                filters=filters)
+
+    def history_horizon_candidate(self) -> tuple[int, Any]:
+        """The newest history id that may exist and what must end before every
+        row up to it is committed: SQLite has one writer at a time and ids
+        are given in its transaction, so every visible id is settled."""
+        return q.newest_history_id(self.conn), None
+
+    def history_settled(self, pending: Any) -> bool:
+        return True
 
     # -- power controllers
     def controller_slot_count(self, controller: str) -> int:
@@ -286,6 +311,12 @@ class SqlStore:
 
     def events(self) -> Any:
         return self.unit()
+
+    def history_listener(self) -> Any:
+        """Something whose ``wait(timeout)`` returns when new history may have
+        committed, and ``close()``: here, a timer (readers poll); PostgreSQL
+        listens for the writers' notifications."""
+        return _Sleeper()
 
     async def connect_async(self) -> Any:
         raise NotImplementedError(f"{self.backend} has no asyncio event path")

@@ -156,3 +156,13 @@ class Assignment:
     pool: str
     job_run_id: str
     assigned_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamEntry:
+    """A history row as the event stream gives it: with its machine's kind
+    and name."""
+
+    entry: HistoryEntry
+    kind: str
+    name: str

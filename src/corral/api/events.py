@@ -1,0 +1,162 @@
+"""The event stream: every history row, in commit order, as Server-Sent Events.
+
+``GET /api/v1/events`` sends each row as it commits, with its history id as
+the SSE ``id``; ``Last-Event-ID`` (or ``?after=ID``) resumes exactly after a
+row, so a client that reconnects loses nothing and sees nothing twice.
+
+Ids are handed out in one order and committed in another when writers run
+concurrently (PostgreSQL, MariaDB): a reader already past id N could miss a
+row N-1 that commits later. So each API process follows a *horizon* (one
+thread, :class:`HistoryTail`): the newest id every row below which has
+settled, from the store (``history_horizon_candidate`` / ``history_settled``:
+the newest id handed out, then the transactions in progress, waited out).
+Clients read only up to it; a row below it can no longer appear. Writers
+NOTIFY on PostgreSQL so that the horizon moves at once; elsewhere, and when a
+notification is lost, the thread looks again every ``interval`` seconds: a
+missed notification delays, never loses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import structlog
+
+from corral.errors import Unsupported
+from corral.payload import readable, readable_text
+from corral.store.port import Store
+from corral.store.values import StreamEntry
+
+log = structlog.get_logger("corral.events")
+# Rows read per query while a client catches up.
+PAGE = 500
+FILTERS = ("kind", "name", "state", "event", "source")
+
+
+class HistoryTail:
+    """Follows the settled horizon of the history table for one process."""
+
+    def __init__(self, store: Store, *, interval: float = 0.5) -> None:
+        self.store = store
+        self.interval = interval
+        self.horizon = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._advanced: asyncio.Event | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Why this store cannot give a stream (MariaDB), or None.
+        self.unsupported: str | None = None
+
+    def start_in(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start following (in a worker thread: the first horizon is read
+        before this returns); waiters live on ``loop``."""
+        self._loop = loop
+        self._advanced = asyncio.Event()
+        try:
+            self.horizon = self._settle()
+        except Unsupported as exc:
+            self.unsupported = str(exc)
+            return
+        self._thread = threading.Thread(target=self._follow, name="corral-events", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 5)
+
+    async def wait_beyond(self, cursor: int, timeout: float) -> bool:
+        """Wait until the horizon is past ``cursor``; False after ``timeout``."""
+        while self.horizon <= cursor:
+            event = self._advanced
+            assert event is not None, "HistoryTail.start() was not called"
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def _settle(self) -> int:
+        """The newest id every row below which has committed (or never will)."""
+        with self.store.unit() as tx:
+            newest, pending = tx.history_horizon_candidate()
+        while pending and not self._stop.is_set():
+            with self.store.unit() as tx:
+                if tx.history_settled(pending):
+                    break
+            time.sleep(0.005)
+        return newest
+
+    def _follow(self) -> None:
+        listener = None
+        while not self._stop.is_set():
+            try:
+                if listener is None:
+                    listener = self.store.history_listener()
+                newest = self._settle()
+                if newest > self.horizon and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._move, newest)
+                listener.wait(self.interval)
+            except Exception as exc:  # the database is away: look again soon
+                log.warning("event_stream_unavailable", error=str(exc)[:300])
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                self._stop.wait(1.0)
+        if listener is not None:
+            listener.close()
+
+    def _move(self, horizon: int) -> None:
+        if horizon > self.horizon:
+            self.horizon = horizon
+            event, self._advanced = self._advanced, asyncio.Event()
+            assert event is not None
+            event.set()
+
+
+def event_document(row: StreamEntry) -> dict[str, Any]:
+    """One stream event, as the API documents it."""
+    entry = row.entry
+    return {"id": entry.id, "kind": row.kind, "name": row.name, "epoch": entry.epoch,
+            "from_state": entry.from_state, "to_state": entry.to_state, "event": entry.event,
+            "source": entry.source, "actor": readable_text(entry.actor),
+            "reason": readable_text(entry.reason), "at": entry.at.isoformat(),
+            "payload": readable(entry.payload), "operation_id": entry.operation_id}
+
+
+def sse_frame(document: Mapping[str, Any]) -> bytes:
+    data = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {document['id']}\ndata: {data}\n\n".encode()
+
+
+async def event_frames(tail: HistoryTail, *, after: int,
+                       filters: Mapping[str, Sequence[str]],
+                       heartbeat: float) -> AsyncIterator[bytes]:
+    """The frames of one client's stream: everything after ``after`` that
+    matches ``filters``, then each row as the horizon passes it; a comment
+    every ``heartbeat`` seconds of silence keeps proxies from closing it."""
+    yield b"retry: 2000\n\n"
+    cursor = after
+    store = tail.store
+
+    def page(start: int, upto: int) -> list[StreamEntry]:
+        with store.unit() as tx:
+            return tx.stream_history(after=start, upto=upto, limit=PAGE, filters=filters)
+
+    while True:
+        horizon = tail.horizon
+        if horizon > cursor:
+            rows = await anyio.to_thread.run_sync(page, cursor, horizon)
+            for row in rows:
+                yield sse_frame(event_document(row))
+            # Fewer than a page: nothing else up to the horizon matches.
+            cursor = rows[-1].entry.id if len(rows) == PAGE else horizon
+            continue
+        if not await tail.wait_beyond(cursor, heartbeat):
+            yield b": heartbeat\n\n"
