@@ -459,6 +459,18 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                                f"token {who.name!r} may not read {kind} {name!r}")
             return document(name, who.role)
 
+        @app.get(f"/api/v1/{plural}/{{name}}/explain", response_model=dict[str, Any],
+                 responses=ERRORS, tags=[tag], summary=f"Why a {kind} is where it is.",
+                 operation_id=f"explain_{kind}")
+        def explain_machine(name: Name, who: Annotated[Principal, Depends(role("viewer"))]
+                            ) -> dict[str, Any]:
+            """The transition into its state (event, source, actor, reason, when),
+            time in state against the timeout and what the timeout does, each
+            counter against its limit, the last operation of each kind with its
+            result, the operations queued or leased, the events the asker may
+            fire, and a one-paragraph summary."""
+            return engine.explain(kind, name, who.role)
+
         @app.get(f"/api/v1/{plural}/{{name}}/history", response_model=HistoryPage,
                  responses=ERRORS, tags=[tag], summary=f"A {kind}'s history, newest first.",
                  operation_id=f"{kind}_history")

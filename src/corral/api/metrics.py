@@ -59,7 +59,14 @@ class StateCollector(Collector):
                                     "How old the machines-per-state figures are (0: counted "
                                     "for this scrape).")
         counted.add_metric([], counts_age or 0.0)
-        yield from (machines, failed, depth, age, counted)
+        stuck = GaugeMetricFamily(
+            "corral_state_oldest_seconds",
+            "Seconds the machine longest in each state has been there (stuck work: "
+            "corral_state_oldest_seconds{state=\"pxe_booting\"} > 3600).",
+            labels=["kind", "state"])
+        for kind, state, seconds in self.engine.oldest_in_state(max_age=self.counts_max_age):
+            stuck.add_metric([kind, state], seconds)
+        yield from (machines, failed, depth, age, counted, stuck)
 
 
 class PrometheusObserver(Observer):

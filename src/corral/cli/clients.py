@@ -40,6 +40,7 @@ class Boards(Protocol):
     def find(self, states: list[str] | None, failed: bool) -> Iterator[list[dict[str, Any]]]:
         """The machines by name, a page at a time."""
     def show(self, name: str) -> dict[str, Any]: ...
+    def explain(self, name: str) -> dict[str, Any]: ...
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]: ...
     def fire(self, name: str, event: str, payload: Any, reason: str | None
              ) -> dict[str, Any]: ...
@@ -82,6 +83,9 @@ class LocalBoards:
 
     def show(self, name: str) -> dict[str, Any]:
         return self.reads.describe(self.reads.get(self.kind, name))
+
+    def explain(self, name: str) -> dict[str, Any]:
+        return self.engine.explain(self.kind, name)
 
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         entries: list[HistoryEntry] = self.reads.history(self.kind, name, limit=limit,
@@ -154,6 +158,9 @@ class RemoteBoards:
     def show(self, name: str) -> dict[str, Any]:
         return self._times(self._call("GET", f"{self.base}/{name}"),
                            "state_entered_at", "deadline")
+
+    def explain(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"{self.base}/{name}/explain"))
 
     def history(self, name: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

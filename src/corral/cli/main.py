@@ -447,6 +447,36 @@ def _print_machine(kind: str, doc: dict[str, Any]) -> None:
         click.echo(f"{'vars.' + key + ':':<10} {value}")
 
 
+def _print_explain(doc: dict[str, Any]) -> None:
+    click.echo(doc["summary"])
+    click.echo("")
+    entered = doc.get("entered")
+    if entered:
+        click.echo(f"entered:    {entered['at']} by {entered['event']} ({entered['source']}"
+                   f"{', ' + entered['actor'] if entered['actor'] else ''})"
+                   f"{': ' + entered['reason'] if entered['reason'] else ''}")
+    timeout = doc.get("timeout")
+    if timeout:
+        remaining = timeout.get("remaining_seconds")
+        click.echo(f"timeout:    {timeout.get('seconds', timeout.get('deadline_var'))} s, then "
+                   f"{timeout['then']}"
+                   + (f" (in {remaining:.0f} s)" if remaining is not None else ""))
+    else:
+        click.echo("timeout:    none")
+    for counter in doc["counters"]:
+        mark = "  <- this state" if counter["this_state"] else ""
+        click.echo(f"counter:    {counter['name']} {counter['value']}/{counter['max']}, then "
+                   f"{counter['failure']} (counts {', '.join(counter['counts'])}){mark}")
+    for op in doc["waiting_operations"]:
+        click.echo(f"waiting:    {op['kind']} #{op['id']} {op['status']}, attempt "
+                   f"{op['attempts']}" + (f": {op['error']}" if op["error"] else ""))
+    for op in doc["last_operations"]:
+        outcome = op["error"] or json.dumps(op["result"], default=str)[:200]
+        click.echo(f"last {op['kind']}: #{op['id']} {op['status']} "
+                   f"{op['finished_at'] or op['created_at']}: {outcome}")
+    click.echo(f"you may:    {', '.join(doc['allowed_events']) or '-'}")
+
+
 def add_machine_commands(group: click.Group, kind: str, *, show: bool = True) -> None:
     """The operator commands every machine kind shares: list, show, history, event,
     force-state. They read and write the database, or a server given --url."""
@@ -504,6 +534,19 @@ def add_machine_commands(group: click.Group, kind: str, *, show: bool = True) ->
         _print_machine(kind, doc)
     if show:
         group.command("show", help=f"Show one {kind}.")(show_cmd)
+
+    @group.command("explain")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_obj
+    def explain_cmd(obj: CliContext, name: str, as_json: bool) -> None:
+        doc = obj.boards(kind).explain(name)
+        if as_json:
+            click.echo(_json(doc))
+            return
+        _print_explain(doc)
+    explain_cmd.help = (f"Why a {kind} is where it is: the transition into its state, its "
+                        "timeout, counters, operations and the events you may fire.")
 
     @group.command("history")
     @click.argument("name")

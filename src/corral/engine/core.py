@@ -162,6 +162,16 @@ class Engine(Firing, Sweeping, Outbox):
         """See :meth:`corral.engine.reads.Reads.describe`."""
         return self.reads.describe(row, role)
 
+    def explain(self, kind: str, name: str, role: str = "admin") -> dict[str, Any]:
+        """Why a machine is where it is (see :mod:`corral.engine.explain`).
+
+        Raises: UnknownMachine."""
+        from corral.engine.explain import explain
+
+        row = self.get(kind, name)
+        return explain(self.store, self.machines, row, self.describe(row, role),
+                       now=self.clock(), timeout_scale=self.timeout_scale)
+
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None
     ) -> list[HistoryEntry]:

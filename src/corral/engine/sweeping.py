@@ -38,6 +38,16 @@ class Sweeping(EngineBase):
                 return counts, age
             return tx.count_machines_by_state(), None
 
+    def oldest_in_state(self, *, max_age: float) -> list[tuple[str, str, float]]:
+        """(kind, state, seconds the machine longest in it has been there), from
+        the stored aggregate when it is at most ``max_age`` old, else now."""
+        with self.store.unit() as tx:
+            _counts, counted_at = tx.stored_state_counts()
+            now = self.clock()
+            fresh = counted_at is not None and (now - counted_at).total_seconds() <= max_age
+            rows = tx.stored_oldest_in_state() if fresh else tx.oldest_in_state()
+        return [(k, s, max(0.0, (now - t).total_seconds())) for k, s, t in rows]
+
     def prune(self, *, history_older_than: timedelta | None = None,
               operations_older_than: timedelta | None = None, batch: int = 500
               ) -> dict[str, int]:

@@ -131,6 +131,9 @@ class Tx(EventTx, Protocol):
     def retry_operation(self, operation_id: int, *, run_after: datetime,
                         error: str) -> None: ...
 
+    def list_operations(self, machine_id: int, *, limit: int = 200) -> list[OperationRow]:
+        """A machine's newest operations, newest first."""
+
     # -- the event stream
     def stream_history(self, *, after: int, upto: int, limit: int,
                        filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]: ...
@@ -221,6 +224,12 @@ class Tx(EventTx, Protocol):
 
     def stored_state_counts(self) -> tuple[list[tuple[str, str, int]], datetime | None]:
         """The stored aggregate and when it was counted (None: never)."""
+
+    def oldest_in_state(self) -> list[tuple[str, str, datetime]]:
+        """(kind, state, when the machine longest in it entered it), now."""
+
+    def stored_oldest_in_state(self) -> list[tuple[str, str, datetime]]:
+        """The same, from the last recount."""
 
     def lock_named(self, name: str) -> None:
         """Let one transaction at a time hold ``name``, until it ends."""

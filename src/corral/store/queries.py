@@ -282,6 +282,14 @@ def newest_history_id(conn: Connection) -> int:
 
 # ---------------------------------------------------------------- operations
 
+def list_operations(conn: Connection, machine_id: int, *, limit: int = 200
+                    ) -> list[OperationRow]:
+    """A machine's newest ``limit`` operations, newest first."""
+    rows = conn.execute(select(operations).where(operations.c.machine_id == machine_id)
+                        .order_by(operations.c.id.desc()).limit(limit))
+    return [OperationRow.from_row(r) for r in rows]
+
+
 _insert_operation = insert(operations)
 
 
@@ -566,15 +574,42 @@ def count_machines_by_state(conn: Connection) -> list[tuple[str, str, int]]:
     return [(k, s, int(n)) for k, s, n in conn.execute(query)]
 
 
+def oldest_in_state(conn: Connection) -> list[tuple[str, str, datetime]]:
+    """(kind, state, when the machine longest in it entered it), computed now."""
+    query = select(machines.c.kind, machines.c.state, func.min(machines.c.state_entered_at)
+                   ).group_by(machines.c.kind, machines.c.state)
+    return [(k, s, _aware(t)) for k, s, t in conn.execute(query)]
+
+
+def _aware(moment: Any) -> datetime:
+    # min() of a UTCDateTime column comes back as the driver gives it
+    # (SQLite: text; MariaDB: naive), not through the column's type.
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def refresh_state_counts(conn: Connection, now: datetime) -> int:
-    """Recount machines per (kind, state) into ``machine_state_counts``;
-    returns how many (kind, state) rows it holds now."""
-    counts = count_machines_by_state(conn)
+    """Recount machines per (kind, state) into ``machine_state_counts``, with
+    when the machine longest in each state entered it; returns how many
+    (kind, state) rows it holds now."""
+    query = select(machines.c.kind, machines.c.state, func.count(),
+                   func.min(machines.c.state_entered_at)
+                   ).group_by(machines.c.kind, machines.c.state)
+    counts = list(conn.execute(query))
     conn.execute(delete(machine_state_counts))
     if counts:
         conn.execute(insert(machine_state_counts), [
-            {"kind": k, "state": s, "machines": n, "counted_at": now} for k, s, n in counts])
+            {"kind": k, "state": s, "machines": int(n), "counted_at": now,
+             "oldest_entered_at": _aware(t)} for k, s, n, t in counts])
     return len(counts)
+
+
+def stored_oldest_in_state(conn: Connection) -> list[tuple[str, str, datetime]]:
+    """The last recount's (kind, state, oldest entry) rows."""
+    rows = conn.execute(select(machine_state_counts.c.kind, machine_state_counts.c.state,
+                               machine_state_counts.c.oldest_entered_at)).all()
+    return [(k, s, t) for k, s, t in rows if t is not None]
 
 
 def stored_state_counts(conn: Connection) -> tuple[list[tuple[str, str, int]], datetime | None]:

@@ -208,6 +208,8 @@ machine_state_counts = Table(
     Column("state", String(64), primary_key=True),
     Column("machines", BigInteger, nullable=False),
     Column("counted_at", UTCDateTime, nullable=False),
+    # When the machine longest in this state entered it (stuck work).
+    Column("oldest_entered_at", UTCDateTime, nullable=True),
 )
 
 # Who holds each command slot of a power controller (a PDU, a relay bank, a

@@ -161,6 +161,9 @@ class SqlTx:
     def retry_operation(self, operation_id: int, *, run_after: datetime, error: str) -> None:
         q.retry_operation(self.conn, operation_id, run_after=run_after, error=error)
 
+    def list_operations(self, machine_id: int, *, limit: int = 200) -> list[OperationRow]:
+        return q.list_operations(self.conn, machine_id, limit=limit)
+
     # -- the event stream
     def stream_history(self, *, after: int, upto: int, limit: int,
                        filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]:
@@ -280,6 +283,12 @@ class SqlTx:
 
     def stored_state_counts(self) -> tuple[list[tuple[str, str, int]], datetime | None]:
         return q.stored_state_counts(self.conn)
+
+    def oldest_in_state(self) -> list[tuple[str, str, datetime]]:
+        return q.oldest_in_state(self.conn)
+
+    def stored_oldest_in_state(self) -> list[tuple[str, str, datetime]]:
+        return q.stored_oldest_in_state(self.conn)
 
     def lock_named(self, name: str) -> None:
         """Nothing to do on SQLite: writers already take turns."""
