@@ -152,3 +152,65 @@ def test_mariadb_refuses_the_stream_saying_why(tmp_path):
             assert "needs PostgreSQL or SQLite" in answer.json()["message"]
         finally:
             stop(server)
+
+
+def _lines_until(process: subprocess.Popen, count: int, seconds: float = 60) -> list[dict]:
+    """The first ``count`` JSON lines ``corral watch --json`` prints."""
+    found: list[dict] = []
+    deadline = time.monotonic() + seconds
+    while len(found) < count:
+        assert time.monotonic() < deadline, f"watch printed only {found}"
+        line = process.stdout.readline()
+        if line:
+            found.append(json.loads(line))
+    return found
+
+
+def test_watch_follows_the_database_and_a_server_across_its_restart(tmp_path):
+    url = f"sqlite:///{tmp_path}/corral.db"
+    env = os.environ | {"CORRAL_DATABASE_URL": url, "CORRAL_LOG_FORMAT": "json",
+                        "CORRAL_EVENTS_INTERVAL": "0.1"}
+    env.pop("CORRAL_URL", None)
+
+    def corral(*args: str) -> str:
+        done = subprocess.run([CORRAL, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    corral("db", "upgrade")
+    (tmp_path / "lab.yaml").write_text("boards:\n  - {name: w1}\n  - {name: w2}\n")
+    corral("board", "import", str(tmp_path / "lab.yaml"))
+    local = subprocess.Popen([CORRAL, "watch", "--json", "--name", "w1", "--after", "0"],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        corral("board", "force-state", "w1", "maintenance", "--reason", "bench")
+        corral("board", "force-state", "w2", "maintenance", "--reason", "other board")
+        seen = _lines_until(local, 2)
+        assert [(d["name"], d["event"], d["to_state"]) for d in seen] == [
+            ("w1", "create", "new"), ("w1", "force_state", "maintenance")]
+    finally:
+        local.terminate()
+        local.wait(timeout=10)
+        local.stdout.close()
+
+    viewer = corral("token", "create", "watcher", "--role", "viewer")
+    port = free_port()
+    server = _serve(url, tmp_path, port, 0)
+    remote = subprocess.Popen([CORRAL, "--url", f"http://127.0.0.1:{port}", "watch", "--json",
+                               "--after", "0"], env=env | {"CORRAL_TOKEN": viewer},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        before = _lines_until(remote, 4)   # two creations, two forces
+        stop(server)
+        corral("board", "force-state", "w1", "ready", "--reason", "while the server was down")
+        server = _serve(url, tmp_path, port, 1)
+        after = _lines_until(remote, 1)
+        ids = [d["id"] for d in before + after]
+        assert ids == sorted(set(ids)) == [1, 2, 3, 4, 5]
+        assert after[0]["reason"] == "while the server was down"
+    finally:
+        remote.terminate()
+        remote.wait(timeout=10)
+        remote.stdout.close()
+        stop(server)

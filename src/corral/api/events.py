@@ -22,7 +22,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -160,3 +160,29 @@ async def event_frames(tail: HistoryTail, *, after: int,
             continue
         if not await tail.wait_beyond(cursor, heartbeat):
             yield b": heartbeat\n\n"
+
+
+def follow(store: Store, *, after: int | None, filters: Mapping[str, Sequence[str]],
+           interval: float = 0.5) -> Iterator[dict[str, Any]]:
+    """The stream read straight from the database (``corral watch`` without
+    ``--url``): the same rows, in the same order, up to the same horizon.
+
+    Raises:
+        Unsupported: the backend has no stream (MariaDB).
+    """
+    tail = HistoryTail(store, interval=interval)
+    cursor = tail._settle() if after is None else after
+    listener = store.history_listener()
+    try:
+        while True:
+            horizon = tail._settle()
+            while horizon > cursor:
+                with store.unit() as tx:
+                    rows = tx.stream_history(after=cursor, upto=horizon, limit=PAGE,
+                                             filters=filters)
+                for row in rows:
+                    yield event_document(row)
+                cursor = rows[-1].entry.id if len(rows) == PAGE else horizon
+            listener.wait(interval)
+    finally:
+        listener.close()

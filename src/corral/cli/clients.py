@@ -12,7 +12,9 @@ commands, httpx for remote ones), so that a command starts quickly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -309,3 +311,48 @@ class RemoteJobs(RemoteBoards):
         params = {"api_version": api_version} if api_version else {}
         doc = self._call("GET", f"/api/v1/jobs/{name}/spec", params=params)
         return {"api_version": doc["api_version"], "text": doc["text"]}
+
+
+def follow_remote(url: str, token: str | None, *, after: int | None,
+                  filters: Mapping[str, Sequence[str]],
+                  sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:
+    """``GET /api/v1/events`` as documents, reconnecting after a dropped
+    connection (or a server restart) with ``Last-Event-ID`` set to the last
+    event given out, so that nothing is missed or given twice.
+
+    Raises:
+        AuthError: the server refused the token.
+    """
+    import httpx
+
+    if not token:
+        raise AuthError("CORRAL_TOKEN must hold a viewer token to use --url")
+    params: list[tuple[str, Any]] = [(k, v) for k, values in filters.items() for v in values]
+    if after is not None:
+        params.append(("after", after))
+    last: int | None = None
+    delay = 0.5
+    while True:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        if last is not None:
+            headers["Last-Event-ID"] = str(last)
+        try:
+            with httpx.stream("GET", f"{url.rstrip('/')}/api/v1/events", params=params,
+                              headers=headers, timeout=httpx.Timeout(10, read=60)) as reply:
+                if reply.status_code in (401, 403):
+                    raise AuthError(json.loads(reply.read() or b"{}").get(
+                        "message", f"{reply.status_code} from {url}"))
+                if reply.status_code != 200:
+                    body = reply.read()
+                    raise CorralError(f"{url} answered {reply.status_code}: "
+                                      f"{body[:300].decode(errors='replace')}")
+                delay = 0.5
+                for line in reply.iter_lines():
+                    if line.startswith("data: "):
+                        document = json.loads(line[6:])
+                        last = int(document["id"])
+                        yield document
+        except (httpx.TransportError, httpx.HTTPError):
+            pass  # dropped: resume after the last event given out
+        sleep(delay)
+        delay = min(delay * 2, 10.0)
