@@ -256,6 +256,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # ------------------------------------------------------------------ the app
 
 
+# The operator console: static files, no build step (docs/console.md).
+CONSOLE = FsPath(__file__).parent / "console"
+
+
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
                threads: int = 64, default_ttl: int = 43200,
                pxe_root: str | None = None, boot_networks: str = "",
@@ -580,6 +584,58 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                             headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     # -------------------------------------------------------------- monitoring
+
+    # -------------------------------------------------------------- console
+
+    @app.get("/api/v1/whoami", tags=["tokens"], responses=ERRORS,
+             summary="The token's name and role.", operation_id="whoami")
+    def whoami(who: Annotated[Principal, Depends(principal)]) -> dict[str, str]:
+        return {"name": who.name, "role": who.role}
+
+    @app.get("/api/v1/definitions/{kind}", tags=["definitions"], responses=ERRORS,
+             summary="A machine kind's definition, with the machines in each state.",
+             operation_id="show_definition")
+    def show_definition(kind: Annotated[str, Path(pattern=NAME)],
+                        _: Annotated[Principal, Depends(role("viewer"))]) -> dict[str, Any]:
+        """States (description, failed, terminal, timeout and what it does,
+        counter, how many machines are in it) and transitions (trigger,
+        sources, destination, who fires it), as loaded from
+        ``statemachines/``: what the console draws its diagrams from."""
+        if kind not in engine.machines:
+            raise ApiError(404, "not_found", f"no machine kind {kind!r}; kinds: "
+                           f"{', '.join(engine.machines.kinds())}")
+        definition = engine.machines[kind].definition
+        counts, _age = engine.state_counts(max_age=30)
+        held = {state: n for k, state, n in counts if k == kind}
+        return {
+            "kind": kind, "description": definition.description,
+            "initial": definition.initial,
+            "states": [{"name": st.name, "description": st.description, "failed": st.failed,
+                        "terminal": st.terminal, "timeout": st.timeout,
+                        "on_timeout": st.on_timeout,
+                        "counter": ({"name": st.counter.name, "max": st.counter.max,
+                                     "failure": st.counter.failure}
+                                    if st.counter else None),
+                        "machines": held.get(st.name, 0)}
+                       for st in definition.states.values()],
+            "transitions": [{"trigger": t.trigger, "sources": list(t.sources),
+                             "dest": t.dest, "by": list(t.by)}
+                            for t in definition.transitions],
+        }
+
+    @app.get("/", include_in_schema=False)
+    def console_page() -> FileResponse:
+        return FileResponse(CONSOLE / "index.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/console/{asset}", include_in_schema=False)
+    def console_asset(asset: Annotated[str, Path(pattern=r"^[a-z]+\.(js|css)$")]
+                      ) -> FileResponse:
+        path = CONSOLE / asset
+        if not path.is_file():
+            raise ApiError(404, "not_found", f"no console asset {asset!r}")
+        kind = "text/javascript" if asset.endswith(".js") else "text/css"
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})
 
     # -------------------------------------------------------------- events
 

@@ -56,7 +56,10 @@ def explain(store: Store, machines: MachineSet, row: MachineRow, described: dict
     for op in ops:  # newest first: the last finished one of each kind
         if op.status not in ("pending", "running"):
             last_by_kind.setdefault(op.kind, _operation(op))
-    waiting = [_operation(op) for op in reversed(ops) if op.status in ("pending", "running")]
+    # Operations written at an earlier state entry are dropped as stale when
+    # a worker reaches them: listed, but not part of why it is here.
+    waiting = [_operation(op) | {"stale": op.machine_epoch != row.epoch}
+               for op in reversed(ops) if op.status in ("pending", "running")]
     return {
         "kind": row.kind, "name": row.name, "state": row.state,
         "description": state.description, "failed": described["failed"],
@@ -126,6 +129,8 @@ def _summary(row: MachineRow, description: str, entered: HistoryEntry | None,
     elif timeout is None:
         parts.append("it has no timeout: it stays until an event moves it")
     for op in waiting:
+        if op["stale"]:
+            continue
         state = ("running" if op["status"] == "running" else "waiting") + \
             (f", attempt {op['attempts']}" if op["attempts"] else "")
         parts.append(f"operation {op['kind']} is {state}"

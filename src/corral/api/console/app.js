@@ -1,0 +1,366 @@
+// Corral's operator console: plain JavaScript, no build step. Everything it
+// shows comes from the documented API (docs/http-api.md); the token lives in
+// this tab's sessionStorage, never in a URL.
+"use strict";
+
+const KINDS = ["board", "pool", "job"];
+const ROW = 28;                       // px per fleet row (the list is virtualised)
+const state = {
+  token: sessionStorage.getItem("corral.token"),
+  who: null, kind: "board", machines: new Map(), order: [], definitions: {},
+  filter: "", stateFilter: null, lastEventId: null, stream: null, page: null,
+};
+const $ = (id) => document.getElementById(id);
+const esc = (text) => String(text ?? "").replace(/[&<>"']/g,
+  (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+
+async function api(path, options = {}) {
+  const headers = {Authorization: `Bearer ${state.token}`, ...(options.headers || {})};
+  if (options.body) headers["Content-Type"] = "application/json";
+  const answer = await fetch(path, {...options, headers});
+  const body = answer.headers.get("content-type")?.includes("json") ? await answer.json() : null;
+  if (answer.status === 401) { logout("The token was refused: log in again."); throw new Error("401"); }
+  if (!answer.ok) throw new Error(body?.message || `${answer.status} ${answer.statusText}`);
+  return {body, headers: answer.headers};
+}
+
+// ------------------------------------------------------------------ login
+
+function showLogin(message) {
+  $("login").hidden = false; $("view").hidden = true; $("logout").hidden = true;
+  $("who").textContent = ""; $("login-error").textContent = message || "";
+}
+
+function logout(message) {
+  sessionStorage.removeItem("corral.token");
+  state.token = null; state.who = null;
+  if (state.stream) state.stream.abort();
+  showLogin(message);
+}
+
+$("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  state.token = $("token").value.trim();
+  try {
+    await start();
+    sessionStorage.setItem("corral.token", state.token);
+    $("token").value = "";
+  } catch (error) {
+    if (error.message !== "401") showLogin(error.message);
+  }
+});
+$("logout").addEventListener("click", () => logout());
+
+async function start() {
+  state.who = (await api("/api/v1/whoami")).body;
+  $("login").hidden = true; $("view").hidden = false; $("logout").hidden = false;
+  $("who").textContent = `${state.who.name} (${state.who.role})`;
+  $("kinds").innerHTML = KINDS.map((k) => `<a href="#/${k}s" data-kind="${k}">${k}s</a>`).join("")
+    + `<a href="#/diagram/${state.kind}">diagram</a>`;
+  for (const kind of KINDS) state.definitions[kind] = (await api(`/api/v1/definitions/${kind}`)).body;
+  follow();
+  route();
+}
+
+const canOperate = () => state.who && state.who.role !== "viewer";
+const isAdmin = () => state.who && state.who.role === "admin";
+const failedStates = (kind) => new Set((state.definitions[kind]?.states || [])
+  .filter((s) => s.failed).map((s) => s.name));
+
+// ------------------------------------------------------------------ routing
+
+window.addEventListener("hashchange", route);
+
+async function route() {
+  if (!state.who) return;
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  document.querySelectorAll("#kinds a").forEach((a) =>
+    a.classList.toggle("on", a.dataset.kind === state.kind));
+  try {
+    if (parts[0] === "diagram") return await showDiagram(parts[1] || "board");
+    if (KINDS.includes(parts[0]) && parts[1]) return await showMachine(parts[0], parts[1]);
+    const kind = KINDS.find((k) => `${k}s` === parts[0]) || "board";
+    return await showFleet(kind);
+  } catch (error) {
+    if (error.message !== "401") $("view").innerHTML = `<p class="error">${esc(error.message)}</p>`;
+  }
+}
+
+// ------------------------------------------------------------------ the fleet
+
+async function loadFleet(kind) {
+  state.kind = kind; state.machines = new Map();
+  let after = null;
+  for (;;) {
+    const query = `?limit=1000${after ? `&after=${encodeURIComponent(after)}` : ""}`;
+    const {body} = await api(`/api/v1/${kind}s${query}`);
+    for (const doc of body) state.machines.set(doc.name, doc);
+    if (body.length < 1000) break;
+    after = body[body.length - 1].name;
+  }
+}
+
+async function showFleet(kind) {
+  state.page = {type: "fleet", kind};
+  await loadFleet(kind);
+  document.querySelectorAll("#kinds a").forEach((a) =>
+    a.classList.toggle("on", a.dataset.kind === kind));
+  $("view").innerHTML = `
+    <div class="card">
+      <div class="toolbar"><strong id="total"></strong>
+        <input id="search" placeholder="filter by name" value="${esc(state.filter)}"></div>
+      <div id="chips" class="chips"></div>
+    </div>
+    <div id="grid" class="grid"><div class="row head"><span>name</span><span>state</span>
+      <span>entered</span><span>counters</span></div><div id="rows"></div></div>`;
+  $("search").addEventListener("input", (e) => { state.filter = e.target.value; renderFleet(); });
+  $("grid").addEventListener("scroll", () => renderRows());
+  renderFleet();
+}
+
+function renderFleet() {
+  if (state.page?.type !== "fleet") return;
+  const failed = failedStates(state.kind);
+  const counts = new Map();
+  for (const doc of state.machines.values()) counts.set(doc.state, (counts.get(doc.state) || 0) + 1);
+  const chips = [...counts.entries()].sort((a, b) =>
+    (failed.has(b[0]) - failed.has(a[0])) || (b[1] - a[1]) || a[0].localeCompare(b[0]));
+  $("chips").innerHTML = chips.map(([name, n]) =>
+    `<span class="chip${failed.has(name) ? " failed" : ""}${state.stateFilter === name ? " on" : ""}"
+      data-state="${esc(name)}">${esc(name)} ${n}</span>`).join("");
+  $("chips").querySelectorAll(".chip").forEach((chip) => chip.addEventListener("click", () => {
+    state.stateFilter = state.stateFilter === chip.dataset.state ? null : chip.dataset.state;
+    renderFleet();
+  }));
+  const needle = state.filter.toLowerCase();
+  state.order = [...state.machines.values()].filter((d) =>
+    (!needle || d.name.toLowerCase().includes(needle)) &&
+    (!state.stateFilter || d.state === state.stateFilter))
+    .sort((a, b) => (failed.has(b.state) - failed.has(a.state)) || a.name.localeCompare(b.name));
+  $("total").textContent = `${state.order.length} of ${state.machines.size} ${state.kind}s`;
+  $("rows").style.height = `${(state.order.length + 1) * ROW}px`;
+  renderRows();
+}
+
+function renderRows() {
+  const grid = $("grid");
+  if (!grid) return;
+  const first = Math.max(0, Math.floor(grid.scrollTop / ROW) - 5);
+  const last = Math.min(state.order.length, first + Math.ceil(grid.clientHeight / ROW) + 10);
+  const failed = failedStates(state.kind);
+  const html = [];
+  for (let i = first; i < last; i++) {
+    const d = state.order[i];
+    const counters = Object.entries(d.counters || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+    html.push(`<div class="row${failed.has(d.state) ? " failed" : ""}" style="top:${(i + 1) * ROW}px"
+      data-name="${esc(d.name)}"><a href="#/${state.kind}/${encodeURIComponent(d.name)}">${esc(d.name)}</a>
+      <span class="state">${esc(d.state)}</span><span>${ago(d.state_entered_at)}</span>
+      <span class="muted">${esc(counters)}</span></div>`);
+  }
+  $("rows").innerHTML = html.join("");
+}
+
+function ago(moment) {
+  const seconds = Math.max(0, (Date.now() - Date.parse(moment)) / 1000);
+  if (seconds < 120) return `${Math.round(seconds)} s ago`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min ago`;
+  return `${Math.round(seconds / 3600)} h ago`;
+}
+
+// ------------------------------------------------------------------ one machine
+
+async function showMachine(kind, name) {
+  state.page = {type: "machine", kind, name};
+  const path = `/api/v1/${kind}s/${encodeURIComponent(name)}`;
+  const [explain, history] = await Promise.all([api(`${path}/explain`), api(`${path}/history?limit=50`)]);
+  const e = explain.body;
+  const timeout = e.timeout ? `${e.timeout.seconds ?? e.timeout.deadline_var} s, then
+    ${esc(e.timeout.then)}${e.timeout.remaining_seconds != null ? ` (in ${Math.round(e.timeout.remaining_seconds)} s)` : ""}` : "none";
+  const counters = e.counters.filter((c) => c.value || c.this_state).map((c) =>
+    `<tr><td>${esc(c.name)}${c.this_state ? " (this state)" : ""}</td><td>${c.value} / ${c.max}</td>
+      <td>then ${esc(c.failure)}</td></tr>`).join("");
+  const operations = [...e.waiting_operations, ...e.last_operations].map((op) =>
+    `<tr><td>${esc(op.kind)} #${op.id}</td><td>${esc(op.status)}</td><td>${op.attempts}</td>
+      <td>${esc(op.error || JSON.stringify(op.result) || "")}</td></tr>`).join("");
+  $("view").innerHTML = `
+    <div class="card" id="explain">
+      <h1>${esc(kind)} ${esc(name)}: <span class="${e.failed ? "state-failed" : ""}" id="machine-state">${esc(e.state)}</span></h1>
+      <p class="summary" id="summary">${esc(e.summary)}</p>
+      <table><tr><th>timeout</th><td>${timeout}</td></tr>
+        <tr><th>in state</th><td>${Math.round(e.seconds_in_state)} s</td></tr></table>
+      ${counters ? `<h3>counters</h3><table>${counters}</table>` : ""}
+      ${operations ? `<h3>operations</h3><table><tr><th>operation</th><th>status</th>
+        <th>attempts</th><th>result</th></tr>${operations}</table>` : ""}
+    </div>
+    ${canOperate() ? actions(kind, name, e) : ""}
+    <div class="card"><h3>history</h3><table id="history"><tr><th>id</th><th>at</th><th>event</th>
+      <th>from</th><th>to</th><th>source</th><th>actor</th><th>reason</th></tr></table>
+      <button id="older" hidden>older</button></div>`;
+  addHistory(history.body);
+  if (canOperate()) wireActions(kind, name, e);
+}
+
+function addHistory(page) {
+  $("history").insertAdjacentHTML("beforeend", page.entries.map((h) =>
+    `<tr><td>${h.id}</td><td>${esc(h.at.slice(0, 19))}</td><td>${esc(h.event)}</td>
+      <td>${esc(h.from_state)}</td><td>${esc(h.to_state)}</td><td>${esc(h.source)}</td>
+      <td>${esc(h.actor)}</td><td>${esc(h.reason)}</td></tr>`).join(""));
+  const older = $("older");
+  older.hidden = !page.next_before;
+  older.onclick = async () => {
+    const {kind, name} = state.page;
+    addHistory((await api(`/api/v1/${kind}s/${encodeURIComponent(name)}/history?limit=50&before=${page.next_before}`)).body);
+  };
+}
+
+function actions(kind, name, e) {
+  const states = state.definitions[kind].states.map((s) => s.name)
+    .filter((s) => isAdmin() || s !== "retired");
+  const events = e.allowed_events.map((ev) =>
+    `<button class="fire" data-event="${esc(ev)}">${esc(ev)}</button>`).join("");
+  return `<div class="card actions" id="actions"><h3>actions</h3>
+    <div>${events || '<span class="muted">no event you may fire here</span>'}</div>
+    <form id="force"><select id="force-state">${states.map((s) =>
+      `<option>${esc(s)}</option>`).join("")}</select>
+      <input id="force-reason" placeholder="reason (required)" required>
+      <label><input type="checkbox" id="force-if" checked> only if still ${esc(e.state)}</label>
+      <button type="submit">force state</button></form>
+    <p id="action-result" class="muted"></p></div>`;
+}
+
+function wireActions(kind, name, e) {
+  const path = `/api/v1/${kind}s/${encodeURIComponent(name)}`;
+  const report = (text, bad) => { $("action-result").textContent = text;
+    $("action-result").className = bad ? "error" : "muted"; };
+  document.querySelectorAll("button.fire").forEach((button) => button.addEventListener("click",
+    async () => {
+      const reason = prompt(`Reason for ${button.dataset.event}?`) || null;
+      try {
+        const {body} = await api(`${path}/fire`, {method: "POST",
+          body: JSON.stringify({event: button.dataset.event, reason})});
+        report(`${body.from_state} -> ${body.state}`);
+      } catch (error) { report(error.message, true); }
+    }));
+  $("force").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {state: $("force-state").value, reason: $("force-reason").value};
+    if ($("force-if").checked) body.if_state = e.state;
+    try {
+      const answer = await api(`${path}/force-state`, {method: "POST", body: JSON.stringify(body)});
+      report(`${answer.body.from_state} -> ${answer.body.state}`);
+    } catch (error) { report(error.message, true); }
+  });
+}
+
+// ------------------------------------------------------------------ diagrams
+
+async function showDiagram(kind) {
+  state.page = {type: "diagram", kind};
+  const d = (await api(`/api/v1/definitions/${kind}`)).body;
+  state.definitions[kind] = d;
+  // Layers by distance from the initial state; failed states in the last.
+  const depth = new Map([[d.initial, 0]]);
+  const queue = [d.initial];
+  while (queue.length) {
+    const here = queue.shift();
+    for (const t of d.transitions) {
+      if (t.dest && (t.sources.includes(here) || t.sources.includes("*")) && !depth.has(t.dest)) {
+        depth.set(t.dest, depth.get(here) + 1); queue.push(t.dest);
+      }
+    }
+  }
+  const maxDepth = Math.max(...depth.values()) + 1;
+  const layers = new Map();
+  for (const s of d.states) {
+    const layer = s.failed ? maxDepth : (depth.get(s.name) ?? maxDepth);
+    if (!layers.has(layer)) layers.set(layer, []);
+    layers.get(layer).push(s);
+  }
+  // A layer wider than PER_ROW states wraps onto further rows.
+  const W = 170, H = 46, GX = 40, GY = 60, PER_ROW = 5, pos = new Map();
+  let width = 0, row = 0;
+  for (const layer of [...layers.keys()].sort((a, b) => a - b)) {
+    const members = layers.get(layer);
+    for (let i = 0; i < members.length; i += PER_ROW) {
+      members.slice(i, i + PER_ROW).forEach((s, col) =>
+        pos.set(s.name, {x: 10 + col * (W + GX), y: 10 + row * (H + GY)}));
+      width = Math.max(width, Math.min(members.length, PER_ROW) * (W + GX));
+      row += 1;
+    }
+  }
+  const height = row * (H + GY) + 20;
+  const edges = [];
+  for (const t of d.transitions) {
+    if (!t.dest) continue;
+    const sources = t.sources.includes("*") ? [] : t.sources;
+    for (const source of sources) {
+      const a = pos.get(source), b = pos.get(t.dest);
+      if (!a || !b || source === t.dest) continue;
+      edges.push(`<line class="edge" x1="${a.x + W / 2}" y1="${a.y + H}" x2="${b.x + W / 2}" y2="${b.y}"><title>${esc(t.trigger)}</title></line>`);
+    }
+  }
+  const nodes = d.states.map((s) => { const p = pos.get(s.name);
+    return `<g class="node${s.failed ? " failed" : ""}${s.machines ? " busy" : ""}" transform="translate(${p.x},${p.y})">
+      <rect width="${W}" height="${H}" rx="6"></rect><text x="8" y="18">${esc(s.name)}</text>
+      <text x="8" y="36" class="count">${s.machines} ${s.machines === 1 ? kind : kind + "s"}</text></g>`; });
+  $("view").innerHTML = `<div class="card"><h1>${esc(kind)} states</h1>
+    <p class="muted">${esc(d.description)}</p>
+    <svg id="diagram" width="${width}" height="${height}">${edges.join("")}${nodes.join("")}</svg>
+    <h3>transitions</h3><table>${d.transitions.map((t) => `<tr><td>${esc(t.trigger)}</td>
+      <td>${esc(t.sources.join(", "))}</td><td>${esc(t.dest ?? "(stays)")}</td>
+      <td>${esc(t.by.join(", "))}</td></tr>`).join("")}</table></div>`;
+}
+
+// ------------------------------------------------------------------ live updates
+
+async function follow() {
+  // fetch rather than EventSource: EventSource cannot send the token header.
+  for (;;) {
+    if (!state.token) return;
+    const controller = new AbortController();
+    state.stream = controller;
+    const headers = {Authorization: `Bearer ${state.token}`};
+    if (state.lastEventId !== null) headers["Last-Event-ID"] = state.lastEventId;
+    try {
+      const answer = await fetch("/api/v1/events", {headers, signal: controller.signal});
+      if (answer.status === 401) return logout("The token was refused: log in again.");
+      $("live").classList.add("on");
+      const reader = answer.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, {stream: true});
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+          const data = frame.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+          if (data) changed(JSON.parse(data));
+        }
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
+    }
+    $("live").classList.remove("on");
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+let redraw = null;
+function changed(event) {
+  state.lastEventId = String(event.id);
+  const page = state.page;
+  if (page?.type === "fleet" && event.kind === page.kind) {
+    const doc = state.machines.get(event.name) || {name: event.name, counters: {}};
+    doc.state = event.to_state; doc.state_entered_at = event.at; doc.epoch = event.epoch;
+    state.machines.set(event.name, doc);
+    if (!redraw) redraw = requestAnimationFrame(() => { redraw = null; renderFleet(); });
+  } else if (page?.type === "machine" && event.kind === page.kind && event.name === page.name) {
+    clearTimeout(state.refresh);
+    state.refresh = setTimeout(() => showMachine(page.kind, page.name), 200);
+  }
+}
+
+if (state.token) start().catch((error) => { if (error.message !== "401") showLogin(error.message); });
+else showLogin();
