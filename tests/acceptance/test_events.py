@@ -214,3 +214,30 @@ def test_watch_follows_the_database_and_a_server_across_its_restart(tmp_path):
         remote.wait(timeout=10)
         remote.stdout.close()
         stop(server)
+
+
+def test_the_stream_refuses_bad_input_and_unknown_tokens(tmp_path):
+    url = f"sqlite:///{tmp_path}/corral.db"
+    from corral.tokens import TokenStore
+    from tests.conftest import _migrate
+
+    _migrate(url)
+    store = open_store(url)
+    viewer = TokenStore(store, cache_seconds=0).issue("v", "viewer")
+    store.dispose()
+    port = free_port()
+    server = _serve(url, tmp_path, port, 0)
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1/events"
+        auth = {"Authorization": f"Bearer {viewer}"}
+        assert httpx.get(base, timeout=10).status_code == 401
+        assert httpx.get(base, headers={**auth, "Last-Event-ID": "12x"},
+                         timeout=10).status_code == 422
+        assert httpx.get(base + "?after=-1", headers=auth, timeout=10).status_code == 422
+        assert httpx.get(base + "?colour=red", headers=auth, timeout=10).status_code == 422
+        with httpx.stream("GET", base + "?after=0", headers=auth, timeout=10) as answer:
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            assert next(answer.iter_lines()) == "retry: 2000"
+    finally:
+        stop(server)
