@@ -80,6 +80,14 @@ class Settings:
     # notifications move it at once).
     events_heartbeat: float = 15.0
     events_interval: float = 0.5
+    # Webhook delivery (worker processes): how often subscriptions are looked
+    # at, a POST's timeout, how long a process holds a subscription, failures
+    # in a row before it is marked failing, and the longest wait between tries.
+    webhook_interval: float = 0.5
+    webhook_timeout: float = 10.0
+    webhook_lease: float = 60.0
+    webhook_failing_after: int = 5
+    webhook_max_backoff: float = 300.0
     # Seconds an operation waits for a free slot of its board's power
     # controller (a PDU, a relay bank) before trying again later.
     power_controller_wait: float = 60.0
@@ -127,7 +135,8 @@ _POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body
              "group_commit_max_batch",
              "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
              "operation_max_attempts", "command_timeout", "power_controller_wait", "mo_deadline",
-             "events_heartbeat", "events_interval",
+             "events_heartbeat", "events_interval", "webhook_interval", "webhook_timeout",
+             "webhook_lease", "webhook_failing_after", "webhook_max_backoff",
              "mo_attempts",
              "mo_override_ttl", "job_dispatch_interval"}
 _NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "history_retention_days",

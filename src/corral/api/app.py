@@ -623,6 +623,46 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                             for t in definition.transitions],
         }
 
+    class WebhookIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        url: str = Field(description="Where deliveries are POSTed (http or https).")
+        secret: str = Field(min_length=16, description="The HMAC-SHA256 key deliveries are "
+                                                       "signed with (never shown again).")
+        name: str | None = Field(None, pattern=NAME, description="Default: hook-N.")
+        filters: dict[str, list[str]] = Field(default_factory=dict, description=(
+            "kind, name, state, event, source: each a list of alternatives."))
+        from_start: bool = Field(False, description="Deliver every event kept, not only "
+                                                    "new ones.")
+
+    @app.post("/api/v1/webhooks", tags=["webhooks"], responses=ERRORS,
+              summary="Subscribe a URL to matching events.", operation_id="add_webhook")
+    def add_webhook(body: WebhookIn, _: Annotated[Principal, Depends(role("admin"))]
+                    ) -> dict[str, Any]:
+        from corral.webhooks import add_subscription
+
+        return add_subscription(engine, name=body.name, url=body.url, filters=body.filters,
+                                secret=body.secret, from_start=body.from_start)
+
+    @app.get("/api/v1/webhooks", tags=["webhooks"], responses=ERRORS,
+             summary="Subscriptions: status, cursor, last error (never the secret).",
+             operation_id="list_webhooks")
+    def list_webhooks(_: Annotated[Principal, Depends(role("viewer"))]
+                      ) -> list[dict[str, Any]]:
+        with engine.store.unit() as tx:
+            hooks = tx.list_webhooks()
+        return [{k: (v.isoformat() if isinstance(v, datetime) else v)
+                 for k, v in hook.items() if k not in ("id", "lease_owner", "lease_until")}
+                for hook in hooks]
+
+    @app.delete("/api/v1/webhooks/{name}", tags=["webhooks"], responses=ERRORS,
+                summary="Delete a subscription.", operation_id="remove_webhook")
+    def remove_webhook(name: Annotated[str, Path(pattern=NAME)],
+                       _: Annotated[Principal, Depends(role("admin"))]) -> dict[str, str]:
+        with engine.store.unit() as tx:
+            if not tx.remove_webhook(name):
+                raise ApiError(404, "not_found", f"no webhook {name!r}")
+        return {"removed": name}
+
     @app.get("/", include_in_schema=False)
     def console_page() -> FileResponse:
         return FileResponse(CONSOLE / "index.html", media_type="text/html",

@@ -36,6 +36,7 @@ from corral.errors import (
     InvalidRequest,
     NotFound,
     Unavailable,
+    Unsupported,
 )
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import BOARD_ROLE, REIMAGE_ROLE, Principal, TokenStore
@@ -96,6 +97,8 @@ def corral_error_answer(exc: CorralError) -> Answer:
         status, error = 422, "invalid_request"
     elif isinstance(exc, Conflict):
         status, error = 409, "conflict"
+    elif isinstance(exc, Unsupported):
+        status, error = 501, "not_implemented"
     else:
         # Well-formed but refused (e.g. firing 'timeout' by hand).
         status, error = 409, "refused"

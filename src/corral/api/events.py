@@ -39,6 +39,23 @@ PAGE = 500
 FILTERS = ("kind", "name", "state", "event", "source")
 
 
+def settled_horizon(store: Store, stop: threading.Event | None = None) -> int:
+    """The newest history id every row below which has committed (or never
+    will): the store's candidate, once what it names has finished.
+
+    Raises:
+        Unsupported: the backend cannot tell (MariaDB).
+    """
+    with store.unit() as tx:
+        newest, pending = tx.history_horizon_candidate()
+    while pending and not (stop is not None and stop.is_set()):
+        with store.unit() as tx:
+            if tx.history_settled(pending):
+                break
+        time.sleep(0.005)
+    return int(newest)
+
+
 class HistoryTail:
     """Follows the settled horizon of the history table for one process."""
 
@@ -83,15 +100,7 @@ class HistoryTail:
         return True
 
     def _settle(self) -> int:
-        """The newest id every row below which has committed (or never will)."""
-        with self.store.unit() as tx:
-            newest, pending = tx.history_horizon_candidate()
-        while pending and not self._stop.is_set():
-            with self.store.unit() as tx:
-                if tx.history_settled(pending):
-                    break
-            time.sleep(0.005)
-        return newest
+        return settled_horizon(self.store, self._stop)
 
     def _follow(self) -> None:
         listener = None
@@ -170,12 +179,11 @@ def follow(store: Store, *, after: int | None, filters: Mapping[str, Sequence[st
     Raises:
         Unsupported: the backend has no stream (MariaDB).
     """
-    tail = HistoryTail(store, interval=interval)
-    cursor = tail._settle() if after is None else after
+    cursor = settled_horizon(store) if after is None else after
     listener = store.history_listener()
     try:
         while True:
-            horizon = tail._settle()
+            horizon = settled_horizon(store)
             while horizon > cursor:
                 with store.unit() as tx:
                     rows = tx.stream_history(after=cursor, upto=horizon, limit=PAGE,

@@ -66,7 +66,17 @@ class StateCollector(Collector):
             labels=["kind", "state"])
         for kind, state, seconds in self.engine.oldest_in_state(max_age=self.counts_max_age):
             stuck.add_metric([kind, state], seconds)
-        yield from (machines, failed, depth, age, counted, stuck)
+        hooks = GaugeMetricFamily("corral_webhook_failing",
+                                  "1 for a webhook subscription marked failing.",
+                                  labels=["webhook"])
+        behind = GaugeMetricFamily("corral_webhook_failures",
+                                   "Failed deliveries in a row, per webhook subscription.",
+                                   labels=["webhook"])
+        with self.engine.store.unit() as tx:
+            for hook in tx.list_webhooks():
+                hooks.add_metric([hook["name"]], 1.0 if hook["status"] == "failing" else 0.0)
+                behind.add_metric([hook["name"]], float(hook["failures"]))
+        yield from (machines, failed, depth, age, counted, stuck, hooks, behind)
 
 
 class PrometheusObserver(Observer):

@@ -134,6 +134,23 @@ class Tx(EventTx, Protocol):
     def list_operations(self, machine_id: int, *, limit: int = 200) -> list[OperationRow]:
         """A machine's newest operations, newest first."""
 
+    # -- webhooks
+    def add_webhook(self, *, name: str, url: str, filters: Mapping[str, Any], secret: str,
+                    cursor: int, now: datetime) -> None:
+        """Raises: DuplicateKey when the name is taken."""
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """Every subscription, without its secret."""
+
+    def remove_webhook(self, name: str) -> bool: ...
+
+    def claim_webhooks(self, *, now: datetime, owner: str, until: datetime, limit: int
+                       ) -> list[dict[str, Any]]: ...
+
+    def finish_webhook_pass(self, webhook_id: int, *, owner: str, cursor: int, delivered: int,
+                            failures: int, status: str, last_error: str | None,
+                            next_attempt_at: datetime) -> bool: ...
+
     # -- the event stream
     def stream_history(self, *, after: int, upto: int, limit: int,
                        filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]: ...

@@ -38,6 +38,7 @@ from corral.store.schema import (
     operations,
     pool_assignments,
     tokens,
+    webhooks,
 )
 from corral.store.values import (
     Assignment,
@@ -274,6 +275,61 @@ def stream_history(conn: Connection, *, after: int, upto: int, limit: int,
         kind, name = fields.pop("machine_kind"), fields.pop("machine_name")
         result.append(StreamEntry(entry=HistoryEntry(**fields), kind=kind, name=name))
     return result
+
+
+_WEBHOOK_COLUMNS = [c for c in webhooks.c if c.name != "secret"]
+
+
+def add_webhook(conn: Connection, *, name: str, url: str, filters: Mapping[str, Any],
+                secret: str, cursor: int, now: datetime) -> None:
+    """Raises DuplicateKey (through the store) when the name is taken."""
+    conn.execute(insert(webhooks).values(
+        name=name, url=url, filters=dict(filters), secret=secret, cursor=cursor, delivered=0,
+        status="ok", failures=0, last_error=None, next_attempt_at=now, lease_owner=None,
+        lease_until=None, created_at=now))
+
+
+def list_webhooks(conn: Connection) -> list[dict[str, Any]]:
+    """Every subscription, without its secret."""
+    rows = conn.execute(select(*_WEBHOOK_COLUMNS).order_by(webhooks.c.name))
+    return [dict(r._mapping) for r in rows]
+
+
+def remove_webhook(conn: Connection, name: str) -> bool:
+    return int(conn.execute(delete(webhooks).where(webhooks.c.name == name)).rowcount) == 1
+
+
+def claim_webhooks(conn: Connection, *, now: datetime, owner: str, until: datetime,
+                   limit: int) -> list[dict[str, Any]]:
+    """Lease up to ``limit`` subscriptions due for delivery (with their
+    secrets): one process delivers a subscription at a time, so its events
+    go out in order."""
+    ids = [r[0] for r in conn.execute(
+        select(webhooks.c.id)
+        .where(webhooks.c.next_attempt_at <= now,
+               or_(webhooks.c.lease_until.is_(None), webhooks.c.lease_until < now))
+        .order_by(webhooks.c.next_attempt_at).limit(limit)
+        .with_for_update(skip_locked=True))]
+    if not ids:
+        return []
+    conn.execute(update(webhooks).where(webhooks.c.id.in_(ids))
+                 .values(lease_owner=owner, lease_until=until))
+    rows = conn.execute(select(webhooks).where(webhooks.c.id.in_(ids)))
+    return [dict(r._mapping) for r in rows]
+
+
+def finish_webhook_pass(conn: Connection, webhook_id: int, *, owner: str, cursor: int,
+                        delivered: int, failures: int, status: str, last_error: str | None,
+                        next_attempt_at: datetime) -> bool:
+    """Record a delivery pass and give the lease back; False when the lease
+    was lost (another process took over after it expired)."""
+    result = conn.execute(
+        update(webhooks)
+        .where(webhooks.c.id == webhook_id, webhooks.c.lease_owner == owner)
+        .values(cursor=cursor, delivered=webhooks.c.delivered + delivered, failures=failures,
+                status=status, last_error=last_error, next_attempt_at=next_attempt_at,
+                lease_owner=None, lease_until=None))
+    return int(result.rowcount) == 1
 
 
 def newest_history_id(conn: Connection) -> int:

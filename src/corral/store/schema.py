@@ -225,6 +225,29 @@ controller_slots = Table(
     Column("expires_at", UTCDateTime, nullable=True),
 )
 
+# Webhook subscriptions: each follows the history table with its own cursor
+# (the last history id it has delivered or passed over), so the table itself
+# is their outbox: at least once, in id order, whatever dies in between.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("url", Text, nullable=False),
+    Column("filters", JSONDoc, nullable=False),
+    # The HMAC key deliveries are signed with; never shown once stored.
+    Column("secret", Text, nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("delivered", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

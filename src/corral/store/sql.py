@@ -164,6 +164,29 @@ class SqlTx:
     def list_operations(self, machine_id: int, *, limit: int = 200) -> list[OperationRow]:
         return q.list_operations(self.conn, machine_id, limit=limit)
 
+    # -- webhooks
+    def add_webhook(self, *, name: str, url: str, filters: Mapping[str, Any], secret: str,
+                    cursor: int, now: datetime) -> None:
+        q.add_webhook(self.conn, name=name, url=url, filters=filters, secret=secret,
+                      cursor=cursor, now=now)
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        return q.list_webhooks(self.conn)
+
+    def remove_webhook(self, name: str) -> bool:
+        return q.remove_webhook(self.conn, name)
+
+    def claim_webhooks(self, *, now: datetime, owner: str, until: datetime, limit: int
+                       ) -> list[dict[str, Any]]:
+        return q.claim_webhooks(self.conn, now=now, owner=owner, until=until, limit=limit)
+
+    def finish_webhook_pass(self, webhook_id: int, *, owner: str, cursor: int, delivered: int,
+                            failures: int, status: str, last_error: str | None,
+                            next_attempt_at: datetime) -> bool:
+        return q.finish_webhook_pass(self.conn, webhook_id, owner=owner, cursor=cursor,
+                                     delivered=delivered, failures=failures, status=status,
+                                     last_error=last_error, next_attempt_at=next_attempt_at)
+
     # -- the event stream
     def stream_history(self, *, after: int, upto: int, limit: int,
                        filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]:

@@ -58,6 +58,7 @@ async function start() {
   $("kinds").innerHTML = KINDS.map((k) => `<a href="#/${k}s" data-kind="${k}">${k}s</a>`).join("")
     + `<a href="#/diagram/${state.kind}">diagram</a>`;
   for (const kind of KINDS) state.definitions[kind] = (await api(`/api/v1/definitions/${kind}`)).body;
+  webhooks();
   follow();
   route();
 }
@@ -66,6 +67,17 @@ const canOperate = () => state.who && state.who.role !== "viewer";
 const isAdmin = () => state.who && state.who.role === "admin";
 const failedStates = (kind) => new Set((state.definitions[kind]?.states || [])
   .filter((s) => s.failed).map((s) => s.name));
+
+// Failing webhook subscriptions, in a banner (looked at once a minute).
+async function webhooks() {
+  try {
+    const failing = (await api("/api/v1/webhooks")).body.filter((h) => h.status === "failing");
+    $("banner").hidden = !failing.length;
+    $("banner").textContent = failing.map((h) =>
+      `webhook ${h.name} is failing (${h.failures} in a row): ${h.last_error}`).join("; ");
+  } catch (error) { /* shown on the next look */ }
+  setTimeout(webhooks, 60000);
+}
 
 // ------------------------------------------------------------------ routing
 

@@ -1,0 +1,188 @@
+"""Webhooks: every history row that matches a subscription, POSTed to its URL.
+
+A subscription follows the history table with its own cursor (the last id it
+delivered or passed over), so the table is its outbox: nothing is written per
+event, and nothing is lost when a process dies. A worker process leases a
+subscription (one at a time per subscription, so its events leave in id
+order, and so in order per machine), reads the matching rows after its cursor
+up to the event stream's settled horizon (:mod:`corral.api.events`), POSTs
+them one by one, and moves the cursor past each one its receiver accepted
+(any 2xx). A delivery that fails is tried again after a backoff that doubles
+up to ``max_backoff``; after ``failing_after`` failures in a row the
+subscription is marked ``failing`` with its last error (``/metrics``, the
+console, ``corral webhook list``), and still retried. A process killed
+between a POST and the cursor's commit leaves the lease to expire: the event
+is sent again, which is why receivers deduplicate by ``Corral-Event-Id``
+(delivery is at least once).
+
+Each POST is signed (``Corral-Signature: t=<unix time>,v1=<hex>``, the hex
+HMAC-SHA256 of ``"<t>." + body`` with the subscription's secret), so that a
+receiver can check it came from Corral and refuse replays of old deliveries
+(docs/http-api.md#webhooks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from corral.api.events import FILTERS, PAGE, event_document, settled_horizon
+from corral.errors import InvalidRequest
+from corral.store.port import Store
+
+log = structlog.get_logger("corral.webhooks")
+SIGNATURE = "Corral-Signature"
+EVENT_ID = "Corral-Event-Id"
+
+
+def signature(secret: str, body: bytes, at: int) -> str:
+    digest = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={at},v1={digest}"
+
+
+def verify(secret: str, body: bytes, header: str, *, now: float | None = None,
+           tolerance: float = 300.0) -> bool:
+    """What a receiver does: the signature matches and is at most
+    ``tolerance`` seconds old (a replayed delivery is refused)."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        at = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - at) > tolerance:
+        return False
+    return hmac.compare_digest(signature(secret, body, at), header)
+
+
+def check_filters(filters: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Raises: InvalidRequest naming the allowed keys."""
+    clean: dict[str, list[str]] = {}
+    for key, values in filters.items():
+        if key not in FILTERS:
+            raise InvalidRequest(f"unknown filter {key!r}; filters: {', '.join(FILTERS)}")
+        listed = [values] if isinstance(values, str) else values
+        if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+            raise InvalidRequest(f"filter {key} must be a string or a list of strings")
+        clean[key] = list(listed)
+    return clean
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mapping[str, Any],
+                     secret: str, from_start: bool = False) -> dict[str, Any]:
+    """Create a subscription; it starts after the newest event (or, with
+    ``from_start``, before the oldest kept).
+
+    Raises:
+        InvalidRequest: a bad name, URL, filter or secret.
+        Conflict: the name is taken.
+        Unsupported: the backend has no event stream (MariaDB).
+    """
+    from urllib.parse import urlsplit
+
+    from corral.errors import Conflict, DuplicateKey
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"a webhook URL is http:// or https:// with a host, not {url!r}")
+    if len(secret) < 16:
+        raise InvalidRequest("a webhook secret has at least 16 characters")
+    clean = check_filters(filters)
+    cursor = 0 if from_start else settled_horizon(engine.store)
+    if name is None:
+        with engine.store.unit() as tx:
+            name = f"hook-{len(tx.list_webhooks()) + 1}"
+    if not NAME_RE.fullmatch(name):
+        raise InvalidRequest(f"a webhook name is letters, digits, '.', '_' and '-', not "
+                             f"{name!r}")
+    try:
+        with engine.store.unit() as tx:
+            tx.add_webhook(name=name, url=url, filters=clean, secret=secret, cursor=cursor,
+                           now=engine.clock())
+    except DuplicateKey:
+        raise Conflict(f"a webhook named {name!r} exists") from None
+    return {"name": name, "url": url, "filters": clean, "cursor": cursor}
+
+
+class WebhookDelivery:
+    def __init__(self, store: Store, clock: Callable[[], datetime], *, owner: str,
+                 timeout: float = 10.0, lease_seconds: float = 60.0, failing_after: int = 5,
+                 max_backoff: float = 300.0, batch: int = PAGE) -> None:
+        self.store = store
+        self.clock = clock
+        self.owner = owner
+        self.timeout = timeout
+        self.lease_seconds = lease_seconds
+        self.failing_after = failing_after
+        self.max_backoff = max_backoff
+        self.batch = batch
+
+    def deliver_pass(self) -> int:
+        """Deliver what is due for every subscription this process can lease;
+        returns how many events were accepted."""
+        now = self.clock()
+        with self.store.unit() as tx:
+            hooks = tx.claim_webhooks(now=now, owner=self.owner, limit=16,
+                                      until=now + timedelta(seconds=self.lease_seconds))
+        if not hooks:
+            return 0
+        horizon = settled_horizon(self.store)
+        return sum(self._deliver(hook, horizon) for hook in hooks)
+
+    def _deliver(self, hook: Mapping[str, Any], horizon: int) -> int:
+        import httpx
+
+        cursor = int(hook["cursor"])
+        filters: Mapping[str, Sequence[str]] = hook["filters"] or {}
+        with self.store.unit() as tx:
+            rows = tx.stream_history(after=cursor, upto=horizon, limit=self.batch,
+                                     filters=filters)
+        delivered, error = 0, None
+        deadline = time.monotonic() + self.lease_seconds / 2
+        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+            for row in rows:
+                if time.monotonic() > deadline:
+                    break  # the rest in the next pass, well within the lease
+                body = json.dumps(event_document(row), separators=(",", ":"),
+                                  ensure_ascii=False).encode()
+                headers = {"Content-Type": "application/json", EVENT_ID: str(row.entry.id),
+                           SIGNATURE: signature(hook["secret"], body, int(time.time())),
+                           "User-Agent": "corral-webhook"}
+                try:
+                    answer = client.post(hook["url"], content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    break
+                if not 200 <= answer.status_code < 300:
+                    error = f"HTTP {answer.status_code}: {answer.text[:200]}"
+                    break
+                cursor = row.entry.id
+                delivered += 1
+            else:
+                # Every matching row up to the horizon is out: pass the others.
+                cursor = rows[-1].entry.id if len(rows) == self.batch else max(cursor, horizon)
+        failures = 0 if error is None else int(hook["failures"]) + 1
+        status = "failing" if failures >= self.failing_after else "ok"
+        backoff = min(self.max_backoff, 2.0 ** (failures - 1)) if failures else 0.0
+        with self.store.unit() as tx:
+            kept = tx.finish_webhook_pass(
+                hook["id"], owner=self.owner, cursor=cursor, delivered=delivered,
+                failures=failures, status=status,
+                last_error=error if error else (hook["last_error"] if failures else None),
+                next_attempt_at=self.clock() + timedelta(seconds=backoff))
+        if error:
+            log.warning("webhook_failed", webhook=hook["name"], failures=failures,
+                        error=error, status=status)
+        if not kept:
+            log.warning("webhook_lease_lost", webhook=hook["name"])
+        return delivered
