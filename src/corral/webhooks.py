@@ -92,8 +92,19 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
 
     from corral.errors import Conflict, DuplicateKey
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    from corral.payload import check_json
+
+    check_json({"name": name, "url": url, "filters": dict(filters), "secret": secret},
+               "webhook", max_bytes=64 * 1024)
+    if len(url) > 2000:
+        raise InvalidRequest("a webhook URL has at most 2000 characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        host = None
+    if host is None or urlsplit(url).scheme not in ("http", "https"):
         raise InvalidRequest(f"a webhook URL is http:// or https:// with a host, not {url!r}")
     if len(secret) < 16:
         raise InvalidRequest("a webhook secret has at least 16 characters")
