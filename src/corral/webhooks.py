@@ -91,7 +91,6 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
     from urllib.parse import urlsplit
 
     from corral.errors import Conflict, DuplicateKey
-
     from corral.payload import check_json
 
     check_json({"name": name, "url": url, "filters": dict(filters), "secret": secret},
