@@ -230,7 +230,7 @@ def test_no_event_is_lost_when_the_worker_is_killed_mid_delivery(migrated_url, t
 
 def test_a_subscription_holding_nul_is_refused_not_stored(engine):
     _supported(engine)
-    with pytest.raises(InvalidRequest, match="webhook.url"):
+    with pytest.raises(InvalidRequest, match=r"webhook\.url"):
         add_subscription(engine, name="n", url="http://x/\x00", filters={}, secret=SECRET)
     with engine.store.unit() as tx:
         assert tx.list_webhooks() == []
