@@ -20,6 +20,10 @@ from corral.power.service import PowerOperations
 from tests.integration.helpers import operations_of
 from tests.power.conftest import COMMUNITY, PASSWORD, silent_listener
 
+# The engine's backends have their own tests; these are about the controllers,
+# so they run on SQLite only (each waits seconds on an emulator).
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 LAB = SimulatedLab(rates=SimulatedRates(power_cycle_failure=0, ping_failure=0, poll_failure=0))
 
 
