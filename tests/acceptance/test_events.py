@@ -231,8 +231,9 @@ def test_the_stream_refuses_bad_input_and_unknown_tokens(tmp_path):
         base = f"http://127.0.0.1:{port}/api/v1/events"
         auth = {"Authorization": f"Bearer {viewer}"}
         assert httpx.get(base, timeout=10).status_code == 401
-        assert httpx.get(base, headers={**auth, "Last-Event-ID": "12x"},
-                         timeout=10).status_code == 422
+        for bad in ("12x", "\u00b2", "9" * 40):
+            assert httpx.get(base, headers={**auth, "Last-Event-ID": bad.encode("latin-1")},
+                             timeout=10).status_code == 422, bad
         assert httpx.get(base + "?after=-1", headers=auth, timeout=10).status_code == 422
         assert httpx.get(base + "?colour=red", headers=auth, timeout=10).status_code == 422
         with httpx.stream("GET", base + "?after=0", headers=auth, timeout=10) as answer:
@@ -241,3 +242,29 @@ def test_the_stream_refuses_bad_input_and_unknown_tokens(tmp_path):
             assert next(answer.iter_lines()) == "retry: 2000"
     finally:
         stop(server)
+
+
+@pytest.mark.postgres
+def test_an_idle_transaction_elsewhere_does_not_hold_the_stream_up(pg_migrated_url):
+    """A session holding a transaction id that never touches history (an
+    operator's psql, say) must not stop the horizon."""
+    import psycopg
+
+    from corral.api.events import settled_horizon
+
+    store = open_store(pg_migrated_url)
+    engine = Engine(store, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
+    idle = psycopg.connect(pg_migrated_url.replace("postgresql+psycopg", "postgresql"))
+    try:
+        idle.execute("SELECT pg_current_xact_id()")   # holds an xid, idle in transaction
+        engine.create("board", "after-idle")
+        result: list[int] = []
+        worker = threading.Thread(target=lambda: result.append(settled_horizon(store)),
+                                  daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+        assert result, "the horizon waited for a transaction that holds no history"
+        assert result[0] >= engine.history("board", "after-idle")[0].id
+    finally:
+        idle.close()
+        store.dispose()

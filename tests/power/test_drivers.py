@@ -46,9 +46,14 @@ def test_redfish_on_off_cycle_and_the_next_boot(redfish):
     assert boot["asked"] == {"BootSourceOverrideTarget": "Pxe",
                              "BootSourceOverrideEnabled": "Once"}
     assert redfish.system("sys-1")["Boot"]["BootSourceOverrideTarget"] == "Pxe"
+    # A cycle of a system that is off switches it on (BMCs refuse to restart it).
+    cycled = OPS.power_cycle(ctx("rf-1", power))
+    assert (cycled["asked"], cycled["was"], cycled["state"]) == ("On", "off", "on")
     cycled = OPS.power_cycle(ctx("rf-1", power))
     assert (cycled["asked"], cycled["state"]) == ("ForceRestart", "on")
     assert redfish.system("sys-1")["PowerState"] == "On"
+    # A retried on (after the first took effect) asks for nothing.
+    assert OPS.power_on(ctx("rf-1", power, kind="power_on"))["asked"] == "nothing"
 
 
 def test_redfish_finds_the_only_system_or_asks_which(redfish):

@@ -17,6 +17,7 @@ annotations at run time, and they name dependencies defined in ``create_app``.
 
 import asyncio
 import ipaddress
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -50,7 +51,7 @@ from corral.api.events import HistoryTail, event_frames
 from corral.bootres.netboot import served_ipxe, served_object
 from corral.config import parse_networks
 from corral.engine.core import Engine, FireResult
-from corral.errors import CorralError, SchemaNotCurrent
+from corral.errors import CorralError, SchemaNotCurrent, Unavailable
 from corral.jobs import versions
 from corral.jobs.service import JobService
 from corral.payload import readable
@@ -686,7 +687,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                      "Events).", operation_id="stream_events")
     async def stream_events(
         _: Annotated[Principal, Depends(role("viewer"))],
-        after: Annotated[int | None, Query(ge=0, description=(
+        after: Annotated[int | None, Query(ge=0, le=10**18, description=(
             "Start after this history id (0: from the oldest kept row); without it, "
             "from now. Last-Event-ID, when sent, wins."))] = None,
         kind: Annotated[list[str], Query(description="Only these machine kinds.")] = [],  # noqa: B006
@@ -705,9 +706,11 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         ``: heartbeat`` comment comes after 15 s of silence."""
         if tail.unsupported:
             raise ApiError(501, "not_implemented", tail.unsupported)
+        if not tail.ready:
+            raise Unavailable("the event stream waits for the database; retry later")
         start = after
         if last_event_id is not None and last_event_id.strip():
-            if not last_event_id.strip().isdigit():
+            if not re.fullmatch(r"[0-9]{1,18}", last_event_id.strip()):
                 raise RequestValidationError([{
                     "loc": ("header", "Last-Event-ID"),
                     "msg": "must be a history id (a whole number), as the stream sent it"}])

@@ -69,6 +69,8 @@ class HistoryTail:
         self._thread: threading.Thread | None = None
         # Why this store cannot give a stream (MariaDB), or None.
         self.unsupported: str | None = None
+        # Whether a first horizon was read (not while the database is away).
+        self.ready = False
 
     def start_in(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start following (in a worker thread: the first horizon is read
@@ -77,9 +79,12 @@ class HistoryTail:
         self._advanced = asyncio.Event()
         try:
             self.horizon = self._settle()
+            self.ready = True
         except Unsupported as exc:
             self.unsupported = str(exc)
             return
+        except Exception as exc:  # the database is away: the thread waits for it
+            log.warning("event_stream_unavailable", error=str(exc)[:300])
         self._thread = threading.Thread(target=self._follow, name="corral-events", daemon=True)
         self._thread.start()
 
@@ -89,12 +94,18 @@ class HistoryTail:
             self._thread.join(timeout=self.interval + 5)
 
     async def wait_beyond(self, cursor: int, timeout: float) -> bool:
-        """Wait until the horizon is past ``cursor``; False after ``timeout``."""
+        """Wait until the horizon is past ``cursor``; False after ``timeout``
+        (counted once, however often the horizon moves short of it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while self.horizon <= cursor:
             event = self._advanced
-            assert event is not None, "HistoryTail.start() was not called"
+            assert event is not None, "HistoryTail.start_in() was not called"
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
             try:
-                await asyncio.wait_for(event.wait(), timeout)
+                await asyncio.wait_for(event.wait(), left)
             except TimeoutError:
                 return False
         return True
@@ -109,7 +120,10 @@ class HistoryTail:
                 if listener is None:
                     listener = self.store.history_listener()
                 newest = self._settle()
-                if newest > self.horizon and self._loop is not None:
+                # Stopping cuts the wait for writers short: that figure is
+                # not settled, so it is never published.
+                if newest > self.horizon and self._loop is not None \
+                        and not self._stop.is_set():
                     self._loop.call_soon_threadsafe(self._move, newest)
                 listener.wait(self.interval)
             except Exception as exc:  # the database is away: look again soon
@@ -122,6 +136,7 @@ class HistoryTail:
             listener.close()
 
     def _move(self, horizon: int) -> None:
+        self.ready = True
         if horizon > self.horizon:
             self.horizon = horizon
             event, self._advanced = self._advanced, asyncio.Event()

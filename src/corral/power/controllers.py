@@ -19,9 +19,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
+import structlog
+
 from corral.errors import DuplicateKey
 from corral.power.base import PowerUnavailable
 from corral.store.port import Store
+
+log = structlog.get_logger("corral.power")
 
 # How often a waiting operation looks again (jittered, so that waiters of
 # several processes do not ask in step).
@@ -57,8 +61,12 @@ class ControllerSlots:
         try:
             yield slot
         finally:
-            with self.store.unit() as tx:
-                tx.free_controller_slot(controller, slot, holder)
+            try:
+                with self.store.unit() as tx:
+                    tx.free_controller_slot(controller, slot, holder)
+            except Exception as exc:  # the expiry frees it; the result stands
+                log.warning("controller_slot_not_freed", controller=controller,
+                            error=str(exc)[:200])
 
     def _take(self, controller: str, slots: int, holder: str, seconds: float) -> int | None:
         with self.store.unit() as tx:

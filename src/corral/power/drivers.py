@@ -158,6 +158,12 @@ def check_power(settings: Mapping[str, Any], line_of: Callable[[str], int],
     for key in spec.booleans:
         if key in settings and not isinstance(settings[key], bool):
             error(line_of(key), f"{key} must be true or false, not {settings[key]!r}")
+    if driver == "redfish" and isinstance(settings.get("address"), str) and not str(
+            settings["address"]).startswith(("http://", "https://")):
+        error(line_of("address"), "a Redfish address is a URL: https://bmc-7.lab")
+    if driver == "snmp" and any(f"priv_key{s}" in settings for s in ("", "_file", "_env")) \
+            and not any(f"auth_key{s}" in settings for s in ("", "_file", "_env")):
+        error(line_of("priv_key"), "SNMP v3 privacy (priv_key) needs auth_key too")
     for key in ("address", "controller", "system", "username", "ca_file", "user"):
         if key in settings and not isinstance(settings[key], str):
             error(line_of(key), f"{key} must be a string, not {settings[key]!r}")

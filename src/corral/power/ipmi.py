@@ -43,7 +43,8 @@ _REFUSALS = ("rakp 2 hmac is invalid", "unauthorized name", "invalid authenticat
              "rakp 4 message has invalid integrity")
 # ... and when it heard nothing back.
 _SILENCE = ("get auth capabilities error", "no response from remote controller",
-            "insufficient resources for session", "unable to send", "timeout")
+            "insufficient resources for session", "unable to send", "timeout",
+            "node busy", "busy")
 _STATE = re.compile(r"Chassis Power is (on|off)")
 
 

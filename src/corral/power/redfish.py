@@ -51,6 +51,13 @@ class RedfishDriver:
 
         with _system(target) as system:
             allowed = _allowed_resets(system)
+            if system.power_state == sushy.PowerState.OFF:
+                # What a cycle means to a board that is off (a restart of an
+                # off system is refused by many BMCs).
+                on = (sushy.ResetType.ON if allowed is None or sushy.ResetType.ON in allowed
+                      else sushy.ResetType.FORCE_ON)
+                _reset(target, system, on)
+                return {"asked": on.value, "was": OFF}
             for reset in (sushy.ResetType.FORCE_RESTART, sushy.ResetType.POWER_CYCLE):
                 if allowed is None or reset in allowed:
                     _reset(target, system, reset)
@@ -69,6 +76,8 @@ class RedfishDriver:
         import sushy
 
         with _system(target) as system:
+            if system.power_state == sushy.PowerState.ON:
+                return {"asked": "nothing", "was": ON}  # a retry after it took effect
             allowed = _allowed_resets(system)
             on = (sushy.ResetType.ON if allowed is None or sushy.ResetType.ON in allowed
                   else sushy.ResetType.FORCE_ON)
@@ -79,6 +88,8 @@ class RedfishDriver:
         import sushy
 
         with _system(target) as system:
+            if system.power_state == sushy.PowerState.OFF:
+                return {"asked": "nothing", "was": OFF}  # a retry after it took effect
             _reset(target, system, sushy.ResetType.FORCE_OFF)
             return {"asked": sushy.ResetType.FORCE_OFF.value}
 
@@ -145,33 +156,41 @@ def _system(target: PowerTarget) -> Iterator[Any]:
     if verify and isinstance(settings.get("ca_file"), str):
         verify = str(settings["ca_file"])
     timeout = timeout_of(settings)
-    with _answers(target, "connecting"):
-        conn = sushy.Sushy(
-            address, username=settings.get("username"), password=target.secret("password"),
-            verify=verify,
-            # One attempt per operation: the outbox retries with backoff and the
-            # state's timeout bounds the whole, so sushy's own 10 x 3 s is off.
-            server_side_retries=0, read_timeout=timeout, connect_timeout=timeout)
-        system_id = settings.get("system")
-        if system_id is None:
-            members = conn.get_system_collection().members_identities
-            if len(members) != 1:
-                raise PowerFailed(f"{_where(target)} has {len(members)} systems "
-                                  f"({', '.join(sorted(members))}): name one with system:")
-            path = next(iter(members))
-        else:
-            path = str(system_id)
-            path = path if path.startswith("/") else f"{SYSTEMS}/{path}"
-        system = conn.get_system(path)
+    if not address.startswith(("http://", "https://")):
+        raise PowerFailed(f"{_where(target)}: address must be an http:// or https:// URL")
+    # A Redfish session when the BMC offers them, else basic authentication;
+    # the session is deleted when the operation ends, so that polling the
+    # power state never fills the BMC's session table.
+    auth = sushy.auth.SessionOrBasicAuth(username=settings.get("username"),
+                                         password=target.secret("password"))
     try:
+        with _answers(target, "connecting"):
+            conn = sushy.Sushy(
+                address, verify=verify, auth=auth,
+                # One attempt per operation: the outbox retries with backoff and
+                # the state's timeout bounds the whole, so sushy's own 10 x 3 s
+                # is off.
+                server_side_retries=0, read_timeout=timeout, connect_timeout=timeout)
+            system_id = settings.get("system")
+            if system_id is None:
+                members = conn.get_system_collection().members_identities
+                if len(members) != 1:
+                    raise PowerFailed(f"{_where(target)} has {len(members)} systems "
+                                      f"({', '.join(sorted(members))}): name one with "
+                                      "system:")
+                path = next(iter(members))
+            else:
+                path = str(system_id)
+                path = path if path.startswith("/") else f"{SYSTEMS}/{path}"
+            system = conn.get_system(path)
         yield system
     finally:
-        _close(conn)
+        _close(auth)
 
 
-def _close(conn: Any) -> None:
+def _close(auth: Any) -> None:
     try:
-        conn.close()
+        auth.close()
     except Exception:  # a session that cannot be deleted expires on the BMC
         pass
 
@@ -208,6 +227,12 @@ def _answers(target: PowerTarget, doing: str) -> Iterator[None]:
         elapsed = time.monotonic() - started
         raise PowerUnavailable(f"{where} did not answer {doing} "
                                f"({_cause(exc)}, after {elapsed:.1f} s)") from None
+    except sx.HTTPError as exc:
+        if getattr(exc, "status_code", None) in (409, 429):
+            # Busy with another request (a reset in progress), or rate limited.
+            raise PowerUnavailable(f"{where} is busy ({_status(exc)}) when {doing}: "
+                                   f"{_message(exc)}") from None
+        raise PowerFailed(f"{where} refused {doing} ({_status(exc)}): {_message(exc)}") from None
     except sx.SushyError as exc:
         raise PowerFailed(f"{where}: {doing}: {_message(exc)}") from None
 

@@ -110,8 +110,11 @@ class PowerOperations:
         if controller is None or self.slots is None:
             detail = self._ask(driver, target, ask, expect_on)
         else:
-            # Long enough for every try of the command and the wait for power.
-            seconds = timeout_of(settings) * 4 + power_on_wait_of(settings) + 30
+            # Long enough for every request of the command, its pause and the
+            # wait for power (each read of the state may take a timeout too).
+            delay = settings.get("cycle_delay", 0)
+            seconds = (timeout_of(settings) * 6 + 2 * power_on_wait_of(settings)
+                       + (float(delay) if isinstance(delay, int | float) else 0.0) + 30)
             holder = f"operation {ctx.operation_id} attempt {ctx.attempt}"
             with self.slots.hold(controller, slots=concurrency_of(settings), holder=holder,
                                  seconds=seconds):
@@ -147,8 +150,10 @@ class PowerOperations:
         while True:
             try:
                 state = driver.power_state(target)
-            except PowerUnavailable:
-                state = UNKNOWN  # a BMC busy with the reset answers late
+            except (PowerUnavailable, PowerFailed):
+                # A BMC busy with the reset answers late or refuses for a
+                # moment: the command worked, so keep reading until the end.
+                state = UNKNOWN
             if state == goal or time.monotonic() >= deadline:
                 return state
             self.sleep(self.verify_interval)

@@ -218,6 +218,9 @@ def _credentials(target: PowerTarget, hl: Any) -> Any:
             "3des": hl.usm3DESEDEPrivProtocol, "aes": hl.usmAesCfb128Protocol,
             "aes192": hl.usmAesCfb192Protocol, "aes256": hl.usmAesCfb256Protocol}
     auth_key, priv_key = target.secret("auth_key"), target.secret("priv_key")
+    if priv_key and not auth_key:
+        raise PowerFailed(f"board {target.ctx.name}: SNMP v3 privacy (priv_key) needs "
+                          "authentication too (auth_key)")
     auth_protocol = settings.get("auth_protocol", "sha" if auth_key else "none")
     priv_protocol = settings.get("priv_protocol", "aes" if priv_key else "none")
     return hl.UsmUserData(str(settings["user"]), authKey=auth_key, privKey=priv_key,

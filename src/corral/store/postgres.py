@@ -146,14 +146,17 @@ HISTORY_CHANNEL = "corral_history"
 PG_LAST_HISTORY_ID = """
 SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM history_id_seq
 """
-# Every transaction of this database holding a transaction id: a snapshot's
-# in-progress list leaves out those above its xmax (the newest completed one),
-# and pg_xact_status says committed a moment before new snapshots see it, so
-# both miss what the reader must wait for. A backend's xid is cleared exactly
-# when new snapshots see its transaction as finished.
+# The transactions that may hold history ids: those holding a lock on the
+# history table (an INSERT takes it before it takes an id, and keeps it to
+# the end) and a transaction id. A snapshot's in-progress list would leave out
+# those above its xmax, and pg_xact_status says committed a moment before new
+# snapshots see it; a backend's xid is cleared exactly when they do. Other
+# sessions (an idle psql holding an xid, say) do not hold the stream up.
 PG_WRITERS = """
-SELECT backend_xid::text FROM pg_stat_activity
-WHERE backend_xid IS NOT NULL AND datname = current_database() AND pid <> pg_backend_pid()
+SELECT DISTINCT a.backend_xid::text
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.relation = 'history'::regclass AND l.granted
+  AND a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
 """
 
 
