@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from corral.api.events import FILTERS, PAGE, event_document, settled_horizon
+from corral.api.events import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 from corral.errors import InvalidRequest
 from corral.store.port import Store
 
@@ -99,11 +99,11 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
         raise InvalidRequest("a webhook URL has at most 2000 characters")
     try:
         parts = urlsplit(url)
-        host = parts.hostname
+        host, scheme = parts.hostname, parts.scheme
         _ = parts.port  # raises on a port that is not a number
     except ValueError:
-        host = None
-    if host is None or urlsplit(url).scheme not in ("http", "https"):
+        host, scheme = None, ""
+    if host is None or scheme not in ("http", "https"):
         raise InvalidRequest(f"a webhook URL is http:// or https:// with a host, not {url!r}")
     if len(secret) < 16:
         raise InvalidRequest("a webhook secret has at least 16 characters")
@@ -180,7 +180,7 @@ class WebhookDelivery:
                 delivered += 1
             else:
                 # Every matching row up to the horizon is out: pass the others.
-                cursor = rows[-1].entry.id if len(rows) == self.batch else max(cursor, horizon)
+                cursor = next_cursor(rows, cursor=cursor, horizon=horizon, limit=self.batch)
         failures = 0 if error is None else int(hook["failures"]) + 1
         status = "failing" if failures >= self.failing_after else "ok"
         backoff = min(self.max_backoff, 2.0 ** (failures - 1)) if failures else 0.0

@@ -144,6 +144,14 @@ class HistoryTail:
             event.set()
 
 
+def next_cursor(rows: Sequence[StreamEntry], *, cursor: int, horizon: int,
+                limit: int = PAGE) -> int:
+    """Where a reader continues after a page of ``rows`` read after ``cursor``
+    up to ``horizon``: after its last row when the page was full, else at the
+    horizon (nothing else up to it matches the filters)."""
+    return rows[-1].entry.id if len(rows) == limit else max(cursor, horizon)
+
+
 def event_document(row: StreamEntry) -> dict[str, Any]:
     """One stream event, as the API documents it."""
     entry = row.entry
@@ -179,8 +187,7 @@ async def event_frames(tail: HistoryTail, *, after: int,
             rows = await anyio.to_thread.run_sync(page, cursor, horizon)
             for row in rows:
                 yield sse_frame(event_document(row))
-            # Fewer than a page: nothing else up to the horizon matches.
-            cursor = rows[-1].entry.id if len(rows) == PAGE else horizon
+            cursor = next_cursor(rows, cursor=cursor, horizon=horizon)
             continue
         if not await tail.wait_beyond(cursor, heartbeat):
             yield b": heartbeat\n\n"
@@ -205,7 +212,7 @@ def follow(store: Store, *, after: int | None, filters: Mapping[str, Sequence[st
                                              filters=filters)
                 for row in rows:
                     yield event_document(row)
-                cursor = rows[-1].entry.id if len(rows) == PAGE else horizon
+                cursor = next_cursor(rows, cursor=cursor, horizon=horizon)
             listener.wait(interval)
     finally:
         listener.close()
