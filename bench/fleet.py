@@ -114,9 +114,9 @@ def main() -> None:
                 live = timed(lambda: http.get("/metrics").raise_for_status(), args.repeat)
                 group_by = timed(psql(url, "SELECT kind, state, count(*) FROM machines "
                                            "GROUP BY kind, state"), args.repeat)
-                engine.refresh_state_counts()
+                engine.sweeper.refresh_state_counts()
                 stored = timed(lambda: http.get("/metrics").raise_for_status(), args.repeat)
-                recount = timed(engine.refresh_state_counts, 3)
+                recount = timed(engine.sweeper.refresh_state_counts, 3)
                 page = timed(lambda: http.get("/api/v1/boards",
                                               params={"failed": "true"}).raise_for_status(),
                              args.repeat)

@@ -116,7 +116,7 @@ def bench_fire_threads(url: str, seconds: float) -> dict[str, float]:
     """8 worker threads in one engine process, with group commit."""
     _seed_fire_boards(url)
     engine = _engine(url)
-    engine.start_group_commit()
+    engine.group.start()
     start, out = threading.Event(), queue.Queue()
     threads = [threading.Thread(target=_fire_loop, args=(engine, w, seconds, start, out))
                for w in range(WORKERS)]
@@ -163,7 +163,7 @@ def _seed_due_boards(url: str, count: int) -> None:
 def _sweep_worker(url: str, batch: int, threads: int, start: mp.Event, out: mp.Queue) -> None:
     engine = _engine(url)
     start.wait()
-    out.put(engine.sweep_timeouts(batch=batch, threads=threads))
+    out.put(engine.sweeper.sweep_timeouts(batch=batch, threads=threads))
 
 
 def bench_sweep(url: str, boards: int, processes: int, batch: int, threads: int

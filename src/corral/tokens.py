@@ -122,7 +122,7 @@ class TokenStore:
 
     def _save_for_board(self, board: str, prefix: str, role: str) -> str:
         with self.store.unit() as tx:
-            row = tx.get_machine("board", board)
+            row = tx.machines.get("board", board)
         if row is None:
             raise UnknownMachine("board", board)
         return self._save(f"{prefix}:{board}", role, row.id)
@@ -130,7 +130,7 @@ class TokenStore:
     def revoke_reimage(self, board: str) -> bool:
         """Revoke board ``board``'s reimage token; False if it had none."""
         with self.store.unit() as tx:
-            revoked = tx.revoke_token(f"reimage:{board}", self.clock())
+            revoked = tx.tokens.revoke(f"reimage:{board}", self.clock())
         self._cache.clear()
         return revoked
 
@@ -138,7 +138,7 @@ class TokenStore:
         secret = secrets.token_urlsafe(32)
         try:
             with self.store.unit() as tx:
-                token_id = tx.save_token(name=name, role=role, machine_id=machine_id,
+                token_id = tx.tokens.save(name=name, role=role, machine_id=machine_id,
                                         secret_hash=_digest(secret), now=self.clock())
         except DuplicateKey:
             raise Conflict(f"token {name!r} was created concurrently; try again") from None
@@ -148,13 +148,13 @@ class TokenStore:
     def revoke(self, name: str) -> None:
         """Raises: NotFound when there is no live token of that name."""
         with self.store.unit() as tx:
-            if not tx.revoke_token(name, self.clock()):
+            if not tx.tokens.revoke(name, self.clock()):
                 raise NotFound(f"no live token named {name!r}")
         self._cache.clear()
 
     def list(self) -> list[TokenRow]:
         with self.store.unit() as tx:
-            return tx.list_tokens()
+            return tx.tokens.list()
 
     def cached(self, presented: str) -> Principal | None:
         """The owner of a recently verified token, without touching the database."""
@@ -180,7 +180,7 @@ class TokenStore:
             return None
         started = self.timer()
         with self.store.unit() as tx:
-            row = tx.get_token(int(token_id))
+            row = tx.tokens.get(int(token_id))
         if row is None or row.revoked_at is not None:
             return None
         if not hmac.compare_digest(row.secret_hash, _digest(secret)):
@@ -202,7 +202,7 @@ class TokenStore:
         if not entries:
             return 0
         with self.store.unit() as tx:
-            rows = {row.id: row for row in tx.get_tokens(
+            rows = {row.id: row for row in tx.tokens.get_many(
                 entry.principal.token_id for entry in entries.values())}
         for key, entry in entries.items():
             row = rows.get(entry.principal.token_id)

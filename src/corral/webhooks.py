@@ -111,13 +111,13 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
     cursor = 0 if from_start else settled_horizon(engine.store)
     if name is None:
         with engine.store.unit() as tx:
-            name = f"hook-{len(tx.list_webhooks()) + 1}"
+            name = f"hook-{len(tx.webhooks.list()) + 1}"
     if not NAME_RE.fullmatch(name):
         raise InvalidRequest(f"a webhook name is letters, digits, '.', '_' and '-', not "
                              f"{name!r}")
     try:
         with engine.store.unit() as tx:
-            tx.add_webhook(name=name, url=url, filters=clean, secret=secret, cursor=cursor,
+            tx.webhooks.add(name=name, url=url, filters=clean, secret=secret, cursor=cursor,
                            now=engine.clock())
     except DuplicateKey:
         raise Conflict(f"a webhook named {name!r} exists") from None
@@ -142,7 +142,7 @@ class WebhookDelivery:
         returns how many events were accepted."""
         now = self.clock()
         with self.store.unit() as tx:
-            hooks = tx.claim_webhooks(now=now, owner=self.owner, limit=16,
+            hooks = tx.webhooks.claim(now=now, owner=self.owner, limit=16,
                                       until=now + timedelta(seconds=self.lease_seconds))
         if not hooks:
             return 0
@@ -155,7 +155,7 @@ class WebhookDelivery:
         cursor = int(hook["cursor"])
         filters: Mapping[str, Sequence[str]] = hook["filters"] or {}
         with self.store.unit() as tx:
-            rows = tx.stream_history(after=cursor, upto=horizon, limit=self.batch,
+            rows = tx.stream.read(after=cursor, upto=horizon, limit=self.batch,
                                      filters=filters)
         delivered, error = 0, None
         deadline = time.monotonic() + self.lease_seconds / 2
@@ -185,7 +185,7 @@ class WebhookDelivery:
         status = "failing" if failures >= self.failing_after else "ok"
         backoff = min(self.max_backoff, 2.0 ** (failures - 1)) if failures else 0.0
         with self.store.unit() as tx:
-            kept = tx.finish_webhook_pass(
+            kept = tx.webhooks.finish_pass(
                 hook["id"], owner=self.owner, cursor=cursor, delivered=delivered,
                 failures=failures, status=status,
                 last_error=error if error else (hook["last_error"] if failures else None),

@@ -48,7 +48,7 @@ def run_job(pools: PoolService, job: str, names: list[str], rounds: int, seed: i
         taken += 1
         with pools.engine.store.unit() as tx:
             for name in held:
-                holder = tx.pool_holder(name)
+                holder = tx.pools.holder(name)
                 if holder != job:
                     violations.append(f"{job} took {name} but {holder} holds it")
         time.sleep(rng.uniform(0.001, 0.01))

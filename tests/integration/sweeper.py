@@ -35,7 +35,7 @@ def main() -> None:
             time.sleep(0.005)
     fired = 0
     while True:
-        n = engine.sweep_timeouts(batch=args.batch, max_batches=1)
+        n = engine.sweeper.sweep_timeouts(batch=args.batch, max_batches=1)
         fired += n
         if n == 0:
             break

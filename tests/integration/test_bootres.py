@@ -346,7 +346,7 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
         engine.fire("board", "panda-1", event, **firing(event))
     worker.run_pending()
     clock.advance(46)
-    engine.sweep_timeouts()
+    engine.sweeper.sweep_timeouts()
     worker.run_pending()
     assert engine.get("board", "panda-1").state == "ready"
     entry = next(e for e in engine.history("board", "panda-1", limit=50)

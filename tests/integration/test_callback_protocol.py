@@ -33,7 +33,7 @@ def lab(engine):
     for name in ("b1", "b2"):
         # Where a board's own token has events to report (by: board).
         engine.force_state("board", name, "pxe_booting", actor="test", reason="set up")
-    engine.start_group_commit(threads=2)
+    engine.group.start(threads=2)
     tokens = TokenStore(engine.store, cache_seconds=0)
     app = create_app(engine, tokens, CollectorRegistry())
     with serving(app) as (address, _):

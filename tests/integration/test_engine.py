@@ -65,7 +65,7 @@ def test_every_transition_in_board_yaml(engine, machines, clock):
         before = engine.get("board", name)
         if trigger == "timeout":
             clock.advance(machines["board"].definition.states[source].timeout + 1)
-            assert engine.sweep_timeouts() >= 1
+            assert engine.sweeper.sweep_timeouts() >= 1
         else:
             engine.fire("board", name, trigger, source=SOURCES[firer], role=firer)
         after = engine.get("board", name)
@@ -89,17 +89,17 @@ def test_counter_reaches_failure_exactly_at_threshold(engine, machines, clock):
     engine.force_state("board", "b1", "pinging", actor="test", reason="set up")
     for expected in range(1, counter.max + 1):
         clock.advance(16)
-        assert engine.sweep_timeouts() == 1
+        assert engine.sweeper.sweep_timeouts() == 1
         row = engine.get("board", "b1")
         assert (row.state, row.counters["ping"]) == ("pinging", expected)
     clock.advance(16)
-    assert engine.sweep_timeouts() == 1
+    assert engine.sweeper.sweep_timeouts() == 1
     row = engine.get("board", "b1")
     assert row.state == "failed_pinging"
     assert row.counters["ping"] == counter.max + 1
     assert row.deadline is None
     clock.advance(10_000)
-    assert engine.sweep_timeouts() == 0
+    assert engine.sweeper.sweep_timeouts() == 0
 
 
 def test_terminal_states_have_no_deadline(engine, machines):
@@ -160,10 +160,10 @@ def test_force_state_is_conditional_and_runs_entry_operations(engine):
 
 def test_sweep_fires_each_due_deadline_once_in_batches(engine, clock):
     engine.import_machines("board", {f"b{i}": {} for i in range(23)})
-    assert engine.sweep_timeouts(batch=5) == 0
+    assert engine.sweeper.sweep_timeouts(batch=5) == 0
     clock.advance(11)
-    assert engine.sweep_timeouts(batch=5) == 23
-    assert engine.sweep_timeouts(batch=5) == 0
+    assert engine.sweeper.sweep_timeouts(batch=5) == 23
+    assert engine.sweeper.sweep_timeouts(batch=5) == 0
     assert {r.state for r in engine.list_machines("board")} == {"power_cycling"}
 
 
@@ -171,13 +171,13 @@ def test_operations_drive_a_board_to_ready(engine, clock):
     engine.create("board", "b1")
     worker = perfect_worker(engine)
     clock.advance(11)
-    engine.sweep_timeouts()                      # new -> power_cycling (+ power_cycle op)
+    engine.sweeper.sweep_timeouts()                      # new -> power_cycling (+ power_cycle op)
     # power_cycle_ok -> rebooting, whose entry switches the board's netboot to
     # its local disk (boot_local_ok keeps it there).
     assert worker.run_pending() == 2
     assert engine.get("board", "b1").state == "rebooting"
     clock.advance(46)
-    engine.sweep_timeouts()                      # rebooting -> pinging (+ ping op)
+    engine.sweeper.sweep_timeouts()                      # rebooting -> pinging (+ ping op)
     # ping_ok -> ready, whose entry writes a poll op; poll_ok keeps it ready.
     assert worker.run_pending() == 2
     assert engine.get("board", "b1").state == "ready"
@@ -208,17 +208,17 @@ def test_failed_operation_reports_failed_event(engine, clock):
 def test_stale_result_is_recorded_and_ignored(engine):
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
-    [op] = engine.lease_operations(owner="w1", limit=10, lease_seconds=60)
+    [op] = engine.outbox.lease_operations(owner="w1", limit=10, lease_seconds=60)
     engine.force_state("board", "b1", "maintenance", actor="t", reason="pulled the board")
     history_before = history_count(engine)
-    result = engine.report_operation(op, ok=True)
+    result = engine.outbox.report_operation(op, ok=True)
     assert result.ignored
     assert "stale" in result.note
     assert engine.get("board", "b1").state == "maintenance"
     assert history_count(engine) == history_before
     [stored] = [o for o in operations_of(engine, "b1") if o.id == op.id]
     assert stored.status == "stale"
-    again = engine.report_operation(op, ok=True)
+    again = engine.outbox.report_operation(op, ok=True)
     assert again.ignored
     assert "already stale" in again.note
 
@@ -226,22 +226,22 @@ def test_stale_result_is_recorded_and_ignored(engine):
 def test_duplicate_result_is_ignored(engine):
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
-    [op] = engine.lease_operations(owner="w1", limit=10, lease_seconds=60)
-    assert engine.report_operation(op, ok=True).to_state == "rebooting"
+    [op] = engine.outbox.lease_operations(owner="w1", limit=10, lease_seconds=60)
+    assert engine.outbox.report_operation(op, ok=True).to_state == "rebooting"
     count = history_count(engine)
-    assert engine.report_operation(op, ok=True).ignored
+    assert engine.outbox.report_operation(op, ok=True).ignored
     assert history_count(engine) == count
 
 
 def test_expired_lease_is_reclaimed(engine, clock):
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="t")
-    [op] = engine.lease_operations(owner="dead-worker", limit=10, lease_seconds=30)
-    assert engine.lease_operations(owner="w2", limit=10, lease_seconds=30) == []
+    [op] = engine.outbox.lease_operations(owner="dead-worker", limit=10, lease_seconds=30)
+    assert engine.outbox.lease_operations(owner="w2", limit=10, lease_seconds=30) == []
     clock.advance(31)
-    [again] = engine.lease_operations(owner="w2", limit=10, lease_seconds=30)
+    [again] = engine.outbox.lease_operations(owner="w2", limit=10, lease_seconds=30)
     assert (again.id, again.attempts, again.lease_owner) == (op.id, 2, "w2")
-    assert engine.report_operation(again, ok=True).to_state == "rebooting"
+    assert engine.outbox.report_operation(again, ok=True).to_state == "rebooting"
 
 
 def test_transient_errors_retry_with_backoff_then_fail(engine, clock):

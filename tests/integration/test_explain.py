@@ -23,7 +23,7 @@ def test_explain_says_how_a_board_got_stuck_and_what_comes_next(engine, clock):
     engine.create("board", "b1")
     engine.force_state("board", "b1", "power_cycling", actor="ann", reason="new PSU")
     # One attempt: power_cycle_failed is counted and the state entered again.
-    [op] = engine.lease_operations(owner="t", limit=1, lease_seconds=60)
+    [op] = engine.outbox.lease_operations(owner="t", limit=1, lease_seconds=60)
     worker.run(op)
     clock.advance(20)
     doc = engine.explain("board", "b1", "operator")
@@ -59,11 +59,11 @@ def test_the_oldest_machine_per_state_is_a_metric(engine, clock):
     clock.advance(3000)
     engine.create("board", "young")
     clock.advance(600)
-    ages = {(k, s): round(t) for k, s, t in engine.oldest_in_state(max_age=30)}
+    ages = {(k, s): round(t) for k, s, t in engine.sweeper.oldest_in_state(max_age=30)}
     assert ages[("board", "new")] == 3600          # counted now: no aggregate yet
-    engine.refresh_state_counts()
+    engine.sweeper.refresh_state_counts()
     clock.advance(5)
-    ages = {(k, s): round(t) for k, s, t in engine.oldest_in_state(max_age=30)}
+    ages = {(k, s): round(t) for k, s, t in engine.sweeper.oldest_in_state(max_age=30)}
     assert ages[("board", "new")] == 3605          # from the aggregate
     text = generate_latest(build_registry(engine, multiprocess=False)).decode()
     line = next(line for line in text.splitlines()

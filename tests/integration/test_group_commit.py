@@ -54,7 +54,7 @@ def test_group_commit_under_concurrency_keeps_histories_serial(engine, machines,
     engine.import_machines("board", {b: {} for b in boards})
     for b in boards:
         engine.force_state("board", b, "ready", actor="t", reason="t")
-    engine.start_group_commit(threads=2, max_batch=16)
+    engine.group.start(threads=2, max_batch=16)
     accepted = []
     errors = []
 
@@ -136,9 +136,9 @@ def test_expired_idempotency_keys_are_forgotten(engine, clock):
     engine.fire_batch([keyed(f"young{i}") for i in range(3)])
     clock.advance(23 * 3600)
     # In batches of 7: three full ones, then one of 6 ends the pass.
-    assert engine.expire_idempotency_keys(timedelta(hours=24), batch=7) == 20
+    assert engine.sweeper.expire_idempotency_keys(timedelta(hours=24), batch=7) == 20
     assert stored_keys(engine) == {"young0", "young1", "young2"}
-    assert engine.expire_idempotency_keys(timedelta(hours=24), batch=7) == 0
+    assert engine.sweeper.expire_idempotency_keys(timedelta(hours=24), batch=7) == 0
     engine.force_state("board", "b1", "ready", actor="t", reason="t")
     # A forgotten key is a new request; a remembered one still replays.
     fresh = engine.fire_batch([keyed("old0")])[0]
@@ -159,7 +159,8 @@ def test_workers_expiring_at_once_forget_each_key_once(pg_engine, clock):
     clock.advance(48 * 3600)
     counts: list[int] = []
     workers = [threading.Thread(target=lambda: counts.append(
-        pg_engine.expire_idempotency_keys(timedelta(hours=24), batch=50))) for _ in range(4)]
+        pg_engine.sweeper.expire_idempotency_keys(timedelta(hours=24), batch=50)))
+        for _ in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -202,7 +203,7 @@ def test_coroutines_wait_for_their_own_outcomes(engine, machines, monkeypatch):
     engine.import_machines("board", {b: {} for b in boards})
     for b in boards:
         engine.force_state("board", b, "ready", actor="t", reason="t")
-    engine.start_group_commit(threads=2, max_batch=8)
+    engine.group.start(threads=2, max_batch=8)
     rng = random.Random(7)
     requests = [req(rng.choice(boards), rng.choice(EVENTS)) for _ in range(120)]
 

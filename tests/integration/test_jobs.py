@@ -62,7 +62,7 @@ def lab(engine, clock):
             clock.advance(seconds)
             sim_clock.now += seconds
             for _ in range(rounds):
-                engine.sweep_timeouts()
+                engine.sweeper.sweep_timeouts()
                 service.dispatch_pass()
                 worker.run_pending()
 

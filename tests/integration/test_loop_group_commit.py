@@ -19,6 +19,7 @@ from corral.engine.core import Engine, FireRequest, Observer
 from corral.engine.group import AsyncGroupCommitter
 from corral.errors import CorralError, Unavailable
 from corral.store import open_store
+from corral.store.values import WriteSet
 from corral.tokens import TokenStore
 from tests.integration.helpers import firing, snapshot
 from tests.integration.test_concurrency import EVENTS
@@ -45,7 +46,7 @@ def lab(pg_engine: Engine) -> Iterator[Engine]:
     for b in boards:
         pg_engine.force_state("board", b, "ready", actor="t", reason="t")
     pg_engine.observer = Batches()
-    pg_engine.start_group_commit(threads=2, max_batch=8)
+    pg_engine.group.start(threads=2, max_batch=8)
     yield pg_engine
     pg_engine.close()
 
@@ -57,11 +58,11 @@ def req(name: str, event: str, **extra) -> FireRequest:
 def on_loop(engine: Engine, body):
     """Run ``body()`` on a fresh event loop with the loop committer started."""
     async def main():
-        await engine.start_loop_group_commit()
+        await engine.group.start_loop()
         try:
             return await body()
         finally:
-            await engine.stop_loop_group_commit()
+            await engine.group.stop_loop()
 
     return asyncio.run(main())
 
@@ -124,7 +125,7 @@ def test_a_lost_connection_fails_its_batch_then_recovers(lab, pg_migrated_url):
     async def body():
         await lab.fire_async(req("b1", "reboot"))
         # The server drops the loop's connections.
-        pids = [c.info.backend_pid for c in lab._loop_committer._free if c is not None]
+        pids = [c.info.backend_pid for c in lab.group.loop_committer._free if c is not None]
         assert pids
         with psycopg.connect(pg_migrated_url.replace("+psycopg", ""), autocommit=True) as admin:
             for pid in pids:
@@ -146,11 +147,11 @@ def test_queued_writes_are_never_committed_after_an_error(pg_engine):
         conn = await pg_engine.store.connect_async()
         try:
             async with pg_engine.store.async_events(conn) as tx:
-                row = await tx.lock_machine("board", "b1")
-                await tx.write([], [{"machine_id": row.id, "epoch": 9, "from_state": "new",
-                                     "to_state": "ready", "event": "x", "source": "operator",
-                                     "actor": None, "reason": None, "at": row.state_entered_at,
-                                     "payload": None, "operation_id": None}], [])
+                row = await tx.machines.lock("board", "b1")
+                await tx.write(WriteSet(history=[{
+                    "machine_id": row.id, "epoch": 9, "from_state": "new", "to_state": "ready",
+                    "event": "x", "source": "operator", "actor": None, "reason": None,
+                    "at": row.state_entered_at, "payload": None, "operation_id": None}]))
                 raise RuntimeError("after the write, before the commit")
         except RuntimeError:
             pass
@@ -162,13 +163,13 @@ def test_queued_writes_are_never_committed_after_an_error(pg_engine):
 
 def test_closing_finishes_queued_events_and_a_gone_waiter_still_commits(lab):
     async def body():
-        await lab.start_loop_group_commit()
+        await lab.group.start_loop()
         waiting = [asyncio.ensure_future(lab.fire_async(req(f"b{i}", "reboot")))
                    for i in range(6)]
         await asyncio.sleep(0)
         waiting[0].cancel()  # Its client went away.
-        committer = lab._loop_committer
-        await lab.stop_loop_group_commit()
+        committer = lab.group.loop_committer
+        await lab.group.stop_loop()
         # Stopping waited for the queued events: all six are committed.
         assert {lab.get("board", f"b{i}").state for i in range(6)} == {"power_cycling"}
         with pytest.raises(CorralError, match="shutting down"):
@@ -186,11 +187,11 @@ def test_closing_finishes_queued_events_and_a_gone_waiter_still_commits(lab):
 
 def test_only_with_postgres_and_group_commit(lab, pg_engine, machines, tmp_path):
     async def started(e):
-        await e.start_loop_group_commit()
-        committer = e._loop_committer
+        await e.group.start_loop()
+        committer = e.group.loop_committer
         if committer is not None:
             assert (committer.max_batch, len(committer._free)) == (8, 2)
-        await e.stop_loop_group_commit()
+        await e.group.stop_loop()
         return committer
 
     assert isinstance(asyncio.run(started(lab)), AsyncGroupCommitter)
@@ -199,7 +200,7 @@ def test_only_with_postgres_and_group_commit(lab, pg_engine, machines, tmp_path)
     assert asyncio.run(started(lab)) is None
     # SQLite: events keep the committer threads.
     sqlite = Engine(open_store(f"sqlite:///{tmp_path / 'corral.db'}"), machines)
-    sqlite.start_group_commit(threads=1)
+    sqlite.group.start(threads=1)
     try:
         assert asyncio.run(started(sqlite)) is None
     finally:
@@ -236,7 +237,7 @@ def test_old_connections_are_replaced_before_use(lab, monkeypatch):
         seen = []
         for event in ("reboot", "power_cycle_ok"):
             await lab.fire_async(req(board, event))
-            [conn] = [c for c in lab._loop_committer._free if c is not None]
+            [conn] = [c for c in lab.group.loop_committer._free if c is not None]
             seen.append(conn.info.backend_pid)
         return seen
 

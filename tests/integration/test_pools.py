@@ -114,7 +114,7 @@ def test_assign_release_and_override_are_fired_only_through_the_service(engine, 
 def test_an_event_missing_its_declared_vars_is_refused(engine, pools):
     from corral.engine.core import FireRequest
 
-    engine._reserved.clear()  # reach the definition's own check
+    engine.firing._reserved.clear()  # reach the definition's own check
     pools.acquire("job-a", P1, actor="test")
     before = everything(engine)
     [outcome] = engine.fire_batch([FireRequest(kind="pool", name=P1, event="override",
@@ -148,7 +148,7 @@ def lab(engine, clock, pools):
         def step(seconds: float = 0.0) -> str:
             clock.advance(seconds)
             sim_clock.now += seconds
-            engine.sweep_timeouts()
+            engine.sweeper.sweep_timeouts()
             worker.run_pending()
             return engine.get("pool", P1).state
 

@@ -39,7 +39,7 @@ def test_nothing_is_pruned_unless_asked(engine, clock):
     busy_boards(engine, clock)
     before = counts(engine)
     clock.advance(400 * DAY)
-    assert engine.prune() == {"history": 0, "operations": 0}
+    assert engine.sweeper.prune() == {"history": 0, "operations": 0}
     assert counts(engine) == before
 
 
@@ -48,7 +48,7 @@ def test_old_history_goes_in_batches_and_every_machine_keeps_its_newest_row(engi
     clock.advance(10 * DAY)
     engine.force_state("board", "b1", "maintenance", actor="t", reason="recent")
     total, _ = counts(engine)
-    pruned = engine.prune(history_older_than=timedelta(days=7), batch=2)
+    pruned = engine.sweeper.prune(history_older_than=timedelta(days=7), batch=2)
     # b1 keeps only its recent row; b2 and b3 keep their newest (old) one.
     assert pruned["history"] == total - 3
     for name in ("b1", "b2", "b3"):
@@ -57,21 +57,21 @@ def test_old_history_goes_in_batches_and_every_machine_keeps_its_newest_row(engi
         assert (entry.to_state, entry.epoch) == (row.state, row.epoch)
     assert engine.history("board", "b1")[0].reason == "recent"
     # Again: nothing more is old enough.
-    assert engine.prune(history_older_than=timedelta(days=7), batch=2)["history"] == 0
+    assert engine.sweeper.prune(history_older_than=timedelta(days=7), batch=2)["history"] == 0
 
 
 def test_finished_operations_go_and_pending_ones_stay(engine, clock):
     busy_boards(engine, clock, names=("b1",))
-    leased = engine.lease_operations(owner="t", limit=100, lease_seconds=60)
+    leased = engine.outbox.lease_operations(owner="t", limit=100, lease_seconds=60)
     assert leased
     for op in leased[:-1]:
-        engine.report_operation(op, ok=True)
+        engine.outbox.report_operation(op, ok=True)
     clock.advance(3 * DAY)
     engine.force_state("board", "b1", "power_cycling", actor="t", reason="new operation")
     with engine.store.sa.begin() as conn:
         before = dict(conn.execute(select(operations.c.status, func.count())
                                    .group_by(operations.c.status)).all())
-    pruned = engine.prune(operations_older_than=timedelta(days=1), batch=1)
+    pruned = engine.sweeper.prune(operations_older_than=timedelta(days=1), batch=1)
     with engine.store.sa.begin() as conn:
         after = dict(conn.execute(select(operations.c.status, func.count())
                                   .group_by(operations.c.status)).all())

@@ -17,7 +17,7 @@ def gauges(engine, max_age: float = 30.0) -> dict[str, dict[tuple[str, ...], flo
 
 def test_without_a_recount_the_gauges_count_live(engine):
     engine.import_machines("board", {f"b{i}": {} for i in range(3)})
-    counts, age = engine.state_counts(max_age=30)
+    counts, age = engine.sweeper.state_counts(max_age=30)
     assert (counts, age) == ([("board", "new", 3)], None)
     seen = gauges(engine)
     assert seen["corral_machines"] == {("board", "new"): 3}
@@ -27,7 +27,7 @@ def test_without_a_recount_the_gauges_count_live(engine):
 def test_the_gauges_read_the_recount_until_it_is_too_old(engine, clock):
     engine.import_machines("board", {f"b{i}": {} for i in range(3)})
     engine.force_state("board", "b0", "failed_pinging", actor="t", reason="t")
-    assert engine.refresh_state_counts() == 2
+    assert engine.sweeper.refresh_state_counts() == 2
     engine.force_state("board", "b1", "failed_pinging", actor="t", reason="t")
     clock.advance(20)
     # The aggregate, not a count: b1's move shows at the next recount.
@@ -35,7 +35,7 @@ def test_the_gauges_read_the_recount_until_it_is_too_old(engine, clock):
     assert seen["corral_machines"] == {("board", "new"): 2, ("board", "failed_pinging"): 1}
     assert seen["corral_failed_machines"][("board",)] == 1
     assert seen["corral_machine_counts_age_seconds"] == {(): 20.0}
-    engine.refresh_state_counts()
+    engine.sweeper.refresh_state_counts()
     assert gauges(engine)["corral_failed_machines"][("board",)] == 2
     # A recount older than the limit (the workers stopped) is not trusted.
     engine.force_state("board", "b2", "failed_pinging", actor="t", reason="t")
@@ -52,7 +52,7 @@ def test_recounts_from_many_processes_at_once_take_turns(engine):
     def recount() -> None:
         try:
             for _ in range(5):
-                engine.refresh_state_counts()
+                engine.sweeper.refresh_state_counts()
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -62,4 +62,4 @@ def test_recounts_from_many_processes_at_once_take_turns(engine):
     for t in threads:
         t.join()
     assert errors == []
-    assert engine.state_counts(max_age=30) == ([("board", "new", 20)], 0.0)
+    assert engine.sweeper.state_counts(max_age=30) == ([("board", "new", 20)], 0.0)

@@ -26,7 +26,7 @@ def test_a_database_that_cannot_be_reached_is_unavailable(url):
     with pytest.raises(Unavailable, match=r"^database unavailable: "), store.unit() as tx:
         tx.ping()
     with pytest.raises(Unavailable), store.events() as events:
-        events.lock_machine("board", "b1")
+        events.machines.lock("board", "b1")
     result = subprocess.run([CORRAL, "board", "list"], capture_output=True, text=True,
                             env=os.environ | {"CORRAL_DATABASE_URL": url}, timeout=60)
     assert result.returncode == 6
@@ -37,14 +37,14 @@ def test_a_database_that_cannot_be_reached_is_unavailable(url):
 def test_a_second_row_with_the_same_key_is_a_duplicate_key(store):
     def insert() -> None:
         with store.unit() as tx:
-            tx.insert_machine(kind="board", name="b1", state="new", attrs={}, now=NOW,
+            tx.machines.insert(kind="board", name="b1", state="new", attrs={}, now=NOW,
                               deadline=None)
 
     insert()
     with pytest.raises(DuplicateKey):
         insert()
     with store.unit() as tx:
-        assert [m.name for m in tx.list_machines("board")] == ["b1"]
+        assert [m.name for m in tx.machines.list("board")] == ["b1"]
 
 
 @pytest.mark.parametrize("backend", ["postgres", "mariadb"])
@@ -55,5 +55,5 @@ def test_a_missing_table_is_a_schema_problem(backend, tmp_path):
         store = open_store(url)
         with pytest.raises(SchemaProblem, match="run `corral db upgrade`"), \
                 store.unit() as tx:
-            tx.list_machines("board")
+            tx.machines.list("board")
         store.dispose()

@@ -113,7 +113,7 @@ def test_every_event_arrives_once_in_order_after_retries(engine, clock):
             by_machine.setdefault(receiver.documents[event]["name"], []).append(event)
         assert all(ids == sorted(ids) for ids in by_machine.values())
         with engine.store.unit() as tx:
-            [hook] = tx.list_webhooks()
+            [hook] = tx.webhooks.list()
         assert (hook["status"], hook["failures"], hook["delivered"]) == ("ok", 0, len(every))
         assert "secret" not in hook
     finally:
@@ -132,7 +132,7 @@ def test_a_receiver_that_keeps_failing_marks_the_subscription_failing(engine, cl
         for _ in range(4):
             delivery.deliver_pass()
             with engine.store.unit() as tx:
-                [hook] = tx.list_webhooks()
+                [hook] = tx.webhooks.list()
             waits.append(round((hook["next_attempt_at"] - clock()).total_seconds()))
             clock.advance(600)
         assert waits == [1, 2, 4, 8]                       # doubling backoff
@@ -233,4 +233,4 @@ def test_a_subscription_holding_nul_is_refused_not_stored(engine):
     with pytest.raises(InvalidRequest, match=r"webhook\.url"):
         add_subscription(engine, name="n", url="http://x/\x00", filters={}, secret=SECRET)
     with engine.store.unit() as tx:
-        assert tx.list_webhooks() == []
+        assert tx.webhooks.list() == []

@@ -105,7 +105,7 @@ def test_a_silent_pdu_is_retried_with_backoff_then_the_counter_gives_up(engine, 
         assert (again.run_after - clock()).total_seconds() == pytest.approx(10, abs=0.5)
         for _ in range(4):  # the state's timeout counts each silent round
             clock.advance(61)
-            engine.sweep_timeouts()
+            engine.sweeper.sweep_timeouts()
         assert engine.get("board", "pdu-1").state == "failed_power_cycling"
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from corral.engine.events import FireRequest, FireResult, outcome_document
-from corral.engine.planning import final_changes, plan_batch, plan_event, plan_timeout
+from corral.engine.planning import plan_batch, plan_event, plan_timeout
 from corral.errors import EventNotAllowed, Forbidden, InvalidRequest, UnknownMachine
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
@@ -133,7 +133,7 @@ def test_a_batch_judges_each_event_against_what_its_predecessors_left(machines):
     assert isinstance(fourth, UnknownMachine)
     assert [w.history["epoch"] for w in batch.writes] == [5, 6]
     # One machine, two events: written once in its final state, two history rows.
-    [final] = final_changes(batch.writes)
+    [final] = batch.write_set().changes
     assert (final.state, final.epoch) == ("maintenance", 6)
     assert rows == {("board", "b1"): board("ready")}, "the caller's rows are not changed"
 

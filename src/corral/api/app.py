@@ -275,13 +275,13 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         # wait on one group commit together.
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         # Board callbacks share transactions on this loop (PostgreSQL).
-        await engine.start_loop_group_commit()
+        await engine.group.start_loop()
         await anyio.to_thread.run_sync(tail.start_in, asyncio.get_running_loop())
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(tail.stop)
-            await engine.stop_loop_group_commit()
+            await engine.group.stop_loop()
 
     tail = HistoryTail(engine.store, interval=events_interval)
 
@@ -606,7 +606,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
             raise ApiError(404, "not_found", f"no machine kind {kind!r}; kinds: "
                            f"{', '.join(engine.machines.kinds())}")
         definition = engine.machines[kind].definition
-        counts, _age = engine.state_counts(max_age=30)
+        counts, _age = engine.sweeper.state_counts(max_age=30)
         held = {state: n for k, state, n in counts if k == kind}
         return {
             "kind": kind, "description": definition.description,
@@ -650,7 +650,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     def list_webhooks(_: Annotated[Principal, Depends(role("viewer"))]
                       ) -> list[dict[str, Any]]:
         with engine.store.unit() as tx:
-            hooks = tx.list_webhooks()
+            hooks = tx.webhooks.list()
         return [{k: (v.isoformat() if isinstance(v, datetime) else v)
                  for k, v in hook.items() if k not in ("id", "lease_owner", "lease_until")}
                 for hook in hooks]
@@ -660,7 +660,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     def remove_webhook(name: Annotated[str, Path(pattern=NAME)],
                        _: Annotated[Principal, Depends(role("admin"))]) -> dict[str, str]:
         with engine.store.unit() as tx:
-            if not tx.remove_webhook(name):
+            if not tx.webhooks.remove(name):
                 raise ApiError(404, "not_found", f"no webhook {name!r}")
         return {"removed": name}
 

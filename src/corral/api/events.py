@@ -47,10 +47,10 @@ def settled_horizon(store: Store, stop: threading.Event | None = None) -> int:
         Unsupported: the backend cannot tell (MariaDB).
     """
     with store.unit() as tx:
-        newest, pending = tx.history_horizon_candidate()
+        newest, pending = tx.stream.horizon_candidate()
     while pending and not (stop is not None and stop.is_set()):
         with store.unit() as tx:
-            if tx.history_settled(pending):
+            if tx.stream.settled(pending):
                 break
         time.sleep(0.005)
     return int(newest)
@@ -179,7 +179,7 @@ async def event_frames(tail: HistoryTail, *, after: int,
 
     def page(start: int, upto: int) -> list[StreamEntry]:
         with store.unit() as tx:
-            return tx.stream_history(after=start, upto=upto, limit=PAGE, filters=filters)
+            return tx.stream.read(after=start, upto=upto, limit=PAGE, filters=filters)
 
     while True:
         horizon = tail.horizon
@@ -208,7 +208,7 @@ def follow(store: Store, *, after: int | None, filters: Mapping[str, Sequence[st
             horizon = settled_horizon(store)
             while horizon > cursor:
                 with store.unit() as tx:
-                    rows = tx.stream_history(after=cursor, upto=horizon, limit=PAGE,
+                    rows = tx.stream.read(after=cursor, upto=horizon, limit=PAGE,
                                              filters=filters)
                 for row in rows:
                     yield event_document(row)

@@ -34,9 +34,9 @@ class StateCollector(Collector):
         self.counts_max_age = counts_max_age
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts, counts_age = self.engine.state_counts(max_age=self.counts_max_age)
+        counts, counts_age = self.engine.sweeper.state_counts(max_age=self.counts_max_age)
         with self.engine.store.unit() as tx:
-            queued, oldest = tx.operation_queue()
+            queued, oldest = tx.operations.queue()
         machines = GaugeMetricFamily("corral_machines", "Machines per kind and state.",
                                      labels=["kind", "state"])
         failed = GaugeMetricFamily("corral_failed_machines",
@@ -64,7 +64,8 @@ class StateCollector(Collector):
             "Seconds the machine longest in each state has been there (stuck work: "
             "corral_state_oldest_seconds{state=\"pxe_booting\"} > 3600).",
             labels=["kind", "state"])
-        for kind, state, seconds in self.engine.oldest_in_state(max_age=self.counts_max_age):
+        ages = self.engine.sweeper.oldest_in_state(max_age=self.counts_max_age)
+        for kind, state, seconds in ages:
             stuck.add_metric([kind, state], seconds)
         hooks = GaugeMetricFamily("corral_webhook_failing",
                                   "1 for a webhook subscription marked failing.",
@@ -73,7 +74,7 @@ class StateCollector(Collector):
                                    "Failed deliveries in a row, per webhook subscription.",
                                    labels=["webhook"])
         with self.engine.store.unit() as tx:
-            for hook in tx.list_webhooks():
+            for hook in tx.webhooks.list():
                 hooks.add_metric([hook["name"]], 1.0 if hook["status"] == "failing" else 0.0)
                 behind.add_metric([hook["name"]], float(hook["failures"]))
         yield from (machines, failed, depth, age, counted, stuck, hooks, behind)

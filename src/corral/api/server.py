@@ -131,7 +131,7 @@ def _api_process(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     engine = build_engine(settings)
     if settings.group_commit_threads:
-        engine.start_group_commit(threads=settings.group_commit_threads,
+        engine.group.start(threads=settings.group_commit_threads,
                                   max_batch=settings.group_commit_max_batch)
     try:
         run_http(engine, settings, metrics_registry(

@@ -170,7 +170,7 @@ def _record_start(db: Store | None, config: ImportConfig, started: str) -> int |
     if db is None:
         return None
     with db.unit() as tx:
-        return tx.start_bootres_import(started_at=datetime.fromisoformat(started),
+        return tx.bootres.start_import(started_at=datetime.fromisoformat(started),
                                        storage=str(config.storage),
                                        sources=[s.url for s in config.sources])
 
@@ -185,13 +185,13 @@ def _record_end(db: Store | None, import_id: int | None, *, status: str,
              "version": w.candidate.version}
             for w in winners or ()]
     with db.unit() as tx:
-        tx.end_bootres_import(import_id, status=status, snapshot=snapshot, error=error,
+        tx.bootres.end_import(import_id, status=status, snapshot=snapshot, error=error,
                               now=datetime.now(UTC), published=rows)
 
 
 def list_imports(db: Store, limit: int = 20) -> list[dict[str, Any]]:
     with db.unit() as tx:
-        return tx.list_bootres_imports(limit)
+        return tx.bootres.imports(limit)
 
 
 def progress_bar() -> tuple[Progress | None, Callable[[], None]]:

@@ -267,7 +267,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
             check_operations(engine.machines, handlers)
             worker = build_worker(engine, settings, handlers)
             jobs: dict[str, tuple[Callable[[], object], float]] = {
-                "sweep_timeouts": (lambda: engine.sweep_timeouts(batch=settings.sweep_batch,
+                "sweep_timeouts": (lambda: engine.sweeper.sweep_timeouts(batch=settings.sweep_batch,
                                                                  threads=settings.sweep_threads),
                                    settings.sweep_interval),
                 "operations": (worker.dispatch, settings.operation_interval),
@@ -275,8 +275,9 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
             if settings.idempotency_key_hours:
                 keep = timedelta(hours=settings.idempotency_key_hours)
                 jobs["expire_idempotency_keys"] = (
-                    lambda: engine.expire_idempotency_keys(keep), IDEMPOTENCY_EXPIRY_INTERVAL)
-            jobs["count_states"] = (engine.refresh_state_counts,
+                    lambda: engine.sweeper.expire_idempotency_keys(keep),
+                    IDEMPOTENCY_EXPIRY_INTERVAL)
+            jobs["count_states"] = (engine.sweeper.refresh_state_counts,
                                     settings.state_count_interval)
             if engine.store.backend not in ("mysql", "mariadb"):  # no stream horizon there
                 from corral.webhooks import WebhookDelivery
@@ -289,7 +290,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                 jobs["webhooks"] = (delivery.deliver_pass, settings.webhook_interval)
             ages = retention(settings)
             if any(ages.values()):
-                jobs["prune"] = (lambda: engine.prune(**ages), PRUNE_INTERVAL)
+                jobs["prune"] = (lambda: engine.sweeper.prune(**ages), PRUNE_INTERVAL)
             if "job" in engine.machines:
                 from corral.jobs.service import JobService
 
@@ -298,7 +299,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                                          settings.job_dispatch_interval)
             scheduler = build_scheduler(jobs)
         if settings.group_commit_threads:
-            engine.start_group_commit(threads=settings.group_commit_threads,
+            engine.group.start(threads=settings.group_commit_threads,
                                       max_batch=settings.group_commit_max_batch)
         if scheduler is not None:
             scheduler.start()
@@ -336,17 +337,18 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
     engine = obj.engine()
     handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
     check_operations(engine.machines, handlers)
-    fired = engine.sweep_timeouts(batch=settings.sweep_batch, threads=settings.sweep_threads)
+    fired = engine.sweeper.sweep_timeouts(batch=settings.sweep_batch,
+                                          threads=settings.sweep_threads)
     assigned = 0
     if "job" in engine.machines:
         from corral.jobs.service import JobService
 
         assigned = len(JobService(engine, default_ttl=settings.mo_override_ttl).dispatch_pass())
     ran = build_worker(engine, settings, handlers).run_pending()
-    engine.refresh_state_counts()
+    engine.sweeper.refresh_state_counts()
     forgotten = 0
     if settings.idempotency_key_hours:
-        forgotten = engine.expire_idempotency_keys(
+        forgotten = engine.sweeper.expire_idempotency_keys(
             timedelta(hours=settings.idempotency_key_hours))
     click.echo(f"timeouts fired: {fired}, jobs assigned: {assigned}, operations run: {ran}, "
                f"idempotency keys forgotten: {forgotten}")
@@ -367,7 +369,7 @@ def prune(obj: CliContext, once: bool) -> None:
         click.echo("nothing to prune: history_retention_days and operation_retention_days "
                    "are 0 (keep everything)")
         return
-    pruned = obj.engine().prune(**ages)
+    pruned = obj.engine().sweeper.prune(**ages)
     click.echo(f"history rows pruned: {pruned['history']}, operations pruned: "
                f"{pruned['operations']}")
 
@@ -459,7 +461,7 @@ def webhook_add(obj: CliContext, url: str, name: str | None, filters: tuple[str,
 def webhook_list(obj: CliContext, as_json: bool) -> None:
     """Subscriptions with their status, cursor and last error (never the secret)."""
     with obj.engine().store.unit() as tx:
-        hooks = tx.list_webhooks()
+        hooks = tx.webhooks.list()
     if as_json:
         click.echo(_json(hooks))
         return
@@ -477,7 +479,7 @@ def webhook_list(obj: CliContext, as_json: bool) -> None:
 def webhook_remove(obj: CliContext, name: str) -> None:
     """Delete a subscription."""
     with obj.engine().store.unit() as tx:
-        removed = tx.remove_webhook(name)
+        removed = tx.webhooks.remove(name)
     if not removed:
         raise NotFound(f"no webhook {name!r}")
     click.echo(f"webhook {name} removed")

@@ -1,17 +1,19 @@
-"""The engine: every event is one transaction (DESIGN.md invariants 1-4).
+"""The engine: every event is one transaction (docs/architecture.md,
+invariants 1-4).
 
-An event is lock -> plan -> write. The engine locks the machine row through
-the store (:mod:`corral.store.port`), plans what the event does from the
-shared definition (:mod:`.planning`, a pure function of the definition and
-the locked rows: the new state, deadline, counters, epoch, a history row and
-the entry operations for the outbox), and writes the plan before committing.
-If anything fails, nothing happened.
+An event is lock -> plan -> write, in one engine transaction
+(:mod:`.transaction`): the engine locks the machine row through the store
+(:mod:`corral.store.port`), plans what the event does from the shared
+definition (:mod:`.planning`, a pure function of the definition and the
+locked rows: the new state, deadline, counters, epoch, a history row and the
+entry operations for the outbox), and writes the plan before committing;
+after the commit, it logs and observes. If anything fails, nothing happened.
 
 By concern: :mod:`.firing` (events from callers, forced states),
 :mod:`.sweeping` (due deadlines fire ``timeout`` exactly once however many
 engines sweep), :mod:`.outbox` (operation leases and results),
-:mod:`.group` (group commit), :mod:`.unit` (a service's own transaction).
-This module puts them together with machine creation and presentation.
+:mod:`.group` (group commit), :mod:`.reads` (what operators read). This
+module is the facade over them, with machine creation.
 """
 
 from __future__ import annotations
@@ -34,22 +36,29 @@ from corral.engine.events import (
     utcnow,
 )
 from corral.engine.firing import Firing
+from corral.engine.group import GroupCommit
 from corral.engine.outbox import Outbox
 from corral.engine.reads import Reads
-from corral.engine.sweeping import Sweeping
-from corral.engine.unit import Unit
+from corral.engine.sweeping import Sweeper
+from corral.engine.transaction import Context, Transaction, transaction
 from corral.errors import Conflict, DuplicateKey
-from corral.machines import MachineSet
+from corral.machines import MachineSet, StateMachine
 from corral.store.port import Store
 from corral.store.values import HistoryEntry, MachineRow
 
 __all__ = ["CREATE_EVENT", "FORCE_EVENT", "SOURCE_ROLES", "Clock", "Engine", "FireRequest",
-           "FireResult", "Observer", "Unit", "check_key_reuse", "outcome_document",
+           "FireResult", "Observer", "Transaction", "check_key_reuse", "outcome_document",
            "replay_outcome", "utcnow"]
 
 
-class Engine(Firing, Sweeping, Outbox):
+class Engine:
     """Fires events against machines stored in one database.
+
+    A small facade over plain collaborators that share one :class:`Context`:
+    :attr:`firing` (events and forced states, with :attr:`group` commit),
+    :attr:`sweeper` (due deadlines, state counts, retention), :attr:`outbox`
+    (operation leases and results) and :attr:`reads`. Every write goes
+    through one engine transaction (:meth:`transaction`).
 
     Args:
         store: the database, from :func:`corral.store.open_store`.
@@ -67,31 +76,109 @@ class Engine(Firing, Sweeping, Outbox):
         timeout_scale: float = 1.0,
         observer: Observer | None = None,
     ) -> None:
+        self.context = Context(store=store, machines=machines, clock=clock,
+                               timeout_scale=timeout_scale, observer=observer or Observer())
         self.store = store
         self.machines = machines
         self.clock = clock
         self.timeout_scale = timeout_scale
-        self.observer = observer or Observer()
-        self._committer = None
-        self._loop_committer = None
-        # (kind, event) -> how to do it instead: events only a service fires,
-        # because they change its own tables too (a pool's assign and release).
-        self._reserved = {}
+        self.firing = Firing(self.context)
+        self.group: GroupCommit = self.firing.group
+        self.sweeper = Sweeper(self.context)
+        self.outbox = Outbox(self.context)
         self.reads = Reads(machines, store.unit)
 
+    @property
+    def observer(self) -> Observer:
+        return self.context.observer
+
+    @observer.setter
+    def observer(self, observer: Observer) -> None:
+        self.context.observer = observer
+
+    def machine(self, kind: str) -> StateMachine:
+        """Raises: NotFound (no such kind)."""
+        return self.machines[kind]
+
+    def close(self) -> None:
+        """Stop group commit threads (pending events are finished first)."""
+        self.group.close()
+
     @contextmanager
-    def unit(self) -> Iterator[Unit]:
-        """One transaction in which a caller changes its own tables and fires
-        events (a pool's assignment row and its ``assign`` event, together).
-        Machines are locked through the unit; everything commits at the end or
-        nothing does."""
-        with self.store.unit() as tx:
-            unit = Unit(self.machines, tx, self.clock(), timeout_scale=self.timeout_scale)
+    def transaction(self) -> Iterator[Transaction]:
+        """One engine transaction in which a caller changes its own tables
+        (``t.tx.pools.assign(...)``) and fires events on machines it locked
+        (``t.lock``, ``t.fire``): everything commits at the end or nothing
+        does; then what it wrote is logged and counted."""
+        with transaction(self.context) as unit:
             yield unit
-        for write in unit.writes:
-            source = write.history["source"]
-            self.observer.event(write.result.kind, write.result.event, source, "accepted")
-            self._log(write.result, source)
+
+    def fire(
+        self,
+        kind: str,
+        name: str,
+        event: str,
+        *,
+        source: str,
+        payload: Any = None,
+        actor: str | None = None,
+        reason: str | None = None,
+        idempotency: tuple[str, str] | None = None,
+        role: str | None = None,
+    ) -> FireResult:
+        """Apply one event to one machine; returns once the transition has committed.
+
+        With ``idempotency`` (scope, key), a repeat of the pair returns the first
+        outcome (``replayed`` set, or the same error) without firing again; a
+        key used for another machine or event is refused. ``role`` is who fires
+        it (see :data:`~corral.machines.definition.FIRERS`; default: the
+        role of ``source``), checked against the transition's ``by``.
+
+        With group commit on (``engine.group.start()``), events fired by
+        concurrent threads share transactions; each is still validated alone
+        and a refused event never fails its neighbours.
+
+        Raises:
+            UnknownMachine: no such machine.
+            EventNotAllowed: the current state does not accept ``event``; nothing changed.
+            Forbidden: ``role`` may not fire ``event`` (there).
+            InvalidRequest: the payload or reason fails the payload check, or
+                the idempotency key was used for another request.
+        """
+        return self.firing.fire(FireRequest(
+            kind=kind, name=name, event=event, source=source, payload=payload, actor=actor,
+            reason=reason, idempotency=idempotency, role=role))
+
+    async def fire_async(self, request: FireRequest) -> FireResult:
+        """See :meth:`corral.engine.firing.Firing.fire_async`."""
+        return await self.firing.fire_async(request)
+
+    def fire_batch(self, requests: list[FireRequest]) -> list[Any]:
+        """See :meth:`corral.engine.firing.Firing.fire_batch`."""
+        return self.firing.fire_batch(requests)
+
+    def force_state(
+        self,
+        kind: str,
+        name: str,
+        state: str,
+        *,
+        actor: str,
+        reason: str,
+        if_state: str | None = None,
+        role: str = "operator",
+    ) -> FireResult:
+        """Put a machine into ``state`` whatever it is doing, running the state's
+        entry operations; with ``if_state``, only if it is currently in that state.
+        ``role`` (operator or admin) must be the one the state needs
+        (:meth:`~corral.machines.StateMachine.force_role`).
+
+        Raises:
+            UnknownMachine, NotFound (no such state), StateMismatch (``if_state``
+            differs), Forbidden (the state needs admin), InvalidRequest (the reason).
+        """
+        return self.firing.force_state(kind, name, state, actor=actor, reason=reason,
+                                       if_state=if_state, role=role)
 
     def create(
         self,
@@ -130,16 +217,16 @@ class Engine(Firing, Sweeping, Outbox):
         """
         self.machines[kind]
         try:
-            with self.unit() as unit:
+            with self.transaction() as unit:
                 missing = {}
                 for name, attrs in inventory.items():
-                    existing = unit.tx.lock_machine(kind, name)
+                    existing = unit.tx.machines.lock(kind, name)
                     if existing is None:
                         missing[name] = attrs
                     elif not update_existing:
                         raise Conflict(f"{kind} {name!r} already exists")
                     else:
-                        unit.tx.update_machine_attrs(existing.id, attrs, unit.now)
+                        unit.tx.machines.update_attrs(existing.id, attrs, unit.now)
                 unit.create_many(kind, missing, actor=actor, reason=reason)
         except DuplicateKey:
             raise Conflict(f"another process created one of these {kind}s at the same time; "

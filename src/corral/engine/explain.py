@@ -30,8 +30,8 @@ def explain(store: Store, machines: MachineSet, row: MachineRow, described: dict
     definition = machines[row.kind].definition
     state = definition.states[row.state]
     with store.unit() as tx:
-        recent = tx.list_history(row.id, limit=LOOKBACK)
-        ops = tx.list_operations(row.id, limit=LOOKBACK)
+        recent = tx.history.list(row.id, limit=LOOKBACK)
+        ops = tx.operations.list(row.id, limit=LOOKBACK)
     entered = _entry_into_state(recent, row)
     seconds_in_state = max(0.0, (now - row.state_entered_at).total_seconds())
     timeout = None

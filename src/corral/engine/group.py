@@ -26,7 +26,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias
 
 import structlog
 
@@ -47,7 +47,8 @@ class Batcher(Protocol):
     """What a committer needs of the engine: fire a batch, sync or on a
     connection of the store."""
 
-    store: Store
+    @property
+    def store(self) -> Store: ...
 
     def fire_batch(self, requests: list[FireRequest]) -> list[FireResult | CorralError]: ...
 
@@ -56,45 +57,45 @@ class Batcher(Protocol):
 
 
 class GroupCommit:
-    """The group-commit lifecycle of an engine (a mixin of
-    :class:`corral.engine.core.Engine`)."""
+    """An engine's group committers: threads for every caller, and one on an
+    event loop for its asyncio callers (PostgreSQL). Off until started."""
 
-    store: Store
-    _committer: GroupCommitter | None = None
-    _loop_committer: AsyncGroupCommitter | None = None
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.committer: GroupCommitter | None = None
+        self.loop_committer: AsyncGroupCommitter | None = None
 
-    def start_group_commit(self, *, threads: int = 2, max_batch: int = 64) -> None:
+    def start(self, *, threads: int = 2, max_batch: int = 64) -> None:
         """Let concurrent ``fire`` calls share transactions (see this module)."""
-        if self._committer is None:
-            self._committer = GroupCommitter(cast(Batcher, self), threads=threads,
-                                             max_batch=max_batch)
+        if self.committer is None:
+            self.committer = GroupCommitter(self.batcher, threads=threads,
+                                            max_batch=max_batch)
 
-    async def start_loop_group_commit(self) -> None:
+    async def start_loop(self) -> None:
         """With group commit on and a store that supports it (PostgreSQL), let
         ``fire_async`` calls from the running event loop share transactions on
         the loop itself (see :class:`AsyncGroupCommitter`), with as many
         connections as there are committer threads. Other callers keep the
-        threads. Call :meth:`stop_loop_group_commit` before the loop ends."""
-        threaded = self._committer
-        if (threaded is None or self._loop_committer is not None
-                or not self.store.supports_async):
+        threads. Call :meth:`stop_loop` before the loop ends."""
+        threaded = self.committer
+        if (threaded is None or self.loop_committer is not None
+                or not self.batcher.store.supports_async):
             return
-        self._loop_committer = AsyncGroupCommitter(cast(Batcher, self),
-                                                   connections=threaded.threads,
-                                                   max_batch=threaded.max_batch)
+        self.loop_committer = AsyncGroupCommitter(self.batcher, connections=threaded.threads,
+                                                  max_batch=threaded.max_batch)
 
-    async def stop_loop_group_commit(self) -> None:
+    async def stop_loop(self) -> None:
         """Finish the events queued on the loop and close its connections; later
         ``fire_async`` calls use the committer threads."""
-        committer, self._loop_committer = self._loop_committer, None
+        committer, self.loop_committer = self.loop_committer, None
         if committer is not None:
             await committer.aclose()
 
     def close(self) -> None:
         """Stop group commit threads (pending events are finished first)."""
-        if self._committer is not None:
-            self._committer.close()
-            self._committer = None
+        if self.committer is not None:
+            self.committer.close()
+            self.committer = None
 
 
 class GroupCommitter:

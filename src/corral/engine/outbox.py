@@ -12,37 +12,45 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from corral.engine.base import EngineBase, log
 from corral.engine.events import FireResult
-from corral.engine.planning import final_changes, ignored, plan_event, write_args
+from corral.engine.planning import ignored
+from corral.engine.transaction import Context, log, transaction
 from corral.errors import NotFound
-from corral.store.values import MachineRow, OperationRow
+from corral.names import OPEN_OPERATION_STATUSES, OperationStatus
+from corral.store.values import MachineRow, MachineState, OperationRow
 
 
-class Outbox(EngineBase):
+class Outbox:
+    """Operation leases for workers, and their results back as events."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.store = context.store
+        self.clock = context.clock
+
     def lease_operations(self, *, owner: str, limit: int, lease_seconds: float
                          ) -> list[OperationRow]:
         """Claim up to ``limit`` runnable operations for ``owner``."""
         with self.store.unit() as tx:
             now = self.clock()
-            return tx.lease_operations(now=now, owner=owner, limit=limit,
-                                      lease_until=now + timedelta(seconds=lease_seconds))
+            return tx.operations.lease(now=now, owner=owner, limit=limit,
+                                       lease_until=now + timedelta(seconds=lease_seconds))
 
     def machine_by_id(self, machine_id: int) -> MachineRow | None:
         with self.store.unit() as tx:
-            return tx.get_machine_by_id(machine_id)
+            return tx.machines.get_by_id(machine_id)
 
     def retry_operation(self, op: OperationRow, *, delay: float, error: str) -> None:
         """Return a leased operation to the queue after a transient error."""
         with self.store.unit() as tx:
-            current = tx.lock_operation(op.id)
-            if current is None or current.status != "running":
+            current = tx.operations.lock(op.id)
+            if current is None or current.status != OperationStatus.RUNNING:
                 return
-            tx.retry_operation(op.id, error=error,
-                              run_after=self.clock() + timedelta(seconds=delay))
+            tx.operations.retry(op.id, error=error,
+                                run_after=self.clock() + timedelta(seconds=delay))
         log.info("operation_retry", operation_id=op.id, kind=op.kind, target=op.target,
                  attempts=op.attempts, error=error)
-        self.observer.operation(op.kind, "retry")
+        self.context.observer.operation(op.kind, "retry")
 
     def report_operation(
         self, op: OperationRow, *, ok: bool, detail: Mapping[str, Any] | None = None,
@@ -59,35 +67,38 @@ class Outbox(EngineBase):
         """
         event = f"{op.kind}_{outcome or ('ok' if ok else 'failed')}"
         result_doc = {"ok": ok, **(dict(detail) if detail else {})}
-        with self.store.unit() as tx:
-            row = tx.lock_machine_by_id(op.machine_id)
+        with transaction(self.context) as unit:
+            tx = unit.tx
+            row = tx.machines.lock_by_id(op.machine_id)
             if row is None:
                 raise NotFound(f"operation {op.id} refers to a deleted machine")
-            current = tx.lock_operation(op.id)
-            now = self.clock()
-            if current is None or current.status not in ("pending", "running"):
+            current = tx.operations.lock(op.id)
+            if current is None or current.status not in OPEN_OPERATION_STATUSES:
                 status = current.status if current else "missing"
                 return ignored(row, event, f"operation {op.id} already {status}")
-            machine = self.machines[row.kind]
-            note = None
-            if current.machine_epoch != row.epoch:
-                note = (f"stale: written at epoch {current.machine_epoch}, "
-                        f"machine is at epoch {row.epoch} ({row.state})")
-            elif event not in machine.allowed_events(row.state):
-                note = f"state {row.state!r} does not accept {event!r}"
+            note = self._stale(op, current, row, event)
             if note is not None:
-                tx.finish_operation(op.id, status="stale", result=result_doc,
-                                   error=error or note, now=now)
+                tx.operations.finish(op.id, status=OperationStatus.STALE, result=result_doc,
+                                     error=error or note, now=unit.now)
                 log.info("operation_result_ignored", operation_id=op.id, kind=op.kind,
                          target=op.target, _event=event, note=note)
-                self.observer.operation(op.kind, "stale")
+                unit.after_commit(lambda: self.context.observer.operation(op.kind, "stale"))
                 return ignored(row, event, note)
-            write = plan_event(self.machines, row, event, now=now, source="operation",
-                               role="operation", payload=result_doc, reason=error,
-                               operation_id=op.id, timeout_scale=self.timeout_scale)
-            tx.write(*write_args([write], final_changes([write])))
-            tx.finish_operation(op.id, status="done" if ok else "failed",
-                               result=result_doc, error=error, now=now)
-        self._log(write.result, "operation", operation_id=op.id)
-        self.observer.operation(op.kind, "ok" if ok else "failed")
-        return write.result
+            unit.fire(row, event, source="operation", payload=result_doc, reason=error,
+                      operation_id=op.id, observe=False)
+            tx.operations.finish(op.id, status=OperationStatus.DONE if ok
+                                 else OperationStatus.FAILED,
+                                 result=result_doc, error=error, now=unit.now)
+            unit.after_commit(lambda: self.context.observer.operation(
+                op.kind, "ok" if ok else "failed"))
+        return unit.results[-1]
+
+    def _stale(self, op: OperationRow, current: OperationRow, row: MachineState,
+               event: str) -> str | None:
+        """Why a result changes no machine (None: it applies)."""
+        if current.machine_epoch != row.epoch:
+            return (f"stale: written at epoch {current.machine_epoch}, "
+                    f"machine is at epoch {row.epoch} ({row.state})")
+        if event not in self.context.machines[row.kind].allowed_events(row.state):
+            return f"state {row.state!r} does not accept {event!r}"
+        return None

@@ -8,12 +8,13 @@ result the caller gets. :func:`plan_timeout` does the same for a due
 deadline, and :func:`plan_batch` for a batch of requests against the rows
 locked for them, each judged alone against the state its predecessors left.
 Nothing here reads a clock or touches a database: the engine locks, plans,
-then writes (``EventTx.write``) what was planned.
+then writes (``tx.write``) the :class:`~corral.store.values.WriteSet`
+that was planned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ from corral.errors import (
     UnknownMachine,
 )
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome
-from corral.store.values import MachineState, StateChange, VarsChange
+from corral.store.values import MachineState, StateChange, VarsChange, WriteSet
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,21 +57,20 @@ class Batch:
     writes: list[Write] = field(default_factory=list)
     remembered: list[dict[str, Any]] = field(default_factory=list)
 
-    def write_args(self) -> tuple[Any, ...]:
-        """The arguments of ``EventTx.write`` for the whole batch."""
-        return write_args(self.writes, final_changes(self.writes), self.remembered)
+    def write_set(self) -> WriteSet:
+        """What ``tx.write`` writes for the whole batch."""
+        return write_set(self.writes, self.remembered)
 
 
-def final_changes(writes: list[Write]) -> list[StateChange]:
-    """A machine that took several events in one batch is written once, in its
-    final state; every event keeps its history row."""
-    return list({w.change.id: w.change for w in writes}.values())
-
-
-def write_args(writes: list[Write], final: list[StateChange],
-               remembered: list[dict[str, Any]] | None = None) -> tuple[Any, ...]:
-    return (final, [w.history for w in writes], [op for w in writes for op in w.operations],
-            remembered or [], [w.vars for w in writes if w.vars is not None])
+def write_set(writes: Sequence[Write], remembered: Sequence[dict[str, Any]] = ()) -> WriteSet:
+    """What ``tx.write`` writes for these planned events: a machine that took
+    several events is written once, in its final state; every event keeps
+    its history row."""
+    return WriteSet(changes=list({w.change.id: w.change for w in writes}.values()),
+                    history=[w.history for w in writes],
+                    operations=[op for w in writes for op in w.operations],
+                    idempotency=list(remembered),
+                    vars_changes=[w.vars for w in writes if w.vars is not None])
 
 
 def timestamp(value: Any) -> datetime | None:

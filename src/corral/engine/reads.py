@@ -21,13 +21,25 @@ from corral.power.settings import hide_secrets
 from corral.store.values import HistoryEntry, MachineRow
 
 
+class MachineReads(Protocol):
+    def get(self, kind: str, name: str) -> MachineRow | None: ...
+    def list(self, kind: str, *, states: Sequence[str] | None = None,
+             after: str | None = None, limit: int | None = None) -> list[MachineRow]: ...
+
+
+class HistoryReads(Protocol):
+    def list(self, machine_id: int, *, limit: int = 100,
+             before_id: int | None = None) -> list[HistoryEntry]: ...
+
+
 class MachineSource(Protocol):
-    def get_machine(self, kind: str, name: str) -> MachineRow | None: ...
-    def list_machines(self, kind: str, *, states: Sequence[str] | None = None,
-                      after: str | None = None, limit: int | None = None
-                      ) -> list[MachineRow]: ...
-    def list_history(self, machine_id: int, *, limit: int = 100,
-                     before_id: int | None = None) -> list[HistoryEntry]: ...
+    """What a read needs: a store transaction's ``machines`` and ``history``
+    repositories, or the bare-driver reader's."""
+
+    @property
+    def machines(self) -> MachineReads: ...
+    @property
+    def history(self) -> HistoryReads: ...
 
 
 class Reads:
@@ -45,7 +57,7 @@ class Reads:
         """Raises: UnknownMachine."""
         self.machines[kind]
         with self.source() as tx:
-            row = tx.get_machine(kind, name)
+            row = tx.machines.get(kind, name)
         if row is None:
             raise UnknownMachine(kind, name)
         return row
@@ -70,7 +82,7 @@ class Reads:
             wanted = [s for s in (wanted or machine.definition.failed_states)
                       if machine.is_failed(s)]
         with self.source() as tx:
-            return tx.list_machines(kind, states=wanted, after=after, limit=limit)
+            return tx.machines.list(kind, states=wanted, after=after, limit=limit)
 
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None
@@ -82,7 +94,7 @@ class Reads:
         """
         row = self.get(kind, name)
         with self.source() as tx:
-            entries = tx.list_history(row.id, limit=limit, before_id=before_id)
+            entries = tx.history.list(row.id, limit=limit, before_id=before_id)
         return [replace(e, payload=readable(e.payload), reason=readable_text(e.reason))
                 for e in entries]
 

@@ -11,41 +11,49 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 
-from corral.engine.base import EngineBase, log
-from corral.engine.planning import final_changes, plan_timeout, write_args
+from corral.engine.planning import Write, plan_timeout
+from corral.engine.transaction import Context, log, transaction
 
 STATE_COUNTS_LOCK = "corral_state_counts"
 
 
-class Sweeping(EngineBase):
+class Sweeper:
+    """Due deadlines, the stored state counts, and retention."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.store = context.store
+        self.clock = context.clock
+
     def refresh_state_counts(self) -> int:
         """Recount machines per kind and state into the stored aggregate that
         ``/metrics`` reads (one recount at a time across processes). Returns
         how many (kind, state) pairs are populated."""
         with self.store.unit() as tx:
             tx.lock_named(STATE_COUNTS_LOCK)
-            return tx.refresh_state_counts(self.clock())
+            return tx.metrics.refresh_state_counts(self.clock())
 
     def state_counts(self, *, max_age: float) -> tuple[list[tuple[str, str, int]], float | None]:
         """(kind, state, machines) for every populated state, and how old the
         figures are in seconds: the stored aggregate when it is at most
         ``max_age`` old, else counted now (age None)."""
         with self.store.unit() as tx:
-            counts, counted_at = tx.stored_state_counts()
+            counts, counted_at = tx.metrics.stored_state_counts()
             age = (self.clock() - counted_at).total_seconds() if counted_at else None
             if age is not None and age <= max_age:
                 return counts, age
-            return tx.count_machines_by_state(), None
+            return tx.metrics.count_by_state(), None
 
     def oldest_in_state(self, *, max_age: float) -> list[tuple[str, str, float]]:
         """(kind, state, seconds the machine longest in it has been there), from
         the stored aggregate when it is at most ``max_age`` old, else now."""
         with self.store.unit() as tx:
-            _counts, counted_at = tx.stored_state_counts()
+            _counts, counted_at = tx.metrics.stored_state_counts()
             now = self.clock()
             fresh = counted_at is not None and (now - counted_at).total_seconds() <= max_age
-            rows = tx.stored_oldest_in_state() if fresh else tx.oldest_in_state()
+            rows = tx.metrics.stored_oldest_in_state() if fresh else tx.metrics.oldest_in_state()
         return [(k, s, max(0.0, (now - t).total_seconds())) for k, s, t in rows]
 
     def prune(self, *, history_older_than: timedelta | None = None,
@@ -70,8 +78,8 @@ class Sweeping(EngineBase):
             after: int | None = 0
             while after is not None:
                 with self.store.unit() as tx:
-                    step = (tx.prune_history_batch if what == "history"
-                            else tx.prune_operations_batch)
+                    step = (tx.history.prune_batch if what == "history"
+                            else tx.operations.prune_batch)
                     deleted, after = step(cutoff, after_id=after, limit=batch)
                 pruned[what] += deleted
             if pruned[what]:
@@ -89,7 +97,7 @@ class Sweeping(EngineBase):
         forgotten = 0
         while True:
             with self.store.unit() as tx:
-                deleted = tx.delete_idempotency_keys_before(cutoff, batch)
+                deleted = tx.idempotency.delete_before(cutoff, batch)
             forgotten += deleted
             if deleted < batch:
                 break
@@ -119,27 +127,27 @@ class Sweeping(EngineBase):
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
-            with self.store.events() as tx:
-                now = self.clock()
-                rows = tx.claim_due_machines(now, batch)
-                plans = [plan_timeout(self.machines, row, now, timeout_scale=self.timeout_scale)
+            with transaction(self.context, events=True) as unit:
+                rows = unit.tx.machines.claim_due(unit.now, batch)
+                plans = [plan_timeout(self.context.machines, row, unit.now,
+                                      timeout_scale=self.context.timeout_scale)
                          for row in rows]
                 writes = [p.write for p in plans]
-                if writes:
-                    tx.write(*write_args(writes, final_changes(writes)))
+                unit.write(writes, observe=False)
+                unit.after_commit(partial(self._observe_lags, writes))
             for row, planned in zip(rows, plans, strict=True):
                 if planned.cleared is not None:
                     # The definition changed under a stored deadline (a state
                     # lost its timeout, or a kind was removed).
                     log.warning("stale_deadline_cleared", kind=row.kind, name=row.name,
                                 state=row.state, error=planned.cleared)
-            for write in writes:
-                self._log(write.result, "timeout")
-                lag = (write.history["payload"] or {}).get("lag_seconds")
-                if lag is not None:
-                    self.observer.timeout(write.result.kind, lag)
             fired += len(writes)
             if len(rows) < batch:
                 break
         return fired
 
+    def _observe_lags(self, writes: list[Write]) -> None:
+        for write in writes:
+            lag = (write.history["payload"] or {}).get("lag_seconds")
+            if lag is not None:
+                self.context.observer.timeout(write.result.kind, lag)

@@ -55,7 +55,7 @@ class OperationWorker:
             free = self.threads - self._busy
         if free <= 0:
             return 0
-        ops = self.engine.lease_operations(owner=self.owner, limit=free,
+        ops = self.engine.outbox.lease_operations(owner=self.owner, limit=free,
                                            lease_seconds=self.lease_seconds)
         for op in ops:
             with self._lock:
@@ -67,7 +67,7 @@ class OperationWorker:
         """Lease and run operations in this thread until none is runnable now."""
         done = 0
         while True:
-            ops = self.engine.lease_operations(owner=self.owner, limit=limit,
+            ops = self.engine.outbox.lease_operations(owner=self.owner, limit=limit,
                                                lease_seconds=self.lease_seconds)
             if not ops:
                 return done
@@ -97,20 +97,20 @@ class OperationWorker:
         if op.attempts > self.max_attempts:
             reason = f"gave up after {op.attempts - 1} attempts"
             bound.warning("operation_abandoned", reason=reason)
-            self.engine.report_operation(op, ok=False, error=reason)
+            self.engine.outbox.report_operation(op, ok=False, error=reason)
             return
         handler = self.handlers.get(op.kind)
         if handler is None:
-            self.engine.report_operation(op, ok=False,
+            self.engine.outbox.report_operation(op, ok=False,
                                          error=f"no backend runs operations of kind {op.kind!r}")
             return
-        machine = self.engine.machine_by_id(op.machine_id)
+        machine = self.engine.outbox.machine_by_id(op.machine_id)
         if machine is None:
             return
         if machine.epoch != op.machine_epoch:
             # The machine has left the state entry that wrote this operation
             # (an operator forced it on, say): do not touch the hardware for it.
-            self.engine.report_operation(op, ok=False, error="not run: the machine has left "
+            self.engine.outbox.report_operation(op, ok=False, error="not run: the machine has left "
                                          "the state that asked for it")
             return
         ctx = OperationContext(operation_id=op.id, kind=op.kind, machine_kind=machine.kind,
@@ -120,19 +120,19 @@ class OperationWorker:
         try:
             detail = handler(ctx)
         except OperationFailed as failure:
-            self.engine.report_operation(op, ok=False, detail=failure.detail,
+            self.engine.outbox.report_operation(op, ok=False, detail=failure.detail,
                                          error=failure.reason)
             return
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if op.attempts >= self.max_attempts:
-                self.engine.report_operation(op, ok=False, error=error)
+                self.engine.outbox.report_operation(op, ok=False, error=error)
             else:
                 delay = self.retry_delay * 2 ** (op.attempts - 1)
-                self.engine.retry_operation(op, delay=delay, error=error)
+                self.engine.outbox.retry_operation(op, delay=delay, error=error)
             return
         if isinstance(detail, Reported):
-            self.engine.report_operation(op, ok=True, detail=detail.detail,
+            self.engine.outbox.report_operation(op, ok=True, detail=detail.detail,
                                          outcome=detail.outcome)
             return
-        self.engine.report_operation(op, ok=True, detail=detail)
+        self.engine.outbox.report_operation(op, ok=True, detail=detail)

@@ -49,7 +49,7 @@ NEEDS = (
 def reserve_job_events(engine: Engine) -> None:
     """Events only the scheduler, the pools and ``signal`` fire."""
     if KIND in engine.machines:
-        engine.reserve_events(KIND, RESERVED_EVENTS, "the scheduler, the pools and `corral "
+        engine.firing.reserve_events(KIND, RESERVED_EVENTS, "the scheduler, the pools and `corral "
                               "job signal` send it")
 
 
@@ -75,8 +75,8 @@ class JobService:
         """
         submitted = versions.load(text)
         spec = submitted.spec
-        with self.engine.unit() as unit:
-            name = unit.tx.insert_job({
+        with self.engine.transaction() as unit:
+            name = unit.tx.jobs.insert({
                 "api_version": submitted.api_version,
                 "format": submitted.format, "spec_text": submitted.text,
                 "spec": spec.to_json(), "job_name": spec.job_name, "priority": spec.priority,
@@ -104,7 +104,7 @@ class JobService:
             UnknownMachine.
         """
         with self.engine.store.unit() as tx:
-            record = tx.get_job(name)
+            record = tx.jobs.get(name)
         if record is None:
             raise UnknownMachine(KIND, name)
         return record
@@ -151,9 +151,9 @@ class JobService:
             UnknownMachine; Conflict: the job is not waiting for that event.
         """
         spec = self.spec(name)
-        with self.engine.unit() as unit:
+        with self.engine.transaction() as unit:
             row = unit.lock(KIND, name)
-            variables = unit.tx.machine_vars(row.id)
+            variables = unit.tx.machines.vars(row.id)
             awaited = None
             if row.state == "waiting" and "stage" in variables:
                 action = spec.stages[variables["stage"]].actions[variables["action"]]
@@ -174,9 +174,9 @@ class JobService:
         Returns (job, pool) for every assignment made.
         """
         assigned: list[tuple[str, str]] = []
-        with self.engine.unit() as unit:
+        with self.engine.transaction() as unit:
             unit.tx.lock_named(SCHEDULER_LOCK)
-            queue = unit.tx.queued_jobs(kind=KIND, state="queued", limit=limit)
+            queue = unit.tx.jobs.queued(kind=KIND, state="queued", limit=limit)
             exhausted: set[str | None] = set()
             for name, fabric in queue:
                 if fabric in exhausted or None in exhausted:
@@ -350,7 +350,7 @@ class JobOperations:
                                            if entry.event != "timeout" else
                                            f"{entry.from_state} timed out")
         with self.engine.store.unit() as tx:
-            tx.finish_job(ctx.name, comment=comment, now=self.engine.clock())
+            tx.jobs.finish(ctx.name, comment=comment, now=self.engine.clock())
         return {"released": released}
 
     def notify_job(self, ctx: OperationContext) -> Mapping[str, Any]:
@@ -364,9 +364,9 @@ class JobOperations:
             spec = self.service.spec(job)
         except UnknownMachine:
             return {"note": f"{job} is not a Corral job"}
-        with self.engine.unit() as unit:
+        with self.engine.transaction() as unit:
             row = unit.lock(KIND, job)
-            variables = unit.tx.machine_vars(row.id)
+            variables = unit.tx.machines.vars(row.id)
             if row.state == "running" and variables.get("pool") == ctx.name:
                 # The job has asked for the override but not yet recorded that it
                 # waits for it: try again shortly (the worker retries with backoff).

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from corral.engine.core import Engine, FireResult, Unit
+from corral.engine.core import Engine, FireResult, Transaction
 from corral.errors import Conflict, DuplicateKey, InvalidRequest
 from corral.machines.needs import Needs, check_needs
 from corral.store.values import Assignment, MachineState
@@ -58,7 +58,7 @@ def reserve_pool_events(engine: Engine) -> None:
     """``assign`` and ``release`` move an assignment row and ``override`` must check
     the holder first: only this service fires them."""
     if KIND in engine.machines:
-        engine.reserve_events(KIND, RESERVED_EVENTS, "use `corral pool acquire`, "
+        engine.firing.reserve_events(KIND, RESERVED_EVENTS, "use `corral pool acquire`, "
                               "`corral pool override` or `corral pool release`")
 
 
@@ -90,7 +90,7 @@ class PoolService:
 
     def assignments(self, job_run_id: str | None = None) -> list[Assignment]:
         with self.engine.store.unit() as tx:
-            return tx.list_assignments(job_run_id=job_run_id)
+            return tx.pools.assignments(job_run_id=job_run_id)
 
     # -------------------------------------------------------------- acquire / release
 
@@ -123,7 +123,7 @@ class PoolService:
         if not 1 <= count <= 1000:
             raise InvalidRequest(f"count must be between 1 and 1000, not {count}")
         with self._unit() as unit:
-            rows = unit.tx.lock_idle_pools(kind=KIND, state="idle",
+            rows = unit.tx.pools.lock_idle(kind=KIND, state="idle",
                                      attrs={"fabric": fabric} if fabric else {}, limit=count)
             if len(rows) < count:
                 where = f" in fabric {fabric}" if fabric else ""
@@ -134,11 +134,11 @@ class PoolService:
         names = tuple(r.name for r in rows)
         return Held(job_run_id=job_run_id, pools=names, new=names)
 
-    def take_free(self, unit: Unit, job_run_id: str, *, fabric: str | None, actor: str
+    def take_free(self, unit: Transaction, job_run_id: str, *, fabric: str | None, actor: str
                   ) -> str | None:
         """Inside the caller's unit: take one idle pool (of ``fabric``) that no job
         holds for the job; returns its name, or None when none is free."""
-        rows = unit.tx.lock_idle_pools(kind=KIND, state="idle",
+        rows = unit.tx.pools.lock_idle(kind=KIND, state="idle",
                                  attrs={"fabric": fabric} if fabric else {}, limit=1)
         if not rows:
             return None
@@ -153,13 +153,13 @@ class PoolService:
         """
         check_job(job_run_id)
         with self._unit() as unit:
-            held = [a.pool for a in unit.tx.list_assignments(job_run_id=job_run_id)]
+            held = [a.pool for a in unit.tx.pools.assignments(job_run_id=job_run_id)]
             if not held:
                 return []
-            rows = unit.tx.lock_machines([(KIND, name) for name in held])
+            rows = unit.tx.machines.lock_many([(KIND, name) for name in held])
             # Re-read under the locks: only this job can drop its rows, but
             # another release of the same job may have raced this one.
-            still = {a.pool for a in unit.tx.list_assignments(job_run_id=job_run_id)}
+            still = {a.pool for a in unit.tx.pools.assignments(job_run_id=job_run_id)}
             released = []
             for row in rows:
                 if row.name not in still:
@@ -170,7 +170,7 @@ class PoolService:
                               reason=reason or f"released by job {job_run_id}",
                               payload={"job_run_id": job_run_id})
                 released.append(row.name)
-            unit.tx.unassign_pools(released, job_run_id)
+            unit.tx.pools.unassign(released, job_run_id)
         return released
 
     # -------------------------------------------------------------- overrides
@@ -203,24 +203,24 @@ class PoolService:
     # -------------------------------------------------------------- internals
 
     @contextmanager
-    def _unit(self) -> Iterator[Unit]:
-        """:meth:`Engine.unit`, turning a primary-key race into a clear Conflict."""
+    def _unit(self) -> Iterator[Transaction]:
+        """:meth:`Engine.transaction`, turning a primary-key race into a clear Conflict."""
         try:
-            with self.engine.unit() as unit:
+            with self.engine.transaction() as unit:
                 yield unit
         except DuplicateKey:
             raise Conflict("another job took the pool at the same moment; nothing was "
                            "changed, try again") from None
 
-    def _take(self, unit: Unit, row: MachineState, job_run_id: str, actor: str
+    def _take(self, unit: Transaction, row: MachineState, job_run_id: str, actor: str
               ) -> MachineState:
         """Make ``job_run_id`` the holder of the locked pool ``row``; returns the row
         as it is afterwards (the same object when the job already held it)."""
-        holder = unit.tx.pool_holder(row.name)
+        holder = unit.tx.pools.holder(row.name)
         if holder is not None and holder != job_run_id:
             raise Conflict(f"pool {row.name!r} is held by job {holder}")
         if holder is None:
-            unit.tx.assign_pool(row.name, job_run_id, unit.now)
+            unit.tx.pools.assign(row.name, job_run_id, unit.now)
         if row.state == "idle" or holder is None:
             # Fires only from idle; any other state refuses, naming what it accepts.
             return unit.fire(row, "assign", source="operator", actor=actor,

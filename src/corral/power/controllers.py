@@ -63,7 +63,7 @@ class ControllerSlots:
         finally:
             try:
                 with self.store.unit() as tx:
-                    tx.free_controller_slot(controller, slot, holder)
+                    tx.controllers.free(controller, slot, holder)
             except Exception as exc:  # the expiry frees it; the result stands
                 log.warning("controller_slot_not_freed", controller=controller,
                             error=str(exc)[:200])
@@ -73,18 +73,18 @@ class ControllerSlots:
             now = self.clock()
             until = now + timedelta(seconds=seconds)
             for slot in range(slots):
-                if tx.take_controller_slot(controller, slot, holder=holder, now=now,
+                if tx.controllers.take(controller, slot, holder=holder, now=now,
                                            until=until):
                     return slot
         return None
 
     def _ensure(self, controller: str, slots: int) -> None:
         with self.store.unit() as tx:
-            have = tx.controller_slot_count(controller)
+            have = tx.controllers.slot_count(controller)
         if have >= slots:
             return
         try:
             with self.store.unit() as tx:
-                tx.add_controller_slots(controller, have, slots)
+                tx.controllers.add_slots(controller, have, slots)
         except DuplicateKey:
             pass  # another process added them at the same moment

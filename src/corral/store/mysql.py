@@ -22,53 +22,35 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import select, text
 
 from corral.errors import Unavailable, Unsupported
+from corral.store.operations import Operations
 from corral.store.schema import operations
 from corral.store.sql import SqlStore, SqlTx, translated
+from corral.store.stream import Stream
 from corral.store.values import OperationRow
 
 # How long a lock's taker waits for another process to let go (seconds).
 LOCK_WAIT = 60
 
 
-class MysqlTx(SqlTx):
-    """One transaction on MariaDB or MySQL (see the module docstring)."""
+class MysqlOperations(Operations):
+    """No ``UPDATE ... RETURNING``: lease the claimed rows by id, then read them."""
 
-    def __init__(self, conn: Any) -> None:
-        super().__init__(conn)
-        # GET_LOCK names this session holds, released when the transaction ends.
-        self.held: list[str] = []
-
-    def lease_operations(self, *, now: datetime, owner: str, lease_until: datetime,
-                         limit: int) -> list[OperationRow]:
-        claimable = (
-            select(operations.c.id)
-            .where(or_(and_(operations.c.status == "pending", operations.c.run_after <= now),
-                       and_(operations.c.status == "running",
-                            operations.c.lease_expires_at < now)))
-            .order_by(operations.c.id).limit(limit).with_for_update(skip_locked=True))
-        ids = [r[0] for r in self.conn.execute(claimable)]
+    def lease(self, *, now: datetime, owner: str, lease_until: datetime,
+              limit: int) -> list[OperationRow]:
+        ids = [r[0] for r in self.conn.execute(self._claimable(now, limit))]
         if not ids:
             return []
-        self.conn.execute(update(operations).where(operations.c.id.in_(ids)).values(
-            status="running", lease_owner=owner, lease_expires_at=lease_until,
-            attempts=operations.c.attempts + 1))
+        self.conn.execute(self._leased(ids, owner, lease_until))
         rows = self.conn.execute(select(operations).where(operations.c.id.in_(ids))
                                  .order_by(operations.c.id))
         return [OperationRow.from_row(r) for r in rows]
 
-    def lock_named(self, name: str) -> None:
-        got = self.conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
-                                {"name": name, "wait": LOCK_WAIT}).scalar()
-        if got != 1:
-            raise Unavailable(f"another process held the lock {name!r} for {LOCK_WAIT} s; "
-                              "this pass is skipped")
-        self.held.append(name)
 
-
-    def history_horizon_candidate(self) -> tuple[int, Any]:
+class MysqlStream(Stream):
+    def horizon_candidate(self) -> tuple[int, Any]:
         """Not on MariaDB or MySQL: their list of running transactions
         (information_schema.INNODB_TRX) is a cache that readers polling it
         keep from being refreshed, so a horizon read from it could pass a row
@@ -77,8 +59,25 @@ class MysqlTx(SqlTx):
                           "MySQL, follow a machine's history instead (GET "
                           "/api/v1/boards/NAME/history)")
 
-    def history_settled(self, pending: Any) -> bool:
-        return True
+
+class MysqlTx(SqlTx):
+    """One transaction on MariaDB or MySQL (see the module docstring)."""
+
+    operations_class = MysqlOperations
+    stream_class = MysqlStream
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        # GET_LOCK names this session holds, released when the transaction ends.
+        self.held: list[str] = []
+
+    def lock_named(self, name: str) -> None:
+        got = self.conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
+                                {"name": name, "wait": LOCK_WAIT}).scalar()
+        if got != 1:
+            raise Unavailable(f"another process held the lock {name!r} for {LOCK_WAIT} s; "
+                              "this pass is skipped")
+        self.held.append(name)
 
 
 class MysqlStore(SqlStore):

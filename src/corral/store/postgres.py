@@ -1,7 +1,7 @@
 """The PostgreSQL store: psycopg 3, with one writer for every event.
 
 Every event, from any caller (the HTTP callbacks, the sweep, operation
-results, a service's unit, machine creation), is written by
+results, a service's transaction, machine creation), is written by
 :func:`_write_statements`: one statement whatever the batch (``UPDATE`` with
 the history, outbox and idempotency ``INSERT``s as CTEs, each table's rows
 expanded server-side from one JSON document), then any vars changes.
@@ -10,7 +10,9 @@ The event path (:meth:`PgStore.events`) is two network round trips and two
 prepared statements: in psycopg's pipeline mode the locking ``SELECT ... FOR
 UPDATE [SKIP LOCKED]`` is read back with a Flush, then the write is queued
 and the closing Sync commits the implicit transaction. The asyncio path
-(:meth:`PgStore.async_events`) runs the same statements, awaited. A general
+(:meth:`PgStore.async_events`) runs the same steps, awaited: each step of
+the event path is written once, as a generator of statements, and a sync or
+an asyncio runner executes it. A general
 transaction (:meth:`PgStore.unit`) is SQLAlchemy Core for the services'
 tables, and the same writer, on the same connection, for events.
 """
@@ -18,7 +20,7 @@ tables, and the same writer, on the same connection, for events.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any
@@ -29,7 +31,8 @@ from sqlalchemy import text
 from corral.store.db import RECYCLE_SECONDS
 from corral.store.driver import DriverErrors, loads_json
 from corral.store.sql import SqlStore, SqlTx, translated, translated_async
-from corral.store.values import MachineState, StateChange, VarsChange
+from corral.store.stream import Stream
+from corral.store.values import MachineState, WriteSet
 
 PSYCOPG_ERRORS = DriverErrors(
     unavailable=(psycopg.OperationalError, psycopg.InterfaceError),
@@ -170,21 +173,17 @@ def _key_arrays(keys: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [a for a, _ in keys], [b for _, b in keys]
 
 
-def _write_statements(
-    changes: Sequence[StateChange],
-    history: Sequence[Mapping[str, Any]],
-    operations: Sequence[Mapping[str, Any]],
-    idempotency: Sequence[Mapping[str, Any]],
-    vars_changes: Sequence[VarsChange],
-) -> list[tuple[str, Mapping[str, Any]]]:
+def _write_statements(batch: WriteSet) -> list[tuple[str, Mapping[str, Any]]]:
     """The statements of one write: the main one (every table a batch touches,
     expanded from JSON documents; scalar parameters for a single event, so its
     row is found through the primary key), then any vars changes."""
+    changes, history = batch.changes, batch.history
     # A batch shares a handful of timestamps (its "now" and a deadline per
     # timeout length): format each once instead of once per row.
     iso = _IsoFormatter()
-    remembered = _dumps([dict(i) | {"created_at": iso(i["created_at"])} for i in idempotency])
-    ops = _dumps([dict(o) | {"created_at": iso(o["created_at"])} for o in operations])
+    remembered = _dumps([dict(i) | {"created_at": iso(i["created_at"])}
+                         for i in batch.idempotency])
+    ops = _dumps([dict(o) | {"created_at": iso(o["created_at"])} for o in batch.operations])
     statements: list[tuple[str, Mapping[str, Any]]]
     if len(changes) == 1 and len(history) == 1:
         [c], [h] = changes, history
@@ -214,121 +213,120 @@ def _write_statements(
         })]
     statements += [(PG_UPDATE_VARS, {"id": change.id, "replace": change.replace,
                                      "values": _dumps(change.values)})
-                   for change in vars_changes]
+                   for change in batch.vars_changes]
     if history:
         statements.append((PG_NOTIFY_HISTORY, {}))
     return statements
 
 
-def _has_writes(changes: Sequence[Any], history: Sequence[Any], operations: Sequence[Any],
-                idempotency: Sequence[Any]) -> bool:
-    return bool(changes or history or operations or idempotency)
+# -- the event path, written once for both calling conventions.
+#
+# Each step is a generator that yields (statement, parameters, whether to
+# fetch the rows) and is sent the rows back; a runner executes the
+# statements, on a psycopg cursor (:func:`_run`) or an asyncio one
+# (:func:`_run_async`). The same classes serve both: with the async runner
+# their methods return coroutines.
+
+Step = Generator[tuple[str, Any, bool], Any, Any]
+
+
+def _run(cursor: Any, steps: Step) -> Any:
+    try:
+        statement, params, fetch = next(steps)
+        while True:
+            cursor.execute(statement, params)
+            statement, params, fetch = steps.send(cursor.fetchall() if fetch else None)
+    except StopIteration as done:
+        return done.value
+
+
+async def _run_async(cursor: Any, steps: Step) -> Any:
+    try:
+        statement, params, fetch = next(steps)
+        while True:
+            await cursor.execute(statement, params)
+            rows = await cursor.fetchall() if fetch else None
+            statement, params, fetch = steps.send(rows)
+    except StopIteration as done:
+        return done.value
+
+
+def _lock_one(kind: str, name: str) -> Step:
+    rows = yield PG_LOCK_MACHINE, (kind, name), True
+    return _row(rows[0]) if rows else None
+
+
+def _lock_many(keys: Sequence[tuple[str, str]]) -> Step:
+    rows = yield PG_LOCK_MACHINES, _key_arrays(keys), True
+    return [_row(v) for v in rows]
+
+
+def _claim_due(now: datetime, limit: int) -> Step:
+    rows = yield PG_CLAIM_DUE_MACHINES, (now, limit), True
+    return [_row(v) for v in rows]
+
+
+def _outcomes(keys: Sequence[tuple[str, str]]) -> Step:
+    rows = yield PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys), True
+    return {(scope, key): outcome for scope, key, outcome in rows}
+
+
+def _write(batch: WriteSet) -> Step:
+    if batch:
+        for statement, params in _write_statements(batch):
+            yield statement, params, False
+
+
+class _EventMachines:
+    """``tx.machines`` on the event path: lock and claim."""
+
+    def __init__(self, run: Callable[[Step], Any]) -> None:
+        self._run = run
+
+    def lock(self, kind: str, name: str) -> Any:
+        return self._run(_lock_one(kind, name))
+
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> Any:
+        return self._run(_lock_many(keys))
+
+    def claim_due(self, now: datetime, limit: int) -> Any:
+        return self._run(_claim_due(now, limit))
+
+
+class _EventIdempotency:
+    """``tx.idempotency`` on the event path: stored outcomes."""
+
+    def __init__(self, run: Callable[[Step], Any]) -> None:
+        self._run = run
+
+    def outcomes(self, keys: Sequence[tuple[str, str]]) -> Any:
+        return self._run(_outcomes(keys))
 
 
 class PgEventTx:
-    """The event path on a psycopg connection in pipeline mode."""
+    """The event path on a psycopg connection in pipeline mode, sync or
+    asyncio by the runner it is given (see :class:`~corral.store.port.EventTx`)."""
 
-    def __init__(self, cursor: Any) -> None:
-        self.cursor = cursor
+    def __init__(self, cursor: Any, run: Callable[[Any, Step], Any] = _run) -> None:
         self.wrote = False
 
-    def lock_machine(self, kind: str, name: str) -> MachineState | None:
-        self.cursor.execute(PG_LOCK_MACHINE, (kind, name))
-        values = self.cursor.fetchone()
-        return _row(values) if values else None
+        def runner(steps: Step) -> Any:
+            return run(cursor, steps)
 
-    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[MachineState]:
-        self.cursor.execute(PG_LOCK_MACHINES, _key_arrays(keys))
-        return [_row(v) for v in self.cursor.fetchall()]
+        self._run = runner
+        self.machines = _EventMachines(runner)
+        self.idempotency = _EventIdempotency(runner)
 
-    def claim_due_machines(self, now: datetime, limit: int) -> list[MachineState]:
-        self.cursor.execute(PG_CLAIM_DUE_MACHINES, (now, limit))
-        return [_row(v) for v in self.cursor.fetchall()]
-
-    def idempotent_outcomes(self, keys: Sequence[tuple[str, str]]
-                            ) -> dict[tuple[str, str], Any]:
-        self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys))
-        return {(scope, key): outcome for scope, key, outcome in self.cursor.fetchall()}
-
-    def write(
-        self,
-        changes: Sequence[StateChange],
-        history: Sequence[Mapping[str, Any]],
-        operations: Sequence[Mapping[str, Any]],
-        idempotency: Sequence[Mapping[str, Any]] = (),
-        vars_changes: Sequence[VarsChange] = (),
-    ) -> None:
-        if not _has_writes(changes, history, operations, idempotency):
-            return
-        self.wrote = True
-        for statement, params in _write_statements(changes, history, operations,
-                                                   idempotency, vars_changes):
-            self.cursor.execute(statement, params)
+    def write(self, batch: WriteSet) -> Any:
+        if batch:
+            self.wrote = True
+        return self._run(_write(batch))
 
 
-class AsyncPgEventTx:
-    """:class:`PgEventTx` on an asyncio psycopg connection: the same
-    statements, awaited. Only what firing events needs."""
+class PgStream(Stream):
+    """The stream's horizon on PostgreSQL."""
 
-    def __init__(self, cursor: Any) -> None:
-        self.cursor = cursor
-        self.wrote = False
-
-    async def lock_machine(self, kind: str, name: str) -> MachineState | None:
-        await self.cursor.execute(PG_LOCK_MACHINE, (kind, name))
-        values = await self.cursor.fetchone()
-        return _row(values) if values else None
-
-    async def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[MachineState]:
-        await self.cursor.execute(PG_LOCK_MACHINES, _key_arrays(keys))
-        return [_row(v) for v in await self.cursor.fetchall()]
-
-    async def idempotent_outcomes(self, keys: Sequence[tuple[str, str]]
-                                  ) -> dict[tuple[str, str], Any]:
-        await self.cursor.execute(PG_IDEMPOTENT_OUTCOMES, _key_arrays(keys))
-        return {(scope, key): outcome for scope, key, outcome in await self.cursor.fetchall()}
-
-    async def write(
-        self,
-        changes: Sequence[StateChange],
-        history: Sequence[Mapping[str, Any]],
-        operations: Sequence[Mapping[str, Any]],
-        idempotency: Sequence[Mapping[str, Any]] = (),
-        vars_changes: Sequence[VarsChange] = (),
-    ) -> None:
-        if not _has_writes(changes, history, operations, idempotency):
-            return
-        self.wrote = True
-        for statement, params in _write_statements(changes, history, operations,
-                                                   idempotency, vars_changes):
-            await self.cursor.execute(statement, params)
-
-
-class PgTx(SqlTx):
-    """A general transaction on PostgreSQL: SQLAlchemy Core for the services'
-    tables, the event writer for events (on the same connection)."""
-
-    def write(
-        self,
-        changes: Sequence[StateChange],
-        history: Sequence[Mapping[str, Any]],
-        operations: Sequence[Mapping[str, Any]],
-        idempotency: Sequence[Mapping[str, Any]] = (),
-        vars_changes: Sequence[VarsChange] = (),
-    ) -> None:
-        if not _has_writes(changes, history, operations, idempotency):
-            return
-        driver = self.conn.connection.driver_connection
-        assert driver is not None
-        with driver.cursor() as cursor:
-            for statement, params in _write_statements(changes, history, operations,
-                                                       idempotency, vars_changes):
-                cursor.execute(statement, params)
-
-    def lock_named(self, name: str) -> None:
-        self.conn.execute(text(PG_LOCK_NAMED), {"name": name})
-
-    def history_horizon_candidate(self) -> tuple[int, Any]:
+    def horizon_candidate(self) -> tuple[int, Any]:
         """Concurrent writers take history ids in one order and commit in
         another, so a reader that is past id N could miss a row N-1 that
         commits later. The stream therefore reads only up to a horizon every
@@ -339,17 +337,34 @@ class PgTx(SqlTx):
         transaction that may hold an id up to the horizon is in that list;
         one that starts later takes a higher id. The horizon settles when
         none of them is still in progress for a new snapshot
-        (:meth:`history_settled`)."""
+        (:meth:`settled`)."""
         newest = int(self.conn.execute(text(PG_LAST_HISTORY_ID)).scalar_one())
         listed = self.conn.execute(text(PG_WRITERS)).scalars().all()
         return newest, [str(x) for x in listed]
 
-    def history_settled(self, pending: Any) -> bool:
+    def settled(self, pending: Any) -> bool:
         if not pending:
             return True
         running = {str(x) for x in self.conn.execute(text(PG_WRITERS)).scalars()}
         return not running & set(pending)
 
+
+class PgTx(SqlTx):
+    """A general transaction on PostgreSQL: SQLAlchemy Core for the services'
+    tables, the event writer for events (on the same connection)."""
+
+    stream_class = PgStream
+
+    def write(self, batch: WriteSet) -> None:
+        if not batch:
+            return
+        driver = self.conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor:
+            _run(cursor, _write(batch))
+
+    def lock_named(self, name: str) -> None:
+        self.conn.execute(text(PG_LOCK_NAMED), {"name": name})
 
 class _PgListener:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -459,7 +474,7 @@ class PgStore(SqlStore):
 
     @asynccontextmanager
     async def async_events(self, conn: psycopg.AsyncConnection[Any]
-                           ) -> AsyncIterator[AsyncPgEventTx]:
+                           ) -> AsyncIterator[PgEventTx]:
         """:meth:`events` on a connection from :meth:`connect_async`: two
         round trips, the closing Sync commits.
 
@@ -470,7 +485,7 @@ class PgStore(SqlStore):
         async with translated_async(PSYCOPG_ERRORS):
             try:
                 async with conn.pipeline():
-                    tx = AsyncPgEventTx(conn.cursor())
+                    tx = PgEventTx(conn.cursor(), _run_async)
                     try:
                         yield tx
                     except BaseException:

@@ -74,6 +74,8 @@ class Reader:
         self._errors = errors
         self._p = placeholder
         self._decodes_json = decodes_json
+        self.machines = _ReaderMachines(self)
+        self.history = _ReaderHistory(self)
         self._conn: Any = None
 
     @contextmanager
@@ -106,42 +108,6 @@ class Reader:
             current = found[0][0] if found else None
         require_revision(current)
 
-    def get_machine(self, kind: str, name: str) -> MachineRow | None:
-        rows = self._rows(READ_MACHINE.format(p=self._p), (kind, name))
-        return self._machine(rows[0]) if rows else None
-
-    def list_machines(self, kind: str, *, states: Sequence[str] | None = None,
-                      after: str | None = None, limit: int | None = None
-                      ) -> list[MachineRow]:
-        """As :meth:`corral.store.port.Tx.list_machines`."""
-        statement = READ_MACHINES.format(p=self._p)
-        params: list[Any] = [kind]
-        if states is not None:
-            if not states:
-                return []
-            statement += READ_MACHINES_IN_STATES.format(states=", ".join([self._p] * len(states)))
-            params += states
-        if after is not None:
-            statement += READ_MACHINES_AFTER.format(p=self._p)
-            params.append(after)
-        if limit is not None:
-            statement += READ_MACHINES_PAGE.format(p=self._p)
-            params.append(limit)
-        else:
-            statement += READ_MACHINES_ALL
-        return [self._machine(r) for r in self._rows(statement, params)]
-
-    def list_history(self, machine_id: int, *, limit: int = 100,
-                     before_id: int | None = None) -> list[HistoryEntry]:
-        """As :meth:`corral.store.port.Tx.list_history`."""
-        statement, params = READ_HISTORY.format(p=self._p), [machine_id]
-        if before_id is not None:
-            statement += READ_HISTORY_BEFORE.format(p=self._p)
-            params.append(before_id)
-        statement += READ_HISTORY_PAGE.format(p=self._p)
-        params.append(limit)
-        return [self._history(r) for r in self._rows(statement, params)]
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -168,6 +134,59 @@ class Reader:
         return HistoryEntry(id=r[0], machine_id=r[1], epoch=r[2], from_state=r[3],
                             to_state=r[4], event=r[5], source=r[6], actor=r[7], reason=r[8],
                             at=_utc(r[9]), payload=self._json(r[10]), operation_id=r[11])
+
+
+
+class _ReaderMachines:
+    """``reader.machines``: the machine reads of a store transaction's
+    ``tx.machines``, on the bare driver."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def get(self, kind: str, name: str) -> MachineRow | None:
+        rows = self.reader._rows(READ_MACHINE.format(p=self.reader._p), (kind, name))
+        return self.reader._machine(rows[0]) if rows else None
+
+    def list(self, kind: str, *, states: Sequence[str] | None = None,
+                      after: str | None = None, limit: int | None = None
+                      ) -> list[MachineRow]:
+        """As :meth:`corral.store.machines.Machines.list`."""
+        statement = READ_MACHINES.format(p=self.reader._p)
+        params: list[Any] = [kind]
+        if states is not None:
+            if not states:
+                return []
+            marks = ", ".join([self.reader._p] * len(states))
+            statement += READ_MACHINES_IN_STATES.format(states=marks)
+            params += states
+        if after is not None:
+            statement += READ_MACHINES_AFTER.format(p=self.reader._p)
+            params.append(after)
+        if limit is not None:
+            statement += READ_MACHINES_PAGE.format(p=self.reader._p)
+            params.append(limit)
+        else:
+            statement += READ_MACHINES_ALL
+        return [self.reader._machine(r) for r in self.reader._rows(statement, params)]
+
+
+class _ReaderHistory:
+    """``reader.history``: as a store transaction's ``tx.history.list``."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def list(self, machine_id: int, *, limit: int = 100,
+                     before_id: int | None = None) -> list[HistoryEntry]:
+        """As :meth:`corral.store.history.History.list`."""
+        statement, params = READ_HISTORY.format(p=self.reader._p), [machine_id]
+        if before_id is not None:
+            statement += READ_HISTORY_BEFORE.format(p=self.reader._p)
+            params.append(before_id)
+        statement += READ_HISTORY_PAGE.format(p=self.reader._p)
+        params.append(limit)
+        return [self.reader._history(r) for r in self.reader._rows(statement, params)]
 
 
 def _utc(value: Any) -> Any:

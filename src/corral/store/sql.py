@@ -1,7 +1,8 @@
 """The SQLAlchemy Core store: SQLite, and the base PostgreSQL and MariaDB build on.
 
-Every statement is a named function of :mod:`corral.store.queries`; a
-:class:`SqlTx` is one transaction on one connection. Driver and SQLAlchemy
+A :class:`SqlTx` is one transaction on one connection; it hands out the
+repositories of the domains (``machines.py``, ``operations.py``, ...), where
+every statement is written once. Driver and SQLAlchemy
 exceptions are turned into Corral's own errors here (:func:`translated`), so
 that nothing above the store needs to know which database it runs on.
 """
@@ -9,28 +10,29 @@ that nothing above the store needs to know which database it runs on.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy import exc as sa_exc
 
 from corral.errors import Unavailable
-from corral.store import queries as q
+from corral.store.bootres import Bootres
+from corral.store.controllers import Controllers
 from corral.store.driver import NO_DRIVER, DriverErrors, classify, first_line, require_revision
-from corral.store.values import (
-    Assignment,
-    HistoryEntry,
-    MachineRow,
-    MachineState,
-    OperationRow,
-    StateChange,
-    StreamEntry,
-    TokenRow,
-    VarsChange,
-)
+from corral.store.history import History
+from corral.store.idempotency import Idempotency
+from corral.store.jobs import Jobs
+from corral.store.machines import Machines
+from corral.store.metrics import Metrics
+from corral.store.operations import Operations
+from corral.store.pools import Pools
+from corral.store.stream import Stream
+from corral.store.tokens import Tokens
+from corral.store.values import WriteSet
+from corral.store.webhooks import Webhooks
 
 # SQLAlchemy's wrappers of every driver's exceptions.
 SQLALCHEMY_ERRORS = DriverErrors(
@@ -80,244 +82,85 @@ class _Sleeper:
 
 
 class SqlTx:
-    """One transaction through SQLAlchemy Core (see :class:`~corral.store.port.Tx`)."""
+    """One transaction through SQLAlchemy Core: it hands out one repository
+    per domain (``tx.machines``, ``tx.webhooks``, ...), each on this
+    transaction's connection, and writes a planned change (:meth:`write`).
+
+    A dialect that does a domain differently names its own repository class
+    in a subclass (see :mod:`corral.store.postgres`, :mod:`corral.store.mysql`);
+    what is here is what SQLite runs.
+    """
+
+    machines_class: type[Machines] = Machines
+    operations_class: type[Operations] = Operations
+    stream_class: type[Stream] = Stream
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    # -- the event path
-    def lock_machine(self, kind: str, name: str) -> MachineState | None:
-        return q.lock_machine(self.conn, kind, name)
+    @cached_property
+    def machines(self) -> Machines:
+        return self.machines_class(self.conn)
 
-    def lock_machines(self, keys: Sequence[tuple[str, str]]) -> list[MachineState]:
-        return q.lock_machines(self.conn, keys)
+    @cached_property
+    def history(self) -> History:
+        return History(self.conn)
 
-    def claim_due_machines(self, now: datetime, limit: int) -> list[MachineState]:
-        return q.claim_due_machines(self.conn, now, limit)
+    @cached_property
+    def operations(self) -> Operations:
+        return self.operations_class(self.conn)
 
-    def idempotent_outcomes(self, keys: Sequence[tuple[str, str]]
-                            ) -> dict[tuple[str, str], Any]:
-        return q.get_idempotent_outcomes(self.conn, keys)
+    @cached_property
+    def idempotency(self) -> Idempotency:
+        return Idempotency(self.conn)
 
-    def write(
-        self,
-        changes: Sequence[StateChange],
-        history: Sequence[Mapping[str, Any]],
-        operations: Sequence[Mapping[str, Any]],
-        idempotency: Sequence[Mapping[str, Any]] = (),
-        vars_changes: Sequence[VarsChange] = (),
-    ) -> None:
-        q.update_machines(self.conn, changes)
-        q.insert_history(self.conn, history)
-        q.insert_operations(self.conn, operations)
-        q.insert_idempotent_outcomes(self.conn, idempotency)
-        q.update_vars(self.conn, vars_changes)
+    @cached_property
+    def stream(self) -> Stream:
+        return self.stream_class(self.conn)
 
-    # -- machines
-    def get_machine(self, kind: str, name: str) -> MachineRow | None:
-        return q.get_machine(self.conn, kind, name)
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        return Webhooks(self.conn)
 
-    def get_machine_by_id(self, machine_id: int) -> MachineRow | None:
-        return q.get_machine_by_id(self.conn, machine_id)
+    @cached_property
+    def pools(self) -> Pools:
+        return Pools(self.conn)
 
-    def lock_machine_by_id(self, machine_id: int) -> MachineState | None:
-        return q.lock_machine_by_id(self.conn, machine_id)
+    @cached_property
+    def jobs(self) -> Jobs:
+        return Jobs(self.conn)
 
-    def list_machines(self, kind: str, *, states: Sequence[str] | None = None,
-                      after: str | None = None, limit: int | None = None
-                      ) -> list[MachineRow]:
-        return q.list_machines(self.conn, kind, states=states, after=after, limit=limit)
+    @cached_property
+    def tokens(self) -> Tokens:
+        return Tokens(self.conn)
 
-    def insert_machine(self, *, kind: str, name: str, state: str, attrs: Mapping[str, Any],
-                       now: datetime, deadline: datetime | None) -> int:
-        return q.insert_machine(self.conn, kind=kind, name=name, state=state, attrs=attrs,
-                                now=now, deadline=deadline)
+    @cached_property
+    def bootres(self) -> Bootres:
+        return Bootres(self.conn)
 
-    def update_machine_attrs(self, machine_id: int, attrs: Mapping[str, Any],
-                             now: datetime) -> None:
-        q.update_machine_attrs(self.conn, machine_id, attrs, now)
+    @cached_property
+    def controllers(self) -> Controllers:
+        return Controllers(self.conn)
 
-    def machine_vars(self, machine_id: int) -> dict[str, Any]:
-        return q.machine_vars(self.conn, machine_id)
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(self.conn)
 
-    def list_history(self, machine_id: int, *, limit: int = 100,
-                     before_id: int | None = None) -> list[HistoryEntry]:
-        return q.list_history(self.conn, machine_id, limit=limit, before_id=before_id)
-
-    # -- the outbox
-    def lease_operations(self, *, now: datetime, owner: str, lease_until: datetime,
-                         limit: int) -> list[OperationRow]:
-        return q.lease_operations(self.conn, now=now, owner=owner, lease_until=lease_until,
-                                  limit=limit)
-
-    def lock_operation(self, operation_id: int) -> OperationRow | None:
-        return q.lock_operation(self.conn, operation_id)
-
-    def finish_operation(self, operation_id: int, *, status: str, result: Any,
-                         error: str | None, now: datetime) -> None:
-        q.finish_operation(self.conn, operation_id, status=status, result=result, error=error,
-                           now=now)
-
-    def retry_operation(self, operation_id: int, *, run_after: datetime, error: str) -> None:
-        q.retry_operation(self.conn, operation_id, run_after=run_after, error=error)
-
-    def list_operations(self, machine_id: int, *, limit: int = 200) -> list[OperationRow]:
-        return q.list_operations(self.conn, machine_id, limit=limit)
-
-    # -- webhooks
-    def add_webhook(self, *, name: str, url: str, filters: Mapping[str, Any], secret: str,
-                    cursor: int, now: datetime) -> None:
-        q.add_webhook(self.conn, name=name, url=url, filters=filters, secret=secret,
-                      cursor=cursor, now=now)
-
-    def list_webhooks(self) -> list[dict[str, Any]]:
-        return q.list_webhooks(self.conn)
-
-    def remove_webhook(self, name: str) -> bool:
-        return q.remove_webhook(self.conn, name)
-
-    def claim_webhooks(self, *, now: datetime, owner: str, until: datetime, limit: int
-                       ) -> list[dict[str, Any]]:
-        return q.claim_webhooks(self.conn, now=now, owner=owner, until=until, limit=limit)
-
-    def finish_webhook_pass(self, webhook_id: int, *, owner: str, cursor: int, delivered: int,
-                            failures: int, status: str, last_error: str | None,
-                            next_attempt_at: datetime) -> bool:
-        return q.finish_webhook_pass(self.conn, webhook_id, owner=owner, cursor=cursor,
-                                     delivered=delivered, failures=failures, status=status,
-                                     last_error=last_error, next_attempt_at=next_attempt_at)
-
-    # -- the event stream
-    def stream_history(self, *, after: int, upto: int, limit: int,
-                       filters: Mapping[str, Sequence[str]]) -> list[StreamEntry]:
-        return q.stream_history(self.conn, after=after, upto=upto, limit=limit,
-                                filters=filters)
-
-    def history_horizon_candidate(self) -> tuple[int, Any]:
-        """The newest history id that may exist and what must end before every
-        row up to it is committed: SQLite has one writer at a time and ids
-        are given in its transaction, so every visible id is settled."""
-        return q.newest_history_id(self.conn), None
-
-    def history_settled(self, pending: Any) -> bool:
-        return True
-
-    # -- power controllers
-    def controller_slot_count(self, controller: str) -> int:
-        return q.controller_slot_count(self.conn, controller)
-
-    def add_controller_slots(self, controller: str, first: int, last: int) -> None:
-        q.add_controller_slots(self.conn, controller, first, last)
-
-    def take_controller_slot(self, controller: str, slot: int, *, holder: str, now: datetime,
-                             until: datetime) -> bool:
-        return q.take_controller_slot(self.conn, controller, slot, holder=holder, now=now,
-                                      until=until)
-
-    def free_controller_slot(self, controller: str, slot: int, holder: str) -> None:
-        q.free_controller_slot(self.conn, controller, slot, holder)
-
-    # -- idempotency keys
-    def delete_idempotency_keys_before(self, cutoff: datetime, limit: int) -> int:
-        return q.delete_idempotency_keys_before(self.conn, cutoff, limit)
-
-    def prune_history_batch(self, cutoff: datetime, *, after_id: int, limit: int
-                            ) -> tuple[int, int | None]:
-        return q.prune_history_batch(self.conn, cutoff, after_id=after_id, limit=limit)
-
-    def prune_operations_batch(self, cutoff: datetime, *, after_id: int, limit: int
-                               ) -> tuple[int, int | None]:
-        return q.prune_operations_batch(self.conn, cutoff, after_id=after_id, limit=limit)
-
-    # -- pools
-    def lock_idle_pools(self, *, kind: str, state: str, attrs: Mapping[str, str],
-                        limit: int) -> list[MachineState]:
-        return q.lock_idle_pools(self.conn, kind=kind, state=state, attrs=attrs, limit=limit)
-
-    def pool_holder(self, pool: str) -> str | None:
-        return q.pool_holder(self.conn, pool)
-
-    def assign_pool(self, pool: str, job_run_id: str, now: datetime) -> None:
-        q.assign_pool(self.conn, pool, job_run_id, now)
-
-    def unassign_pools(self, pools: Sequence[str], job_run_id: str) -> int:
-        return q.unassign_pools(self.conn, pools, job_run_id)
-
-    def list_assignments(self, *, job_run_id: str | None = None) -> list[Assignment]:
-        return q.list_assignments(self.conn, job_run_id=job_run_id)
-
-    # -- jobs
-
-    def insert_job(self, record: Mapping[str, Any]) -> str:
-        return q.insert_job(self.conn, record)
-
-    def get_job(self, name: str) -> dict[str, Any] | None:
-        return q.get_job(self.conn, name)
-
-    def queued_jobs(self, *, kind: str, state: str, limit: int
-                    ) -> list[tuple[str, str | None]]:
-        return q.queued_jobs(self.conn, kind=kind, state=state, limit=limit)
-
-    def finish_job(self, name: str, *, comment: str | None, now: datetime) -> None:
-        q.finish_job(self.conn, name, comment=comment, now=now)
-
-    # -- boot resources
-    def start_bootres_import(self, *, started_at: datetime, storage: str,
-                             sources: Sequence[str]) -> int:
-        return q.start_bootres_import(self.conn, started_at=started_at, storage=storage,
-                                      sources=sources)
-
-    def end_bootres_import(self, import_id: int, *, status: str, snapshot: str | None,
-                           error: str | None, now: datetime,
-                           published: Sequence[Mapping[str, Any]]) -> None:
-        q.end_bootres_import(self.conn, import_id, status=status, snapshot=snapshot,
-                             error=error, now=now, published=published)
-
-    def list_bootres_imports(self, limit: int) -> list[dict[str, Any]]:
-        return q.list_bootres_imports(self.conn, limit)
-
-    # -- tokens
-    def get_token(self, token_id: int) -> TokenRow | None:
-        return q.get_token(self.conn, token_id)
-
-    def get_tokens(self, token_ids: Iterable[int]) -> list[TokenRow]:
-        return q.get_tokens(self.conn, token_ids)
-
-    def list_tokens(self) -> list[TokenRow]:
-        return q.list_tokens(self.conn)
-
-    def save_token(self, *, name: str, role: str, machine_id: int | None, secret_hash: str,
-                   now: datetime) -> int:
-        return q.save_token(self.conn, name=name, role=role, machine_id=machine_id,
-                            secret_hash=secret_hash, now=now)
-
-    def revoke_token(self, name: str, now: datetime) -> bool:
-        return q.revoke_token(self.conn, name, now)
-
-    # -- monitoring
-    def count_machines_by_state(self) -> list[tuple[str, str, int]]:
-        return q.count_machines_by_state(self.conn)
-
-    def operation_queue(self) -> tuple[int, datetime | None]:
-        return q.operation_queue(self.conn)
-
-    def refresh_state_counts(self, now: datetime) -> int:
-        return q.refresh_state_counts(self.conn, now)
-
-    def stored_state_counts(self) -> tuple[list[tuple[str, str, int]], datetime | None]:
-        return q.stored_state_counts(self.conn)
-
-    def oldest_in_state(self) -> list[tuple[str, str, datetime]]:
-        return q.oldest_in_state(self.conn)
-
-    def stored_oldest_in_state(self) -> list[tuple[str, str, datetime]]:
-        return q.stored_oldest_in_state(self.conn)
+    def write(self, batch: WriteSet) -> None:
+        """Write a planned change of locked machines: their new state, the
+        history rows, the outbox rows, outcomes kept for replay and vars."""
+        self.machines.update(batch.changes)
+        self.history.insert(batch.history)
+        self.operations.insert(batch.operations)
+        self.idempotency.insert(batch.idempotency)
+        self.machines.update_vars(batch.vars_changes)
 
     def lock_named(self, name: str) -> None:
-        """Nothing to do on SQLite: writers already take turns."""
+        """Let one transaction at a time hold ``name``, until it ends. Nothing
+        to do on SQLite: writers already take turns."""
 
     def ping(self) -> None:
-        q.ping(self.conn)
+        self.conn.execute(select(1))
 
 
 class SqlStore:

@@ -6,7 +6,7 @@ tokens and pool assignments only as these; no database type leaves ``store/``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -166,3 +166,22 @@ class StreamEntry:
     entry: HistoryEntry
     kind: str
     name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteSet:
+    """Everything one transaction writes for the events it planned: the
+    machines' new state (each machine once, in its final state), their
+    history rows, the outbox rows, outcomes kept for idempotent replay, and
+    vars changes. The planner builds it; ``tx.write`` takes it whole."""
+
+    changes: Sequence[StateChange] = ()
+    history: Sequence[Mapping[str, Any]] = ()
+    operations: Sequence[Mapping[str, Any]] = ()
+    idempotency: Sequence[Mapping[str, Any]] = ()
+    vars_changes: Sequence[VarsChange] = ()
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to write."""
+        return bool(self.changes or self.history or self.operations or self.idempotency
+                    or self.vars_changes)
