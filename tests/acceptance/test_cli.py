@@ -135,7 +135,7 @@ def test_bad_payload_and_bad_inventory(corral, inventory, tmp_path):
     bad.write_text("boards:\n  - name: b9\n    colur: red\n")
     result = corral("board", "import", str(bad), check=False)
     assert result.returncode == 2
-    assert "bad.yaml:3: unknown key 'colur'" in result.stderr
+    assert "bad.yaml:3: boards[0]: unknown key 'colur' (allowed: name, " in result.stderr
     assert len(json.loads(corral("board", "list", "--json").stdout)) == 3
 
 
