@@ -272,7 +272,7 @@ def test_bootres_import_and_list(corral, tmp_path):
     (tmp_path / "bad.yaml").write_text("sources: []\nstorage: boot\n")
     bad = corral("bootres", "import", "--config", "bad.yaml", check=False)
     assert bad.returncode == 2
-    assert "bad.yaml: sources: must be a non-empty list" in bad.stderr
+    assert "bad.yaml:1: sources: must not be empty" in bad.stderr
 
 
 MINIMAL_SPEC = (ROOT / "tests" / "golden" / "jobspec" / "v1" / "maize-minimal.yaml").read_text()
