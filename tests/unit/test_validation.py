@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
+from pydantic import Field
 
 from corral.validation import Omittable, Strict, validate
 from corral.yamlio import load_yaml
@@ -17,7 +18,7 @@ class Disk(Strict):
 
 class Host(Omittable):
     name: str
-    disks: tuple[Disk, ...] = ()
+    disks: list[Disk] = Field(default_factory=list)
     verbose: bool = False
 
 
