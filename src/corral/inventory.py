@@ -16,31 +16,84 @@ boards:
             username: corral, password_file: /etc/corral/bmc-07.pass}
 ```
 
-A board's ``power.driver`` (see docs/power.md) has its settings checked here.
+A board's ``power.driver`` (see docs/power.md) has its settings checked here,
+by that driver's settings model.
 
 The whole file is validated before anything is written, and every problem is
-reported with its line.
+reported with its line: :class:`Board` is the shape of one board; what no
+single board can tell (a name or a MAC listed twice) is checked across them.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from corral.machines.loader import DefinitionError, Problem
-from corral.power.drivers import check_power
+from pydantic import AfterValidator, BeforeValidator
+
+from corral.machines.loader import DefinitionError
+from corral.operations.command import template_fields
+from corral.power.drivers import BoardPower
 from corral.power.settings import SECRET_KEYS
+from corral.validation import Omittable, Problem, Strict, refuse, validate
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
-BOARD_KEYS = ("name", "arch", "subarch", "release", "mac", "hostname", "power", "poll",
-              "commands", "labels")
 BOARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+# What a command template may fill in besides the board's own values.
+TEMPLATE_EXTRAS = ("name", "operation_id")
 
 
 class InventoryError(DefinitionError):
     """One or more problems in an inventory file."""
+
+
+def _board_name(value: Any) -> str:
+    if not isinstance(value, str) or not BOARD_NAME_RE.fullmatch(value):
+        raise refuse("must be letters, digits, '.', '_' and '-' (at most 200), not {value}",
+                     value=repr(value))
+    return value
+
+
+def _mac(value: Any) -> str:
+    if not isinstance(value, str) or not MAC_RE.fullmatch(value):
+        raise refuse("must look like 00:11:22:33:44:55 (quote it in YAML), not {value}",
+                     value=repr(value))
+    return value
+
+
+def _template(template: str) -> str:
+    try:
+        template_fields(template)
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    return template
+
+
+BoardName = Annotated[str, BeforeValidator(_board_name)]
+Mac = Annotated[str, BeforeValidator(_mac)]
+Template = Annotated[str, AfterValidator(_template)]
+
+
+class Board(Omittable):
+    """One board of the inventory."""
+
+    name: BoardName
+    arch: str | None = None
+    subarch: str | None = None
+    release: str | None = None
+    mac: Mac | None = None
+    hostname: str | None = None
+    # Generated from the driver registry, so not a type a checker can read.
+    power: BoardPower | None = None  # type: ignore[valid-type]
+    poll: dict[str, Any] | None = None
+    commands: dict[str, Template] | None = None
+    labels: dict[str, Any] | None = None
+
+
+class Inventory(Strict):
+    boards: list[Board]
 
 
 def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
@@ -57,70 +110,93 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
                              ) from None
     except YamlSyntaxError as exc:
         raise InventoryError([Problem(path=where, line=exc.line, message=str(exc))]) from None
-    problems: list[Problem] = []
-
-    def error(line: int, message: str) -> None:
-        problems.append(Problem(path=where, line=line, message=message))
-
-    boards = doc.get("boards") if isinstance(doc, LineDict) else doc
-    if isinstance(doc, LineDict):
-        for key in doc:
-            if key != "boards":
-                error(doc.line_of(key), f"unknown key {key!r}; allowed keys: boards")
-    if not isinstance(boards, LineList):
+    if isinstance(doc, LineList):
+        # A bare list of boards is an inventory too.
+        doc = _under_boards(doc)
+    if not isinstance(doc, LineDict):
         raise InventoryError([Problem(path=where, line=getattr(doc, "line", 1),
                                       message="an inventory is a list of boards under 'boards:'")])
+    _, problems = validate(Inventory, doc, where)
+    boards = doc.get("boards")
     result: dict[str, dict[str, Any]] = {}
+    if isinstance(boards, LineList):
+        problems += _listed_twice(boards, where)
+        for board in boards:
+            if isinstance(board, LineDict) and isinstance(board.get("name"), str):
+                result.setdefault(board["name"], _attributes(board))
+        if not problems:
+            problems += _unknown_template_fields(boards, result, where)
+    if problems:
+        raise InventoryError(sorted(problems, key=lambda p: p.line))
+    return result
+
+
+def _under_boards(boards: LineList) -> LineDict:
+    doc = LineDict(boards=boards)
+    doc.line = boards.line
+    doc.key_lines = {"boards": boards.line}
+    return doc
+
+
+def _listed_twice(boards: LineList, where: str) -> list[Problem]:
+    """A name or a MAC given to two boards (each board's own checks are the
+    model's)."""
+    problems = []
+    names: set[str] = set()
     macs: dict[str, str] = {}
     for index, board in enumerate(boards):
-        line = boards.line_of(index)
-        if not isinstance(board, LineDict):
-            error(line, f"board must be a mapping with keys: {', '.join(BOARD_KEYS)}")
-            continue
-        for key in board:
-            if key not in BOARD_KEYS:
-                error(board.line_of(key), f"unknown key {key!r}; allowed keys: "
-                      f"{', '.join(BOARD_KEYS)}")
-        name = board.get("name")
+        name = board.get("name") if isinstance(board, LineDict) else None
         if not isinstance(name, str) or not BOARD_NAME_RE.fullmatch(name):
-            error(board.line_of("name"), "name is required: letters, digits, '.', '_' and '-' "
-                  f"(at most 200), not {name!r}")
             continue
-        if name in result:
-            error(board.line_of("name"), f"board {name!r} is listed twice")
-        for key in ("arch", "subarch", "release", "hostname"):
-            if key in board and not isinstance(board[key], str):
-                error(board.line_of(key), f"{key} must be a string, not {board[key]!r}")
-        if "mac" in board and not (isinstance(board["mac"], str)
-                                   and MAC_RE.fullmatch(board["mac"])):
-            error(board.line_of("mac"), f"mac must look like 00:11:22:33:44:55 (quote it in "
-                  f"YAML), not {board['mac']!r}")
-        elif "mac" in board:
+        if name in names:
+            problems.append(Problem(path=where, line=board.line_of("name"),
+                                    message=f"boards[{index}].name: board {name!r} is listed "
+                                    "twice"))
+        names.add(name)
+        mac = board.get("mac")
+        if isinstance(mac, str) and MAC_RE.fullmatch(mac):
             # Firmware finds its boot configuration by MAC: two boards with one
             # MAC would boot each other's installer.
-            mac = board["mac"].lower()
-            if mac in macs:
-                error(board.line_of("mac"), f"mac {board['mac']} is also {macs[mac]}'s")
-            macs.setdefault(mac, name)
-        for key in ("power", "poll", "commands", "labels"):
-            if key in board and not isinstance(board[key], dict):
-                error(board.line_of(key), f"{key} must be a mapping")
-        if isinstance(board.get("power"), LineDict):
-            power = board["power"]
-            check_power(power, power.line_of, error, line=board.line_of("power"))
-        attrs = {k: _plain(v) for k, v in board.items() if k != "name"}
-        for key in ("power", "poll"):
-            # Flatten power.relay to power_relay so command templates can use
-            # it (a secret stays where it is: no template needs it).
-            for sub, value in (attrs.get(key) or {}).items() if isinstance(attrs.get(key),
-                                                                           dict) else ():
-                if not (key == "power" and sub in SECRET_KEYS):
-                    attrs.setdefault(f"{key}_{sub}", value)
-        attrs.setdefault("hostname", name)
-        result[name] = attrs
-    if problems:
-        raise InventoryError(problems)
-    return result
+            if mac.lower() in macs:
+                problems.append(Problem(path=where, line=board.line_of("mac"),
+                                        message=f"boards[{index}].mac: mac {mac} is also "
+                                        f"{macs[mac.lower()]}'s"))
+            macs.setdefault(mac.lower(), name)
+    return problems
+
+
+def _unknown_template_fields(boards: LineList, result: dict[str, dict[str, Any]], where: str
+                             ) -> list[Problem]:
+    """A board's command template may fill in only that board's values."""
+    problems = []
+    for index, board in enumerate(boards):
+        commands = board.get("commands") or LineDict()
+        attrs = result[board["name"]]
+        known = sorted({k for k, v in attrs.items() if not isinstance(v, dict | list)}
+                       | set(TEMPLATE_EXTRAS))
+        for kind, template in commands.items():
+            for field in template_fields(template):
+                if field not in known:
+                    problems.append(Problem(
+                        path=where, line=commands.line_of(kind),
+                        message=f"boards[{index}].commands.{kind}: template field {{{field}}} "
+                        f"is not one of the board's values ({', '.join(known)})"))
+    return problems
+
+
+def _attributes(board: LineDict) -> dict[str, Any]:
+    """A board's stored attributes: what the file says, with ``power`` and
+    ``poll`` also flattened for command templates (``power_relay``)."""
+    name = board["name"]
+    attrs = {k: _plain(v) for k, v in board.items() if k != "name"}
+    for key in ("power", "poll"):
+        # A secret stays where it is: no template needs it.
+        for sub, value in (attrs.get(key) or {}).items() if isinstance(attrs.get(key),
+                                                                       dict) else ():
+            if not (key == "power" and sub in SECRET_KEYS):
+                attrs.setdefault(f"{key}_{sub}", value)
+    attrs.setdefault("hostname", name)
+    return attrs
 
 
 def _plain(value: Any) -> Any:

@@ -135,7 +135,7 @@ def test_bad_payload_and_bad_inventory(corral, inventory, tmp_path):
     bad.write_text("boards:\n  - name: b9\n    colur: red\n")
     result = corral("board", "import", str(bad), check=False)
     assert result.returncode == 2
-    assert "bad.yaml:3: unknown key 'colur'" in result.stderr
+    assert "bad.yaml:3: boards[0]: unknown key 'colur' (allowed: name, " in result.stderr
     assert len(json.loads(corral("board", "list", "--json").stdout)) == 3
 
 
@@ -272,7 +272,7 @@ def test_bootres_import_and_list(corral, tmp_path):
     (tmp_path / "bad.yaml").write_text("sources: []\nstorage: boot\n")
     bad = corral("bootres", "import", "--config", "bad.yaml", check=False)
     assert bad.returncode == 2
-    assert "bad.yaml: sources: must be a non-empty list" in bad.stderr
+    assert "bad.yaml:1: sources: must not be empty" in bad.stderr
 
 
 MINIMAL_SPEC = (ROOT / "tests" / "golden" / "jobspec" / "v1" / "maize-minimal.yaml").read_text()

@@ -57,3 +57,10 @@ def test_values_outside_a_shell_stay_one_argument_each():
         f"{PYTHON} -c 'import sys; print(sys.argv[1:])' {{hostname}} {{name}}",
         hostname="a b; c"))
     assert detail["output"] == "['a b; c', 'b1']\n"
+
+
+@pytest.mark.parametrize("template", ["echo {name.__class__}", "echo {hostname[0]}", "echo {}"])
+def test_a_template_field_is_a_plain_name(template):
+    # An inventory refuses these at import; a configured template is refused here.
+    with pytest.raises(OperationFailed, match="is not a board attribute's name"):
+        CommandBackend({}).cycle(context(template, hostname="h1"))

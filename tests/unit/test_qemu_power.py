@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from corral.operations.base import OperationContext, OperationFailed
-from corral.power.base import UNKNOWN, PowerTarget, SettingsSpec
+from corral.power.base import UNKNOWN, PowerTarget
+from corral.power.drivers import SimulatedSettings
 from corral.power.qemu import QemuDriver
 from corral.power.service import PowerOperations
 from corral.power.settings import secret_reader
@@ -79,7 +80,7 @@ def test_a_vm_that_is_not_running_fails_saying_so(tmp_path):
 
 
 class Recorder:
-    SPEC = SettingsSpec(open=True)
+    Settings = SimulatedSettings
     reports_state = False
 
     def __init__(self) -> None:

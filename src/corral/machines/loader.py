@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from corral.machines.definition import (
     TransitionDef,
     VarDef,
 )
+from corral.validation import Problem
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
 TOP_KEYS = ("kind", "description", "initial", "states", "transitions")
@@ -44,16 +44,6 @@ COUNTER_KEYS = ("name", "max", "failure", "count")
 TRANSITION_KEYS = ("trigger", "source", "dest", "by", "vars")
 REQUIRED_TRANSITION_KEYS = ("trigger", "source", "dest", "by")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Problem:
-    path: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
 
 
 class DefinitionError(CorralError):

@@ -44,6 +44,27 @@ class _ShellQuoting(string.Formatter):
         return shlex.quote(super().format_field(value, format_spec))
 
 
+def template_fields(template: str) -> list[str]:
+    """The names a template fills in (``{hostname}`` is ``hostname``).
+
+    Raises:
+        ValueError: the template is not a format string, or a field is not a
+            plain name: ``{}``, ``{0}``, ``{name.__class__}`` and
+            ``{power[0]}`` reach past the board's values, so none is allowed.
+    """
+    names = []
+    for _, field, spec, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        # A format spec may hold fields of its own: {hostname:{width}}.
+        names.extend(template_fields(spec or ""))
+        if not field.isidentifier():
+            raise ValueError(f"template field {{{field}}} is not a board attribute's name "
+                             "(write {hostname}, {power_relay}, ...: no '.', '[' or number)")
+        names.append(field)
+    return names
+
+
 def _script_index(parts: list[str]) -> int | None:
     """Where the script is in ``sh -c SCRIPT ...`` (also ``bash -ec``, ``sh -o
     pipefail -c``, ``bash --norc -c``); None when the command is not a shell
@@ -95,6 +116,10 @@ class CommandBackend:
         values = _Attrs({k: v for k, v in ctx.attrs.items() if not isinstance(v, dict | list)})
         values.setdefault("name", ctx.name)
         values["operation_id"] = ctx.operation_id
+        try:
+            template_fields(template)
+        except ValueError as exc:
+            raise OperationFailed(f"command for {ctx.kind!r}: {exc}") from None
         parts = shlex.split(template)
         script = _script_index(parts)
         argv = [_ShellQuoting().vformat(part, (), values) if index == script

@@ -5,8 +5,8 @@ A driver is one module with one class implementing :class:`PowerDriver`, in
 the labgrid style: ``power_cycle``, ``power_on``, ``power_off``,
 ``power_state`` and ``set_boot_device``, each taking the board's
 :class:`PowerTarget` (its name and its validated ``power:`` settings). The
-class names the settings it accepts in ``SPEC`` (checked at inventory import,
-with file and line).
+class names the model of the settings it accepts in ``Settings`` (checked at
+inventory import, with file and line).
 
 Errors are classified where they happen, because only the driver knows what
 its protocol's answers mean:
@@ -26,7 +26,7 @@ action and the controller's own words, never from the request they sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from corral.operations.base import OperationContext, OperationFailed
@@ -58,35 +58,14 @@ class PowerTarget:
         return self.ctx.name
 
 
-@dataclass(frozen=True, kw_only=True)
-class SettingsSpec:
-    """The settings a driver accepts (beyond ``driver`` and the common ones)."""
-
-    required: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()
-    # Settings that hold a secret: each may be given inline, as NAME_file or
-    # as NAME_env, at most one of the three.
-    secrets: tuple[str, ...] = ()
-    # Settings a value must be one of.
-    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    integers: tuple[str, ...] = ()
-    booleans: tuple[str, ...] = ()
-    numbers: tuple[str, ...] = ()
-    # Any other key is allowed (the command driver's template variables).
-    open: bool = False
-
-    def keys(self) -> tuple[str, ...]:
-        secret_keys = tuple(f"{s}{suffix}" for s in self.secrets for suffix in ("", "_file",
-                                                                                  "_env"))
-        return self.required + self.optional + secret_keys
-
-
 class PowerDriver(Protocol):
     """One kind of power controller. Each method returns a detail mapping
     for the operation's result (what was asked and what the controller
     answered), or raises :class:`PowerFailed` / :class:`PowerUnavailable`."""
 
-    SPEC: ClassVar[SettingsSpec]
+    # The settings a board of this driver accepts (a
+    # corral.power.settings.PowerSettings model), checked at inventory import.
+    Settings: ClassVar[type[Any]]
     # Whether power_state tells the truth (a relay script does not know).
     reports_state: ClassVar[bool]
 

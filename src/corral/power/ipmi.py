@@ -24,7 +24,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from corral.power.base import (
     OFF,
@@ -33,9 +33,8 @@ from corral.power.base import (
     PowerFailed,
     PowerTarget,
     PowerUnavailable,
-    SettingsSpec,
 )
-from corral.power.settings import timeout_of
+from corral.power.settings import Port, PowerSettings, Text, timeout_of
 
 # What ipmitool -v says when the BMC refused who we are.
 _REFUSALS = ("rakp 2 hmac is invalid", "unauthorized name", "invalid authentication",
@@ -48,15 +47,23 @@ _SILENCE = ("get auth capabilities error", "no response from remote controller",
 _STATE = re.compile(r"Chassis Power is (on|off)")
 
 
+class IpmiSettings(PowerSettings):
+    SECRETS: ClassVar[tuple[str, ...]] = ("password",)
+
+    driver: Literal["ipmi"]
+    address: str
+    port: Port = 623
+    username: str | None = None
+    boot_mode: Literal["bios", "uefi"] | None = None
+    cipher_suite: Port = 3
+    set_boot_device: bool = True
+    password: Text | None = None
+    password_file: Text | None = None
+    password_env: Text | None = None
+
+
 class IpmiDriver:
-    SPEC: ClassVar[SettingsSpec] = SettingsSpec(
-        required=("address",),
-        optional=("port", "username", "boot_mode", "cipher_suite", "set_boot_device"),
-        secrets=("password",),
-        choices={"boot_mode": ("bios", "uefi")},
-        integers=("port", "cipher_suite"),
-        booleans=("set_boot_device",),
-    )
+    Settings: ClassVar[type[PowerSettings]] = IpmiSettings
     reports_state: ClassVar[bool] = True
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:

@@ -15,12 +15,17 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from corral.power.base import OFF, ON, PowerFailed, PowerTarget, PowerUnavailable, SettingsSpec
-from corral.power.settings import timeout_of
+from corral.power.base import OFF, ON, PowerFailed, PowerTarget, PowerUnavailable
+from corral.power.settings import PowerSettings, timeout_of
 
 MAX_REPLY = 1 << 20
+
+
+class QemuSettings(PowerSettings):
+    driver: Literal["qemu"]
+    qmp: str
 
 
 class QemuDriver:
@@ -30,7 +35,7 @@ class QemuDriver:
     the VM process, its QMP socket and its console stay, as a board's BMC
     stays when its host is off."""
 
-    SPEC: ClassVar[SettingsSpec] = SettingsSpec(required=("qmp",))
+    Settings: ClassVar[type[PowerSettings]] = QemuSettings
     reports_state: ClassVar[bool] = True
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import field_validator
 
 from corral.power.base import (
     OFF,
@@ -28,22 +30,38 @@ from corral.power.base import (
     PowerFailed,
     PowerTarget,
     PowerUnavailable,
-    SettingsSpec,
 )
-from corral.power.settings import timeout_of
+from corral.power.settings import PowerSettings, Text, timeout_of
+from corral.validation import refuse
 
 SYSTEMS = "/redfish/v1/Systems"
 
 
+class RedfishSettings(PowerSettings):
+    SECRETS: ClassVar[tuple[str, ...]] = ("password",)
+
+    driver: Literal["redfish"]
+    address: str
+    system: str | None = None
+    username: str | None = None
+    verify_tls: bool = True
+    ca_file: str | None = None
+    boot_mode: Literal["bios", "uefi"] | None = None
+    set_boot_device: bool = True
+    password: Text | None = None
+    password_file: Text | None = None
+    password_env: Text | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _a_url(cls, address: str) -> str:
+        if not address.startswith(("http://", "https://")):
+            raise refuse("a Redfish address is a URL: https://bmc-7.lab")
+        return address
+
+
 class RedfishDriver:
-    SPEC: ClassVar[SettingsSpec] = SettingsSpec(
-        required=("address",),
-        optional=("system", "username", "verify_tls", "ca_file", "boot_mode",
-                  "set_boot_device"),
-        secrets=("password",),
-        choices={"boot_mode": ("bios", "uefi")},
-        booleans=("verify_tls", "set_boot_device"),
-    )
+    Settings: ClassVar[type[PowerSettings]] = RedfishSettings
     reports_state: ClassVar[bool] = True
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:

@@ -7,7 +7,9 @@ power: {driver: redfish, address: "https://bmc-7.lab", system: "1",
 ```
 
 Every driver accepts the common settings (``controller``, ``concurrency``,
-``timeout``, ``power_on_wait``) and its own (its ``SPEC``). A secret setting
+``timeout``, ``power_on_wait``, the fields of :class:`PowerSettings`) and its
+own: each driver's ``Settings`` model, a subclass naming its fields, their
+defaults, which of them are secrets, and its checks. A secret setting
 (``password``, ``community``, ``auth_key``, ``priv_key``) may be given inline,
 as ``NAME_file`` (a file whose first line is the secret, read when the
 operation runs) or as ``NAME_env`` (an environment variable of the engine
@@ -20,19 +22,76 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from corral.power.base import PowerFailed
+from corral.validation import Omittable, Strict, refuse
 
 HIDDEN = "(hidden)"
-COMMON = ("driver", "controller", "concurrency", "timeout", "power_on_wait")
 SECRET_NAMES = ("password", "community", "auth_key", "priv_key")
-# Power setting names whose value is a secret, wherever they appear.
+# Power setting names whose value is a secret, wherever they appear (every
+# driver's SECRETS, which a test keeps equal).
 SECRET_KEYS = frozenset(SECRET_NAMES)
-# Without a driver, a board's power settings are free-form template
-# variables for the command (or simulated) backend, as they always were.
+SECRET_FORMS = ("", "_file", "_env")
 DEFAULT_TIMEOUT = 20.0
 DEFAULT_POWER_ON_WAIT = 30.0
+
+Text = Annotated[str, StringConstraints(min_length=1)]
+"""A secret inline, the file holding it, or the variable naming it."""
+Port = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+def secret_forms(name: str) -> tuple[str, ...]:
+    """``password``, ``password_file``, ``password_env``: the keys one secret
+    may be given as."""
+    return tuple(f"{name}{suffix}" for suffix in SECRET_FORMS)
+
+
+class PowerSettings(Omittable):
+    """The settings every driver accepts; a driver's model adds its own, and
+    names its secrets in ``SECRETS`` (each declared in its three forms, in the
+    order of :func:`secret_forms`)."""
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    driver: str
+    controller: str | None = None
+    concurrency: int = Field(default=1, ge=1)
+    timeout: Seconds = DEFAULT_TIMEOUT
+    power_on_wait: Seconds = DEFAULT_POWER_ON_WAIT
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.hidden_keys = frozenset(k for name in cls.SECRETS for k in secret_forms(name))
+
+    @field_validator("*")
+    @classmethod
+    def _one_form_of_each_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        base = next((s for s in cls.SECRETS if name in secret_forms(s)), None)
+        if base is not None and value is not None:
+            given = [k for k in secret_forms(base) if k == name or info.data.get(k) is not None]
+            if len(given) > 1:
+                raise refuse("give one of {given}, not several", given=", ".join(given))
+        return value
+
+
+class OpenSettings(PowerSettings):
+    """A driver whose other settings are free: the command templates'
+    ``{power_*}`` variables."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class FreeSettings(Strict):
+    """Power settings without a driver: free-form template variables for the
+    command (or simulated) backend, as they always were."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 def secret_reader(board: str, settings: Mapping[str, Any]) -> Callable[[str], str | None]:

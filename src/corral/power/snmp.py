@@ -19,7 +19,9 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import ValidationInfo, field_validator
 
 from corral.power.base import (
     OFF,
@@ -28,9 +30,9 @@ from corral.power.base import (
     PowerFailed,
     PowerTarget,
     PowerUnavailable,
-    SettingsSpec,
 )
-from corral.power.settings import timeout_of
+from corral.power.settings import Port, PowerSettings, Seconds, Text, secret_forms, timeout_of
+from corral.validation import refuse
 
 ENTERPRISES = "1.3.6.1.4.1"
 
@@ -81,17 +83,42 @@ AUTH_PROTOCOLS = ("none", "md5", "sha", "sha224", "sha256", "sha384", "sha512")
 PRIV_PROTOCOLS = ("none", "des", "3des", "aes", "aes192", "aes256")
 
 
+class SnmpSettings(PowerSettings):
+    SECRETS: ClassVar[tuple[str, ...]] = ("community", "auth_key", "priv_key")
+
+    driver: Literal["snmp"]
+    address: str
+    outlet: Port
+    pdu: Literal[tuple(PDUS)]  # type: ignore[valid-type]
+    port: Port = 161
+    unit: Port = 1
+    version: Literal["1", "2c", "3"] = "2c"
+    user: str | None = None
+    auth_protocol: Literal[AUTH_PROTOCOLS] | None = None  # type: ignore[valid-type]
+    priv_protocol: Literal[PRIV_PROTOCOLS] | None = None  # type: ignore[valid-type]
+    context: str = ""
+    cycle_delay: Seconds = 2
+    community: Text | None = None
+    community_file: Text | None = None
+    community_env: Text | None = None
+    # auth_key before priv_key: privacy is checked against what came before.
+    auth_key: Text | None = None
+    auth_key_file: Text | None = None
+    auth_key_env: Text | None = None
+    priv_key: Text | None = None
+    priv_key_file: Text | None = None
+    priv_key_env: Text | None = None
+
+    @field_validator(*secret_forms("priv_key"))
+    @classmethod
+    def _privacy_needs_authentication(cls, value: str, info: ValidationInfo) -> str:
+        if not any(info.data.get(key) is not None for key in secret_forms("auth_key")):
+            raise refuse("SNMP v3 privacy (priv_key) needs auth_key too")
+        return value
+
+
 class SnmpDriver:
-    SPEC: ClassVar[SettingsSpec] = SettingsSpec(
-        required=("address", "outlet", "pdu"),
-        optional=("port", "unit", "version", "user", "auth_protocol", "priv_protocol",
-                  "context", "cycle_delay"),
-        secrets=("community", "auth_key", "priv_key"),
-        choices={"pdu": tuple(PDUS), "version": ("1", "2c", "3"),
-                 "auth_protocol": AUTH_PROTOCOLS, "priv_protocol": PRIV_PROTOCOLS},
-        integers=("port", "outlet", "unit"),
-        numbers=("cycle_delay",),
-    )
+    Settings: ClassVar[type[PowerSettings]] = SnmpSettings
     reports_state: ClassVar[bool] = True
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:
