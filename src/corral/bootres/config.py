@@ -1,4 +1,4 @@
-"""The boot resource import configuration (seed 002).
+"""The boot resource import configuration (docs/boot-resources.md).
 
 ```yaml
 sources:

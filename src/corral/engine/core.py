@@ -1,4 +1,4 @@
-"""The engine: every event is one transaction (DESIGN.md invariants 1-4).
+"""The engine: every event is one transaction (docs/architecture.md, invariants 1-4).
 
 An event is lock -> plan -> write. The engine locks the machine row through
 the store (:mod:`corral.store.port`), plans what the event does from the

@@ -1,7 +1,7 @@
-"""Pools: who holds which pool, and starting OS overrides (seed 000).
+"""Pools: who holds which pool, and starting OS overrides (docs/pools.md).
 
-The seed's draft keeps ``SELECT ... FOR UPDATE`` on the assignment open across
-the whole MO call and poll. Here every step is one short transaction: lock the
+Nothing keeps ``SELECT ... FOR UPDATE`` on the assignment open across the
+whole MO call and poll. Every step is one short transaction: lock the
 pool machine's row, check and change ``pool_assignments``, fire the pool's
 event, commit. The MO calls run later, as outbox operations, with no lock
 held; the pool machine's state is what keeps a second override out while one

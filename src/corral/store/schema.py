@@ -265,7 +265,7 @@ idempotency_keys = Table(
 pool_assignments = Table(
     "pool_assignments",
     metadata,
-    # Which job holds which pool (seed 000). The primary key is the guarantee
+    # Which job holds which pool (docs/pools.md). The primary key is the guarantee
     # that a pool has one holder; rows change only in the transaction that
     # also moves the pool machine (assign, release), under its row lock.
     Column("cb_pool_name", String(128), primary_key=True),
