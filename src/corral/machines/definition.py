@@ -123,7 +123,3 @@ class MachineDefinition:
     @property
     def failed_states(self) -> tuple[str, ...]:
         return tuple(name for name, state in self.states.items() if state.failed)
-
-    @property
-    def operation_kinds(self) -> frozenset[str]:
-        return frozenset(op for state in self.states.values() for op in state.on_enter)

@@ -323,5 +323,3 @@ bootres_published = Table(
     Column("version", String(64), nullable=False),
     Index("ix_bootres_published_import_id", "import_id"),
 )
-
-OPEN_OPERATION_STATUSES = ("pending", "running")
