@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from corral.machines.loader import DefinitionError, Problem
+from corral.names import BOARD_NAME
 from corral.power.drivers import check_power
 from corral.power.settings import SECRET_KEYS
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
 BOARD_KEYS = ("name", "arch", "subarch", "release", "mac", "hostname", "power", "poll",
               "commands", "labels")
-BOARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+BOARD_NAME_RE = BOARD_NAME.regex
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 

@@ -9,7 +9,6 @@ for the format.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from corral.machines.definition import (
     TransitionDef,
     VarDef,
 )
+from corral.names import DEFINITION_NAME
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
 TOP_KEYS = ("kind", "description", "initial", "states", "transitions")
@@ -43,7 +43,7 @@ STATE_KEYS = (
 COUNTER_KEYS = ("name", "max", "failure", "count")
 TRANSITION_KEYS = ("trigger", "source", "dest", "by", "vars")
 REQUIRED_TRANSITION_KEYS = ("trigger", "source", "dest", "by")
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_RE = DEFINITION_NAME.regex
 
 
 @dataclass(frozen=True, kw_only=True)
