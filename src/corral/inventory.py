@@ -33,13 +33,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator
 
 from corral.machines.loader import DefinitionError
+from corral.names import BOARD_NAME
 from corral.operations.command import template_fields
 from corral.power.drivers import BoardPower
 from corral.power.settings import SECRET_KEYS
 from corral.validation import Omittable, Problem, Strict, refuse, validate
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
-BOARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+BOARD_NAME_RE = BOARD_NAME.regex
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 # What a command template may fill in besides the board's own values.
 TEMPLATE_EXTRAS = ("name", "operation_id")

@@ -23,16 +23,18 @@ import structlog
 
 from corral.engine.core import Clock, utcnow
 from corral.errors import Conflict, CorralError, DuplicateKey, NotFound, UnknownMachine
+from corral.names import TOKEN_ROLES, Role
 from corral.store.port import Store
 from corral.store.values import TokenRow
 
-ROLES = ("viewer", "operator", "admin")
-BOARD_ROLE = "board"
+ROLES: tuple[str, ...] = tuple(role.value for role in TOKEN_ROLES)
+BOARD_ROLE = Role.BOARD.value
 # A reimage token: minted when a board's PXE configuration is written, carried
 # on its kernel command line, good for that board's second-stage events only
 # while it is on the reimage path (see docs/lab.md, "The reimage token").
-REIMAGE_ROLE = "reimage"
-RANK = {BOARD_ROLE: 0, REIMAGE_ROLE: 0, "viewer": 1, "operator": 2, "admin": 3}
+REIMAGE_ROLE = Role.REIMAGE.value
+RANK = {BOARD_ROLE: 0, REIMAGE_ROLE: 0, Role.VIEWER.value: 1, Role.OPERATOR.value: 2,
+        Role.ADMIN.value: 3}
 RESERVED_PREFIXES = ("board:", "reimage:")
 PREFIX = "corral"
 _TOKEN_ID = re.compile(r"[0-9]{1,19}")

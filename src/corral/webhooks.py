@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -36,6 +35,7 @@ import structlog
 
 from corral.api.events import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 from corral.errors import InvalidRequest
+from corral.names import WEBHOOK_NAME
 from corral.store.port import Store
 
 log = structlog.get_logger("corral.webhooks")
@@ -75,7 +75,7 @@ def check_filters(filters: Mapping[str, Any]) -> dict[str, list[str]]:
     return clean
 
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+NAME_RE = WEBHOOK_NAME.regex
 
 
 def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mapping[str, Any],

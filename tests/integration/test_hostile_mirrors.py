@@ -379,10 +379,24 @@ def test_percent_encoded_names_inside_the_mirror_still_work(lab):
 
 
 def test_a_cmdline_ending_in_a_newline_is_one_line(lab):
+    from corral.bootres.pxe import BootResourcePxe
+
     lab.offer({"boot-cmdline": lab.mirror.item("p/cmdline", b"console=ttyS0 quiet\n",
                                                ftype="boot-cmdline")})
     lab.mirror.write()
     run_import(lab.config())
+    root = lab.root / "tftp"
+    pxe = BootResourcePxe(lab.storage, root, callback_url="http://10.0.0.1:8080",
+                          tokens=FixedTokens())
+    written = pxe.write(_pxe_context())["paths"]
+    assert sorted(written) == ["grub", "ipxe", "pxelinux"]
+    for flavour, path in written.items():
+        # The command line ends its kernel line in every flavour: the newline
+        # neither splits it nor leaves a line of its own behind.
+        text = (root / path).read_text()
+        [kernel_line] = [line for line in text.splitlines() if "console=ttyS0" in line]
+        assert kernel_line.endswith(" console=ttyS0 quiet"), flavour
+        assert "quiet\n\n" not in text, flavour
 
 
 def test_leftovers_of_an_interrupted_import_are_removed_by_the_next(lab):

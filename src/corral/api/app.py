@@ -54,6 +54,7 @@ from corral.engine.core import Engine, FireResult
 from corral.errors import CorralError, SchemaNotCurrent, Unavailable
 from corral.jobs import versions
 from corral.jobs.service import JobService
+from corral.names import FABRIC_NAME, JOB_RUN_ID, SHA256_HEX, SIGNAL_NAME
 from corral.payload import readable
 from corral.pools import PoolService
 from corral.tokens import Principal, TokenStore
@@ -66,12 +67,12 @@ MAX_PAGE = 10_000
 # ------------------------------------------------------------------ documents
 
 
-JOB = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+JOB = JOB_RUN_ID.pattern
 
 
 class FleetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    fabric: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    fabric: str = Field(pattern=FABRIC_NAME.pattern)
     count: int = Field(ge=1, le=1000)
 
 
@@ -81,7 +82,7 @@ class AcquireIn(BaseModel):
     pool: str | None = Field(default=None, pattern=NAME,
                              description="This pool; without it, any free ones.")
     count: int = Field(default=1, ge=1, le=1000)
-    fabric: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    fabric: str | None = Field(default=None, pattern=FABRIC_NAME.pattern)
 
 
 class ReleaseIn(BaseModel):
@@ -123,7 +124,7 @@ class CancelIn(BaseModel):
 
 class SignalIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    event: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")
+    event: str = Field(pattern=SIGNAL_NAME.pattern)
 
 
 class SpecOut(BaseModel):
@@ -574,7 +575,7 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
              responses={403: {"model": ErrorOut, "description": "Not from boot_networks."},
                         404: {"model": ErrorOut, "description": "No such boot object."}},
              summary="A kernel, initrd or image a board's configuration names.")
-    def boot_object(sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],
+    def boot_object(sha256: Annotated[str, Path(pattern=SHA256_HEX.pattern)],
                     _: Annotated[None, Depends(boot_client)]) -> FileResponse:
         if not pxe_root:
             raise not_configured
@@ -818,7 +819,7 @@ def job_routes(app: FastAPI, jobs: JobService, role: Any, transition_doc: Any) -
               tags=["jobs"], summary="Submit a Maize snapshot as an OS override job.")
     def submit_maize(
         body: MaizeIn, who: Annotated[Principal, Depends(role("operator"))],
-        fabric: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = None,
+        fabric: Annotated[str | None, Query(pattern=FABRIC_NAME.pattern)] = None,
     ) -> SubmittedOut:
         return submitted(jobs.submit_maize(body.model_dump_json(), actor=who.name,
                                            fabric=fabric))

@@ -38,13 +38,14 @@ from corral.errors import (
     Unavailable,
     Unsupported,
 )
+from corral.names import EVENT_NAME, MACHINE_NAME
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import BOARD_ROLE, REIMAGE_ROLE, Principal, TokenStore
 
 log = structlog.get_logger("corral.api")
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
-EVENT = r"^[a-z][a-z0-9_]{0,62}$"
+NAME = MACHINE_NAME.pattern
+EVENT = EVENT_NAME.pattern
 # Board progress reports are small; a history row is not a place for bulk data.
 MAX_PAYLOAD = MAX_PAYLOAD_BYTES
 # Every other request body (a job spec is at most 1 MiB of text, which JSON
@@ -60,8 +61,8 @@ Send = Callable[[Message], Awaitable[None]]
 Answer = tuple[int, dict[str, Any], dict[str, str]]
 
 PATH = re.compile(r"/api/v1/boards/([^/]+)/events/([^/]+)")
-_NAME = re.compile(NAME)
-_EVENT = re.compile(EVENT)
+_NAME = MACHINE_NAME.regex
+_EVENT = EVENT_NAME.regex
 
 
 class ApiError(Exception):

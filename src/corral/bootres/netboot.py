@@ -40,6 +40,7 @@ from pathlib import Path
 
 from corral.errors import ConfigError
 from corral.machines.needs import Needs
+from corral.names import SHA256_HEX
 
 # The board states between writing the PXE configuration and the installed
 # system's reboot: the reimage token is good only while a board is in one.
@@ -54,7 +55,7 @@ NEEDS = Needs(service="netboot", kind="board", states=tuple(sorted(REIMAGE_PATH)
 # Temporary files older than this are a killed writer's leftovers.
 STALE_SECONDS = 3600
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SHA256_RE = SHA256_HEX.regex
 
 # GRUB's local boot: chainload the disk's own UEFI loader (the removable-media
 # path installers write, for this CPU); failing that, hand back to the

@@ -27,7 +27,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -36,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from corral.bootres.streams import ImportFailed, Item, check_name
+from corral.names import SHA256_HEX
 
 STRENGTH = ("sha512", "sha256", "md5")
-SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256 = SHA256_HEX.regex
 
 
 class Storage:

@@ -1,4 +1,4 @@
-"""Maize snapshot documents (seed 000): ``{"snapshot": {"release": "..."}}``
+"""Maize snapshot documents (docs/jobs.md): ``{"snapshot": {"release": "..."}}``
 becomes a v1 job with one stage applying ``osOverrideAction`` with
 ``osVersion`` = the release."""
 

@@ -2,7 +2,7 @@
 
 Specs are stored exactly as submitted, with their ``apiVersion``; the engine
 only ever reads this form. Each version module (``corral.jobs.v1``) converts
-its documents to it and back (seed 001: one hub, a conversion per version, and
+its documents to it and back (one hub, a conversion per version, and
 a conversion down that cannot express something fails instead of dropping it).
 """
 

@@ -10,7 +10,6 @@ number 1.1 (quote it to keep it a string)``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from corral.jobs.spec import (
     StageSpec,
     duration_text,
 )
+from corral.names import FABRIC_NAME
 
 API_VERSION = "corral/v1"
 NUMBER = 1
@@ -33,7 +33,7 @@ TOP_KEYS = ("apiVersion", "kind", "job_name", "priority", "timeouts", "fabric", 
 REQUIRED = ("apiVersion", "kind", "job_name", "timeouts", "stages")
 STAGE_KEYS = ("name", "actions")
 ACTION_COMMON = ("name", "timeout", "failure_retry")
-FABRIC_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+FABRIC_RE = FABRIC_NAME.regex
 MAX_RETRY = 10
 
 # The spec reference: (path, type, required, description). docs/jobs.md shows

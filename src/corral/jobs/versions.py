@@ -25,7 +25,6 @@ from corral.payload import MAX_DEPTH, check_json
 from corral.yamlio import YamlSyntaxError, load_yaml
 
 VERSIONS: dict[str, ModuleType] = {v1.API_VERSION: v1}
-LATEST = v1.API_VERSION
 MAX_BYTES = 1 << 20
 
 

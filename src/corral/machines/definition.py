@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from corral import names
+
 TIMEOUT_EVENT = "timeout"
 """The event the deadline sweep fires when a state's timeout expires."""
 
-FIRERS = ("board", "operator", "admin", "operation", "timeout")
+FIRERS: tuple[str, ...] = tuple(role.value for role in names.FIRERS)
 """Who may fire a transition (its ``by:``):
 
 - ``board``: the board itself, with its own token (its second stage's progress);
@@ -25,7 +27,7 @@ FIRERS = ("board", "operator", "admin", "operation", "timeout")
   event.
 """
 
-HUMAN_FIRERS = ("operator", "admin")
+HUMAN_FIRERS: tuple[str, ...] = tuple(role.value for role in names.HUMAN_FIRERS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +125,3 @@ class MachineDefinition:
     @property
     def failed_states(self) -> tuple[str, ...]:
         return tuple(name for name, state in self.states.items() if state.failed)
-
-    @property
-    def operation_kinds(self) -> frozenset[str]:
-        return frozenset(op for state in self.states.values() for op in state.on_enter)

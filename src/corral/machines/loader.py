@@ -9,7 +9,6 @@ for the format.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from corral.machines.definition import (
     TransitionDef,
     VarDef,
 )
+from corral.names import DEFINITION_NAME
 from corral.validation import Problem
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
 
@@ -43,7 +43,7 @@ STATE_KEYS = (
 COUNTER_KEYS = ("name", "max", "failure", "count")
 TRANSITION_KEYS = ("trigger", "source", "dest", "by", "vars")
 REQUIRED_TRANSITION_KEYS = ("trigger", "source", "dest", "by")
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_RE = DEFINITION_NAME.regex
 
 
 class DefinitionError(CorralError):

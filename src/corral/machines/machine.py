@@ -190,10 +190,6 @@ class StateMachine:
         s = self.definition.states.get(state)
         return bool(s and s.failed)
 
-    def payload_vars(self, state: str, event: str) -> tuple[VarDef, ...]:
-        """The payload values ``event`` must carry in ``state`` (usually none)."""
-        return self._vars.get((state, event), ())
-
     def _take_vars(self, state: str, event: str, payload: Any, name: str) -> dict[str, Any]:
         wanted = self._vars.get((state, event))
         if not wanted:

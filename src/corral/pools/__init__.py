@@ -1,4 +1,4 @@
-"""Pools of nodes and their OS overrides through MO (seed 000)."""
+"""Pools of nodes and their OS overrides through MO (docs/pools.md)."""
 
 from corral.pools.service import KIND, Held, PoolService, reserve_pool_events
 

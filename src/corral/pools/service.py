@@ -1,7 +1,7 @@
-"""Pools: who holds which pool, and starting OS overrides (seed 000).
+"""Pools: who holds which pool, and starting OS overrides (docs/pools.md).
 
-The seed's draft keeps ``SELECT ... FOR UPDATE`` on the assignment open across
-the whole MO call and poll. Here every step is one short transaction: lock the
+Nothing keeps ``SELECT ... FOR UPDATE`` on the assignment open across the
+whole MO call and poll. Every step is one short transaction: lock the
 pool machine's row, check and change ``pool_assignments``, fire the pool's
 event, commit. The MO calls run later, as outbox operations, with no lock
 held; the pool machine's state is what keeps a second override out while one
@@ -10,7 +10,6 @@ runs (only ``assigned`` and ``overridden`` accept ``override``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ from dataclasses import dataclass
 from corral.engine.core import Engine, FireResult, Transaction
 from corral.errors import Conflict, DuplicateKey, InvalidRequest
 from corral.machines.needs import Needs, check_needs
+from corral.names import FABRIC_NAME, JOB_RUN_ID
 from corral.store.values import Assignment, MachineState
 
 KIND = "pool"
 FLEET_NAME = "testbed-cert-pool-{index}-{fabric}"
 RAMP_CLASS = "CERTIFICATION"
-JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-FABRIC_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+JOB_RE = JOB_RUN_ID.regex
+FABRIC_RE = FABRIC_NAME.regex
 # Events that change pool_assignments too, or need its check first.
 RESERVED_EVENTS = ("assign", "release", "override")
 # What this service names in code (checked against pool.yaml at start-up).

@@ -32,7 +32,6 @@ from typing import Any, ClassVar, Protocol
 from corral.operations.base import OperationContext, OperationFailed
 
 ON, OFF, UNKNOWN = "on", "off", "unknown"
-BOOT_DEVICES = ("network", "disk")
 
 
 class PowerFailed(OperationFailed):

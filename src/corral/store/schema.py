@@ -265,7 +265,7 @@ idempotency_keys = Table(
 pool_assignments = Table(
     "pool_assignments",
     metadata,
-    # Which job holds which pool (seed 000). The primary key is the guarantee
+    # Which job holds which pool (docs/pools.md). The primary key is the guarantee
     # that a pool has one holder; rows change only in the transaction that
     # also moves the pool machine (assign, release), under its row lock.
     Column("cb_pool_name", String(128), primary_key=True),
@@ -323,5 +323,3 @@ bootres_published = Table(
     Column("version", String(64), nullable=False),
     Index("ix_bootres_published_import_id", "import_id"),
 )
-
-OPEN_OPERATION_STATUSES = ("pending", "running")

@@ -1,5 +1,5 @@
 """``osOverrideAction: {osVersion}``: roll an OS version out to the job's pool
-through MO (seed 000). The action is done when the pool reports every node on
+through MO (docs/pools.md). The action is done when the pool reports every node on
 the version (the pool machine reaches ``overridden``), and fails when the pool
 ends in ``failed_override``."""
 

@@ -3,14 +3,14 @@ job (``corral job signal JOB EVENT`` or ``POST /api/v1/jobs/{id}/signal``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from corral.jobs.actions.base import ActionType, Field
 from corral.jobs.checks import Checker
+from corral.names import SIGNAL_NAME
 
-EVENT_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+EVENT_RE = SIGNAL_NAME.regex
 
 
 class WaitForEventAction(ActionType):
