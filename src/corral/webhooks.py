@@ -5,7 +5,7 @@ delivered or passed over), so the table is its outbox: nothing is written per
 event, and nothing is lost when a process dies. A worker process leases a
 subscription (one at a time per subscription, so its events leave in id
 order, and so in order per machine), reads the matching rows after its cursor
-up to the event stream's settled horizon (:mod:`corral.api.events`), POSTs
+up to the event stream's settled horizon (:mod:`corral.stream`), POSTs
 them one by one, and moves the cursor past each one its receiver accepted
 (any 2xx). A delivery that fails is tried again after a backoff that doubles
 up to ``max_backoff``; after ``failing_after`` failures in a row the
@@ -34,9 +34,9 @@ from typing import Any
 
 import structlog
 
-from corral.api.events import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 from corral.errors import InvalidRequest
 from corral.store.port import Store
+from corral.stream import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 
 log = structlog.get_logger("corral.webhooks")
 SIGNATURE = "Corral-Signature"

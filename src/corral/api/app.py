@@ -47,7 +47,6 @@ from corral.api.callbacks import (
     Front,
     corral_error_answer,
 )
-from corral.api.events import HistoryTail, event_frames
 from corral.bootres.netboot import served_ipxe, served_object
 from corral.config import parse_networks
 from corral.engine.core import Engine, FireResult
@@ -56,6 +55,7 @@ from corral.jobs import versions
 from corral.jobs.service import JobService
 from corral.payload import readable
 from corral.pools import PoolService
+from corral.stream import HistoryTail, event_frames
 from corral.tokens import Principal, TokenStore
 
 log = structlog.get_logger("corral.api")
