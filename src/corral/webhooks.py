@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from corral.errors import InvalidRequest
+from corral.errors import InvalidRequest, NotFound
 from corral.store.port import Store
 from corral.stream import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 
@@ -122,6 +122,31 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
     except DuplicateKey:
         raise Conflict(f"a webhook named {name!r} exists") from None
     return {"name": name, "url": url, "filters": clean, "cursor": cursor}
+
+
+# What only delivery uses: the row's key and who holds its lease until when.
+_BOOKKEEPING = ("id", "lease_owner", "lease_until")
+
+
+def list_subscriptions(store: Store) -> list[dict[str, Any]]:
+    """Every subscription, by name: URL, filters, status, failures in a row,
+    last error, cursor, deliveries, next attempt (never the secret, nor the
+    delivery lease)."""
+    with store.unit() as tx:
+        hooks = tx.list_webhooks()
+    return [{k: v for k, v in hook.items() if k not in _BOOKKEEPING} for hook in hooks]
+
+
+def remove_subscription(store: Store, name: str) -> None:
+    """Delete a subscription (its deliveries stop; the history stays).
+
+    Raises:
+        NotFound: no subscription has that name.
+    """
+    with store.unit() as tx:
+        removed = tx.remove_webhook(name)
+    if not removed:
+        raise NotFound(f"no webhook {name!r}")
 
 
 class WebhookDelivery:
