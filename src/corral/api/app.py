@@ -40,6 +40,7 @@ from corral.api.routes import (
 from corral.config import parse_networks
 from corral.engine.core import Engine
 from corral.jobs.service import JobService
+from corral.machines.needs import check_needs
 from corral.pools import PoolService
 from corral.stream import HistoryTail
 from corral.tokens import TokenStore
@@ -57,7 +58,12 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
                events_heartbeat: float = 15.0, events_interval: float = 0.5) -> Front:
     """The ASGI application: board callbacks answered by :class:`Front`, the rest
     by FastAPI (``Front.app``). ``threads`` bounds the operator requests handled
-    at once; ``default_ttl`` is an override's TTL when a request gives none."""
+    at once; ``default_ttl`` is an override's TTL when a request gives none.
+
+    Raises:
+        DefinitionError: the definitions lack an event a route fires.
+    """
+    check_needs(engine.machines, [boards.NEEDS])
     kinds = engine.machines.kinds()
     callbacks = Callbacks(engine, tokens)
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,

@@ -6,7 +6,9 @@ framework sees it. :data:`callback` declares it here so that
 ``/openapi.json`` documents it, and answers with the same code when the app
 runs without the fast path in front (the tests compare the two).
 
-The maintenance and retire routes name board events in code.
+The maintenance and retire routes name board events in code; :data:`NEEDS`
+declares them, and :func:`corral.api.app.create_app` refuses definitions that
+lack one before it serves anything.
 
 No ``from __future__ import annotations``: FastAPI reads the endpoint
 annotations at run time.
@@ -23,9 +25,13 @@ from corral.api.deps import Admin, EngineDep, Operator, ServicesDep, bearer
 from corral.api.errors import ERRORS
 from corral.api.models import ErrorOut, MaintenanceIn, RetireIn, TransitionOut
 from corral.api.routes.machines import MachineKind
+from corral.machines.needs import Needs
 from corral.tokens import BOARD_ROLE, Principal
 
 MAINTENANCE, LEAVE_MAINTENANCE, RETIRE = "maintenance", "leave_maintenance", "retire"
+
+# The board events these routes fire (held against board.yaml at start-up).
+NEEDS = Needs(service="api", kind="board", events=(MAINTENANCE, LEAVE_MAINTENANCE, RETIRE))
 
 BoardName = Annotated[str, Path(pattern=NAME, description="The board's name.")]
 
