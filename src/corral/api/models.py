@@ -168,6 +168,11 @@ class JobOut(MachineOut):
     finished_at: datetime | None
 
 
+class KindOut(BaseModel):
+    kind: str = Field(description="The machine kind (its routes are /api/v1/{kind}s).")
+    description: str
+
+
 class HistoryEntryOut(BaseModel):
     id: int
     epoch: int

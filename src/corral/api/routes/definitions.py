@@ -1,7 +1,8 @@
 """The machine definitions as loaded, with how many machines are in each state.
 
-What the console draws its diagrams and state filters from, so that it shows
-a lab's own ``statemachines/`` rather than a copy of them.
+What the console lists its kinds and draws its diagrams and state filters
+from, so that it shows a lab's own ``statemachines/`` rather than a copy of
+them.
 
 No ``from __future__ import annotations``: FastAPI reads the endpoint
 annotations at run time.
@@ -14,8 +15,19 @@ from fastapi import APIRouter, Path
 from corral.api.callbacks import NAME, ApiError
 from corral.api.deps import EngineDep, Viewer
 from corral.api.errors import ERRORS
+from corral.api.models import KindOut
 
 router = APIRouter(tags=["definitions"])
+
+
+@router.get("/api/v1/definitions", response_model=list[KindOut], responses=ERRORS,
+            summary="The machine kinds loaded, each with its description.",
+            operation_id="list_definitions")
+def list_definitions(engine: EngineDep, _: Viewer) -> list[KindOut]:
+    """Every kind this Corral serves (one per file in ``statemachines/``):
+    what the console lists."""
+    return [KindOut(kind=kind, description=engine.machines[kind].definition.description)
+            for kind in engine.machines.kinds()]
 
 
 @router.get("/api/v1/definitions/{kind}", responses=ERRORS,
