@@ -5,7 +5,7 @@ delivered or passed over), so the table is its outbox: nothing is written per
 event, and nothing is lost when a process dies. A worker process leases a
 subscription (one at a time per subscription, so its events leave in id
 order, and so in order per machine), reads the matching rows after its cursor
-up to the event stream's settled horizon (:mod:`corral.api.events`), POSTs
+up to the event stream's settled horizon (:mod:`corral.stream`), POSTs
 them one by one, and moves the cursor past each one its receiver accepted
 (any 2xx). A delivery that fails is tried again after a backoff that doubles
 up to ``max_backoff``; after ``failing_after`` failures in a row the
@@ -33,10 +33,10 @@ from typing import Any
 
 import structlog
 
-from corral.api.events import FILTERS, PAGE, event_document, next_cursor, settled_horizon
-from corral.errors import InvalidRequest
+from corral.errors import InvalidRequest, NotFound
 from corral.names import WEBHOOK_NAME
 from corral.store.port import Store
+from corral.stream import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 
 log = structlog.get_logger("corral.webhooks")
 SIGNATURE = "Corral-Signature"
@@ -122,6 +122,31 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
     except DuplicateKey:
         raise Conflict(f"a webhook named {name!r} exists") from None
     return {"name": name, "url": url, "filters": clean, "cursor": cursor}
+
+
+# What only delivery uses: the row's key and who holds its lease until when.
+_BOOKKEEPING = ("id", "lease_owner", "lease_until")
+
+
+def list_subscriptions(store: Store) -> list[dict[str, Any]]:
+    """Every subscription, by name: URL, filters, status, failures in a row,
+    last error, cursor, deliveries, next attempt (never the secret, nor the
+    delivery lease)."""
+    with store.unit() as tx:
+        hooks = tx.webhooks.list()
+    return [{k: v for k, v in hook.items() if k not in _BOOKKEEPING} for hook in hooks]
+
+
+def remove_subscription(store: Store, name: str) -> None:
+    """Delete a subscription (its deliveries stop; the history stays).
+
+    Raises:
+        NotFound: no subscription has that name.
+    """
+    with store.unit() as tx:
+        removed = tx.webhooks.remove(name)
+    if not removed:
+        raise NotFound(f"no webhook {name!r}")
 
 
 class WebhookDelivery:

@@ -250,7 +250,7 @@ def test_an_idle_transaction_elsewhere_does_not_hold_the_stream_up(pg_migrated_u
     operator's psql, say) must not stop the horizon."""
     import psycopg
 
-    from corral.api.events import settled_horizon
+    from corral.stream import settled_horizon
 
     store = open_store(pg_migrated_url)
     engine = Engine(store, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))

@@ -186,3 +186,29 @@ def test_ten_thousand_boards_render_measured(console):
     driver.find_element("id", "search").send_keys("fleet-0999")
     _wait(driver, lambda d: "10 of 10005" in d.find_element("id", "total").text,
           what="the search")
+
+
+def test_the_console_lists_the_kinds_the_server_loaded(tmp_path, monkeypatch):
+    """A lab whose statemachines/ has only boards gets no pool or job pages."""
+    machines = tmp_path / "machines"
+    machines.mkdir()
+    shutil.copy(DEFAULT_STATEMACHINES_DIR / "board.yaml", machines)
+    monkeypatch.setenv("CORRAL_STATEMACHINES_DIR", str(machines))
+    driver = _browser()
+    url = f"sqlite:///{tmp_path}/corral.db"
+    from tests.conftest import _migrate
+
+    _migrate(url)
+    store = open_store(url)
+    Engine(store, MachineSet(load_definitions(machines))).create("board", "b1")
+    viewer = TokenStore(store, cache_seconds=0).issue("vic", "viewer")
+    port = free_port()
+    server = _serve(url, tmp_path, port, 0)
+    try:
+        _login(driver, f"http://127.0.0.1:{port}", viewer)
+        links = [a.text for a in driver.find_elements("css selector", "#kinds a")]
+        assert links == ["boards", "diagram"]
+    finally:
+        driver.quit()
+        stop(server)
+        store.dispose()

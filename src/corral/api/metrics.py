@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from corral.engine.core import Engine, Observer
 from corral.machines import MachineSet
+from corral.webhooks import list_subscriptions
 
 
 class StateCollector(Collector):
@@ -35,8 +36,7 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts, counts_age = self.engine.sweeper.state_counts(max_age=self.counts_max_age)
-        with self.engine.store.unit() as tx:
-            queued, oldest = tx.operations.queue()
+        queued, oldest = self.engine.outbox.queue()
         machines = GaugeMetricFamily("corral_machines", "Machines per kind and state.",
                                      labels=["kind", "state"])
         failed = GaugeMetricFamily("corral_failed_machines",
@@ -73,10 +73,9 @@ class StateCollector(Collector):
         behind = GaugeMetricFamily("corral_webhook_failures",
                                    "Failed deliveries in a row, per webhook subscription.",
                                    labels=["webhook"])
-        with self.engine.store.unit() as tx:
-            for hook in tx.webhooks.list():
-                hooks.add_metric([hook["name"]], 1.0 if hook["status"] == "failing" else 0.0)
-                behind.add_metric([hook["name"]], float(hook["failures"]))
+        for hook in list_subscriptions(self.engine.store):
+            hooks.add_metric([hook["name"]], 1.0 if hook["status"] == "failing" else 0.0)
+            behind.add_metric([hook["name"]], float(hook["failures"]))
         yield from (machines, failed, depth, age, counted, stuck, hooks, behind)
 
 

@@ -265,3 +265,13 @@ class Engine:
         """See :meth:`corral.engine.reads.Reads.history`."""
         return self.reads.history(kind, name, limit=limit, before_id=before_id)
 
+    def ping(self) -> None:
+        """Check that the database answers and its schema is current (readiness).
+
+        Raises:
+            SchemaNotCurrent: the database needs ``corral db upgrade``.
+            Exception: whatever the driver raises while the database is away.
+        """
+        with self.store.unit() as tx:
+            tx.ping()
+        self.store.require_current()

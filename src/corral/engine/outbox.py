@@ -9,7 +9,7 @@ machine.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from corral.engine.events import FireResult
@@ -35,6 +35,11 @@ class Outbox:
             now = self.clock()
             return tx.operations.lease(now=now, owner=owner, limit=limit,
                                        lease_until=now + timedelta(seconds=lease_seconds))
+
+    def queue(self) -> tuple[int, datetime | None]:
+        """How many operations wait or run, and when the oldest was written."""
+        with self.store.unit() as tx:
+            return tx.operations.queue()
 
     def machine_by_id(self, machine_id: int) -> MachineRow | None:
         with self.store.unit() as tx:

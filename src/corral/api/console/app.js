@@ -3,11 +3,10 @@
 // this tab's sessionStorage, never in a URL.
 "use strict";
 
-const KINDS = ["board", "pool", "job"];
 const ROW = 28;                       // px per fleet row (the list is virtualised)
 const state = {
   token: sessionStorage.getItem("corral.token"),
-  who: null, kind: "board", machines: new Map(), order: [], definitions: {},
+  who: null, kind: "board", kinds: [], machines: new Map(), order: [], definitions: {},
   filter: "", stateFilter: null, lastEventId: null, stream: null, page: null,
 };
 const $ = (id) => document.getElementById(id);
@@ -55,9 +54,14 @@ async function start() {
   state.who = (await api("/api/v1/whoami")).body;
   $("login").hidden = true; $("view").hidden = false; $("logout").hidden = false;
   $("who").textContent = `${state.who.name} (${state.who.role})`;
-  $("kinds").innerHTML = KINDS.map((k) => `<a href="#/${k}s" data-kind="${k}">${k}s</a>`).join("")
-    + `<a href="#/diagram/${state.kind}">diagram</a>`;
-  for (const kind of KINDS) state.definitions[kind] = (await api(`/api/v1/definitions/${kind}`)).body;
+  // The kinds this Corral loaded (statemachines/), as the API lists them.
+  state.kinds = (await api("/api/v1/definitions")).body.map((d) => d.kind);
+  $("kinds").innerHTML = state.kinds.map((k) =>
+    `<a href="#/${esc(k)}s" data-kind="${esc(k)}">${esc(k)}s</a>`).join("")
+    + `<a href="#/diagram/${esc(state.kind)}">diagram</a>`;
+  for (const kind of state.kinds) {
+    state.definitions[kind] = (await api(`/api/v1/definitions/${encodeURIComponent(kind)}`)).body;
+  }
   webhooks();
   follow();
   route();
@@ -90,8 +94,8 @@ async function route() {
     a.classList.toggle("on", a.dataset.kind === state.kind));
   try {
     if (parts[0] === "diagram") return await showDiagram(parts[1] || "board");
-    if (KINDS.includes(parts[0]) && parts[1]) return await showMachine(parts[0], parts[1]);
-    const kind = KINDS.find((k) => `${k}s` === parts[0]) || "board";
+    if (state.kinds.includes(parts[0]) && parts[1]) return await showMachine(parts[0], parts[1]);
+    const kind = state.kinds.find((k) => `${k}s` === parts[0]) || state.kinds[0] || "board";
     return await showFleet(kind);
   } catch (error) {
     if (error.message !== "401") $("view").innerHTML = `<p class="error">${esc(error.message)}</p>`;

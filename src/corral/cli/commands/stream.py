@@ -41,7 +41,7 @@ def watch(obj: CliContext, kinds: tuple[str, ...], names: tuple[str, ...],
         documents = follow_remote(obj.url, os.environ.get("CORRAL_TOKEN"), after=after,
                                   filters=filters)
     else:
-        from corral.api.events import follow
+        from corral.stream import follow
 
         documents = follow(obj.engine().store, after=after, filters=filters)
     try:

@@ -8,7 +8,6 @@ import click
 
 from corral.cli.context import CliContext
 from corral.cli.output import to_json
-from corral.errors import NotFound
 
 
 def register(root: click.Group) -> None:
@@ -57,8 +56,9 @@ def webhook_add(obj: CliContext, url: str, name: str | None, filters: tuple[str,
 @click.pass_obj
 def webhook_list(obj: CliContext, as_json: bool) -> None:
     """Subscriptions with their status, cursor and last error (never the secret)."""
-    with obj.engine().store.unit() as tx:
-        hooks = tx.webhooks.list()
+    from corral.webhooks import list_subscriptions
+
+    hooks = list_subscriptions(obj.engine().store)
     if as_json:
         click.echo(to_json(hooks))
         return
@@ -75,8 +75,7 @@ def webhook_list(obj: CliContext, as_json: bool) -> None:
 @click.pass_obj
 def webhook_remove(obj: CliContext, name: str) -> None:
     """Delete a subscription."""
-    with obj.engine().store.unit() as tx:
-        removed = tx.webhooks.remove(name)
-    if not removed:
-        raise NotFound(f"no webhook {name!r}")
+    from corral.webhooks import remove_subscription
+
+    remove_subscription(obj.engine().store, name)
     click.echo(f"webhook {name} removed")

@@ -1,8 +1,10 @@
-"""The event stream: every history row, in commit order, as Server-Sent Events.
+"""The history stream: every history row, in commit order, for whoever follows it.
 
-``GET /api/v1/events`` sends each row as it commits, with its history id as
-the SSE ``id``; ``Last-Event-ID`` (or ``?after=ID``) resumes exactly after a
-row, so a client that reconnects loses nothing and sees nothing twice.
+Three readers follow the history table in commit order: the API's Server-Sent
+Events route (``GET /api/v1/events``), webhook delivery (:mod:`corral.webhooks`)
+and ``corral watch``. Each row goes out with its history id; a reader that
+resumes after an id loses nothing and sees nothing twice. This module is what
+they share, below the HTTP layer.
 
 Ids are handed out in one order and committed in another when writers run
 concurrently (PostgreSQL, MariaDB): a reader already past id N could miss a
