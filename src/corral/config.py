@@ -9,64 +9,116 @@ with the setting's name, where it came from and what is allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 from corral.errors import ConfigError
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store import DEFAULT_DATABASE_URL
+from corral.validation import Strict, refuse
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("auto", "json", "console")
-BACKENDS = ("simulated", "command")
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
+Backend = Literal["simulated", "command"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
+def _from_text(convert: Callable[[str], Any]) -> BeforeValidator:
+    """A variable's text read as ``int`` or ``float`` the way Python reads a
+    number (``"2.0"`` is not a whole number); other values are checked as they are."""
+    def read(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return convert(value)
+            except ValueError:
+                return value
+        return value
+    return BeforeValidator(read)
+
+
+def _probability(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise refuse("must be between 0 and 1")
+    return value
+
+
+def _host_port(value: str) -> str:
+    if _split_host_port(value) is None:
+        raise refuse("must be HOST:PORT, e.g. 127.0.0.1:8080")
+    return value
+
+
+def _networks(value: str) -> str:
+    wrong = _not_a_network(value)
+    if wrong is not None:
+        raise refuse("holds {part}, which is not a network such as 10.0.0.0/24",
+                     part=repr(wrong))
+    return value
+
+
+Int = Annotated[int, _from_text(int)]
+Float = Annotated[float, _from_text(float)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+Count = Annotated[Int, Field(ge=0)]
+Seconds = Annotated[Float, Field(ge=0)]
+Probability = Annotated[Float, AfterValidator(_probability)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+Networks = Annotated[str, AfterValidator(_networks)]
+
+
+class Settings(Strict):
+    """Every setting with its type, default and check; ``CORRAL_<NAME>``
+    variables are text, read as numbers where the setting is one."""
+
     database_url: str = DEFAULT_DATABASE_URL
     statemachines_dir: str = str(DEFAULT_STATEMACHINES_DIR)
-    log_level: str = "info"
-    log_format: str = "auto"
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
     # HTTP
-    listen: str = "127.0.0.1:8080"
-    http_threads: int = 64
+    listen: HostPort = "127.0.0.1:8080"
+    http_threads: PositiveInt = 64
     # Seconds a client has to send a request's headers, then its body; slower
     # ones get 408 and are disconnected (they would hold a connection for ever).
-    http_header_timeout: float = 10.0
-    http_body_timeout: float = 30.0
+    http_header_timeout: PositiveFloat = 10.0
+    http_body_timeout: PositiveFloat = 30.0
     # API processes sharing the listen address (SO_REUSEPORT); about one core each.
-    http_processes: int = 1
-    token_cache_seconds: float = 2.0
+    http_processes: PositiveInt = 1
+    token_cache_seconds: Seconds = 2.0
     # How long a callback's Idempotency-Key is remembered (hours; 0: forever).
-    idempotency_key_hours: float = 24.0
+    idempotency_key_hours: Seconds = 24.0
     # Retention (days; 0: keep everything): history rows (each machine keeps
     # its newest) and finished operations older than this are deleted.
-    history_retention_days: float = 0.0
-    operation_retention_days: float = 0.0
+    history_retention_days: Seconds = 0.0
+    operation_retention_days: Seconds = 0.0
     # Sweeps
-    sweep_interval: float = 1.0
-    sweep_batch: int = 1000
-    sweep_threads: int = 2
+    sweep_interval: PositiveFloat = 1.0
+    sweep_batch: PositiveInt = 1000
+    sweep_threads: PositiveInt = 2
     # Seconds between recounts of machines per state (the /metrics gauges).
-    state_count_interval: float = 10.0
-    timeout_scale: float = 1.0
+    state_count_interval: PositiveFloat = 10.0
+    timeout_scale: PositiveFloat = 1.0
     # Group commit: concurrent events in one process share transactions
     # (0 turns it off: one transaction per event).
-    group_commit_threads: int = 2
-    group_commit_max_batch: int = 64
+    group_commit_threads: Count = 2
+    group_commit_max_batch: PositiveInt = 64
     # Operations
-    backend: str = "command"
-    operation_interval: float = 0.5
-    operation_threads: int = 8
-    operation_lease: float = 120.0
-    operation_max_attempts: int = 5
-    operation_retry_delay: float = 5.0
-    command_timeout: float = 60.0
+    backend: Backend = "command"
+    operation_interval: PositiveFloat = 0.5
+    operation_threads: PositiveInt = 8
+    operation_lease: PositiveFloat = 120.0
+    operation_max_attempts: PositiveInt = 5
+    operation_retry_delay: Seconds = 5.0
+    command_timeout: PositiveFloat = 60.0
     command_power_cycle: str = ""
     command_power_on: str = ""
     command_power_off: str = ""
@@ -78,19 +130,19 @@ class Settings:
     # The event stream: a comment every events_heartbeat seconds of silence;
     # the horizon looked at every events_interval seconds (PostgreSQL's
     # notifications move it at once).
-    events_heartbeat: float = 15.0
-    events_interval: float = 0.5
+    events_heartbeat: PositiveFloat = 15.0
+    events_interval: PositiveFloat = 0.5
     # Webhook delivery (worker processes): how often subscriptions are looked
     # at, a POST's timeout, how long a process holds a subscription, failures
     # in a row before it is marked failing, and the longest wait between tries.
-    webhook_interval: float = 0.5
-    webhook_timeout: float = 10.0
-    webhook_lease: float = 60.0
-    webhook_failing_after: int = 5
-    webhook_max_backoff: float = 300.0
+    webhook_interval: PositiveFloat = 0.5
+    webhook_timeout: PositiveFloat = 10.0
+    webhook_lease: PositiveFloat = 60.0
+    webhook_failing_after: PositiveInt = 5
+    webhook_max_backoff: PositiveFloat = 300.0
     # Seconds an operation waits for a free slot of its board's power
     # controller (a PDU, a relay bank) before trying again later.
-    power_controller_wait: float = 60.0
+    power_controller_wait: PositiveFloat = 60.0
     # Boot resources: where imports publish, and (when set) where the PXE
     # configuration of a reimaged board is written from them.
     bootres_storage: str = "./var/boot-resources"
@@ -100,27 +152,27 @@ class Settings:
     boot_callback_url: str = ""
     # Who may fetch /boot/* (iPXE scripts, which carry reimage tokens, and boot
     # objects): comma-separated networks, e.g. 10.0.0.0/24; empty: anyone.
-    boot_networks: str = ""
+    boot_networks: Networks = ""
     # Switching a board to local boot when no backend can (command backend).
     command_boot_local: str = ""
     # Jobs: how often the scheduler gives free pools to queued jobs (seconds).
-    job_dispatch_interval: float = 1.0
+    job_dispatch_interval: PositiveFloat = 1.0
     # Maintenance Orchestrator (gRPC)
-    mo_target: str = "127.0.0.1:50051"
-    mo_deadline: float = 5.0
-    mo_attempts: int = 5
+    mo_target: HostPort = "127.0.0.1:50051"
+    mo_deadline: PositiveFloat = 5.0
+    mo_attempts: PositiveInt = 5
     # How long an override lasts at MO unless renewed (seconds; 12 h).
-    mo_override_ttl: int = 43200
+    mo_override_ttl: PositiveInt = 43200
     # Simulated lab
-    sim_seed: int = 0
-    sim_operation_seconds: float = 0.2
-    sim_power_cycle_failure: float = 0.02
-    sim_ping_failure: float = 0.1
-    sim_poll_failure: float = 0.05
-    sim_boot_seconds: float = 8.0
-    sim_install_seconds: float = 15.0
-    sim_install_failure: float = 0.1
-    sim_reimage_rate: float = 0.02
+    sim_seed: Count = 0
+    sim_operation_seconds: Seconds = 0.2
+    sim_power_cycle_failure: Probability = 0.02
+    sim_ping_failure: Probability = 0.1
+    sim_poll_failure: Probability = 0.05
+    sim_boot_seconds: Seconds = 8.0
+    sim_install_seconds: Seconds = 15.0
+    sim_install_failure: Probability = 0.1
+    sim_reimage_rate: Probability = 0.02
     sim_dead_boards: str = ""
 
     @property
@@ -128,56 +180,7 @@ class Settings:
         return self.worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
-
-_POSITIVE = {"http_threads", "http_processes", "http_header_timeout", "http_body_timeout",
-             "sweep_interval", "sweep_batch", "sweep_threads", "state_count_interval",
-             "group_commit_max_batch",
-             "timeout_scale", "operation_interval", "operation_threads", "operation_lease",
-             "operation_max_attempts", "command_timeout", "power_controller_wait", "mo_deadline",
-             "events_heartbeat", "events_interval", "webhook_interval", "webhook_timeout",
-             "webhook_lease", "webhook_failing_after", "webhook_max_backoff",
-             "mo_attempts",
-             "mo_override_ttl", "job_dispatch_interval"}
-_NON_NEGATIVE = {"token_cache_seconds", "idempotency_key_hours", "history_retention_days",
-                 "operation_retention_days", "group_commit_threads",
-                 "operation_retry_delay", "sim_operation_seconds",
-                 "sim_boot_seconds", "sim_install_seconds", "sim_seed"}
-_PROBABILITIES = {"sim_power_cycle_failure", "sim_ping_failure", "sim_poll_failure",
-                  "sim_install_failure", "sim_reimage_rate"}
-_CHOICES = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS, "backend": BACKENDS}
-
-
-def _coerce(name: str, raw: Any, origin: str) -> Any:
-    field_type = {f.name: f.type for f in fields(Settings)}[name]
-    try:
-        if field_type == "int":
-            if isinstance(raw, bool):
-                raise ValueError
-            value: Any = int(raw) if isinstance(raw, int | str) else _bad()
-        elif field_type == "float":
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw) if isinstance(raw, int | float | str) else _bad()
-        else:
-            value = raw if isinstance(raw, str) else _bad()
-    except ValueError:
-        kind = {"int": "a whole number", "float": "a number"}.get(str(field_type), "a string")
-        raise ConfigError(f"{name} (from {origin}) must be {kind}, not {raw!r}") from None
-    if name in _POSITIVE and not value > 0:
-        raise ConfigError(f"{name} (from {origin}) must be greater than 0, not {raw!r}")
-    if name in _NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{name} (from {origin}) must not be negative, not {raw!r}")
-    if name in _PROBABILITIES and not 0 <= value <= 1:
-        raise ConfigError(f"{name} (from {origin}) must be between 0 and 1, not {raw!r}")
-    if name in ("listen", "mo_target"):
-        parse_listen(value, origin, name)
-    if name == "boot_networks":
-        parse_networks(value, origin)
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise ConfigError(f"{name} (from {origin}) must be one of "
-                          f"{', '.join(_CHOICES[name])}, not {raw!r}")
-    return value
+SETTINGS: tuple[str, ...] = tuple(Settings.model_fields)
 
 
 def parse_networks(value: str, origin: str = "boot_networks") -> list[Any]:
@@ -186,18 +189,24 @@ def parse_networks(value: str, origin: str = "boot_networks") -> list[Any]:
     Raises:
         ConfigError: one of them is not a network.
     """
-    import ipaddress
+    wrong = _not_a_network(value)
+    if wrong is not None:
+        raise ConfigError(f"boot_networks (from {origin}): {wrong!r} is not a network "
+                          "such as 10.0.0.0/24")
+    return [ipaddress.ip_network(part, strict=False) for part in _parts(value)]
 
-    networks = []
-    for part in (p.strip() for p in value.split(",")):
-        if not part:
-            continue
+
+def _parts(value: str) -> list[str]:
+    return [part for part in (p.strip() for p in value.split(",")) if part]
+
+
+def _not_a_network(value: str) -> str | None:
+    for part in _parts(value):
         try:
-            networks.append(ipaddress.ip_network(part, strict=False))
+            ipaddress.ip_network(part, strict=False)
         except ValueError:
-            raise ConfigError(f"boot_networks (from {origin}): {part!r} is not a network "
-                              "such as 10.0.0.0/24") from None
-    return networks
+            return part
+    return None
 
 
 def parse_listen(value: str, origin: str = "listen", name: str = "listen") -> tuple[str, int]:
@@ -206,16 +215,19 @@ def parse_listen(value: str, origin: str = "listen", name: str = "listen") -> tu
     Raises:
         ConfigError: not of that form, or the port is out of range.
     """
+    address = _split_host_port(value)
+    if address is None:
+        raise ConfigError(f"{name} (from {origin}) must be HOST:PORT, e.g. 127.0.0.1:8080, "
+                          f"not {value!r}")
+    return address
+
+
+def _split_host_port(value: str) -> tuple[str, int] | None:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{name} (from {origin}) must be HOST:PORT, e.g. 127.0.0.1:8080, "
-                          f"not {value!r}")
+        return None
     return host, int(port)
-
-
-def _bad() -> Any:
-    raise ValueError
 
 
 def load_settings(
@@ -241,16 +253,53 @@ def load_settings(
             raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        for key, raw in document.items():
+        for key in document:
             if key not in SETTINGS:
                 raise ConfigError(f"{path}: unknown setting {key!r}; settings: "
                                   f"{', '.join(SETTINGS)}")
-            values[key] = _coerce(key, raw, path)
-    for name in SETTINGS:
-        variable = f"CORRAL_{name.upper()}"
-        if variable in env:
-            values[name] = _coerce(name, env[variable], variable)
-    for name, raw in (overrides or {}).items():
-        if raw is not None:
-            values[name] = _coerce(name, raw, "the command line")
+        values |= _checked(document, lambda _: str(path))
+    variables = {name: env[_variable(name)] for name in SETTINGS if _variable(name) in env}
+    values |= _checked(variables, _variable)
+    given = {name: raw for name, raw in (overrides or {}).items() if raw is not None}
+    values |= _checked(given, lambda _: "the command line")
     return Settings(**values)
+
+
+def _variable(name: str) -> str:
+    return f"CORRAL_{name.upper()}"
+
+
+def _checked(raw: Mapping[str, Any], origin: Callable[[str], str]) -> dict[str, Any]:
+    """The settings of one source, each checked by its field of :class:`Settings`.
+
+    Raises:
+        ConfigError: every bad value, each with its setting and where it came from.
+    """
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_problem(detail, raw, origin)
+                                    for detail in exc.errors(include_url=False))) from None
+    return {name: getattr(settings, name) for name in raw}
+
+
+_WORDS = {
+    "int_type": "must be a whole number", "float_type": "must be a number",
+    "string_type": "must be a string", "greater_than": "must be greater than 0",
+    "greater_than_equal": "must not be negative",
+}
+
+
+def _problem(detail: Any, raw: Mapping[str, Any], origin: Callable[[str], str]) -> str:
+    """One bad value in the words of a setting: ``sweep_batch (from
+    CORRAL_SWEEP_BATCH) must be a whole number, not 'lots'``."""
+    name = str(detail["loc"][0])
+    where = f"{name} (from {origin(name)})"
+    kind = detail["type"]
+    if kind == "literal_error":
+        choices = get_args(Settings.model_fields[name].annotation)
+        return f"{where} must be one of {', '.join(choices)}, not {raw[name]!r}"
+    if kind == "corral" and detail["msg"].startswith("holds"):
+        return f"{where} {detail['msg']}"
+    words = _WORDS.get(kind, detail["msg"])
+    return f"{where} {words}, not {raw[name]!r}"

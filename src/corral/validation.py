@@ -134,6 +134,10 @@ def _locate(schema: Any, doc: Any, loc: tuple[str | int, ...]) -> _Spot:
     spot = _Spot(line=getattr(doc, "line", 1) or 1, keys=[])
     kind: Any = schema
     for part in loc:
+        if part == "[key]":
+            # A mapping's key is wrong, not its value: the key's line and path.
+            spot.parent, kind = None, None
+            break
         kind = _unwrap(kind)
         member = _tagged_member(kind, part)
         if member is not None:

@@ -152,12 +152,12 @@ def _broken_machines(tmp_path: Path, old: str, new: str) -> Path:
     ("old", "new", "message"),
     [
         ("    timeout: 300\n", "    timeout: 300\n    retries: 2\n",
-         "unknown key 'retries' in state 'ready'; allowed keys:"),
+         "states.ready: unknown key 'retries' (allowed:"),
         ("dest: rebooting, by: board}", "dest: rebootin, by: board}",
          "unknown target state 'rebootin'"),
         ("dest: retired\n    by: admin\n", "dest: retired\n    by: root\n",
-         "by names 'root'; who may fire a transition: board, operator, admin"),
-        ("      failure: failed_pinging\n", "", "needs failure"),
+         "by[0]: must be one of board, operator, admin, operation, timeout, not 'root'"),
+        ("      failure: failed_pinging\n", "", "counter: missing required key 'failure'"),
     ],
 )
 def test_malformed_definition_stops_serve(corral, tmp_path, old, new, message):

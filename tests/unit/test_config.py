@@ -60,3 +60,11 @@ def test_every_setting_is_documented():
     text = DOCS.read_text()
     missing = [name for name in SETTINGS if f"`{name}`" not in text]
     assert not missing, f"docs/configuration.md does not describe: {missing}"
+
+
+def test_every_bad_value_of_a_source_is_named_at_once():
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"CORRAL_SWEEP_BATCH": "2.0", "CORRAL_LISTEN": "nowhere"})
+    assert str(info.value) == (
+        "listen (from CORRAL_LISTEN) must be HOST:PORT, e.g. 127.0.0.1:8080, not 'nowhere'; "
+        "sweep_batch (from CORRAL_SWEEP_BATCH) must be a whole number, not '2.0'")

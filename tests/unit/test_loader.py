@@ -55,8 +55,8 @@ def test_minimal_definition_loads():
 def test_unknown_key_names_file_line_and_allowed_keys():
     [problem] = problems_of(MINIMAL.replace("    on_timeout: idle\n",
                                             "    on_timeout: idle\n    retries: 3\n"))
-    assert problem.startswith("widget.yaml:7: unknown key 'retries' in state 'idle'")
-    assert "allowed keys: description, timeout, on_timeout, counter" in problem
+    assert problem.startswith("widget.yaml:7: states.idle: unknown key 'retries'")
+    assert "(allowed: description, timeout, on_timeout, counter" in problem
 
 
 def test_unknown_target_state():
@@ -71,7 +71,7 @@ def test_counter_without_failure_state():
                            "    on_enter: [poke]\n    counter: {max: 3}\n")
     [problem] = problems_of(text)
     assert problem.startswith("widget.yaml:8:")
-    assert "needs failure" in problem
+    assert "states.idle.counter: missing required key 'failure'" in problem
 
 
 def test_counter_failure_state_must_exist_and_be_terminal():
@@ -92,7 +92,7 @@ def test_every_problem_is_reported_at_once():
     assert len(found) == 3
     assert any("unknown key 'colour'" in p for p in found)
     assert any("nowhere" in p for p in found)
-    assert any("timeout must be a positive number" in p for p in found)
+    assert any("states.idle.timeout: must be a number above 0" in p for p in found)
 
 
 def test_terminal_state_cannot_time_out():
@@ -161,26 +161,22 @@ def test_bad_vars_name_the_line_and_the_types():
                            "    by: operation\n"
                            "    vars: {version: text, Bad: string}")
     found = problems_of(text)
-    assert found[0].startswith("widget.yaml:15: var 'version' has type 'text'; types: string, "
-                               "integer, number, boolean")
-    assert "widget.yaml:15: a var name must be" in found[1]
+    assert found[0] == ("widget.yaml:15: transitions[0].vars.version: must be one of string, "
+                        "integer, number, boolean (a trailing '?' makes it optional), not 'text'")
+    assert found[1].startswith("widget.yaml:15: transitions[0].vars.Bad: must be a name")
     assert problems_of(MINIMAL.replace("by: operation}", "by: operation, vars: [a]}")) == [
-        "widget.yaml:11: vars must be a mapping of payload key to type (string, integer, "
-        "number, boolean; a trailing '?' makes it optional)"]
+        "widget.yaml:11: transitions[0].vars: must be a mapping, not a list"]
 
 
 def test_every_transition_says_who_may_fire_it():
     text = MINIMAL.replace(", by: operation}", "}")
     assert problems_of(text) == [
-        "widget.yaml:11: transition is missing by (dest may be null for an event that keeps "
-        "the state; by says who may fire it: some of board, operator, admin, operation, "
-        "timeout)"]
+        "widget.yaml:11: transitions[0]: missing required key 'by'"]
     assert problems_of(MINIMAL.replace("by: operation}", "by: [operation, root]}")) == [
-        "widget.yaml:11: by names 'root'; who may fire a transition: board, operator, admin, "
-        "operation, timeout"]
+        "widget.yaml:11: transitions[0].by[1]: must be one of board, operator, admin, "
+        "operation, timeout, not 'root'"]
     assert problems_of(MINIMAL.replace("by: operation}", "by: []}")) == [
-        "widget.yaml:11: by must name who may fire the transition: one or a list of board, "
-        "operator, admin, operation, timeout, not []"]
+        "widget.yaml:11: transitions[0].by: must not be empty"]
 
 
 def test_operation_results_come_only_from_workers():

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from corral.validation import Omittable, Strict, validate
+from corral.validation import Omittable, Strict, refuse, validate
 from corral.yamlio import load_yaml
 
 
@@ -48,3 +48,17 @@ def test_a_document_that_is_not_a_mapping_lists_the_keys():
     _, problems = validate(Host, load_yaml("- h1\n"), "host.yaml")
     assert [str(p) for p in problems] == [
         "host.yaml:1: must be a mapping with keys name, disks, verbose, not a list"]
+
+
+def test_a_wrong_key_of_a_mapping_is_shown_at_that_key():
+    def lowercase(key: str) -> str:
+        if not key.islower():
+            raise refuse("must be lowercase, not {key}", key=repr(key))
+        return key
+
+    class Labels(Strict):
+        labels: dict[Annotated[str, AfterValidator(lowercase)], int]
+
+    _, problems = validate(Labels, load_yaml("labels:\n  rack: 1\n  Row: 2\n"), "labels.yaml")
+    assert [str(p) for p in problems] == [
+        "labels.yaml:3: labels.Row: must be lowercase, not 'Row'"]

@@ -1,4 +1,9 @@
-"""Collecting every problem of a document at once, each with its path."""
+"""Collecting every problem of a job spec at once, each with its path.
+
+The wording of these problems is part of each spec version (the negative
+fixtures of tests/golden/jobspec/ and docs/jobs.md hold it); a wrong value is
+shown as every Corral file shows one (:func:`corral.validation.describe`).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.jobs.spec import UNITS
+from corral.validation import describe
+
+__all__ = ["Checker", "describe", "duration_doc"]
 
 NAME_LIMIT = 200
-
-
-def describe(value: Any) -> str:
-    """How a wrong value is shown: its YAML/JSON type, and the value."""
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        hint = " (quote it to keep it a string)" if isinstance(value, float) else ""
-        return f"the number {value!r}{hint}"
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 class Checker:
