@@ -15,6 +15,7 @@ from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
 from corral.errors import ConfigError, UnknownMachine
 from corral.jobs.service import reserve_job_events
+from corral.leases.service import install as install_leases
 from corral.machines import DefinitionError, MachineSet, load_definitions
 from corral.machines.loader import Problem
 from corral.pools.service import reserve_pool_events
@@ -25,6 +26,7 @@ from corral.store import open_store
 if TYPE_CHECKING:
     from corral.bootres.pxe import BootResourcePxe
     from corral.engine.worker import OperationWorker
+    from corral.leases.service import LeaseService
     from corral.mo.client import MoClient
     from corral.operations.base import Handler
 
@@ -43,7 +45,18 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
     engine = Engine(store, machines, clock=clock, timeout_scale=settings.timeout_scale)
     reserve_pool_events(engine)
     reserve_job_events(engine)
+    install_leases(engine)
     return engine
+
+
+def lease_service(engine: Engine, settings: Settings) -> LeaseService:
+    """The lease service, running the scheduler's pass whenever a lease asks
+    or ends."""
+    from corral.leases.scheduler import LeaseScheduler
+    from corral.leases.service import LeaseService
+
+    scheduler = LeaseScheduler(engine, settings)
+    return LeaseService(engine, settings, kick=scheduler.run_pass)
 
 
 def mo_client(settings: Settings) -> MoClient:

@@ -163,6 +163,32 @@ class Settings(Strict):
     mo_attempts: PositiveInt = 5
     # How long an override lasts at MO unless renewed (seconds; 12 h).
     mo_override_ttl: PositiveInt = 43200
+    # Leases (docs/leases.md). How often the lease scheduler runs its pass
+    # (it also runs at once when a lease asks or ends); a lease's duration when
+    # it names none, and the longest one request or renewal may ask for; how
+    # long a lease may last in all, renewals included; the longest a request
+    # may wait in the queue (its wait timeout when it gives none).
+    lease_interval: PositiveFloat = 2.0
+    lease_default_duration: PositiveInt = 3600
+    lease_max_duration: PositiveInt = 86400
+    lease_max_total: PositiveInt = 259200
+    lease_max_wait: PositiveInt = 86400
+    # Quotas per owner: boards held at once, leases queued at once.
+    lease_quota_boards: PositiveInt = 20
+    lease_quota_queued: PositiveInt = 100
+    # Fair share: board-time each share (a project, else an owner) used over
+    # this window ranks its queued leases within their priority class; every
+    # second a lease waits cancels `lease_wait_boost` board-seconds of use, so
+    # nothing waits for ever.
+    lease_share_window: PositiveInt = 86400
+    lease_wait_boost: PositiveFloat = 1.0
+    # A lease that has waited this long keeps the boards it could use from
+    # leases ranked below it, so that a large request is not starved by small ones.
+    lease_reserve_after: PositiveInt = 300
+    # What a returned board is reimaged to (empty: its inventory release).
+    lease_baseline_release: str = ""
+    # The warning event this long before a lease expires (seconds).
+    lease_expiry_warning: PositiveInt = 300
     # Simulated lab
     sim_seed: Count = 0
     sim_operation_seconds: Seconds = 0.2

@@ -56,6 +56,8 @@ class Identifier:
 MACHINE_NAME = Identifier("machine name", r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 BOARD_NAME = MACHINE_NAME.named("board name")
 POOL_NAME = MACHINE_NAME.named("pool name")
+# A lease's name (lease-17), the name of its machine.
+LEASE_NAME = MACHINE_NAME.named("lease name")
 # A webhook subscription shares the machines' rule for names.
 WEBHOOK_NAME = MACHINE_NAME.named("webhook name")
 
@@ -113,19 +115,23 @@ class Role(enum.StrEnum):
 
     BOARD = "board"  # a board's own token: its second stage's events
     REIMAGE = "reimage"  # a board's token for one reimage, on its kernel command line
+    HOLDER = "holder"  # a lease's token: the events its holder may fire at its boards
     VIEWER = "viewer"
+    USER = "user"  # someone who leases boards (a test run, a developer)
     OPERATOR = "operator"
     ADMIN = "admin"
     OPERATION = "operation"  # a worker reporting a result; no token holds it
     TIMEOUT = "timeout"  # the deadline sweep; no token holds it
+    LEASE = "lease"  # the lease scheduler (docs/leases.md); no token holds it
 
 
 # Who may be named in a transition's `by:` (docs/state-machines.md).
-FIRERS = (Role.BOARD, Role.OPERATOR, Role.ADMIN, Role.OPERATION, Role.TIMEOUT)
+FIRERS = (Role.BOARD, Role.OPERATOR, Role.ADMIN, Role.OPERATION, Role.TIMEOUT, Role.HOLDER,
+          Role.LEASE)
 # The firers a person acts as (an operator token, an admin token, the local CLI).
 HUMAN_FIRERS = (Role.OPERATOR, Role.ADMIN)
 # The roles an operator token may be created with (a board's tokens get theirs).
-TOKEN_ROLES = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+TOKEN_ROLES = (Role.VIEWER, Role.USER, Role.OPERATOR, Role.ADMIN)
 # Who fires an event from each source when the caller names no role (an admin
 # token names Role.ADMIN).
 SOURCE_ROLES = {Source.CALLBACK: Role.BOARD, Source.OPERATOR: Role.OPERATOR,

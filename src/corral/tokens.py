@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -33,9 +35,11 @@ BOARD_ROLE = Role.BOARD.value
 # on its kernel command line, good for that board's second-stage events only
 # while it is on the reimage path (see docs/lab.md, "The reimage token").
 REIMAGE_ROLE = Role.REIMAGE.value
-RANK = {BOARD_ROLE: 0, REIMAGE_ROLE: 0, Role.VIEWER.value: 1, Role.OPERATOR.value: 2,
-        Role.ADMIN.value: 3}
-RESERVED_PREFIXES = ("board:", "reimage:")
+# A lease's token: issued with the lease, good for that lease's routes only.
+HOLDER_ROLE = Role.HOLDER.value
+RANK = {BOARD_ROLE: 0, REIMAGE_ROLE: 0, HOLDER_ROLE: 0, Role.VIEWER.value: 1,
+        Role.USER.value: 2, Role.OPERATOR.value: 3, Role.ADMIN.value: 4}
+RESERVED_PREFIXES = ("board:", "reimage:", "lease:")
 PREFIX = "corral"
 _TOKEN_ID = re.compile(r"[0-9]{1,19}")
 MAX_TOKEN_ID = 2**63 - 1
@@ -102,7 +106,7 @@ class TokenStore:
             raise CorralError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if not name or name.startswith(RESERVED_PREFIXES) or len(name) > 200:
             raise CorralError("a token name is 1-200 characters and may not start with "
-                              "'board:' or 'reimage:'")
+                              "'board:', 'reimage:' or 'lease:'")
         return self._save(name, role, None)
 
     def issue_for_board(self, board: str) -> str:
@@ -137,15 +141,13 @@ class TokenStore:
         return revoked
 
     def _save(self, name: str, role: str, machine_id: int | None) -> str:
-        secret = secrets.token_urlsafe(32)
         try:
             with self.store.unit() as tx:
-                token_id = tx.tokens.save(name=name, role=role, machine_id=machine_id,
-                                        secret_hash=_digest(secret), now=self.clock())
+                token = mint(tx, name=name, role=role, machine_id=machine_id, now=self.clock())
         except DuplicateKey:
             raise Conflict(f"token {name!r} was created concurrently; try again") from None
         self._cache.clear()
-        return f"{PREFIX}_{token_id}_{secret}"
+        return token
 
     def revoke(self, name: str) -> None:
         """Raises: NotFound when there is no live token of that name."""
@@ -243,6 +245,16 @@ class TokenStore:
                 # The entries then run out, and requests verify their tokens
                 # one by one (and get 503 while the database is away).
                 log.warning("token_revalidation_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def mint(tx: Any, *, name: str, role: str, machine_id: int | None, now: datetime) -> str:
+    """Create or rotate token ``name`` inside the store transaction ``tx``;
+    returns the token (shown once). A lease's token is minted in the
+    transaction that stores the lease."""
+    secret = secrets.token_urlsafe(32)
+    token_id = tx.tokens.save(name=name, role=role, machine_id=machine_id,
+                              secret_hash=_digest(secret), now=now)
+    return f"{PREFIX}_{token_id}_{secret}"
 
 
 def _principal(row: TokenRow) -> Principal:

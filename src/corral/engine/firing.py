@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,7 @@ from corral.engine.planning import Batch, plan_batch
 from corral.engine.transaction import Context, Transaction, transaction
 from corral.errors import Conflict, CorralError, Forbidden, StateMismatch
 from corral.machines import TIMEOUT_EVENT
+from corral.names import HUMAN_FIRERS
 from corral.payload import check_json, check_text
 from corral.steps import run_async, run_sync
 from corral.store.port import Store
@@ -38,6 +39,10 @@ class Firing:
         # (kind, event) -> how to do it instead: events only a service fires,
         # because they change its own tables too (a pool's assign and release).
         self._reserved: dict[tuple[str, str], str] = {}
+        # kind -> a check of a person's event or forced state on a machine of
+        # that kind, run in the transaction after the machine's row is locked
+        # (a board a lease holds: docs/leases.md).
+        self._guards: dict[str, Callable[[Any, str, str], None]] = {}
 
     @property
     def store(self) -> Store:
@@ -49,11 +54,31 @@ class Firing:
         for event in events:
             self._reserved[(kind, event)] = instead
 
+    def guard(self, kind: str, check: Callable[[Any, str, str], None]) -> None:
+        """Run ``check(tx, name, role)`` before a person's (an operator's or an
+        admin's) event or forced state on a machine of ``kind``, with the row
+        locked; it raises to refuse. Such events leave the group commit for a
+        transaction of their own (people fire few)."""
+        self._guards[kind] = check
+
+    def _guarded(self, request: FireRequest) -> bool:
+        return request.kind in self._guards and request.firer in HUMAN_FIRERS
+
+    def _fire_guarded(self, request: FireRequest) -> FireResult | CorralError:
+        started = time.perf_counter()
+        with transaction(self.context) as unit:
+            if unit.tx.machines.lock(request.kind, request.name) is not None:
+                self._guards[request.kind](unit.tx, request.name, request.firer)
+            batch = run_sync(self._batch_steps(unit, [request], started))
+        return batch.outcomes[0]
+
     def fire(self, request: FireRequest) -> FireResult:
         """See :meth:`corral.engine.core.Engine.fire`."""
         self.check(request)
         committer = self.group.committer
-        if committer is not None:
+        if self._guarded(request):
+            outcome = self._fire_guarded(request)
+        elif committer is not None:
             outcome = committer.submit(request)
         else:
             [outcome] = self.fire_batch([request])
@@ -68,7 +93,9 @@ class Firing:
         in a worker thread."""
         self.check(request)
         on_loop, threaded = self.group.loop_committer, self.group.committer
-        if on_loop is not None and on_loop.loop is asyncio.get_running_loop():
+        if self._guarded(request):
+            outcome = await asyncio.to_thread(self._fire_guarded, request)
+        elif on_loop is not None and on_loop.loop is asyncio.get_running_loop():
             outcome = await on_loop.submit(request)
         elif threaded is not None:
             outcome = await threaded.submit_async(request)
@@ -170,8 +197,11 @@ class Firing:
         if role not in ("operator", "admin") or (needed == "admin" and role != "admin"):
             raise Forbidden(f"forcing {kind} state {state!r} needs the {needed} role (the "
                             f"role its transitions need), not {role}", role=role)
-        with transaction(self.context, events=True) as unit:
+        guard = self._guards.get(kind)
+        with transaction(self.context, events=guard is None) as unit:
             row = unit.lock(kind, name)
+            if guard is not None:
+                guard(unit.tx, name, role)
             if if_state is not None and row.state != if_state:
                 raise StateMismatch(kind, name, if_state, row.state)
             write = unit.enter(row, state, actor=actor, reason=reason)

@@ -321,7 +321,8 @@ class StateMachine:
 def _as_firer(role: str) -> str:
     return {"board": "a board's own token", "operator": "an operator",
             "admin": "an admin", "operation": "an operation's result",
-            "timeout": "the deadline sweep"}.get(role, role)
+            "timeout": "the deadline sweep", "holder": "a lease's holder",
+            "lease": "the lease scheduler"}.get(role, role)
 
 
 class MachineSet:

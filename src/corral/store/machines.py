@@ -112,6 +112,11 @@ class Machines(Repository):
             query = query.limit(limit)
         return [MachineRow.from_row(r) for r in self.conn.execute(query)]
 
+    def set_deadline(self, machine_id: int, deadline: datetime | None) -> None:
+        """Move the deadline of a locked machine (a lease's heartbeat)."""
+        self.conn.execute(update(machines).where(machines.c.id == machine_id)
+                          .values(deadline=deadline))
+
     def vars(self, machine_id: int) -> dict[str, Any]:
         value = self.conn.execute(select(machines.c.vars)
                                   .where(machines.c.id == machine_id)).scalar()

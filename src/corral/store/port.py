@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from corral.store.history import History
     from corral.store.idempotency import Idempotency
     from corral.store.jobs import Jobs
+    from corral.store.leases import Leases
     from corral.store.machines import Machines
     from corral.store.metrics import Metrics
     from corral.store.operations import Operations
@@ -109,6 +110,8 @@ class Tx(Protocol):
     def pools(self) -> Pools: ...
     @property
     def jobs(self) -> Jobs: ...
+    @property
+    def leases(self) -> Leases: ...
     @property
     def tokens(self) -> Tokens: ...
     @property

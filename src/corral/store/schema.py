@@ -296,6 +296,68 @@ jobs = Table(
     Index("ix_jobs_priority_id", "priority", "id"),
 )
 
+# Leases (docs/leases.md): a test run's request for boards, beside the lease
+# machine's row (same name); its state is the machine's.
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    # Who asked (the token's name), and whose share of the boards it counts
+    # against (its project, else its owner).
+    Column("owner", String(200), nullable=False),
+    Column("share", String(200), nullable=False),
+    Column("priority", Integer, nullable=False),
+    # What it asks for: one board by name, or `count` boards matching `selector`.
+    Column("board", String(200), nullable=True),
+    Column("selector", Text, nullable=True),
+    Column("count", Integer, nullable=False),
+    Column("release", String(200), nullable=True),
+    Column("duration_s", Integer, nullable=False),
+    Column("heartbeat_s", Integer, nullable=True),
+    Column("on_return", String(16), nullable=False),
+    Column("purpose", Text, nullable=True),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("wait_until", UTCDateTime, nullable=True),
+    Column("activated_at", UTCDateTime, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("heartbeat_at", UTCDateTime, nullable=True),
+    Column("warned_at", UTCDateTime, nullable=True),
+    # released | expired | heartbeat | revoked | failed | cancelled | wait_timeout
+    Column("ended_by", String(16), nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Index("ix_leases_share", "share"),
+    Index("ix_leases_owner", "owner"),
+)
+
+# Which boards each lease held and when: the audit of who held a board at a
+# time (`corral board holders`), and the board-time fair share counts.
+lease_boards = Table(
+    "lease_boards",
+    metadata,
+    Column("lease_id", BigID, primary_key=True),
+    Column("board", String(200), primary_key=True),
+    # The board's lease epoch this lease got (board_holds.epoch).
+    Column("epoch", BigInteger, nullable=False),
+    Column("held_at", UTCDateTime, nullable=False),
+    Column("released_at", UTCDateTime, nullable=True),
+    Index("ix_lease_boards_board_held_at", "board", "held_at"),
+)
+
+# Each board's lease epoch and its holder. The primary key is the guarantee
+# that a board has at most one holder; rows change only in the lease
+# scheduler's pass, under the board machine's row lock. The epoch grows at
+# every allocation and never goes back, so a token from an earlier hold never
+# matches again (fencing).
+board_holds = Table(
+    "board_holds",
+    metadata,
+    Column("board", String(200), primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("lease_id", BigID, nullable=True),
+    Column("since", UTCDateTime, nullable=True),
+)
+
 bootres_imports = Table(
     "bootres_imports",
     metadata,

@@ -25,6 +25,7 @@ from corral.store.driver import NO_DRIVER, DriverErrors, classify, first_line, r
 from corral.store.history import History
 from corral.store.idempotency import Idempotency
 from corral.store.jobs import Jobs
+from corral.store.leases import Leases
 from corral.store.machines import Machines
 from corral.store.metrics import Metrics
 from corral.store.operations import Operations
@@ -129,6 +130,10 @@ class SqlTx:
     @cached_property
     def jobs(self) -> Jobs:
         return Jobs(self.conn)
+
+    @cached_property
+    def leases(self) -> Leases:
+        return Leases(self.conn)
 
     @cached_property
     def tokens(self) -> Tokens:
