@@ -39,7 +39,7 @@ def test_shipped_definitions_load():
     assert set(board.failed_states) == {"failed_power_cycling", "failed_pinging",
                                         "failed_pxe_config", "failed_boot_device",
                                         "failed_pxe_booting",
-                                        "failed_installing"}
+                                        "failed_installing", "failed_returning"}
     for name in ("new", "ready", "power_cycling", "rebooting", "pinging", "pxe_configuring",
                  "pxe_power_cycling", "pxe_booting", "installing", "maintenance", "retired"):
         assert name in board.states
@@ -174,7 +174,7 @@ def test_every_transition_says_who_may_fire_it():
         "widget.yaml:11: transitions[0]: missing required key 'by'"]
     assert problems_of(MINIMAL.replace("by: operation}", "by: [operation, root]}")) == [
         "widget.yaml:11: transitions[0].by[1]: must be one of board, operator, admin, "
-        "operation, timeout, not 'root'"]
+        "operation, timeout, holder, lease, not 'root'"]
     assert problems_of(MINIMAL.replace("by: operation}", "by: []}")) == [
         "widget.yaml:11: transitions[0].by: must not be empty"]
 
@@ -199,7 +199,12 @@ def test_timeout_fires_only_events_a_state_names():
 
 def test_shipped_machines_say_who_fires_what():
     board = load_definitions(DEFAULT_STATEMACHINES_DIR)["board"]
-    by = {t.trigger: t.by for t in board.transitions}
+    by: dict[str, tuple[str, ...]] = {}
+    for t in board.transitions:
+        by[t.trigger] = tuple(dict.fromkeys(by.get(t.trigger, ()) + tuple(t.by)))
+    assert {e for e, roles in by.items() if "holder" in roles} == {"reboot", "reimage"}
+    assert {e for e, roles in by.items() if "lease" in roles} == {
+        "lease_hold", "lease_reimage", "lease_unhold", "lease_return", "lease_return_cycle"}
     assert {e for e, roles in by.items() if "board" in roles} == {
         "second_stage_started", "maintenance_requested", "install_ok", "install_failed"}
     assert {e for e, roles in by.items() if "operator" in roles} == {

@@ -44,10 +44,10 @@ def test_ready_clears_counters(machines):
 def test_disallowed_event_names_the_allowed_ones(machines):
     with pytest.raises(EventNotAllowed) as info:
         machines["board"].compute("rebooting", {}, "install_ok", name="b1")
-    assert info.value.allowed == ["boot_local_failed", "boot_local_ok", "maintenance",
-                                  "retire"]
-    assert "allowed events: boot_local_failed, boot_local_ok, maintenance, retire" in str(
-        info.value)
+    assert info.value.allowed == ["boot_local_failed", "boot_local_ok", "lease_return",
+                                  "lease_return_cycle", "maintenance", "retire"]
+    assert ("allowed events: boot_local_failed, boot_local_ok, lease_return, "
+            "lease_return_cycle, maintenance, retire") in str(info.value)
 
 
 def test_failed_states_accept_only_operator_exits(machines):

@@ -96,12 +96,12 @@ def test_each_source_fires_as_the_engine_says():
 
 
 def test_roles_cover_firers_and_tokens():
-    assert FIRERS == ("board", "operator", "admin", "operation", "timeout")
+    assert FIRERS == ("board", "operator", "admin", "operation", "timeout", "holder", "lease")
     assert FIRERS == names.FIRERS
     assert HUMAN_FIRERS == ("operator", "admin")
-    assert ROLES == ("viewer", "operator", "admin")
+    assert ROLES == ("viewer", "user", "operator", "admin")
     assert (BOARD_ROLE, REIMAGE_ROLE) == ("board", "reimage")
-    assert set(RANK) == {"board", "reimage", "viewer", "operator", "admin"}
+    assert set(RANK) == {"board", "reimage", "holder", "viewer", "user", "operator", "admin"}
     assert set(Role) == set(FIRERS) | set(RANK)
     # The constants derived from the enums are plain strings (as the drivers
     # and the error messages expect), not enum members.

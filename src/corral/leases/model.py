@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from corral.names import BOARD_NAME, Role
 from corral.validation import Strict
+
+KIND = "lease"
+BOARD = "board"
+QUEUED = ("requested", "queued")
+HOLDING = ("preparing", "active")
+OPEN = (*QUEUED, *HOLDING, "returning")
+ENDED = ("closed", "cancelled", "expired", "revoked", "failed")
 
 Seconds = Annotated[int, Field(ge=1, le=366 * 86400)]
 ON_RETURN = ("reimage", "power_cycle")
@@ -58,3 +66,7 @@ class Caller:
         if self.role == Role.HOLDER:
             return self.lease == lease["name"]
         return self.is_admin or self.name == lease["owner"]
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

@@ -34,7 +34,7 @@ from corral.config import Settings
 from corral.engine.core import Engine, Transaction
 from corral.errors import Unavailable
 from corral.leases import selector as selectors
-from corral.leases.service import BOARD, ENDED, KIND, OPEN, iso
+from corral.leases.model import BOARD, ENDED, KIND, OPEN, iso
 from corral.names import Role
 from corral.store.values import MachineRow
 

@@ -20,19 +20,23 @@ from corral.config import Settings
 from corral.engine.core import Engine
 from corral.errors import Conflict, Forbidden, InvalidRequest, NotFound, StateMismatch
 from corral.leases import selector as selectors
-from corral.leases.model import Caller, LeaseRequest
+from corral.leases.model import (
+    BOARD,
+    ENDED,
+    HOLDING,
+    KIND,
+    OPEN,
+    QUEUED,
+    Caller,
+    LeaseRequest,
+    iso,
+)
 from corral.machines.needs import Needs, check_needs
 from corral.names import HUMAN_FIRERS, LEASE_NAME, Role
 from corral.tokens import HOLDER_ROLE, mint
 
 log = structlog.get_logger("corral.leases")
 
-KIND = "lease"
-BOARD = "board"
-QUEUED = ("requested", "queued")
-HOLDING = ("preparing", "active")
-OPEN = (*QUEUED, *HOLDING, "returning")
-ENDED = ("closed", "cancelled", "expired", "revoked", "failed")
 # The board events only the lease scheduler fires.
 BOARD_EVENTS = ("lease_hold", "lease_reimage", "lease_unhold", "lease_return",
                 "lease_return_cycle")
@@ -47,10 +51,6 @@ NEEDS = [Needs(service="leases", kind=KIND, states=(*OPEN, *ENDED), events=LEASE
 class LeaseEnded(Conflict):
     """A holder acted after its lease ended, or on a board it no longer holds
     (fencing: HTTP 409)."""
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
 
 
 def install(engine: Engine) -> None:
@@ -294,6 +294,15 @@ class LeaseService:
                                   owner=owner, limit=limit)
             boards = tx.leases.boards_of([r["id"] for r in rows])
         return [view({**r, "boards": boards[r["id"]]}) for r in rows]
+
+    def explain(self, name: str) -> dict[str, Any]:
+        """Why the lease waits (see :mod:`corral.leases.explain`)."""
+        from corral.leases.explain import explain
+
+        self.get(name)
+        with self.engine.store.unit() as tx:
+            lease = tx.leases.get(name)
+            return explain(tx, lease, self.settings, self.engine.clock())
 
     def holders(self, board: str, *, at: datetime | None = None) -> list[dict[str, Any]]:
         """Who held ``board`` (at ``at``), newest first, from lease_boards."""

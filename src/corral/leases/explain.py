@@ -1,0 +1,116 @@
+"""Why a lease waits (``corral lease explain``): its place in its class, what
+each of its constraints ruled out, who holds the boards it could use and
+until when, and the quotas it hits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from corral.config import Settings
+from corral.leases import selector as selectors
+from corral.leases.scheduler import rank_key
+from corral.leases.model import BOARD, KIND, iso
+
+
+def explain(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
+            ) -> dict[str, Any]:
+    """The explanation of ``lease`` (a row of ``tx.leases.get``), read in ``tx``."""
+    answer: dict[str, Any] = {"id": lease["name"], "state": lease["state"],
+                              "owner": lease["owner"], "wants": _wants(lease)}
+    if lease["state"] != "queued":
+        answer["why"] = _not_queued(lease)
+        return answer
+    holds = tx.leases.holds()
+    boards = [b for b in tx.machines.list(BOARD) if b.state != "retired"]
+    selector = selectors.parse(lease["selector"]) if lease["selector"] else None
+    ruled_out: Counter[str] = Counter()
+    candidates = []
+    for board in boards:
+        if lease["board"] and board.name != lease["board"]:
+            ruled_out[f"name={lease['board']}"] += 1
+            continue
+        miss = selector.first_miss(selectors.facts_of(board.name, board.attrs)) \
+            if selector else None
+        if miss is not None:
+            ruled_out[str(miss)] += 1
+        else:
+            candidates.append(board)
+    leased = [b for b in candidates if b.name in holds]
+    not_ready = Counter(b.state for b in candidates
+                        if b.name not in holds and b.state != "ready")
+    free = [b.name for b in candidates if b.name not in holds and b.state == "ready"]
+    answer["matching"] = len(candidates)
+    answer["ruled_out"] = dict(ruled_out)
+    answer["leased"] = len(leased)
+    answer["not_ready"] = dict(not_ready)
+    answer["free"] = len(free)
+    # Who holds what it could use, and when that ends.
+    blocking = {}
+    for board in leased:
+        lease_id, _ = holds[board.name]
+        if lease_id not in blocking:
+            other = tx.leases.get(f"lease-{lease_id}")
+            if other is not None:
+                blocking[lease_id] = {"lease": other["name"], "owner": other["owner"],
+                                      "state": other["state"], "boards": 0,
+                                      "expires_at": iso(other["expires_at"])}
+        if lease_id in blocking:
+            blocking[lease_id]["boards"] += 1
+    answer["blocking"] = sorted(blocking.values(), key=lambda b: b["expires_at"] or "")
+    # Its place in its priority class.
+    queue = [q for q in tx.leases.list(kind=KIND, states=["queued"], limit=10**9)
+             if q["priority"] == lease["priority"]]
+    usage = tx.leases.usage(now - timedelta(seconds=settings.lease_share_window), now)
+    queue.sort(key=lambda q: rank_key(q, usage, now, settings.lease_wait_boost))
+    position = next(i for i, q in enumerate(queue, 1) if q["id"] == lease["id"])
+    answer["position"] = {"class": lease["priority"], "place": position, "of": len(queue),
+                          "share": lease["share"],
+                          "share_board_seconds": round(usage.get(lease["share"], 0.0))}
+    held = tx.leases.held_boards(kind=KIND, states=["preparing", "active"])
+    quotas = []
+    if held.get(lease["owner"], 0) + lease["count"] > settings.lease_quota_boards:
+        quotas.append(f"{lease['owner']} holds {held.get(lease['owner'], 0)} boards; with "
+                      f"{lease['count']} more it would pass the quota of "
+                      f"{settings.lease_quota_boards} (lease_quota_boards)")
+    answer["quota"] = quotas
+    answer["why"] = _why(lease, answer)
+    expiries = sorted(b["expires_at"] for b in answer["blocking"] if b["expires_at"])
+    short = lease["count"] - len(free)
+    answer["estimate"] = (expiries[short - 1] if 0 < short <= len(expiries) else None)
+    return answer
+
+
+def _wants(lease: dict[str, Any]) -> str:
+    what = (f"board {lease['board']}" if lease["board"]
+            else f"{lease['count']} board(s) matching {lease['selector'] or 'any board'}")
+    return what + (f" on {lease['release']}" if lease["release"] else "")
+
+
+def _why(lease: dict[str, Any], answer: dict[str, Any]) -> str:
+    parts = []
+    if answer["ruled_out"]:
+        parts.append("; ".join(f"{term}: {n} ruled out"
+                               for term, n in answer["ruled_out"].items()))
+    parts.append(f"leased: {answer['leased']}")
+    if answer["not_ready"]:
+        states = ", ".join(f"{s} {n}" for s, n in sorted(answer["not_ready"].items()))
+        parts.append(f"not ready: {sum(answer['not_ready'].values())} ({states})")
+    parts.append(f"free: {answer['free']} of the {lease['count']} it needs")
+    if answer["quota"]:
+        parts.append("quota: " + "; ".join(answer["quota"]))
+    place = answer["position"]
+    parts.append(f"place {place['place']} of {place['of']} in priority {place['class']}")
+    return "; ".join(parts)
+
+
+def _not_queued(lease: dict[str, Any]) -> str:
+    state = lease["state"]
+    if state == "preparing":
+        return "its boards are being prepared (reimaged to its release, or held)"
+    if state == "active":
+        return f"active until {iso(lease['expires_at'])}"
+    if state == "returning":
+        return f"ended ({lease['ended_by'] or 'deadline'}); its boards are on their way back"
+    return f"ended: {state}" + (f" ({lease['ended_by']})" if lease["ended_by"] else "")
