@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from corral import __version__
 from corral.api import errors
@@ -31,6 +31,7 @@ from corral.api.routes import (
     definitions,
     jobs,
     machines,
+    leases as leases_routes,
     metrics,
     pools,
     stream,
@@ -40,6 +41,7 @@ from corral.api.routes import (
 from corral.config import parse_networks
 from corral.engine.core import Engine
 from corral.jobs.service import JobService
+from corral.leases import LeaseService
 from corral.machines.needs import check_needs
 from corral.pools import PoolService
 from corral.stream import HistoryTail
@@ -55,7 +57,8 @@ ROUTERS = (boards.router, bootres.router, tokens.router, definitions.router,
 def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, *,
                threads: int = 64, default_ttl: int = 43200,
                pxe_root: str | None = None, boot_networks: str = "",
-               events_heartbeat: float = 15.0, events_interval: float = 0.5) -> Front:
+               events_heartbeat: float = 15.0, events_interval: float = 0.5,
+               leases: LeaseService | None = None) -> Front:
     """The ASGI application: board callbacks answered by :class:`Front`, the rest
     by FastAPI (``Front.app``). ``threads`` bounds the operator requests handled
     at once; ``default_ttl`` is an override's TTL when a request gives none.
@@ -74,10 +77,15 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         tail=HistoryTail(engine.store, interval=events_interval),
         pools=PoolService(engine, default_ttl=default_ttl) if "pool" in kinds else None,
         jobs=JobService(engine, default_ttl=default_ttl) if "job" in kinds else None,
+        leases=(leases or default_leases(engine)) if "lease" in kinds else None,
+        lease_refusals=Counter("corral_lease_refusals", "Holders' calls refused because "
+                               "their lease had ended (fencing).", registry=registry),
         threads=threads, pxe_root=Path(pxe_root) if pxe_root else None,
         boot_networks=tuple(parse_networks(boot_networks)),
         events_heartbeat=events_heartbeat)
-    routers = [boards.callback,
+    # The lease routes come before the routes every kind shares, whose
+    # /api/v1/leases/{name} they answer instead.
+    routers = [boards.callback, *([leases_routes.router] if "lease" in kinds else []),
                *(machines.router(kind, KINDS.get(kind, machines.MachineKind()))
                  for kind in kinds),
                *([pools.router] if "pool" in kinds else []),
@@ -86,6 +94,15 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         app.include_router(router)
     errors.install(app, routers)
     return Front(callbacks, app)
+
+
+def default_leases(engine: Engine) -> LeaseService:
+    """The lease service with the default ``lease_*`` settings."""
+    from corral.config import Settings
+    from corral.leases.scheduler import LeaseScheduler
+
+    settings = Settings()
+    return LeaseService(engine, settings, kick=LeaseScheduler(engine, settings).run_pass)
 
 
 @asynccontextmanager

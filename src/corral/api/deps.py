@@ -14,7 +14,7 @@ run time.
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from corral.api.callbacks import ApiError, Callbacks
 from corral.engine.core import Engine
 from corral.jobs.service import JobService
+from corral.leases import LeaseService
 from corral.pools import PoolService
 from corral.stream import HistoryTail
 from corral.tokens import Principal
@@ -41,6 +42,9 @@ class Services:
     # Present only where the definitions load the pool and job kinds.
     pools: PoolService | None
     jobs: JobService | None
+    leases: LeaseService | None
+    # Holders' calls refused because their lease had ended (fencing).
+    lease_refusals: Any
     # The operator requests handled at once (anyio's thread pool).
     threads: int
     pxe_root: Path | None

@@ -93,6 +93,7 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
     import uvicorn
 
     from corral.api.app import create_app
+    from corral.app import lease_service
     from corral.tokens import TokenStore
 
     tokens = TokenStore(engine.store, cache_seconds=settings.token_cache_seconds)
@@ -100,7 +101,8 @@ def run_http(engine: Engine, settings: Settings, registry: CollectorRegistry) ->
                      default_ttl=settings.mo_override_ttl, pxe_root=settings.pxe_root or None,
                      boot_networks=settings.boot_networks,
                      events_heartbeat=settings.events_heartbeat,
-                     events_interval=settings.events_interval)
+                     events_interval=settings.events_interval,
+                     leases=lease_service(engine, settings))
     sock = _socket(settings, reuse_port=settings.http_processes > 1)
     server = uvicorn.Server(uvicorn_config(app, header_timeout=settings.http_header_timeout,
                                            body_timeout=settings.http_body_timeout))

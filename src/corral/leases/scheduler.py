@@ -152,8 +152,9 @@ class _Pass:
                                       or self.boards[board].attrs.get("release") or "")
             machine = unit.machines[BOARD]
             if event in machine.allowed_events(row.state):
-                unit.fire(row, event, source="operator", role=Role.LEASE, actor="scheduler",
-                          reason=f"{name} ended", payload=payload)
+                after = unit.fire(row, event, source="operator", role=Role.LEASE,
+                                  actor="scheduler", reason=f"{name} ended", payload=payload)
+                self._moved(board, after.state)
                 self.report.returned.append(board)
         if lease["state"] != "returning":
             return

@@ -159,6 +159,10 @@ def _worker_jobs(engine: Engine, settings: Settings,
         scheduler_jobs = JobService(engine, default_ttl=settings.mo_override_ttl)
         jobs["dispatch_jobs"] = (scheduler_jobs.dispatch_pass,
                                  settings.job_dispatch_interval)
+    if "lease" in engine.machines:
+        from corral.leases.scheduler import LeaseScheduler
+
+        jobs["leases"] = (LeaseScheduler(engine, settings).run_pass, settings.lease_interval)
     return jobs
 
 
@@ -183,6 +187,10 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
         from corral.jobs.service import JobService
 
         assigned = len(JobService(engine, default_ttl=settings.mo_override_ttl).dispatch_pass())
+    if "lease" in engine.machines:
+        from corral.leases.scheduler import LeaseScheduler
+
+        LeaseScheduler(engine, settings).run_pass()
     ran = build_worker(engine, settings, handlers).run_pending()
     engine.sweeper.refresh_state_counts()
     forgotten = 0

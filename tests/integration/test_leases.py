@@ -1,0 +1,242 @@
+"""Leases through real HTTP on SQLite, PostgreSQL and MariaDB: the queue's
+order, priority, fair share, quotas, selectors, several boards at once,
+waits, renewals, heartbeats, revokes, fencing and the return path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from corral.api.app import create_app
+from corral.app import build_handlers, build_worker
+from corral.config import Settings
+from corral.leases import LeaseService, install
+from corral.leases.scheduler import LeaseScheduler
+from corral.tokens import TokenStore
+from tests.serving import serving
+
+BOARDS = {
+    "arm-1": {"arch": "arm64", "labels": {"rack": "r1"}},
+    "arm-2": {"arch": "arm64", "labels": {"rack": "r2"}},
+    "arm-3": {"arch": "arm64", "labels": {"rack": "r3", "broken": True}},
+    "x86-1": {"arch": "amd64", "labels": {"rack": "r1"}},
+}
+
+
+class Lab:
+    """A served engine with boards, tokens and a hand-driven clock."""
+
+    def __init__(self, engine: Any, clock: Any, http: httpx.Client, tokens: dict[str, str],
+                 scheduler: LeaseScheduler, worker: Any) -> None:
+        self.engine, self.clock, self.http = engine, clock, http
+        self.tokens, self.scheduler, self.worker = tokens, scheduler, worker
+
+    def call(self, method: str, path: str, who: str, **kw: Any) -> httpx.Response:
+        token = self.tokens.get(who, who)
+        return self.http.request(method, path, headers={"Authorization": f"Bearer {token}"},
+                                 **kw)
+
+    def ask(self, who: str, **body: Any) -> dict[str, Any]:
+        answer = self.call("POST", "/api/v1/leases", who, json=body)
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    def show(self, lease: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/v1/leases/{lease}", "admin").json()
+
+    def state(self, board: str) -> str:
+        return self.engine.get("board", board).state
+
+    def settle(self, rounds: int = 12, step: float = 46.0) -> None:
+        """Let time pass: operations run, timeouts fire, the scheduler passes."""
+        for _ in range(rounds):
+            self.worker.run_pending()
+            self.scheduler.run_pass()
+            self.clock.advance(step)
+            self.engine.sweeper.sweep_timeouts()
+            self.worker.run_pending()
+            self.scheduler.run_pass()
+
+
+@pytest.fixture
+def lab(engine: Any, clock: Any) -> Iterator[Lab]:
+    install(engine)
+    settings = Settings(sim_operation_seconds=0, lease_quota_boards=3, lease_quota_queued=5,
+                        lease_max_total=600, lease_reserve_after=100000)
+    scheduler = LeaseScheduler(engine, settings)
+    leases = LeaseService(engine, settings, kick=scheduler.run_pass)
+    engine.import_machines("board", BOARDS, actor="test", reason="lab")
+    for name in BOARDS:
+        engine.force_state("board", name, "ready", actor="test", reason="lab")
+    store = TokenStore(engine.store, cache_seconds=0)
+    tokens = {name: store.issue(name, role) for name, role in
+              [("alice", "user"), ("bob", "user"), ("carol", "user"), ("viewer", "viewer"),
+               ("operator", "operator"), ("admin", "admin")]}
+    worker = build_worker(engine, settings, build_handlers(settings, simulate=True,
+                                                           engine=engine))
+    app = create_app(engine, store, CollectorRegistry(), leases=leases)
+    with serving(app) as (address, _), httpx.Client(
+            base_url=f"http://{address[0]}:{address[1]}", timeout=30) as http:
+        yield Lab(engine, clock, http, tokens, scheduler, worker)
+    worker.shutdown()
+
+
+def test_a_lease_is_granted_held_alone_and_given_back(lab: Lab) -> None:
+    lease = lab.ask("alice", selector="arch=arm64,!broken", count=2, purpose="smoke",
+                    on_return="power_cycle")
+    assert lease["state"] == "active"
+    assert sorted(lease["boards"]) == ["arm-1", "arm-2"]
+    assert lease["token"].startswith("corral_")
+    assert lab.state("arm-1") == "leased"
+    # Nobody else changes a held board, not even an operator.
+    refused = lab.call("POST", "/api/v1/boards/arm-1/events/maintenance", "operator")
+    assert refused.status_code == 409 and "held by lease" in refused.text
+    # The holder reboots it with the lease's token; it comes back held.
+    fired = lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
+                     lease["token"])
+    assert fired.status_code == 200, fired.text
+    assert fired.json()["to_state"] == "power_cycling"
+    lab.settle(3)
+    assert lab.state("arm-1") == "leased"
+    # Another owner's token may not touch it, nor the owner's own user token.
+    assert lab.call("POST", f"/api/v1/leases/{lease['id']}/release", "bob").status_code == 403
+    assert lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
+                    "alice").status_code == 403
+    holder = lab.call("GET", "/api/v1/boards/arm-1/holder", "viewer").json()
+    assert holder["lease"] == lease["id"] and holder["owner"] == "alice"
+    released = lab.call("POST", f"/api/v1/leases/{lease['id']}/release", "alice")
+    assert released.json()["state"] == "returning"
+    lab.settle(4)
+    assert lab.show(lease["id"])["state"] == "closed"
+    assert lab.state("arm-1") == "ready" and lab.state("arm-2") == "ready"
+    history = [h.event for h in lab.engine.history("board", "arm-1")]
+    assert "lease_return_cycle" in history
+    holders = lab.call("GET", "/api/v1/boards/arm-1/holders", "viewer").json()
+    assert holders[0]["lease"] == lease["id"] and holders[0]["until"] is not None
+    # The lease's token is fenced for ever after.
+    stale = lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
+                     lease["token"])
+    assert stale.status_code == 409 and "has ended" in stale.text
+
+
+def test_the_return_path_reimages_to_the_baseline(lab: Lab) -> None:
+    lease = lab.ask("alice", board="x86-1")
+    lab.call("POST", f"/api/v1/leases/{lease['id']}/release", "alice")
+    lab.settle(1, step=1)
+    assert lab.state("x86-1") in ("pxe_configuring", "pxe_boot_device", "pxe_power_cycling",
+                                  "pxe_booting")
+    lab.worker.run_pending()
+    assert lab.show(lease["id"])["state"] == "returning"
+    events = [h.event for h in reversed(lab.engine.history("board", "x86-1"))]
+    assert events.index("lease_return") < events.index("power_off_ok")
+
+
+def test_priority_then_fair_share_then_age(lab: Lab) -> None:
+    first = lab.ask("alice", board="x86-1", on_return="power_cycle")
+    lab.clock.advance(100)
+    bob = lab.ask("bob", board="x86-1", on_return="power_cycle")
+    alice = lab.ask("alice", board="x86-1", on_return="power_cycle")
+    urgent = lab.ask("carol", board="x86-1", priority=5, on_return="power_cycle")
+    assert [lab.show(x["id"])["state"] for x in (bob, alice, urgent)] == ["queued"] * 3
+    explained = lab.call("GET", f"/api/v1/leases/{alice['id']}/explain", "alice").json()
+    assert explained["position"]["place"] == 2 and explained["leased"] == 1
+    assert explained["blocking"][0]["lease"] == first["id"]
+    order = []
+    for holder in (first, urgent, bob, alice):
+        lab.call("POST", f"/api/v1/leases/{holder['id']}/release", holder["owner"])
+        lab.settle(3)
+        active = [x["id"] for x in lab.call("GET", "/api/v1/leases?state=active",
+                                            "viewer").json()]
+        order.append(active)
+    # carol's priority first; then bob, whose share used no board-time, before alice.
+    assert order[:3] == [[urgent["id"]], [bob["id"]], [alice["id"]]]
+
+
+def test_several_boards_all_or_nothing_without_deadlock(lab: Lab) -> None:
+    one = lab.ask("alice", selector="rack in (r1,r2,r3)", count=3, on_return="power_cycle")
+    two = lab.ask("bob", selector="rack in (r1,r2,r3)", count=3, on_return="power_cycle")
+    assert one["state"] == "active" and len(one["boards"]) == 3
+    assert two["state"] == "queued" and two["boards"] == []
+    lab.call("POST", f"/api/v1/leases/{one['id']}/release", "alice")
+    lab.settle(4)
+    assert lab.show(two["id"])["state"] == "active"
+
+
+def test_selectors_quotas_and_bad_requests(lab: Lab) -> None:
+    bad = lab.call("POST", "/api/v1/leases", "alice", json={"selector": "arch=="})
+    assert bad.status_code == 422 and "selector term" in bad.text
+    none = lab.call("POST", "/api/v1/leases", "alice", json={"selector": "arch=riscv"})
+    assert none.status_code == 409 and "only 0 board(s)" in none.text
+    both = lab.call("POST", "/api/v1/leases", "alice", json={"board": "arm-1", "count": 2})
+    assert both.status_code == 422
+    viewer = lab.call("POST", "/api/v1/leases", "viewer", json={"board": "arm-1"})
+    assert viewer.status_code == 403
+    over = lab.call("POST", "/api/v1/leases", "alice", json={"count": 4})
+    assert over.status_code == 409 and "quota" in over.text
+    for _ in range(6):  # one active, five queued
+        lab.ask("bob", board="arm-3")
+    sixth = lab.call("POST", "/api/v1/leases", "bob", json={"board": "arm-3"})
+    assert sixth.status_code == 409 and "quota" in sixth.text
+    broken = lab.ask("carol", selector="broken")
+    assert broken["state"] == "queued"  # arm-3 is bob's first
+    explained = lab.call("GET", f"/api/v1/leases/{broken['id']}/explain", "carol").json()
+    assert explained["ruled_out"] == {"broken": 3}
+
+
+def test_a_wait_times_out(lab: Lab) -> None:
+    lab.ask("alice", board="arm-1")
+    waiting = lab.ask("bob", board="arm-1", wait_timeout=30)
+    lab.clock.advance(31)
+    lab.engine.sweeper.sweep_timeouts()
+    assert lab.show(waiting["id"])["state"] == "cancelled"
+
+
+def test_renewal_is_capped(lab: Lab) -> None:
+    lease = lab.ask("alice", board="arm-1", duration=300)
+    lab.clock.advance(200)
+    renewed = lab.call("POST", f"/api/v1/leases/{lease['id']}/renew", lease["token"],
+                       json={"duration": 300})
+    assert renewed.status_code == 200, renewed.text
+    capped = lab.call("POST", f"/api/v1/leases/{lease['id']}/renew", lease["token"],
+                      json={"duration": 500})
+    assert capped.status_code == 409 and "at most" in capped.text
+
+
+def test_a_lost_heartbeat_ends_the_lease_and_fences_its_token(lab: Lab) -> None:
+    lease = lab.ask("alice", board="arm-1", heartbeat=10, on_return="power_cycle")
+    lab.clock.advance(8)
+    assert lab.call("POST", f"/api/v1/leases/{lease['id']}/heartbeat",
+                    lease["token"]).status_code == 200
+    lab.clock.advance(8)
+    lab.engine.sweeper.sweep_timeouts()
+    assert lab.show(lease["id"])["state"] == "active"
+    lab.clock.advance(3)
+    lab.engine.sweeper.sweep_timeouts()
+    assert lab.show(lease["id"])["state"] == "returning"
+    stale = lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
+                     lease["token"])
+    assert stale.status_code == 409
+    lab.settle(4)
+    ended = lab.show(lease["id"])
+    assert ended["state"] == "expired" and ended["ended_by"] == "heartbeat"
+    assert lab.state("arm-1") == "ready"
+    metrics = lab.call("GET", "/metrics", "viewer").text
+    assert "corral_lease_refusals_total 1.0" in metrics
+
+
+def test_only_an_admin_revokes_and_only_from_the_state_it_expects(lab: Lab) -> None:
+    lease = lab.ask("alice", board="arm-1", on_return="power_cycle")
+    path = f"/api/v1/leases/{lease['id']}/revoke"
+    assert lab.call("POST", path, "operator", json={"reason": "x"}).status_code == 403
+    wrong = lab.call("POST", path, "admin", json={"reason": "x", "if_state": "queued"})
+    assert wrong.status_code == 409
+    done = lab.call("POST", path, "admin", json={"reason": "rack work", "if_state": "active"})
+    assert done.json()["state"] == "returning"
+    assert lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
+                    lease["token"]).status_code == 409
+    lab.settle(4)
+    assert lab.show(lease["id"])["state"] == "revoked"
