@@ -94,7 +94,8 @@ def test_a_lease_is_granted_held_alone_and_given_back(lab: Lab) -> None:
     assert lab.state("arm-1") == "leased"
     # Nobody else changes a held board, not even an operator.
     refused = lab.call("POST", "/api/v1/boards/arm-1/events/maintenance", "operator")
-    assert refused.status_code == 409 and "held by lease" in refused.text
+    assert refused.status_code == 409
+    assert "held by lease" in refused.text
     # The holder reboots it with the lease's token; it comes back held.
     fired = lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
                      lease["token"])
@@ -107,20 +108,24 @@ def test_a_lease_is_granted_held_alone_and_given_back(lab: Lab) -> None:
     assert lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
                     "alice").status_code == 403
     holder = lab.call("GET", "/api/v1/boards/arm-1/holder", "viewer").json()
-    assert holder["lease"] == lease["id"] and holder["owner"] == "alice"
+    assert holder["lease"] == lease["id"]
+    assert holder["owner"] == "alice"
     released = lab.call("POST", f"/api/v1/leases/{lease['id']}/release", "alice")
     assert released.json()["state"] == "returning"
     lab.settle(4)
     assert lab.show(lease["id"])["state"] == "closed"
-    assert lab.state("arm-1") == "ready" and lab.state("arm-2") == "ready"
+    assert lab.state("arm-1") == "ready"
+    assert lab.state("arm-2") == "ready"
     history = [h.event for h in lab.engine.history("board", "arm-1")]
     assert "lease_return_cycle" in history
     holders = lab.call("GET", "/api/v1/boards/arm-1/holders", "viewer").json()
-    assert holders[0]["lease"] == lease["id"] and holders[0]["until"] is not None
+    assert holders[0]["lease"] == lease["id"]
+    assert holders[0]["until"] is not None
     # The lease's token is fenced for ever after.
     stale = lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
                      lease["token"])
-    assert stale.status_code == 409 and "has ended" in stale.text
+    assert stale.status_code == 409
+    assert "has ended" in stale.text
 
 
 def test_the_return_path_reimages_to_the_baseline(lab: Lab) -> None:
@@ -143,7 +148,8 @@ def test_priority_then_fair_share_then_age(lab: Lab) -> None:
     urgent = lab.ask("carol", board="x86-1", priority=5, on_return="power_cycle")
     assert [lab.show(x["id"])["state"] for x in (bob, alice, urgent)] == ["queued"] * 3
     explained = lab.call("GET", f"/api/v1/leases/{alice['id']}/explain", "alice").json()
-    assert explained["position"]["place"] == 2 and explained["leased"] == 1
+    assert explained["position"]["place"] == 2
+    assert explained["leased"] == 1
     assert explained["blocking"][0]["lease"] == first["id"]
     order = []
     for holder in (first, urgent, bob, alice):
@@ -159,8 +165,10 @@ def test_priority_then_fair_share_then_age(lab: Lab) -> None:
 def test_several_boards_all_or_nothing_without_deadlock(lab: Lab) -> None:
     one = lab.ask("alice", selector="rack in (r1,r2,r3)", count=3, on_return="power_cycle")
     two = lab.ask("bob", selector="rack in (r1,r2,r3)", count=3, on_return="power_cycle")
-    assert one["state"] == "active" and len(one["boards"]) == 3
-    assert two["state"] == "queued" and two["boards"] == []
+    assert one["state"] == "active"
+    assert len(one["boards"]) == 3
+    assert two["state"] == "queued"
+    assert two["boards"] == []
     lab.call("POST", f"/api/v1/leases/{one['id']}/release", "alice")
     lab.settle(4)
     assert lab.show(two["id"])["state"] == "active"
@@ -168,19 +176,23 @@ def test_several_boards_all_or_nothing_without_deadlock(lab: Lab) -> None:
 
 def test_selectors_quotas_and_bad_requests(lab: Lab) -> None:
     bad = lab.call("POST", "/api/v1/leases", "alice", json={"selector": "arch=="})
-    assert bad.status_code == 422 and "selector term" in bad.text
+    assert bad.status_code == 422
+    assert "selector term" in bad.text
     none = lab.call("POST", "/api/v1/leases", "alice", json={"selector": "arch=riscv"})
-    assert none.status_code == 409 and "only 0 board(s)" in none.text
+    assert none.status_code == 409
+    assert "only 0 board(s)" in none.text
     both = lab.call("POST", "/api/v1/leases", "alice", json={"board": "arm-1", "count": 2})
     assert both.status_code == 422
     viewer = lab.call("POST", "/api/v1/leases", "viewer", json={"board": "arm-1"})
     assert viewer.status_code == 403
     over = lab.call("POST", "/api/v1/leases", "alice", json={"count": 4})
-    assert over.status_code == 409 and "quota" in over.text
+    assert over.status_code == 409
+    assert "quota" in over.text
     for _ in range(6):  # one active, five queued
         lab.ask("bob", board="arm-3")
     sixth = lab.call("POST", "/api/v1/leases", "bob", json={"board": "arm-3"})
-    assert sixth.status_code == 409 and "quota" in sixth.text
+    assert sixth.status_code == 409
+    assert "quota" in sixth.text
     broken = lab.ask("carol", selector="broken")
     assert broken["state"] == "queued"  # arm-3 is bob's first
     explained = lab.call("GET", f"/api/v1/leases/{broken['id']}/explain", "carol").json()
@@ -203,7 +215,8 @@ def test_renewal_is_capped(lab: Lab) -> None:
     assert renewed.status_code == 200, renewed.text
     capped = lab.call("POST", f"/api/v1/leases/{lease['id']}/renew", lease["token"],
                       json={"duration": 500})
-    assert capped.status_code == 409 and "at most" in capped.text
+    assert capped.status_code == 409
+    assert "at most" in capped.text
 
 
 def test_a_lost_heartbeat_ends_the_lease_and_fences_its_token(lab: Lab) -> None:
@@ -222,7 +235,8 @@ def test_a_lost_heartbeat_ends_the_lease_and_fences_its_token(lab: Lab) -> None:
     assert stale.status_code == 409
     lab.settle(4)
     ended = lab.show(lease["id"])
-    assert ended["state"] == "expired" and ended["ended_by"] == "heartbeat"
+    assert ended["state"] == "expired"
+    assert ended["ended_by"] == "heartbeat"
     assert lab.state("arm-1") == "ready"
     metrics = lab.call("GET", "/metrics", "viewer").text
     assert "corral_lease_refusals_total 1.0" in metrics

@@ -31,12 +31,14 @@ from corral.api.routes import (
     definitions,
     jobs,
     machines,
-    leases as leases_routes,
     metrics,
     pools,
     stream,
     tokens,
     webhooks,
+)
+from corral.api.routes import (
+    leases as leases_routes,
 )
 from corral.config import parse_networks
 from corral.engine.core import Engine

@@ -20,10 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.errors import (
     AuthError,
-    Conflict,
     CorralError,
-    InvalidRequest,
-    NotFound,
     Unavailable,
 )
 from corral.store.values import HistoryEntry
@@ -126,17 +123,9 @@ class RemoteBoards:
             reply = self.http.request(method, path, **kwargs)
         except self._transport_error as exc:
             raise Unavailable(f"cannot reach {self.url}: {exc}") from None
-        try:
-            body = reply.json()
-        except ValueError:
-            body = {}
-        if reply.status_code == 200:
-            return body
-        message = body.get("message") if isinstance(body, dict) else None
-        message = message or f"{reply.status_code} {reply.reason_phrase}"
-        error = {401: AuthError, 403: AuthError, 404: NotFound, 409: Conflict,
-                 422: InvalidRequest}.get(reply.status_code, CorralError)
-        raise error(message)
+        from corral.client import answer
+
+        return answer(reply)
 
     @staticmethod
     def _times(doc: dict[str, Any], *keys: str) -> dict[str, Any]:

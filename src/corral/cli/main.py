@@ -70,6 +70,7 @@ COMMAND_MODULES = (
     "definitions",
     "jobs",
     "lab",
+    "leases",
     "mo",
     "pools",
     "serve",

@@ -10,8 +10,8 @@ from typing import Any
 
 from corral.config import Settings
 from corral.leases import selector as selectors
-from corral.leases.scheduler import rank_key
 from corral.leases.model import BOARD, KIND, iso
+from corral.leases.scheduler import rank_key
 
 
 def explain(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime

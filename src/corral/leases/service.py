@@ -212,7 +212,7 @@ class LeaseService:
         """End a lease: a queued one is cancelled, a held one's boards go home.
         Releasing an ended lease changes nothing and is not an error."""
         with self.engine.transaction() as unit:
-            lease, row = self._locked(unit, name, caller)
+            _lease, row = self._locked(unit, name, caller)
             if row.state in ("returning", *ENDED):
                 return self.show(name, caller)
             ended_by = "cancelled" if row.state in QUEUED else "released"
@@ -232,7 +232,7 @@ class LeaseService:
         if not reason or not reason.strip():
             raise InvalidRequest("a reason is required to revoke a lease")
         with self.engine.transaction() as unit:
-            lease, row = self._locked(unit, name, caller)
+            _lease, row = self._locked(unit, name, caller)
             if if_state is not None and row.state != if_state:
                 raise StateMismatch(KIND, name, if_state, row.state)
             if row.state in ("returning", *ENDED):
