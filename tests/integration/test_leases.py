@@ -4,6 +4,7 @@ waits, renewals, heartbeats, revokes, fencing and the return path."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -254,3 +255,43 @@ def test_only_an_admin_revokes_and_only_from_the_state_it_expects(lab: Lab) -> N
                     lease["token"]).status_code == 409
     lab.settle(4)
     assert lab.show(lease["id"])["state"] == "revoked"
+
+
+PLUGGED = '''
+import pytest
+
+@pytest.mark.corral_lease(selector="arch=arm64,rack=r1", on_return="power_cycle")
+def test_holds_its_board(corral_lease):
+    assert corral_lease.boards == ["arm-1"]
+    assert corral_lease.board("arm-1")["state"] == "leased"
+    assert corral_lease.fire("arm-1", "reboot")["to_state"] == "power_cycling"
+
+@pytest.mark.corral_lease(board="x86-1", on_return="power_cycle")
+def test_fails_and_still_gives_its_board_back(corral_lease):
+    assert corral_lease.boards == ["x86-1"]
+    raise AssertionError("the board misbehaved")
+'''
+
+
+def test_the_pytest_plugin_leases_heartbeats_and_releases_even_on_failure(
+        lab: Lab, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "test_plugged.py").write_text(PLUGGED)
+    url = str(lab.http.base_url).rstrip("/")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "corral.pytest_plugin", "-p",
+         "no:cacheprovider", "--corral-url", url, "--corral-wait", "30", "test_plugged.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CORRAL_TOKEN": lab.tokens["alice"]})
+    assert "1 failed, 1 passed" in run.stdout, run.stdout + run.stderr
+    leases = lab.call("GET", "/api/v1/leases", "viewer").json()
+    assert len(leases) == 2
+    for lease in leases:
+        assert lease["owner"] == "alice"
+        assert lease["ended_by"] == "released"
+        assert lease["heartbeat"] == 60
+        assert lease["purpose"].startswith("pytest test_plugged.py::")
+    lab.settle(4)
+    assert [lab.state(b) for b in ("arm-1", "x86-1")] == ["ready", "ready"]
