@@ -11,10 +11,13 @@ from corral.store.schema import history, machines, operations
 
 # Who fires each board event (the first role of its transition's `by`), and the
 # history source that goes with it; events the board machine lacks: an admin.
-_FIRERS = {t.trigger: t.by[0]
-           for t in load_definitions(DEFAULT_STATEMACHINES_DIR)["board"].transitions}
+# An event several transitions share (reboot: an operator's from ready, a
+# holder's from leased) is fired as its first transition says.
+_FIRERS: dict[str, str] = {}
+for _t in load_definitions(DEFAULT_STATEMACHINES_DIR)["board"].transitions:
+    _FIRERS.setdefault(_t.trigger, _t.by[0])
 _SOURCES = {"board": "callback", "operation": "operation", "operator": "operator",
-            "admin": "operator"}
+            "admin": "operator", "holder": "operator", "lease": "operator"}
 
 
 def firing(event: str) -> dict[str, str]:
