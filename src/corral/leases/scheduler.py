@@ -110,7 +110,10 @@ class _Pass:
 
     def run(self) -> PassReport:
         tx = self.tx
-        leases = tx.leases.list(kind=KIND, states=list(OPEN), limit=10**9)
+        # Queued leases are read only when a board is free (below): a busy lab
+        # with a long queue passes without loading it.
+        leases = tx.leases.list(kind=KIND, states=[s for s in OPEN if s != "queued"],
+                                limit=10**9)
         holds = tx.leases.holds()
         ids = {lease["id"]: lease for lease in leases}
         # Holds of leases that are not open any more (an operator forced one
@@ -133,7 +136,8 @@ class _Pass:
                 self._prepare(lease, mine)
             elif lease["state"] == "active":
                 self._keep(lease, mine)
-        self._schedule([x for x in leases if x["state"] == "queued"])
+        if any(b.state == "ready" and n not in self.holds for n, b in self.boards.items()):
+            self._schedule(tx.leases.list(kind=KIND, states=["queued"], limit=10**9))
         return self.report
 
     # -- ended leases
