@@ -23,11 +23,33 @@ def explain(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
         answer["why"] = _not_queued(lease)
         return answer
     holds = tx.leases.holds()
-    boards = [b for b in tx.machines.list(BOARD) if b.state != "retired"]
+    candidates, ruled_out = _census(tx, lease)
+    leased = [b for b in candidates if b.name in holds]
+    free = [b.name for b in candidates if b.name not in holds and b.state == "ready"]
+    answer["matching"] = len(candidates)
+    answer["ruled_out"] = dict(ruled_out)
+    answer["leased"] = len(leased)
+    answer["not_ready"] = dict(Counter(b.state for b in candidates
+                                       if b.name not in holds and b.state != "ready"))
+    answer["free"] = len(free)
+    answer["blocking"] = _blocking(tx, leased, holds)
+    answer["position"] = _position(tx, lease, settings, now)
+    answer["quota"] = _quotas(tx, lease, settings)
+    answer["why"] = _why(lease, answer)
+    expiries = sorted(b["expires_at"] for b in answer["blocking"] if b["expires_at"])
+    short = lease["count"] - len(free)
+    answer["estimate"] = (expiries[short - 1] if 0 < short <= len(expiries) else None)
+    return answer
+
+
+def _census(tx: Any, lease: dict[str, Any]) -> tuple[list[Any], Counter[str]]:
+    """The boards the lease could use, and how many each constraint ruled out."""
     selector = selectors.parse(lease["selector"]) if lease["selector"] else None
     ruled_out: Counter[str] = Counter()
     candidates = []
-    for board in boards:
+    for board in tx.machines.list(BOARD):
+        if board.state == "retired":
+            continue
         if lease["board"] and board.name != lease["board"]:
             ruled_out[f"name={lease['board']}"] += 1
             continue
@@ -37,49 +59,46 @@ def explain(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
             ruled_out[str(miss)] += 1
         else:
             candidates.append(board)
-    leased = [b for b in candidates if b.name in holds]
-    not_ready = Counter(b.state for b in candidates
-                        if b.name not in holds and b.state != "ready")
-    free = [b.name for b in candidates if b.name not in holds and b.state == "ready"]
-    answer["matching"] = len(candidates)
-    answer["ruled_out"] = dict(ruled_out)
-    answer["leased"] = len(leased)
-    answer["not_ready"] = dict(not_ready)
-    answer["free"] = len(free)
-    # Who holds what it could use, and when that ends.
-    blocking = {}
+    return candidates, ruled_out
+
+
+def _blocking(tx: Any, leased: list[Any], holds: dict[str, tuple[int, int]]
+              ) -> list[dict[str, Any]]:
+    """Who holds what the lease could use, and when that ends (soonest first)."""
+    blocking: dict[int, dict[str, Any]] = {}
     for board in leased:
         lease_id, _ = holds[board.name]
         if lease_id not in blocking:
             other = tx.leases.get(f"lease-{lease_id}")
-            if other is not None:
-                blocking[lease_id] = {"lease": other["name"], "owner": other["owner"],
-                                      "state": other["state"], "boards": 0,
-                                      "expires_at": iso(other["expires_at"])}
-        if lease_id in blocking:
-            blocking[lease_id]["boards"] += 1
-    answer["blocking"] = sorted(blocking.values(), key=lambda b: b["expires_at"] or "")
-    # Its place in its priority class.
+            if other is None:
+                continue
+            blocking[lease_id] = {"lease": other["name"], "owner": other["owner"],
+                                  "state": other["state"], "boards": 0,
+                                  "expires_at": iso(other["expires_at"])}
+        blocking[lease_id]["boards"] += 1
+    return sorted(blocking.values(), key=lambda b: b["expires_at"] or "")
+
+
+def _position(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
+              ) -> dict[str, Any]:
+    """Its place in its priority class, as the scheduler ranks it."""
     queue = [q for q in tx.leases.list(kind=KIND, states=["queued"], limit=10**9)
              if q["priority"] == lease["priority"]]
     usage = tx.leases.usage(now - timedelta(seconds=settings.lease_share_window), now)
     queue.sort(key=lambda q: rank_key(q, usage, now, settings.lease_wait_boost))
-    position = next(i for i, q in enumerate(queue, 1) if q["id"] == lease["id"])
-    answer["position"] = {"class": lease["priority"], "place": position, "of": len(queue),
-                          "share": lease["share"],
-                          "share_board_seconds": round(usage.get(lease["share"], 0.0))}
-    held = tx.leases.held_boards(kind=KIND, states=["preparing", "active"])
-    quotas = []
-    if held.get(lease["owner"], 0) + lease["count"] > settings.lease_quota_boards:
-        quotas.append(f"{lease['owner']} holds {held.get(lease['owner'], 0)} boards; with "
-                      f"{lease['count']} more it would pass the quota of "
-                      f"{settings.lease_quota_boards} (lease_quota_boards)")
-    answer["quota"] = quotas
-    answer["why"] = _why(lease, answer)
-    expiries = sorted(b["expires_at"] for b in answer["blocking"] if b["expires_at"])
-    short = lease["count"] - len(free)
-    answer["estimate"] = (expiries[short - 1] if 0 < short <= len(expiries) else None)
-    return answer
+    place = next(i for i, q in enumerate(queue, 1) if q["id"] == lease["id"])
+    return {"class": lease["priority"], "place": place, "of": len(queue),
+            "share": lease["share"],
+            "share_board_seconds": round(usage.get(lease["share"], 0.0))}
+
+
+def _quotas(tx: Any, lease: dict[str, Any], settings: Settings) -> list[str]:
+    held = tx.leases.held_boards(kind=KIND, states=["preparing", "active"]).get(
+        lease["owner"], 0)
+    if held + lease["count"] <= settings.lease_quota_boards:
+        return []
+    return [f"{lease['owner']} holds {held} boards; with {lease['count']} more it would "
+            f"pass the quota of {settings.lease_quota_boards} (lease_quota_boards)"]
 
 
 def _wants(lease: dict[str, Any]) -> str:
