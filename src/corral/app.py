@@ -49,11 +49,15 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
     return engine
 
 
-def lease_service(engine: Engine, settings: Settings) -> LeaseService:
+def lease_service(engine: Engine, settings: Settings) -> LeaseService | None:
     """The lease service, running the scheduler's pass whenever a lease asks
-    or ends."""
+    or ends (None in a lab whose statemachines/ has no lease machine)."""
+    from corral.leases.model import KIND
     from corral.leases.scheduler import LeaseScheduler
     from corral.leases.service import LeaseService
+
+    if KIND not in engine.machines:
+        return None
 
     scheduler = LeaseScheduler(engine, settings)
     return LeaseService(engine, settings, kick=scheduler.run_pass)

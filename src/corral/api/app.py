@@ -50,7 +50,7 @@ from corral.stream import HistoryTail
 from corral.tokens import TokenStore
 
 # What the kinds with their own module change in the shared machine routes.
-KINDS = {"board": boards.KIND, "job": jobs.KIND}
+KINDS = {"board": boards.KIND, "job": jobs.KIND, "lease": leases_routes.KIND}
 # Served whatever kinds are loaded, after the machine routes.
 ROUTERS = (boards.router, bootres.router, tokens.router, definitions.router,
            webhooks.router, console.router, stream.router, metrics.router)
@@ -85,8 +85,6 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
         threads=threads, pxe_root=Path(pxe_root) if pxe_root else None,
         boot_networks=tuple(parse_networks(boot_networks)),
         events_heartbeat=events_heartbeat)
-    # The lease routes come before the routes every kind shares, whose
-    # /api/v1/leases/{name} they answer instead.
     routers = [boards.callback, *([leases_routes.router] if "lease" in kinds else []),
                *(machines.router(kind, KINDS.get(kind, machines.MachineKind()))
                  for kind in kinds),

@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field
 from corral.api.callbacks import EVENT, NAME, ApiError
 from corral.api.deps import AnyToken, EngineDep, Viewer
 from corral.api.errors import ERRORS
+from corral.api.models import MachineOut
+from corral.api.routes.machines import MachineKind
 from corral.leases import Caller, LeaseEnded, LeaseRequest, LeaseService
 from corral.names import LEASE_NAME, Role
 from corral.tokens import Principal
@@ -25,6 +27,10 @@ LeaseName = Annotated[str, Path(pattern=LEASE_NAME.pattern, description="The lea
 BoardName = Annotated[str, Path(pattern=NAME, description="The board's name.")]
 
 router = APIRouter(tags=["leases"])
+
+# The routes every kind shares that a lease keeps: its history. The lease
+# routes list, show and explain it; only the lease service changes it.
+KIND = MachineKind(shared=frozenset({"history"}))
 
 
 class RenewIn(BaseModel):
@@ -38,6 +44,68 @@ class ReleaseIn(BaseModel):
 class RevokeIn(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     if_state: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")] | None = None
+
+
+class LeaseOut(BaseModel):
+    """A lease as every answer shows it (never its token)."""
+
+    id: str = Field(description="lease-N")
+    state: str
+    owner: str
+    project: str | None = Field(description="The share it counts against, when not its owner.")
+    priority: int
+    board: str | None = Field(description="The one board asked for by name.")
+    selector: str | None
+    count: int
+    release: str | None
+    duration: int = Field(description="Seconds from activation to expiry.")
+    heartbeat: int | None = Field(description="Seconds without a heartbeat that end it.")
+    on_return: str
+    purpose: str | None
+    boards: list[str] = Field(description="The boards it holds (or held, once it ended).")
+    epochs: dict[str, int] = Field(description="Each held board's lease epoch (fencing).")
+    requested_at: str | None
+    wait_until: str | None
+    activated_at: str | None
+    expires_at: str | None
+    heartbeat_at: str | None
+    deadline: str | None
+    ended_by: str | None
+    ended_at: str | None
+
+
+class LeaseCreated(LeaseOut):
+    token: str = Field(description="The lease's own token (role holder), shown only here.")
+
+
+class HolderEventOut(BaseModel):
+    board: str
+    event: str
+    from_state: str
+    to_state: str
+    lease: str
+    epoch: int
+
+
+class HolderOut(BaseModel):
+    lease: str
+    owner: str
+    state: str
+    epoch: int
+    expires_at: str | None
+
+
+class HeldOut(BaseModel):
+    """One time a lease held a board."""
+
+    model_config = {"populate_by_name": True}
+
+    lease: str
+    owner: str
+    purpose: str | None
+    epoch: int
+    held_from: str | None = Field(alias="from")
+    until: str | None
 
 
 def service(request: Request) -> LeaseService:
@@ -71,13 +139,15 @@ def _fenced(request: Request, exc: LeaseEnded) -> None:
 
 
 @router.post("/api/v1/leases", status_code=201, responses=ERRORS,
+             response_model=LeaseCreated,
              summary="Ask for boards (user role); answers the lease with its token, "
                      "shown once.")
 def request_lease(body: LeaseRequest, request: Request, who: AnyToken) -> dict[str, Any]:
     return service(request).request(body, caller(who))
 
 
-@router.get("/api/v1/leases", responses=ERRORS, summary="Leases, newest first.")
+@router.get("/api/v1/leases", responses=ERRORS, response_model=list[LeaseOut],
+            summary="Leases, newest first.")
 def list_leases(
     request: Request, _: Viewer,
     state: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = None,
@@ -89,7 +159,8 @@ def list_leases(
                                  open_only=open, limit=limit)
 
 
-@router.get("/api/v1/leases/{name}", responses=ERRORS, summary="One lease.")
+@router.get("/api/v1/leases/{name}", responses=ERRORS, response_model=LeaseOut,
+            summary="One lease.")
 def show_lease(name: LeaseName, request: Request, who: AnyToken) -> dict[str, Any]:
     _reader(who, name)
     return service(request).show(name)
@@ -102,7 +173,7 @@ def explain_lease(name: LeaseName, request: Request, who: AnyToken) -> dict[str,
     return service(request).explain(name)
 
 
-@router.post("/api/v1/leases/{name}/renew", responses=ERRORS,
+@router.post("/api/v1/leases/{name}/renew", responses=ERRORS, response_model=LeaseOut,
              summary="Push an active lease's expiry (capped by lease_max_total).")
 def renew_lease(name: LeaseName, request: Request, who: AnyToken,
                 body: Annotated[RenewIn | None, Body()] = None) -> dict[str, Any]:
@@ -114,6 +185,7 @@ def renew_lease(name: LeaseName, request: Request, who: AnyToken,
 
 
 @router.post("/api/v1/leases/{name}/heartbeat", responses=ERRORS,
+             response_model=LeaseOut,
              summary="The holder is alive (a lease with a heartbeat ends without one).")
 def heartbeat_lease(name: LeaseName, request: Request, who: AnyToken) -> dict[str, Any]:
     try:
@@ -124,6 +196,7 @@ def heartbeat_lease(name: LeaseName, request: Request, who: AnyToken) -> dict[st
 
 
 @router.post("/api/v1/leases/{name}/release", responses=ERRORS,
+             response_model=LeaseOut,
              summary="Give a lease back (a queued one is cancelled); idempotent.")
 def release_lease(name: LeaseName, request: Request, who: AnyToken,
                   body: Annotated[ReleaseIn | None, Body()] = None) -> dict[str, Any]:
@@ -131,6 +204,7 @@ def release_lease(name: LeaseName, request: Request, who: AnyToken,
 
 
 @router.post("/api/v1/leases/{name}/revoke", responses=ERRORS,
+             response_model=LeaseOut,
              summary="End anyone's lease now (admin), optionally only from a given state.")
 def revoke_lease(name: LeaseName, body: RevokeIn, request: Request,
                  who: AnyToken) -> dict[str, Any]:
@@ -139,6 +213,7 @@ def revoke_lease(name: LeaseName, body: RevokeIn, request: Request,
 
 
 @router.post("/api/v1/leases/{name}/boards/{board}/events/{event}", responses=ERRORS,
+             response_model=HolderEventOut,
              summary="A holder's event at one of its boards (the lease's own token); "
                      "409 once the lease has ended.")
 def holder_event(name: LeaseName, board: BoardName,
@@ -152,7 +227,7 @@ def holder_event(name: LeaseName, board: BoardName,
         raise
 
 
-@router.get("/api/v1/leases/{name}/boards/{board}", responses=ERRORS,
+@router.get("/api/v1/leases/{name}/boards/{board}", responses=ERRORS, response_model=MachineOut,
             summary="One of a lease's boards, for its holder.")
 def holder_board(name: LeaseName, board: BoardName, request: Request, who: AnyToken,
                  engine: EngineDep) -> dict[str, Any]:
@@ -164,6 +239,7 @@ def holder_board(name: LeaseName, board: BoardName, request: Request, who: AnyTo
 
 
 @router.get("/api/v1/boards/{board}/holders", responses=ERRORS,
+            response_model=list[HeldOut], response_model_by_alias=True,
             summary="Who held a board (at a time), newest first.")
 def board_holders(board: BoardName, request: Request, _: Viewer,
                   at: Annotated[datetime | None, Query()] = None) -> list[dict[str, Any]]:
@@ -171,6 +247,7 @@ def board_holders(board: BoardName, request: Request, _: Viewer,
 
 
 @router.get("/api/v1/boards/{board}/holder", responses=ERRORS,
+            response_model=HolderOut | None,
             summary="The lease holding a board now (null when none).")
 def board_holder(board: BoardName, request: Request, _: Viewer,
                  engine: EngineDep) -> dict[str, Any] | None:

@@ -54,15 +54,21 @@ class MachineKind:
         default=describe_machine)
     # Who, besides viewers, may read one machine (``who``, the machine's name).
     may_read: Callable[[Principal, str], bool] = field(default=nobody_else)
+    # Which of the shared routes the kind has: reading (list, show,
+    # explain), history, changing (force-state, fire).
+    shared: frozenset[str] = frozenset({"reading", "history", "changing"})
 
 
 def router(kind: str, hooks: MachineKind) -> APIRouter:
     """The shared routes of one machine kind."""
     routes = APIRouter(tags=[f"{kind}s"])
     name = Annotated[str, Path(pattern=NAME, description=f"The {kind}'s name.")]
-    _reading(routes, kind, name, hooks)
-    _history(routes, kind, name)
-    _changing(routes, kind, name)
+    if "reading" in hooks.shared:
+        _reading(routes, kind, name, hooks)
+    if "history" in hooks.shared:
+        _history(routes, kind, name)
+    if "changing" in hooks.shared:
+        _changing(routes, kind, name)
     return routes
 
 
