@@ -50,6 +50,8 @@ def _browser():  # type: ignore[no-untyped-def]
                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
                  "--enable-precise-memory-info"):
         options.add_argument(flag)
+    # The console's own messages, Content-Security-Policy refusals among them.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     return webdriver.Chrome(options=options, service=service)
 
@@ -107,6 +109,12 @@ def _row(driver, name: str):  # type: ignore[no-untyped-def]
     return driver.find_element("css selector", f'.row[data-name="{name}"]')
 
 
+def _refused_by_policy(driver) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the page's Content-Security-Policy refused so far."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if "Content Security Policy" in entry["message"]]
+
+
 def test_an_operator_watches_the_fleet_live_and_forces_a_state(console):
     driver, base, tokens, _engine = console
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -118,6 +126,11 @@ def test_an_operator_watches_the_fleet_live_and_forces_a_state(console):
     chips = driver.find_element("id", "chips").text
     assert "failed_pinging 1" in chips
     assert "ready 3" in chips
+    # Rows are placed one under the other (by the script: the policy refuses
+    # style attributes in markup).
+    tops = driver.execute_script(
+        "return [...document.querySelectorAll('#rows .row')].map((r) => r.offsetTop)")
+    assert tops == [28 * i for i in range(1, 6)]
     driver.save_screenshot(str(ARTIFACTS / "fleet.png"))
     # A board's callback changes its row without a reload.
     _wait(driver, lambda d: "on" in d.find_element("id", "live").get_attribute("class"),
@@ -149,6 +162,7 @@ def test_an_operator_watches_the_fleet_live_and_forces_a_state(console):
           what="the diagram")
     assert "1 board" in driver.find_element("id", "diagram").text
     driver.save_screenshot(str(ARTIFACTS / "diagram.png"))
+    assert _refused_by_policy(driver) == []
 
 
 def test_a_viewer_sees_no_actions(console):

@@ -1,12 +1,14 @@
 """Hostile and careless input to the HTTP service, on every backend: a clear
 4xx that changes nothing, an answer to every request, bounded bodies and
-read times, idempotency keys bound to their request, and each event fired
-only by those its transition names (``by:``)."""
+read times, idempotency keys bound to their request, each event fired
+only by those its transition names (``by:``), and the headers that keep a
+browser from misusing an answer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 
@@ -18,6 +20,7 @@ from sqlalchemy import text
 
 from corral.api.app import create_app
 from corral.api.callbacks import MAX_BODY, RefusalLog
+from corral.api.routes.console import CONSOLE
 from corral.tokens import TokenStore
 from tests.integration.helpers import snapshot
 from tests.serving import read_response, request, serving
@@ -290,6 +293,15 @@ def test_refusal_log_is_rate_limited_per_board():
 # ------------------------------------------------------------- who may fire what
 
 
+def test_a_person_firing_a_board_s_own_event_is_told_so(lab):
+    reply = call(lab, "POST", EVENT.format("b2", "second_stage_started"), "operator")
+    assert (reply.status_code, reply.json()["error"]) == (403, "forbidden")
+    assert reply.json()["message"] == (
+        "board event 'second_stage_started' is reported by the board itself, not by an "
+        "operator; operators can force a state with `corral board force-state`")
+    assert lab.engine.get("board", "b2").state == "pxe_booting"
+
+
 def test_a_board_token_fires_only_its_second_stage_events(lab):
     before = snapshot(lab.engine)
     for event in ("retire", "leave_maintenance", "power_cycle_ok", "reboot", "maintenance"):
@@ -379,3 +391,78 @@ def test_a_client_gone_mid_body_fires_nothing(lab):
     asyncio.run(lab.app(scope, receive, send))
     assert sent[0]["status"] == 422
     assert snapshot(lab.engine) == before
+
+
+# ------------------------------------------------------------- browsers
+
+
+def _policy(header: str) -> dict[str, list[str]]:
+    return {name: values for name, *values in (d.split() for d in header.split(";") if d.strip())}
+
+
+def _secured(reply: httpx.Response) -> bool:
+    return (reply.headers.get("x-content-type-options") == "nosniff"
+            and reply.headers.get("referrer-policy") == "no-referrer")
+
+
+def test_the_console_is_served_under_a_strict_content_security_policy(lab):
+    for path in ("/", "/console/app.js", "/console/style.css"):
+        reply = call(lab, "GET", path)
+        assert reply.status_code == 200, path
+        policy = _policy(reply.headers["content-security-policy"])
+        assert policy["default-src"] == policy["script-src"] == ["'self'"], path
+        assert policy["style-src"] == policy["connect-src"] == ["'self'"], path
+        assert policy["frame-ancestors"] == policy["object-src"] == ["'none'"], path
+        assert policy["base-uri"] == ["'none'"], path
+        assert _secured(reply), path
+    # Nothing in the console that such a policy refuses: no inline script, no
+    # event handler or style attribute in its markup, none written by its script.
+    page = (CONSOLE / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", page) == ['<script src="/console/app.js">']
+    for source in (page, (CONSOLE / "app.js").read_text()):
+        assert not re.search(r"\son[a-z]+\s*=\s*[\"'`$]", source)
+        assert not re.search(r"\sstyle\s*=", source)
+        assert "javascript:" not in source
+        assert not re.search(r"\beval\(|new Function\(", source)
+
+
+def test_every_api_answer_carries_nosniff_and_no_referrer(lab):
+    answers = {
+        "a route": call(lab, "GET", "/api/v1/boards", "viewer"),
+        "a 401 from a route": call(lab, "GET", "/api/v1/boards"),
+        "a 404 from the framework": call(lab, "GET", "/api/v1/nowhere", "viewer"),
+        "a refusal before the body is read": call(lab, "POST", "/api/v1/jobs", json={}),
+        "a refused callback": call(lab, "POST", EVENT.format("b1", "retire"), "b1"),
+        "a callback": call(lab, "POST", EVENT.format("b2", "second_stage_started"), "b2"),
+        "health": call(lab, "GET", "/healthz"),
+        "metrics": call(lab, "GET", "/metrics"),
+        "the OpenAPI document": call(lab, "GET", "/openapi.json"),
+    }
+    assert [reply.status_code for reply in answers.values()] == [
+        200, 401, 404, 401, 403, 200, 200, 200, 200]
+    assert [what for what, reply in answers.items() if not _secured(reply)] == []
+    # The same answers from the ASGI front (any ASGI server), callbacks included.
+    async def over_asgi() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=lab.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://corral") as client:
+            board = {"Authorization": f"Bearer {lab.tokens['b2']}"}
+            return [await client.post(EVENT.format("b2", "install_ok"), headers=board),
+                    await client.post(EVENT.format("b2", "retire"), headers=board),
+                    await client.post("/api/v1/jobs", json={}),
+                    await client.get("/api/v1/boards/b2", headers=board)]
+    replies = asyncio.run(over_asgi())
+    assert [reply.status_code for reply in replies] == [200, 403, 401, 200]
+    assert all(_secured(reply) for reply in replies)
+    # Each header once, whichever path answered.
+    assert all(len(reply.headers.get_list("x-content-type-options")) == 1
+               for reply in [*answers.values(), *replies])
+
+
+def test_the_interactive_api_pages_are_off_and_the_document_is_served(lab):
+    """/docs and /redoc would load their scripts from a CDN."""
+    assert call(lab, "GET", "/docs").status_code == 404
+    assert call(lab, "GET", "/redoc").status_code == 404
+    assert call(lab, "GET", "/docs/oauth2-redirect").status_code == 404
+    document = call(lab, "GET", "/openapi.json")
+    assert document.status_code == 200
+    assert document.json()["info"]["title"] == "Corral"

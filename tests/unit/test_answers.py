@@ -33,4 +33,6 @@ def test_encode_answer():
     assert (status, data) == (401, b'{"error":"unauthorized","message":"\\u00e9"}')
     assert fields == [(b"content-type", b"application/json"),
                       (b"content-length", str(len(data)).encode()),
+                      (b"x-content-type-options", b"nosniff"),
+                      (b"referrer-policy", b"no-referrer"),
                       (b"www-authenticate", b"Bearer")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import EventNotAllowed
+from corral.errors import EventNotAllowed, Forbidden
 from corral.machines.diagram import mermaid
 
 
@@ -48,6 +48,54 @@ def test_disallowed_event_names_the_allowed_ones(machines):
                                   "lease_return_cycle", "maintenance", "retire"]
     assert ("allowed events: boot_local_failed, boot_local_ok, lease_return, "
             "lease_return_cycle, maintenance, retire") in str(info.value)
+
+
+REFUSALS = [
+    # A person firing what only the board reports is pointed to force-state.
+    ("board", "install_ok", "admin", None,
+     "board event 'install_ok' is reported by the board itself, not by an admin; "
+     "operators can force a state with `corral board force-state`"),
+    ("board", "install_ok", "operator", "installing",
+     "board event 'install_ok' in state 'installing' is reported by the board itself, "
+     "not by an operator; operators can force a state with `corral board force-state`"),
+    ("board", "ping_ok", "operator", None,
+     "board event 'ping_ok' is reported by the worker that ran its operation, not by an "
+     "operator; operators can force a state with `corral board force-state`"),
+    ("board", "lease_hold", "admin", None,
+     "board event 'lease_hold' is fired by the lease service, not by an admin; "
+     "operators can force a state with `corral board force-state`"),
+    # An event a person may fire, refused to another role: no force-state hint.
+    ("board", "retire", "operator", None,
+     "board event 'retire' is fired by an admin, not by an operator"),
+    ("board", "retire", "board", None,
+     "board event 'retire' is fired by an admin, not by a board's own token"),
+    ("board", "reboot", "board", None,
+     "board event 'reboot' is fired by an operator or a lease's holder, "
+     "not by a board's own token"),
+    # Leases have no force-state: nothing to suggest.
+    ("lease", "returned", "admin", None,
+     "lease event 'returned' is fired by the lease service, not by an admin"),
+    ("lease", "release", "admin", None,
+     "lease event 'release' is fired by a lease's holder, not by an admin"),
+]
+
+
+@pytest.mark.parametrize(("kind", "event", "role", "state", "message"), REFUSALS,
+                         ids=[f"{kind}-{event}-{role}" for kind, event, role, *_ in REFUSALS])
+def test_a_refused_firer_is_told_who_fires_the_event(machines, kind, event, role, state,
+                                                      message):
+    with pytest.raises(Forbidden) as info:
+        machines[kind].check_firer(event, role, state)
+    assert str(info.value) == message
+
+
+def test_the_force_state_hint_names_only_commands_that_exist():
+    from corral.cli.main import cli
+    from corral.machines.machine import FORCED_BY_HAND
+
+    for kind in FORCED_BY_HAND:
+        assert "force-state" in cli.commands[kind].commands, kind
+    assert "force-state" not in cli.commands["lease"].commands
 
 
 def test_failed_states_accept_only_operator_exits(machines):

@@ -71,9 +71,11 @@ def create_app(engine: Engine, tokens: TokenStore, registry: CollectorRegistry, 
     check_needs(engine.machines, [boards.NEEDS])
     kinds = engine.machines.kinds()
     callbacks = Callbacks(engine, tokens)
+    # The OpenAPI document is served (/openapi.json); the interactive pages
+    # (/docs, /redoc) are not: they load their scripts from a CDN.
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,
                   description="Persistent state machines for hardware test labs.",
-                  dependencies=[Depends(known_query)])
+                  dependencies=[Depends(known_query)], docs_url=None, redoc_url=None)
     app.state.services = Services(
         engine=engine, callbacks=callbacks, registry=registry,
         tail=HistoryTail(engine.store, interval=events_interval),

@@ -61,6 +61,10 @@ Send = Callable[[Message], Awaitable[None]]
 Answer = tuple[int, dict[str, Any], dict[str, str]]
 
 PATH = re.compile(r"/api/v1/boards/([^/]+)/events/([^/]+)")
+# Sent with every HTTP answer (docs/architecture.md#security-model): a browser
+# takes no answer for another type than it says, and sends no Referer on.
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 _NAME = MACHINE_NAME.regex
 _EVENT = EVENT_NAME.regex
 
@@ -314,7 +318,8 @@ async def _body(receive: Receive, limit: int = MAX_PAYLOAD, what: str = "payload
 
 
 class Front:
-    """The ASGI application ``corral serve`` runs: callbacks here, the rest to ``app``."""
+    """The ASGI application ``corral serve`` runs: callbacks here, the rest to
+    ``app``; every HTTP answer carries :data:`SECURITY_HEADERS`."""
 
     def __init__(self, callbacks: Callbacks, app: Callable[[Scope, Receive, Send],
                                                            Awaitable[None]]) -> None:
@@ -339,6 +344,8 @@ class Front:
                 # The body is left unread: the connection cannot carry another request.
                 await _send_answer(send, (status, document, headers | {"Connection": "close"}))
                 return
+        if scope["type"] == "http":
+            send = _secured(send)
         await self.app(scope, receive, send)
 
     async def _screen(self, scope: Scope, receive: Receive) -> Receive:
@@ -369,6 +376,15 @@ class Front:
     def __getattr__(self, name: str) -> Any:
         # The FastAPI app's attributes (openapi(), routes, state) stay reachable.
         return getattr(self.app, name)
+
+
+def _secured(send: Send) -> Send:
+    """``send``, adding :data:`SECURITY_HEADERS` to the start of the answer."""
+    async def secured(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+        await send(message)
+    return secured
 
 
 async def _send_answer(send: Send, answer: Answer) -> None:
@@ -403,6 +419,6 @@ def encode_answer(status: int, document: dict[str, Any], headers: dict[str, str]
     """An answer as HTTP: its status, its header fields and its body."""
     data = encode_json(document).encode()
     raw = [(b"content-type", b"application/json"),
-           (b"content-length", str(len(data)).encode())]
+           (b"content-length", str(len(data)).encode()), *SECURITY_HEADERS]
     raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     return status, raw, data

@@ -47,6 +47,7 @@ log = structlog.get_logger("corral.api")
 PATH = re.compile(rb"/api/v1/boards/([^/]+)/events/([^/]+)")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+             b"x-content-type-options: nosniff\r\nreferrer-policy: no-referrer\r\n"
              b"connection: close\r\ncontent-length: 83\r\n\r\n"
              b'{"error":"request_timeout","message":"the request was not sent in time; try again"}')
 HEADER_TIMEOUT = 10.0

@@ -18,6 +18,7 @@ from transitions import Machine, MachineError
 
 from corral.errors import EventNotAllowed, Forbidden, InvalidRequest, NotFound
 from corral.machines.definition import (
+    FIRERS,
     HUMAN_FIRERS,
     TIMEOUT_EVENT,
     MachineDefinition,
@@ -181,10 +182,13 @@ class StateMachine:
             candidates = self._by_event.get(event, [])
         if not candidates or any(t.fired_by(role) for t in candidates):
             return
-        by = sorted({r for t in candidates for r in t.by})
+        by = {r for t in candidates for r in t.by}
         where = f" in state {state!r}" if state is not None else ""
-        raise Forbidden(f"{self.kind} event {event!r}{where} is fired by {', '.join(by)}; "
-                        f"not by {_as_firer(role)}", role=role)
+        hint = ""
+        if role in HUMAN_FIRERS and by.isdisjoint(HUMAN_FIRERS) and self.kind in FORCED_BY_HAND:
+            hint = f"; operators can force a state with `corral {self.kind} force-state`"
+        raise Forbidden(f"{self.kind} event {event!r}{where} is {_fired_by(by)}, "
+                        f"not by {_as_firer(role)}{hint}", role=role)
 
     def is_failed(self, state: str) -> bool:
         s = self.definition.states.get(state)
@@ -318,11 +322,36 @@ class StateMachine:
         )
 
 
+# The kinds a person moves by hand with `corral KIND force-state` (and the
+# force-state route); a lease is moved only by its service and its holder.
+FORCED_BY_HAND = frozenset({"board", "pool", "job"})
+
+# How a refusal says who fires an event, per firer a transition's `by:` names.
+_FIRED_BY = {"board": ("reported", "the board itself"),
+             "operator": ("fired", "an operator"), "admin": ("fired", "an admin"),
+             "operation": ("reported", "the worker that ran its operation"),
+             "timeout": ("fired", "the deadline sweep"),
+             "holder": ("fired", "a lease's holder"), "lease": ("fired", "the lease service")}
+
+
+def _fired_by(by: set[str]) -> str:
+    """``by`` (a transition's firers) as a person would say it: "reported by
+    the board itself", "fired by an operator or a lease's holder"."""
+    order = {role: i for i, role in enumerate(FIRERS)}
+    said: dict[str, list[str]] = {}
+    for role in sorted(by, key=lambda r: (order.get(r, len(order)), r)):
+        verb, who = _FIRED_BY.get(role, ("fired", role))
+        said.setdefault(verb, []).append(who)
+    return " or ".join(f"{verb} by {' or '.join(whos)}" for verb, whos in said.items())
+
+
 def _as_firer(role: str) -> str:
+    """The role refused, as the end of "..., not by ..."."""
     return {"board": "a board's own token", "operator": "an operator",
             "admin": "an admin", "operation": "an operation's result",
             "timeout": "the deadline sweep", "holder": "a lease's holder",
-            "lease": "the lease scheduler"}.get(role, role)
+            "lease": "the lease service", "viewer": "a viewer",
+            "user": "a user"}.get(role, role)
 
 
 class MachineSet:
