@@ -26,15 +26,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from corral.config import Settings
-from corral.engine.core import Engine
+from corral.app import build_engine
+from corral.config import load_settings
 from corral.errors import Conflict, CorralError
 from corral.leases import Caller, LeaseEnded, LeaseRequest, LeaseService
 from corral.leases.model import ENDED
 from corral.logs import configure_logging
-from corral.machines import MachineSet, load_definitions
-from corral.paths import DEFAULT_STATEMACHINES_DIR
-from corral.store import open_store
 
 
 @dataclass
@@ -56,11 +53,11 @@ def ask(rng: random.Random) -> tuple[LeaseRequest, Held]:
     count = rng.choice((1, 1, 1, 2, 3))
     heartbeat = rng.choice((None, 5))
     spec = LeaseRequest(
-        count=count, duration=rng.randint(2, 6), heartbeat=heartbeat,
+        count=count, duration=rng.randint(6, 15), heartbeat=heartbeat,
         selector=rng.choice((None, "rack in (r0,r1)", "rack=r2", "rack notin (r3)")),
         on_return="power_cycle", wait_timeout=rng.choice((3, 600, 600, 600)),
         purpose="crash test")
-    held = Held(name="", hold=rng.uniform(0.5, 4.0), heartbeat=heartbeat,
+    held = Held(name="", hold=rng.uniform(0.5, 3.0), heartbeat=heartbeat,
                 forgetful=heartbeat is not None and rng.random() < 0.2,
                 abandon=rng.random() < 0.15, reboot=rng.random() < 0.3)
     return spec, held
@@ -137,9 +134,11 @@ def main() -> None:
     parser.add_argument("--acked", required=True)
     args = parser.parse_args()
     configure_logging("warning", "json")
-    store = open_store(args.url)
-    engine = Engine(store, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
-    leases = LeaseService(engine, Settings())
+    # The engine processes' definitions and timeout scale (from the
+    # environment), so that a holder's event sets the same timeouts.
+    settings = load_settings(overrides={"database_url": args.url})
+    engine = build_engine(settings)
+    leases = LeaseService(engine, settings)
     report: dict = {}
     threads = [threading.Thread(target=run_owner, args=(
         leases, owner, args.leases, args.outstanding, args.seed * 100 + i, args.acked, report))
