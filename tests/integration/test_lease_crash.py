@@ -60,7 +60,8 @@ def _engine_process(url: str, log: Path, lab: dict[str, str]) -> subprocess.Pope
         "CORRAL_SIM_POWER_CYCLE_FAILURE": "0", "CORRAL_SIM_PING_FAILURE": "0",
         "CORRAL_SIM_POLL_FAILURE": "0", "CORRAL_SIM_REIMAGE_RATE": "0",
         "CORRAL_SIM_OPERATION_SECONDS": "0.02",
-        "CORRAL_OPERATION_INTERVAL": "0.1", "CORRAL_OPERATION_THREADS": "16", "CORRAL_SWEEP_INTERVAL": "0.2",
+        "CORRAL_OPERATION_INTERVAL": "0.1", "CORRAL_OPERATION_THREADS": "16",
+        "CORRAL_SWEEP_INTERVAL": "0.2",
         "CORRAL_LEASE_INTERVAL": "0.2", "CORRAL_LOG_FORMAT": "json", "CORRAL_LOG_LEVEL": "warning",
     }
     with log.open("a") as stderr:
