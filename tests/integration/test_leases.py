@@ -111,6 +111,10 @@ def test_a_lease_is_granted_held_alone_and_given_back(lab: Lab) -> None:
     holder = lab.call("GET", "/api/v1/boards/arm-1/holder", "viewer").json()
     assert holder["lease"] == lease["id"]
     assert holder["owner"] == "alice"
+    # `corral board explain` (its route) names the holder and the expiry.
+    explained = lab.call("GET", "/api/v1/boards/arm-1/explain", "viewer").json()
+    assert explained["holder"]["lease"] == lease["id"]
+    assert f"held by {lease['id']} (alice, active) until" in explained["summary"]
     released = lab.call("POST", f"/api/v1/leases/{lease['id']}/release", "alice")
     assert released.json()["state"] == "returning"
     lab.settle(4)
@@ -122,6 +126,7 @@ def test_a_lease_is_granted_held_alone_and_given_back(lab: Lab) -> None:
     holders = lab.call("GET", "/api/v1/boards/arm-1/holders", "viewer").json()
     assert holders[0]["lease"] == lease["id"]
     assert holders[0]["until"] is not None
+    assert lab.call("GET", "/api/v1/boards/arm-1/explain", "viewer").json()["holder"] is None
     # The lease's token is fenced for ever after.
     stale = lab.call("POST", f"/api/v1/leases/{lease['id']}/boards/arm-1/events/reboot",
                      lease["token"])

@@ -18,7 +18,7 @@ module is the facade over them, with machine creation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -87,6 +87,10 @@ class Engine:
         self.sweeper = Sweeper(self.context)
         self.outbox = Outbox(self.context)
         self.reads = Reads(machines, store.unit)
+        # What another service adds to a kind's explain document (a board's
+        # holder): kind -> callables of (engine, row) -> (key, value, sentence).
+        self.explainers: dict[str, list[Callable[[Engine, MachineRow], tuple[
+            str, Any, str | None]]]] = {}
 
     @property
     def observer(self) -> Observer:
@@ -256,8 +260,14 @@ class Engine:
         from corral.engine.explain import explain
 
         row = self.get(kind, name)
-        return explain(self.store, self.machines, row, self.describe(row, role),
-                       now=self.clock(), timeout_scale=self.timeout_scale)
+        document = explain(self.store, self.machines, row, self.describe(row, role),
+                           now=self.clock(), timeout_scale=self.timeout_scale)
+        for extra in self.explainers.get(kind, ()):
+            key, value, sentence = extra(self, row)
+            document[key] = value
+            if sentence:
+                document["summary"] = f"{document['summary'].rstrip()} {sentence}"
+        return document
 
     def history(
         self, kind: str, name: str, *, limit: int = 100, before_id: int | None = None

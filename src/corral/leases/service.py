@@ -64,6 +64,33 @@ def install(engine: Engine) -> None:
                                  "routes")
     engine.firing.reserve_events(BOARD, BOARD_EVENTS, "the lease scheduler fires it")
     engine.firing.guard(BOARD, refuse_held)
+    engine.explainers.setdefault(BOARD, []).append(explain_holder)
+
+
+def explain_holder(engine: Engine, row: Any) -> tuple[str, Any, str | None]:
+    """What ``corral board explain`` adds: the lease holding the board, by
+    whom and until when."""
+    holder = holder_of(engine, row.name)
+    if holder is None:
+        return "holder", None, None
+    until = f" until {holder['expires_at']}" if holder["expires_at"] else ""
+    return "holder", holder, (f"It is held by {holder['lease']} ({holder['owner']}, "
+                              f"{holder['state']}){until}.")
+
+
+def holder_of(engine: Engine, board: str) -> dict[str, Any] | None:
+    """The lease holding ``board`` now (name, owner, state, epoch, purpose,
+    expires_at), or None."""
+    with engine.store.unit() as tx:
+        holds = tx.leases.holds([board])
+        if board not in holds:
+            return None
+        lease_id, epoch = holds[board]
+        found = tx.leases.get(f"lease-{lease_id}")
+    if found is None:
+        return None
+    return {"lease": found["name"], "owner": found["owner"], "state": found["state"],
+            "epoch": epoch, "purpose": found["purpose"], "expires_at": iso(found["expires_at"])}
 
 
 def refuse_held(tx: Any, name: str, role: str) -> None:
@@ -314,17 +341,8 @@ class LeaseService:
                 for r in rows]
 
     def holder_of(self, board: str) -> dict[str, Any] | None:
-        """The lease holding ``board`` now (name, owner, state, expires_at), or None."""
-        with self.engine.store.unit() as tx:
-            holds = tx.leases.holds([board])
-            if board not in holds:
-                return None
-            lease_id, epoch = holds[board]
-            found = tx.leases.get(f"lease-{lease_id}")
-        if found is None:
-            return None
-        return {"lease": found["name"], "owner": found["owner"], "state": found["state"],
-                "epoch": epoch, "expires_at": iso(found["expires_at"])}
+        """See :func:`holder_of`."""
+        return holder_of(self.engine, board)
 
     # ------------------------------------------------------------ internals
     def _locked(self, unit: Any, name: str, caller: Caller) -> tuple[dict[str, Any], Any]:

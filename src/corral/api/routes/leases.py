@@ -92,6 +92,7 @@ class HolderOut(BaseModel):
     owner: str
     state: str
     epoch: int
+    purpose: str | None
     expires_at: str | None
 
 
