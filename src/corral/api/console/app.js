@@ -207,7 +207,9 @@ async function showMachine(kind, name) {
       <h1>${esc(kind)} ${esc(name)}: <span class="${e.failed ? "state-failed" : ""}" id="machine-state">${esc(e.state)}</span></h1>
       <p class="summary" id="summary">${esc(e.summary)}</p>
       <table><tr><th>timeout</th><td>${timeout}</td></tr>
-        <tr><th>in state</th><td>${Math.round(e.seconds_in_state)} s</td></tr></table>
+        <tr><th>in state</th><td>${Math.round(e.seconds_in_state)} s</td></tr>
+        ${e.holder ? `<tr><th>holder</th><td id="holder">${esc(e.holder.lease)} (${esc(e.holder.owner)},
+          ${esc(e.holder.state)}${e.holder.expires_at ? `, until ${esc(e.holder.expires_at)}` : ""})</td></tr>` : ""}</table>
       ${counters ? `<h3>counters</h3><table>${counters}</table>` : ""}
       ${operations ? `<h3>operations</h3><table><tr><th>operation</th><th>status</th>
         <th>attempts</th><th>result</th></tr>${operations}</table>` : ""}
