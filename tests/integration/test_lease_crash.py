@@ -33,7 +33,9 @@ from corral.store.schema import machines as machines_table
 from tests.integration.test_crash import CORRAL, ROOT, wait_for
 from tests.processes import stop
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
+# `make test` runs it alone, after the rest: it keeps both cores busy.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.alone,
+              pytest.mark.timeout(900)]
 BOARDS = 200
 OWNERS = [f"o{i:02d}" for i in range(20)]
 PER_OWNER = 50
@@ -106,7 +108,7 @@ def test_leases_survive_killed_engines_and_holders(pg_migrated_url, tmp_path):
     try:
         time.sleep(8)
         os.kill(holders[3].pid, signal.SIGKILL)
-        holders[3].wait()
+        holders[3].communicate(timeout=30)
         kills["holder"] += 1
         done_before = sum(1 for line in acked.read_text().split() if line)
         asked_by_victim = _asked_by(engine, groups[3])
@@ -133,6 +135,7 @@ def test_leases_survive_killed_engines_and_holders(pg_migrated_url, tmp_path):
         for proc in holders:
             if proc.poll() is None:
                 proc.kill()
+                proc.communicate(timeout=30)
         for proc in engines:
             stop(proc, log=log)
     states = _lease_states(engine)
