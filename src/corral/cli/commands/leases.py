@@ -18,7 +18,7 @@ from rich.table import Table
 
 from corral.cli.context import CliContext, actor
 from corral.cli.output import console, to_json
-from corral.errors import AuthError, Conflict, InvalidRequest
+from corral.errors import AuthError, Conflict, InvalidRequest, NotFound
 
 ENDED = ("returning", "closed", "cancelled", "expired", "revoked", "failed")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -50,7 +50,11 @@ class _Local:
         from corral.app import lease_service
         from corral.leases import Caller
 
-        self.service = lease_service(obj.engine(), obj.settings)
+        service = lease_service(obj.engine(), obj.settings)
+        if service is None:
+            raise NotFound("this lab's statemachines/ has no lease machine (lease.yaml): "
+                           "it has no leases")
+        self.service = service
         self.caller = Caller(name=actor(), role="admin")
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
