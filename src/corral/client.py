@@ -18,6 +18,7 @@ anything else :class:`CorralError`; a server that cannot be reached is
 
 from __future__ import annotations
 
+import builtins
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +178,6 @@ class Leases:
     def board(self, lease: str, board: str, *, token: str | None = None) -> dict[str, Any]:
         return self.corral.call("GET", f"/api/v1/leases/{lease}/boards/{board}", token=token)
 
-    def holders(self, board: str, *, at: str | None = None) -> list[dict[str, Any]]:
+    def holders(self, board: str, *, at: str | None = None) -> builtins.list[dict[str, Any]]:
         return self.corral.call("GET", f"/api/v1/boards/{board}/holders",
                                 params={"at": at} if at else None)

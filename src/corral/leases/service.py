@@ -10,6 +10,7 @@ a lease asks or ends.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -329,9 +330,11 @@ class LeaseService:
         self.get(name)
         with self.engine.store.unit() as tx:
             lease = tx.leases.get(name)
+            if lease is None:
+                raise NotFound(f"no lease named {name!r}")
             return explain(tx, lease, self.settings, self.engine.clock())
 
-    def holders(self, board: str, *, at: datetime | None = None) -> list[dict[str, Any]]:
+    def holders(self, board: str, *, at: datetime | None = None) -> builtins.list[dict[str, Any]]:
         """Who held ``board`` (at ``at``), newest first, from lease_boards."""
         self.engine.get(BOARD, board)
         with self.engine.store.unit() as tx:

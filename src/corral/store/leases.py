@@ -3,6 +3,7 @@ and each board's lease epoch and holder (docs/leases.md)."""
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -92,7 +93,7 @@ class Leases(Repository):
                                                      lease_boards.c.released_at.is_(None))
                           .values(released_at=now))
 
-    def boards_of(self, lease_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    def boards_of(self, lease_ids: Sequence[int]) -> dict[int, builtins.list[dict[str, Any]]]:
         """Per lease, the boards it held or holds, in the order it got them."""
         found: dict[int, list[dict[str, Any]]] = {i: [] for i in lease_ids}
         if not lease_ids:
@@ -105,7 +106,7 @@ class Leases(Repository):
         return found
 
     def holders(self, board: str, *, at: datetime | None = None, limit: int = 100
-                ) -> list[dict[str, Any]]:
+                ) -> builtins.list[dict[str, Any]]:
         """Who held ``board`` (at ``at``), newest first."""
         query = (select(leases.c.name, leases.c.owner, leases.c.purpose, lease_boards.c.epoch,
                         lease_boards.c.held_at, lease_boards.c.released_at)

@@ -8,6 +8,7 @@ login name's), or a server with ``--url`` and ``CORRAL_TOKEN`` through
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import time
@@ -62,7 +63,7 @@ class _Local:
         from corral.validation import validate
 
         spec, problems = validate(LeaseRequest, body, "request")
-        if problems:
+        if problems or spec is None:
             raise InvalidRequest("; ".join(p.message for p in problems))
         return self.service.request(spec, self.caller)
 
@@ -88,7 +89,7 @@ class _Local:
     def revoke(self, name: str, reason: str, if_state: str | None) -> dict[str, Any]:
         return self.service.revoke(name, self.caller, reason=reason, if_state=if_state)
 
-    def holders(self, board: str, at: str | None) -> list[dict[str, Any]]:
+    def holders(self, board: str, at: str | None) -> builtins.list[dict[str, Any]]:
         from datetime import datetime
 
         when = None
@@ -144,7 +145,7 @@ class _Remote:
         return self._call("POST", f"/api/v1/leases/{name}/revoke",  # type: ignore
                           json={"reason": reason, "if_state": if_state})
 
-    def holders(self, board: str, at: str | None) -> list[dict[str, Any]]:
+    def holders(self, board: str, at: str | None) -> builtins.list[dict[str, Any]]:
         return self._call("GET", f"/api/v1/boards/{board}/holders",  # type: ignore
                           params={"at": at} if at else None)
 
@@ -212,7 +213,7 @@ def lease_request(obj: CliContext, board: str | None, selector: str | None, coun
     doc = client.request({k: v for k, v in body.items() if v is not None})
     token = doc.get("token")
     if wait:
-        limit = body["wait_timeout"] or 600
+        limit = float(body["wait_timeout"] or 600)
         deadline = time.monotonic() + limit
         while doc["state"] != "active":
             if doc["state"] in ENDED:
