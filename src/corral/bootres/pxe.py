@@ -74,6 +74,26 @@ class BootResourcePxe:
         return found
 
     def write(self, ctx: OperationContext) -> Mapping[str, Any]:
+        mac, triple = self._target(ctx)
+        winner, files = self._winner(triple)
+        cmdline = _snapshot_cmdline(files.get("boot-cmdline"))
+        served = {leaf: self.root.publish_object(path, path.name)
+                  for leaf, path in files.items()
+                  if leaf in ("boot-kernel", "boot-initrd", "boot-dtb", "root-image")}
+        image = (f"{self.callback_url}/boot/{served['root-image']}"
+                 if "root-image" in served else None)
+        with self.root.locked(mac):
+            # Under the board's lock: a boot_local that follows waits for this
+            # write, and one that came first is seen here.
+            if self.board_state is not None:
+                state = self.board_state(ctx.name)
+                if state != "pxe_configuring":
+                    raise OperationFailed(f"board {ctx.name} is {state}, no longer "
+                                          "pxe_configuring: nothing written")
+            return self._write(ctx, mac, winner, served, cmdline, image, triple[2])
+
+    def _target(self, ctx: OperationContext) -> tuple[str, tuple[str, str, str]]:
+        """The board's MAC and its (arch, subarch, release), or why not."""
         if not BOARD_NAME_RE.fullmatch(ctx.name):
             raise OperationFailed(f"board name {ctx.name!r} cannot go on a kernel command "
                                   "line (letters, digits, '.', '_' and '-')")
@@ -92,7 +112,13 @@ class BootResourcePxe:
             raise OperationFailed(f"board {ctx.name} needs arch, subarch and a release "
                                   f"(reimage with {{\"release\": ...}}); has "
                                   f"{arch}/{subarch}/{release}")
-        triple = (arch, subarch, release)
+        return mac, (arch, subarch, release)
+
+    def _winner(self, triple: tuple[str, str, str]
+                ) -> tuple[Mapping[str, Any], dict[str, Path]]:
+        """The current snapshot's winner for ``triple`` and its files, each
+        an object of the storage root."""
+        arch, subarch, release = triple
         manifest = self.storage.current_manifest()
         if manifest is None:
             raise OperationFailed(f"no boot resources are published under "
@@ -118,35 +144,7 @@ class BootResourcePxe:
         if "boot-kernel" not in files or "boot-initrd" not in files:
             raise OperationFailed(f"the winner for {arch}/{subarch}/{release} "
                                   f"({winner['product']}) has no boot-kernel and boot-initrd")
-        cmdline = ""
-        if "boot-cmdline" in files:
-            with open(files["boot-cmdline"], "rb") as handle:
-                data = handle.read(MAX_CMDLINE + 1)
-            found = read_cmdline(data)
-            if found is None:
-                raise OperationFailed(f"the current snapshot's boot-cmdline {data[:80]!r} "
-                                      "holds a control character or is not one line of "
-                                      "text; refusing to write it into a PXE configuration")
-            problem = cmdline_problem(found)
-            if problem is not None:
-                raise OperationFailed(f"the current snapshot's boot-cmdline {found[:80]!r} "
-                                      f"{problem}; refusing to write it into a boot "
-                                      "configuration")
-            cmdline = found
-        served = {leaf: self.root.publish_object(path, path.name)
-                  for leaf, path in files.items()
-                  if leaf in ("boot-kernel", "boot-initrd", "boot-dtb", "root-image")}
-        image = (f"{self.callback_url}/boot/{served['root-image']}"
-                 if "root-image" in served else None)
-        with self.root.locked(mac):
-            # Under the board's lock: a boot_local that follows waits for this
-            # write, and one that came first is seen here.
-            if self.board_state is not None:
-                state = self.board_state(ctx.name)
-                if state != "pxe_configuring":
-                    raise OperationFailed(f"board {ctx.name} is {state}, no longer "
-                                          "pxe_configuring: nothing written")
-            return self._write(ctx, mac, winner, served, cmdline, image, release)
+        return winner, files
 
     def _write(self, ctx: OperationContext, mac: str, winner: Mapping[str, Any],
                served: Mapping[str, str], cmdline: str, image: str | None,
@@ -185,3 +183,23 @@ def _check_one_line(what: str, value: object) -> str:
                               "character or is not text; refusing to write it into a PXE "
                               "configuration")
     return value
+
+
+def _snapshot_cmdline(path: Path | None) -> str:
+    """The snapshot's boot-cmdline (empty without one), refused if it is not
+    one line of plain text or holds what a boot configuration must not."""
+    if path is None:
+        return ""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CMDLINE + 1)
+    found = read_cmdline(data)
+    if found is None:
+        raise OperationFailed(f"the current snapshot's boot-cmdline {data[:80]!r} "
+                              "holds a control character or is not one line of "
+                              "text; refusing to write it into a PXE configuration")
+    problem = cmdline_problem(found)
+    if problem is not None:
+        raise OperationFailed(f"the current snapshot's boot-cmdline {found[:80]!r} "
+                              f"{problem}; refusing to write it into a boot "
+                              "configuration")
+    return found
