@@ -262,6 +262,65 @@ def test_only_an_admin_revokes_and_only_from_the_state_it_expects(lab: Lab) -> N
     assert lab.show(lease["id"])["state"] == "revoked"
 
 
+def _end(lab: Lab, how: str) -> dict[str, Any]:
+    """A lease of arm-1 by alice, ended ``how``; returns it (with its token)."""
+    if how == "failed":
+        # The board must be reimaged first, and no board in this lab reports
+        # back: the lease's preparation times out.
+        lease = lab.ask("alice", board="arm-1", release="never-boots", heartbeat=None)
+        assert lab.show(lease["id"])["state"] == "preparing"
+        lab.settle(90, step=60)
+        return lease
+    lease = lab.ask("alice", board="arm-1", duration=120, heartbeat=30,
+                    on_return="power_cycle")
+    path = f"/api/v1/leases/{lease['id']}"
+    if how == "released":
+        assert lab.call("POST", f"{path}/release", lease["token"]).status_code == 200
+    elif how == "revoked":
+        assert lab.call("POST", f"{path}/revoke", "admin",
+                        json={"reason": "rack work"}).status_code == 200
+    elif how == "expired":
+        for _ in range(5):  # keep the heartbeat; the duration runs out
+            lab.clock.advance(25)
+            lab.call("POST", f"{path}/heartbeat", lease["token"])
+            lab.engine.sweeper.sweep_timeouts()
+    elif how == "heartbeat":
+        lab.clock.advance(31)
+        lab.engine.sweeper.sweep_timeouts()
+    lab.settle(4)
+    return lease
+
+
+@pytest.mark.parametrize("how", ["released", "expired", "heartbeat", "revoked", "failed"])
+def test_a_stale_token_is_refused_after_each_way_a_lease_ends(lab: Lab, how: str) -> None:
+    lease = _end(lab, how)
+    ended = lab.show(lease["id"])
+    assert ended["ended_by"] == how
+    assert ended["state"] == {"released": "closed", "heartbeat": "expired"}.get(how, how)
+    if how != "failed":
+        # The board is someone else's now: the old token's epoch is not its.
+        assert lab.state("arm-1") == "ready"
+        bob = lab.ask("bob", board="arm-1", on_return="power_cycle")
+        assert bob["state"] == "active"
+    before = [h.id for h in lab.engine.history("board", "arm-1")]
+    path = f"/api/v1/leases/{lease['id']}"
+    for method, tail, body in [("POST", "/boards/arm-1/events/reboot", None),
+                               ("POST", "/boards/arm-1/events/reimage", {"release": "x"}),
+                               ("POST", "/heartbeat", None),
+                               ("POST", "/renew", {"duration": 60})]:
+        stale = lab.call(method, path + tail, lease["token"], json=body)
+        assert stale.status_code == 409, (tail, stale.text)
+        assert "has ended" in stale.json()["message"], stale.text
+    # Nothing happened to the board, whoever holds it now.
+    assert [h.id for h in lab.engine.history("board", "arm-1")] == before
+    if how != "failed":
+        assert lab.state("arm-1") == "leased"
+        assert lab.call("GET", "/api/v1/boards/arm-1/holder",
+                        "viewer").json()["lease"] == bob["id"]
+    metrics = lab.call("GET", "/metrics", "viewer").text
+    assert "corral_lease_refusals_total 4.0" in metrics
+
+
 PLUGGED = '''
 import pytest
 

@@ -234,3 +234,42 @@ def test_a_subscription_holding_nul_is_refused_not_stored(engine):
         add_subscription(engine, name="n", url="http://x/\x00", filters={}, secret=SECRET)
     with engine.store.unit() as tx:
         assert tx.webhooks.list() == []
+
+
+def test_lease_transitions_and_the_expiry_warning_reach_a_lease_subscription(engine, clock):
+    """A subscription to kind `lease` gets each lease's life, warning included,
+    and nothing of the boards it held."""
+    from corral.config import Settings
+    from corral.leases import Caller, LeaseRequest, LeaseService, install
+    from corral.leases.scheduler import LeaseScheduler
+
+    _supported(engine)
+    install(engine)
+    settings = Settings(sim_operation_seconds=0, lease_expiry_warning=60)
+    scheduler = LeaseScheduler(engine, settings)
+    leases = LeaseService(engine, settings, kick=scheduler.run_pass)
+    engine.import_machines("board", {"l1": {"arch": "arm64"}})
+    engine.force_state("board", "l1", "ready", actor="t", reason="lab")
+    receiver = Receiver()
+    try:
+        add_subscription(engine, name="leases", url=receiver.url,
+                         filters={"kind": ["lease"]}, secret=SECRET)
+        lease = leases.request(LeaseRequest(board="l1", duration=120, on_return="power_cycle"),
+                               Caller(name="alice", role="user"))
+        clock.advance(61)
+        scheduler.run_pass()                               # the warning
+        clock.advance(60)
+        engine.sweeper.sweep_timeouts()                    # the expiry
+        delivery = WebhookDelivery(engine.store, clock, owner="t")
+        delivery.deliver_pass()
+        documents = [receiver.documents[e] for e in receiver.accepted]
+        assert {d["kind"] for d in documents} == {"lease"}
+        assert {d["name"] for d in documents} == {lease["id"]}
+        events = [d["event"] for d in documents]
+        assert events == ["create", "queue", "allocated", "prepared", "expiry_warning",
+                          "timeout"]
+        warning = documents[4]
+        assert warning["to_state"] == "active"
+        assert receiver.accepted == sorted(receiver.accepted)
+    finally:
+        receiver.close()

@@ -34,7 +34,7 @@ from corral.config import Settings
 from corral.engine.core import Engine, Transaction
 from corral.errors import Unavailable
 from corral.leases import selector as selectors
-from corral.leases.model import BOARD, ENDED, KIND, OPEN, iso
+from corral.leases.model import BOARD, ENDED, KIND, iso
 from corral.names import Role
 from corral.store.values import MachineRow
 
@@ -110,34 +110,42 @@ class _Pass:
 
     def run(self) -> PassReport:
         tx = self.tx
-        # Queued leases are read only when a board is free (below): a busy lab
-        # with a long queue passes without loading it.
-        leases = tx.leases.list(kind=KIND, states=[s for s in OPEN if s != "queued"],
-                                limit=10**9)
-        holds = tx.leases.holds()
-        ids = {lease["id"]: lease for lease in leases}
-        # Holds of leases that are not open any more (an operator forced one
-        # to an end state): those boards go home too.
-        for lease_id in {lease_id for lease_id, _ in holds.values()} - set(ids):
-            found = tx.leases.get(f"lease-{lease_id}")
-            if found is not None:
-                leases.append(found)
-                ids[lease_id] = found
+        # Only what needs a look is read: leases preparing or returning, the
+        # holders of boards that are not `leased` (a reboot came back, a board
+        # failed), leases ended by hand that still hold boards, and active
+        # ones due a warning; then the boards of those and the free ones. An
+        # active lease whose boards are all held costs nothing, and queued
+        # leases are read only when a board is free (below).
+        warn = self.now + timedelta(seconds=self.settings.lease_expiry_warning)
+        leases = {lease["id"]: lease for lease in
+                  tx.leases.list(kind=KIND, states=["preparing", "returning"], limit=10**9)}
+        for lease in tx.leases.warning_due(kind=KIND, state="active", due=warn):
+            leases.setdefault(lease["id"], lease)
+        wanted = [i for i in tx.leases.unsettled(kind=KIND, board_kind=BOARD,
+                                                 holding="active", held="leased")
+                  if i not in leases]
+        for lease in tx.leases.by_ids(wanted, kind=KIND):
+            leases[lease["id"]] = lease
+        self.holds = tx.leases.holds_of(list(leases))
+        self.returned = tx.leases.boards_of(
+            [i for i, lease in leases.items() if lease["state"] == "returning"])
+        names = set(self.holds) | {b["board"] for bs in self.returned.values() for b in bs}
+        self.boards = {b.name: b for b in tx.machines.list(BOARD, names=sorted(names))}
+        self.free = tx.leases.free_boards(board_kind=BOARD, state="ready")
+        self.boards.update((b.name, b) for b in self.free)
         held: dict[int, list[str]] = {}
-        for board, (lease_id, _) in sorted(holds.items()):
+        for board, (lease_id, _) in sorted(self.holds.items()):
             held.setdefault(lease_id, []).append(board)
-        self.boards = {b.name: b for b in tx.machines.list(BOARD)}
-        self.holds = holds
-        for lease in sorted(leases, key=lambda x: x["id"]):
-            mine = held.get(lease["id"], [])
+        for lease_id in sorted(leases):
+            lease, mine = leases[lease_id], held.get(lease_id, [])
             if lease["state"] == "returning" or lease["state"] in ENDED:
                 self._return(lease, mine)
             elif lease["state"] == "preparing":
                 self._prepare(lease, mine)
             elif lease["state"] == "active":
                 self._keep(lease, mine)
-        if any(b.state == "ready" and n not in self.holds for n, b in self.boards.items()):
-            self._schedule(tx.leases.list(kind=KIND, states=["queued"], limit=10**9))
+        if self.free:
+            self._schedule()
         return self.report
 
     # -- ended leases
@@ -162,7 +170,9 @@ class _Pass:
                 self.report.returned.append(board)
         if lease["state"] != "returning":
             return
-        boards = self.tx.leases.boards_of([lease["id"]])[lease["id"]]
+        boards = self.returned.get(lease["id"])
+        if boards is None:  # it began returning in this pass
+            boards = self.tx.leases.boards_of([lease["id"]])[lease["id"]]
         away = [b["board"] for b in boards
                 if self._state(b["board"]) in RETURN_PATH and b["board"] not in self.holds]
         if away:
@@ -248,21 +258,34 @@ class _Pass:
         self.boards[board] = dataclasses.replace(row, state=state)
 
     # -- queued leases
-    def _schedule(self, queued: list[dict[str, Any]]) -> None:
-        if not queued:
-            return
+    def _schedule(self) -> None:
         settings = self.settings
-        free = {n: b for n, b in self.boards.items() if b.state == "ready" and n not in self.holds}
+        free = {b.name: self.boards[b.name] for b in self.free
+                if self.boards[b.name].state == "ready" and b.name not in self.holds}
         if not free:
             return
         facts = {n: selectors.facts_of(n, b.attrs) for n, b in free.items()}
+        # Only the leases that could use a free board are read and ranked: one
+        # that matches none can neither be served nor keep a board from others.
+        asks = self.tx.leases.asks(kind=KIND, states=["queued"])
+        parsed: dict[str | None, selectors.Selector | None] = {
+            text: selectors.parse(text) if text else None for _, text in asks}
+
+        def could_use(board: str | None, selector: selectors.Selector | None) -> bool:
+            if board is not None:
+                return board in free
+            return selector is None or any(selector.matches(f) for f in facts.values())
+
+        usable = [(board, text) for board, text in asks if could_use(board, parsed[text])]
+        if not usable:
+            return
+        queued = self.tx.leases.queue(kind=KIND, state="queued", asks=usable)
         usage = self.tx.leases.usage(self.now - timedelta(seconds=settings.lease_share_window),
                                      self.now)
         owners_held = self.tx.leases.held_boards(kind=KIND, states=["preparing", "active"])
         reserve_after = timedelta(seconds=settings.lease_reserve_after)
         ranked = sorted(queued, key=lambda x: rank_key(x, usage, self.now,
                                                        settings.lease_wait_boost))
-        parsed: dict[str | None, selectors.Selector | None] = {}
         for lease in ranked:
             if not free:
                 break
@@ -270,8 +293,6 @@ class _Pass:
                     settings.lease_quota_boards:
                 continue
             text = lease["selector"]
-            if text not in parsed:
-                parsed[text] = selectors.parse(text) if text else None
             chosen = self._choose(lease, parsed[text], free, facts)
             if chosen is None:
                 if self.now - lease["requested_at"] >= reserve_after:

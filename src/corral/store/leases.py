@@ -11,8 +11,10 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 
+from corral.store.machines import MACHINE_COLUMNS
 from corral.store.repository import Repository, aware, new_id
 from corral.store.schema import board_holds, lease_boards, leases, machines
+from corral.store.values import MachineRow
 
 
 class Leases(Repository):
@@ -46,6 +48,30 @@ class Leases(Repository):
     def update(self, name: str, **values: Any) -> None:
         self.conn.execute(update(leases).where(leases.c.name == name).values(**values))
 
+    def queue(self, *, kind: str, state: str,
+              asks: Sequence[tuple[str | None, str | None]]) -> builtins.list[dict[str, Any]]:
+        """The leases in ``state`` asking for one of ``asks``, with only what
+        ranking and allocating them needs (the queue can be long)."""
+        columns = (leases.c.id, leases.c.name, leases.c.owner, leases.c.share,
+                   leases.c.priority, leases.c.board, leases.c.selector, leases.c.count,
+                   leases.c.release, leases.c.duration_s, leases.c.heartbeat_s,
+                   leases.c.requested_at)
+        query = (select(*columns)
+                 .join(machines, and_(machines.c.kind == kind,
+                                      machines.c.name == leases.c.name))
+                 .where(machines.c.state == state, _asking(asks)))
+        keys = [c.name for c in columns]
+        return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(query).all()]
+
+    def asks(self, *, kind: str, states: Sequence[str]
+             ) -> builtins.list[tuple[str | None, str | None]]:
+        """The distinct (board, selector) pairs the leases in ``states`` ask for."""
+        query = (select(leases.c.board, leases.c.selector).distinct()
+                 .join(machines, and_(machines.c.kind == kind,
+                                      machines.c.name == leases.c.name))
+                 .where(machines.c.state.in_(list(states))))
+        return [(b, s) for b, s in self.conn.execute(query)]
+
     def count_queued(self, *, kind: str, owner: str, states: Sequence[str]) -> int:
         return int(self.conn.execute(
             select(func.count()).select_from(leases)
@@ -60,6 +86,54 @@ class Leases(Repository):
         if boards is not None:
             query = query.where(board_holds.c.board.in_(list(boards)))
         return {b: (lease_id, epoch) for b, lease_id, epoch in self.conn.execute(query)}
+
+    def holds_of(self, lease_ids: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """``{board: (lease id, epoch)}`` of the boards ``lease_ids`` hold."""
+        if not lease_ids:
+            return {}
+        query = select(board_holds.c.board, board_holds.c.lease_id, board_holds.c.epoch) \
+            .where(board_holds.c.lease_id.in_(list(lease_ids)))
+        return {b: (lease_id, epoch) for b, lease_id, epoch in self.conn.execute(query)}
+
+    def unsettled(self, *, kind: str, board_kind: str, holding: str, held: str
+                  ) -> builtins.list[int]:
+        """Ids of the leases holding a board that is not in state ``held``,
+        or holding boards while not in state ``holding`` (preparing,
+        returning, or ended by hand): what a scheduling pass must look at
+        among the holders. The rest (an active lease whose boards are all
+        held) needs nothing."""
+        board = machines.alias("board")
+        lease = machines.alias("lease")
+        query = (select(board_holds.c.lease_id).distinct()
+                 .join(board, and_(board.c.kind == board_kind,
+                                   board.c.name == board_holds.c.board))
+                 .join(leases, leases.c.id == board_holds.c.lease_id)
+                 .join(lease, and_(lease.c.kind == kind, lease.c.name == leases.c.name))
+                 .where(or_(board.c.state != held, lease.c.state != holding)))
+        return [int(r[0]) for r in self.conn.execute(query)]
+
+    def by_ids(self, ids: Sequence[int], *, kind: str) -> builtins.list[dict[str, Any]]:
+        """The leases ``ids`` (with their machine's state)."""
+        if not ids:
+            return []
+        return [dict(r._mapping) for r in self.conn.execute(
+            _with_state(kind).where(leases.c.id.in_(list(ids))))]
+
+    def warning_due(self, *, kind: str, state: str, due: datetime
+                    ) -> builtins.list[dict[str, Any]]:
+        """Leases in ``state`` not yet warned whose expiry is before ``due``."""
+        return [dict(r._mapping) for r in self.conn.execute(
+            _with_state(kind).where(machines.c.state == state, leases.c.warned_at.is_(None),
+                                    leases.c.expires_at <= due))]
+
+    def free_boards(self, *, board_kind: str, state: str) -> builtins.list[MachineRow]:
+        """Boards in ``state`` that nobody holds."""
+        held = select(board_holds.c.board).where(board_holds.c.lease_id.is_not(None))
+        query = (select(*MACHINE_COLUMNS)
+                 .where(machines.c.kind == board_kind, machines.c.state == state,
+                        machines.c.name.not_in(held))
+                 .order_by(machines.c.name))
+        return [MachineRow.from_row(r) for r in self.conn.execute(query)]
 
     def epoch(self, board: str) -> tuple[int | None, int]:
         """(holding lease id or None, current epoch) of ``board``."""
@@ -143,6 +217,17 @@ class Leases(Repository):
             .where(machines.c.state.in_(list(states)))
             .group_by(leases.c.owner))
         return {owner: int(n) for owner, n in rows}
+
+
+def _asking(asks: Sequence[tuple[str | None, str | None]]) -> Any:
+    """Leases asking for one of these (board, selector) pairs."""
+    boards = sorted({b for b, _ in asks if b is not None})
+    chosen = sorted({s for b, s in asks if b is None and s is not None})
+    terms = [leases.c.board.in_(boards),
+             and_(leases.c.board.is_(None), leases.c.selector.in_(chosen))]
+    if (None, None) in asks:
+        terms.append(and_(leases.c.board.is_(None), leases.c.selector.is_(None)))
+    return or_(*terms)
 
 
 def _with_state(kind: str = "lease") -> Any:

@@ -99,12 +99,18 @@ class Machines(Repository):
                           .values(attrs=dict(attrs), updated_at=now))
 
     def list(self, kind: str, *, states: Sequence[str] | None = None,
-             after: str | None = None, limit: int | None = None) -> list[MachineRow]:
-        """Machines of ``kind`` by name; a page is the ``limit`` names after
-        ``after`` (keyset paging on the unique (kind, name) index)."""
+             names: Sequence[str] | None = None, after: str | None = None,
+             limit: int | None = None) -> list[MachineRow]:
+        """Machines of ``kind`` (named ``names``) by name; a page is the
+        ``limit`` names after ``after`` (keyset paging on the unique (kind,
+        name) index)."""
         query = select(*MACHINE_COLUMNS).where(machines.c.kind == kind)
         if states is not None:
             query = query.where(machines.c.state.in_(list(states)))
+        if names is not None:
+            if not names:
+                return []
+            query = query.where(machines.c.name.in_(list(names)))
         if after is not None:
             query = query.where(machines.c.name > after)
         query = query.order_by(machines.c.name)
