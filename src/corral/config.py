@@ -185,6 +185,7 @@ class Settings(Strict):
     # A lease that has waited this long keeps the boards it could use from
     # leases ranked below it, so that a large request is not starved by small ones.
     lease_reserve_after: PositiveInt = 300
+    lease_reserve_for: PositiveInt = 600
     # What a returned board is reimaged to (empty: its inventory release).
     lease_baseline_release: str = ""
     # The warning event this long before a lease expires (seconds).

@@ -210,7 +210,8 @@ def test_a_wait_times_out(lab: Lab) -> None:
     waiting = lab.ask("bob", board="arm-1", wait_timeout=30)
     lab.clock.advance(31)
     lab.engine.sweeper.sweep_timeouts()
-    assert lab.show(waiting["id"])["state"] == "cancelled"
+    cancelled = lab.show(waiting["id"])
+    assert (cancelled["state"], cancelled["ended_by"]) == ("cancelled", "wait_timeout")
 
 
 def test_renewal_is_capped(lab: Lab) -> None:
@@ -260,6 +261,49 @@ def test_only_an_admin_revokes_and_only_from_the_state_it_expects(lab: Lab) -> N
                     lease["token"]).status_code == 409
     lab.settle(4)
     assert lab.show(lease["id"])["state"] == "revoked"
+
+
+def test_a_large_request_keeps_free_boards_for_a_while_then_waits_again(lab: Lab) -> None:
+    lab.scheduler.settings = lab.scheduler.settings.model_copy(
+        update={"lease_reserve_after": 60, "lease_reserve_for": 600})
+    first = lab.ask("alice", board="arm-1", on_return="power_cycle")
+    big = lab.ask("bob", selector="arch=arm64", count=3, wait_timeout=1200,
+                  on_return="power_cycle")
+    small = lab.ask("carol", selector="arch=arm64", on_return="power_cycle")
+    assert small["state"] == "active"      # bob has not waited long: carol goes on
+    lab.clock.advance(60)
+    lab.scheduler.run_pass()
+    assert lab.show(big["id"])["state"] == "allocating"
+    reserve = lab.engine.history("lease", big["id"])[0]
+    assert reserve.event == "reserve"
+    assert "1 free now" in reserve.reason
+    # Now carol waits, even once her first board is back: bob keeps them.
+    late = lab.ask("carol", selector="arch=arm64", on_return="power_cycle")
+    assert late["state"] == "queued"
+    lab.call("POST", f"/api/v1/leases/{small['id']}/release", "carol")
+    lab.settle(4)
+    assert lab.show(small["id"])["state"] == "closed"
+    assert lab.show(late["id"])["state"] in ("queued", "allocating")   # not served
+    assert [lab.state(b) for b in ("arm-2", "arm-3")] == ["ready", "ready"]
+    why = lab.call("GET", f"/api/v1/leases/{big['id']}/explain", "bob").json()["why"]
+    assert "allocating: it keeps the free boards" in why
+    assert lab.show(big["id"])["deadline"] == big["wait_until"]  # its wait still counts
+    # Ten minutes after it began, bob gives them back and waits again: carol goes first.
+    lab.clock.advance(600 - 4 * 46)
+    lab.scheduler.run_pass()
+    again = lab.show(big["id"])
+    assert again["state"] == "queued"
+    assert again["deadline"] == again["wait_until"]
+    assert lab.show(late["id"])["state"] == "active"
+    # Once every board it needs is free, the large request gets them all.
+    for lease, who in ((first, "alice"), (late, "carol")):
+        lab.call("POST", f"/api/v1/leases/{lease['id']}/release", who)
+    lab.settle(4)
+    done = lab.show(big["id"])
+    assert done["state"] == "active"
+    assert sorted(done["boards"]) == ["arm-1", "arm-2", "arm-3"]
+    assert [h.event for h in reversed(lab.engine.history("lease", big["id"]))][:6] == [
+        "create", "queue", "reserve", "wait_again", "allocated", "prepared"]
 
 
 def _end(lab: Lab, how: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from corral.config import Settings
 from corral.leases import selector as selectors
-from corral.leases.model import BOARD, KIND, iso
+from corral.leases.model import BOARD, KIND, WAITING, iso
 from corral.leases.scheduler import rank_key
 
 
@@ -19,7 +19,7 @@ def explain(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
     """The explanation of ``lease`` (a row of ``tx.leases.get``), read in ``tx``."""
     answer: dict[str, Any] = {"id": lease["name"], "state": lease["state"],
                               "owner": lease["owner"], "wants": _wants(lease)}
-    if lease["state"] != "queued":
+    if lease["state"] not in WAITING:
         answer["why"] = _not_queued(lease)
         return answer
     holds = tx.leases.holds()
@@ -82,7 +82,7 @@ def _blocking(tx: Any, leased: list[Any], holds: dict[str, tuple[int, int]]
 def _position(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
               ) -> dict[str, Any]:
     """Its place in its priority class, as the scheduler ranks it."""
-    queue = [q for q in tx.leases.list(kind=KIND, states=["queued"], limit=10**9)
+    queue = [q for q in tx.leases.list(kind=KIND, states=WAITING, limit=10**9)
              if q["priority"] == lease["priority"]]
     usage = tx.leases.usage(now - timedelta(seconds=settings.lease_share_window), now)
     queue.sort(key=lambda q: rank_key(q, usage, now, settings.lease_wait_boost))
@@ -121,6 +121,9 @@ def _why(lease: dict[str, Any], answer: dict[str, Any]) -> str:
         parts.append("quota: " + "; ".join(answer["quota"]))
     place = answer["position"]
     parts.append(f"place {place['place']} of {place['of']} in priority {place['class']}")
+    if lease["state"] == "allocating":
+        parts.append(f"allocating: it keeps the free boards it could use from the leases "
+                     f"ranked below it until {iso(lease['deadline'])}, then waits again")
     return "; ".join(parts)
 
 

@@ -13,7 +13,9 @@ from corral.validation import Strict
 
 KIND = "lease"
 BOARD = "board"
-QUEUED = ("requested", "queued")
+# Waiting for boards: in the queue, or keeping free ones for itself.
+WAITING = ("queued", "allocating")
+QUEUED = ("requested", *WAITING)
 HOLDING = ("preparing", "active")
 OPEN = (*QUEUED, *HOLDING, "returning")
 ENDED = ("closed", "cancelled", "expired", "revoked", "failed")

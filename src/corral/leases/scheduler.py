@@ -17,7 +17,9 @@ missed or killed is made up by the next one):
 3. an active lease's board that came back to ``ready`` (after its holder's
    reboot or reimage) is held again, and a lease close to its expiry says so;
 4. queued leases, ranked by priority, then fair share, then age, take all
-   the boards they ask for at once or none.
+   the boards they ask for at once or none; one that has waited long keeps
+   the free boards it could use from those ranked below it (allocating),
+   for a bounded time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from corral.config import Settings
 from corral.engine.core import Engine, Transaction
 from corral.errors import Unavailable
 from corral.leases import selector as selectors
-from corral.leases.model import BOARD, ENDED, KIND, iso
+from corral.leases.model import BOARD, ENDED, KIND, WAITING, iso
 from corral.names import Role
 from corral.store.values import MachineRow
 
@@ -136,6 +138,7 @@ class _Pass:
         held: dict[int, list[str]] = {}
         for board, (lease_id, _) in sorted(self.holds.items()):
             held.setdefault(lease_id, []).append(board)
+        self._wait_again(tx.leases.list(kind=KIND, states=["allocating"], limit=10**9))
         for lease_id in sorted(leases):
             lease, mine = leases[lease_id], held.get(lease_id, [])
             if lease["state"] == "returning" or lease["state"] in ENDED:
@@ -267,7 +270,7 @@ class _Pass:
         facts = {n: selectors.facts_of(n, b.attrs) for n, b in free.items()}
         # Only the leases that could use a free board are read and ranked: one
         # that matches none can neither be served nor keep a board from others.
-        asks = self.tx.leases.asks(kind=KIND, states=["queued"])
+        asks = self.tx.leases.asks(kind=KIND, states=WAITING)
         parsed: dict[str | None, selectors.Selector | None] = {
             text: selectors.parse(text) if text else None for _, text in asks}
 
@@ -279,7 +282,7 @@ class _Pass:
         usable = [(board, text) for board, text in asks if could_use(board, parsed[text])]
         if not usable:
             return
-        queued = self.tx.leases.queue(kind=KIND, state="queued", asks=usable)
+        queued = self.tx.leases.queue(kind=KIND, states=WAITING, asks=usable)
         usage = self.tx.leases.usage(self.now - timedelta(seconds=settings.lease_share_window),
                                      self.now)
         owners_held = self.tx.leases.held_boards(kind=KIND, states=["preparing", "active"])
@@ -295,7 +298,11 @@ class _Pass:
             text = lease["selector"]
             chosen = self._choose(lease, parsed[text], free, facts)
             if chosen is None:
-                if self.now - lease["requested_at"] >= reserve_after:
+                if lease["state"] == "queued" and \
+                        self.now - lease["state_entered_at"] >= reserve_after:
+                    self._reserve(lease, len(self._matching(lease, parsed[text], free, facts)))
+                    lease = {**lease, "state": "allocating"}
+                if lease["state"] == "allocating":
                     # Keep what it could use from the leases ranked below it.
                     for board in self._matching(lease, parsed[text], free, facts):
                         free.pop(board, None)
@@ -304,6 +311,26 @@ class _Pass:
             for board in chosen:
                 free.pop(board)
             owners_held[lease["owner"]] = owners_held.get(lease["owner"], 0) + len(chosen)
+
+    def _reserve(self, lease: dict[str, Any], free: int) -> None:
+        row = self.unit.lock(KIND, lease["name"])
+        self.unit.fire(row, "reserve", source="operator", role=Role.LEASE, actor="scheduler",
+                       reason=f"waiting for {lease['count']} board(s), {free} free now: keeps "
+                              f"them from the leases ranked below it",
+                       payload={"wait_until": iso(lease["wait_until"])})
+
+    def _wait_again(self, allocating: list[dict[str, Any]]) -> None:
+        """Allocating leases that kept boards for ``lease_reserve_for`` give
+        them back and queue again (their wait timeout still counts)."""
+        bound = timedelta(seconds=self.settings.lease_reserve_for)
+        for lease in allocating:
+            if self.now - lease["state_entered_at"] >= bound:
+                row = self.unit.lock(KIND, lease["name"])
+                self.unit.fire(row, "wait_again", source="operator", role=Role.LEASE,
+                               actor="scheduler",
+                               reason=f"kept free boards for {int(bound.total_seconds())} s; "
+                                      f"gives them back and waits in the queue again",
+                               payload={"wait_until": iso(lease["wait_until"])})
 
     def _matching(self, lease: dict[str, Any], selector: selectors.Selector | None,
                   free: Mapping[str, MachineRow], facts: Mapping[str, Mapping[str, str]]

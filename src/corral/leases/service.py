@@ -407,5 +407,10 @@ def view(lease: dict[str, Any]) -> dict[str, Any]:
         "requested_at": iso(lease["requested_at"]), "wait_until": iso(lease["wait_until"]),
         "activated_at": iso(lease["activated_at"]), "expires_at": iso(lease["expires_at"]),
         "heartbeat_at": iso(lease["heartbeat_at"]), "deadline": iso(lease["deadline"]),
-        "ended_by": lease["ended_by"], "ended_at": iso(lease["ended_at"]),
+        # A wait that timed out is the deadline sweep's (the lease row says
+        # nothing): it is the only way to `cancelled` without an owner.
+        "ended_by": lease["ended_by"] or ("wait_timeout" if lease["state"] == "cancelled"
+                                          else None),
+        "ended_at": iso(lease["ended_at"] or (lease["state_entered_at"]
+                                              if lease["state"] == "cancelled" else None)),
     }

@@ -48,18 +48,19 @@ class Leases(Repository):
     def update(self, name: str, **values: Any) -> None:
         self.conn.execute(update(leases).where(leases.c.name == name).values(**values))
 
-    def queue(self, *, kind: str, state: str,
+    def queue(self, *, kind: str, states: Sequence[str],
               asks: Sequence[tuple[str | None, str | None]]) -> builtins.list[dict[str, Any]]:
-        """The leases in ``state`` asking for one of ``asks``, with only what
+        """The leases in ``states`` asking for one of ``asks``, with only what
         ranking and allocating them needs (the queue can be long)."""
         columns = (leases.c.id, leases.c.name, leases.c.owner, leases.c.share,
                    leases.c.priority, leases.c.board, leases.c.selector, leases.c.count,
                    leases.c.release, leases.c.duration_s, leases.c.heartbeat_s,
-                   leases.c.requested_at)
+                   leases.c.requested_at, leases.c.wait_until, machines.c.state,
+                   machines.c.state_entered_at)
         query = (select(*columns)
                  .join(machines, and_(machines.c.kind == kind,
                                       machines.c.name == leases.c.name))
-                 .where(machines.c.state == state, _asking(asks)))
+                 .where(machines.c.state.in_(list(states)), _asking(asks)))
         keys = [c.name for c in columns]
         return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(query).all()]
 
