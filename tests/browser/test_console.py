@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -73,8 +74,14 @@ def _wait(driver, condition, seconds: float = 20, what: str = "the page") -> obj
 
 @pytest.fixture
 def console(tmp_path):  # type: ignore[no-untyped-def]
+    with _console(f"sqlite:///{tmp_path}/corral.db", tmp_path) as lab:
+        yield lab
+
+
+@contextmanager
+def _console(url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A browser and a served lab of five boards on the database at ``url``."""
     driver = _browser()
-    url = f"sqlite:///{tmp_path}/corral.db"
     from tests.conftest import _migrate
 
     _migrate(url)
@@ -264,7 +271,7 @@ def test_the_leases_view_shows_the_queue_the_holders_and_an_explanation(console)
     assert classes == ["10", "0"]
     bob_row = driver.find_element("css selector", f'#queue tr[data-lease="{bob["id"]}"]').text
     assert "bob for kernel" in bob_row
-    assert "3 × arch=arm64" in bob_row
+    assert "3 \u00d7 arch=arm64" in bob_row  # 3 times
     assert '<img src=x id="injected">' in bob_row  # shown as text
     # The holders, their boards, expiry and heartbeat.
     alice_row = driver.find_element("css selector",
@@ -334,3 +341,22 @@ def test_a_viewer_reads_leases_and_may_not_change_them(console):
     driver.find_element("css selector", "#holder a").click()
     _wait(driver, lambda d: held["id"] in d.find_element("id", "explain").text,
           what="the holder's lease")
+
+
+@pytest.mark.mariadb
+def test_without_the_event_stream_the_leases_view_looks_again(tmp_path):
+    """MariaDB has no event stream (501): the leases view polls instead."""
+    from tests.conftest import scratch_mariadb_database
+
+    with scratch_mariadb_database() as url, _console(url, tmp_path) as lab:
+        driver, base, tokens, _engine = lab
+        _login(driver, base, tokens["viewer"])
+        driver.get(f"{base}/#/leases")
+        _wait(driver, lambda d: "Nothing is queued" in d.find_element("id", "queue").text,
+              what="the empty queue")
+        held = _lease(base, tokens["alice"], board="b2")
+        waiting = _lease(base, tokens["bob"], board="b2", purpose="after alice")
+        _wait(driver, lambda d: waiting["id"] in d.find_element("id", "queue").text
+              and held["id"] in d.find_element("id", "holding").text,
+              seconds=15, what="the leases, by polling")
+        assert "on" not in driver.find_element("id", "live").get_attribute("class")
