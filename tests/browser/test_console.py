@@ -2,8 +2,9 @@
 by Selenium through chromedriver) against a real ``corral serve``.
 
 Marked ``browser`` and ``slow``; skips without chromium and chromedriver,
-fails instead under ``CORRAL_REQUIRE_LAB=1``. Screenshots of the fleet and of
-a board's page are saved in ``var/test-artifacts/console/``.
+fails instead under ``CORRAL_REQUIRE_LAB=1``. Screenshots of the fleet, of
+a board's page, the diagram, the leases view and a queued lease are saved in
+``var/test-artifacts/console/``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -72,8 +74,14 @@ def _wait(driver, condition, seconds: float = 20, what: str = "the page") -> obj
 
 @pytest.fixture
 def console(tmp_path):  # type: ignore[no-untyped-def]
+    with _console(f"sqlite:///{tmp_path}/corral.db", tmp_path) as lab:
+        yield lab
+
+
+@contextmanager
+def _console(url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A browser and a served lab of five boards on the database at ``url``."""
     driver = _browser()
-    url = f"sqlite:///{tmp_path}/corral.db"
     from tests.conftest import _migrate
 
     _migrate(url)
@@ -86,7 +94,9 @@ def console(tmp_path):  # type: ignore[no-untyped-def]
     engine.force_state("board", "b3", "failed_pinging", actor="test", reason="dead NIC")
     tokens = TokenStore(store, cache_seconds=0)
     issued = {"operator": tokens.issue("olga", "operator"),
-              "viewer": tokens.issue("vic", "viewer"), "board": tokens.issue_for_board("b1")}
+              "viewer": tokens.issue("vic", "viewer"), "board": tokens.issue_for_board("b1"),
+              "admin": tokens.issue("ada", "admin"),
+              **{name: tokens.issue(name, "user") for name in ("alice", "bob", "carol", "dave")}}
     port = free_port()
     server = _serve(url, tmp_path, port, 0)
     try:
@@ -226,3 +236,127 @@ def test_the_console_lists_the_kinds_the_server_loaded(tmp_path, monkeypatch):
         driver.quit()
         stop(server)
         store.dispose()
+
+
+def _lease(base: str, token: str, **body: object) -> dict:  # type: ignore[type-arg]
+    answer = httpx.post(f"{base}/api/v1/leases", json=body,
+                        headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 201, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def test_the_leases_view_shows_the_queue_the_holders_and_an_explanation(console):
+    driver, base, tokens, _engine = console
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # b2, b4 and b5 are ready: alice takes b2, dave the other two; the rest wait.
+    hostile = "<script>window.pwned = 1</script> smoke"
+    alice = _lease(base, tokens["alice"], board="b2", heartbeat=60, purpose=hostile)
+    dave = _lease(base, tokens["dave"], selector="arch=arm64", count=2, duration=7200,
+                  purpose="soak")
+    assert (alice["state"], dave["state"]) == ("active", "active")
+    bob = _lease(base, tokens["bob"], selector="arch=arm64", count=3, project="kernel",
+                 purpose='<img src=x id="injected">')
+    carol = _lease(base, tokens["carol"], selector="arch=arm64", priority=10,
+                   purpose="bisect")
+    assert (bob["state"], carol["state"]) == ("queued", "queued")
+    _login(driver, base, tokens["admin"])
+    _wait(driver, lambda d: "on" in d.find_element("id", "live").get_attribute("class"),
+          what="the live stream")
+    driver.find_element("css selector", '#kinds a[data-kind="lease"]').click()
+    _wait(driver, lambda d: carol["id"] in d.find_element("id", "queue").text,
+          what="the queue")
+    # The classes in the order the scheduler serves them, each lease at its place.
+    classes = [t.get_attribute("data-priority")
+               for t in driver.find_elements("css selector", "#queue table")]
+    assert classes == ["10", "0"]
+    bob_row = driver.find_element("css selector", f'#queue tr[data-lease="{bob["id"]}"]').text
+    assert "bob for kernel" in bob_row
+    assert "3 \u00d7 arch=arm64" in bob_row  # 3 times
+    assert '<img src=x id="injected">' in bob_row  # shown as text
+    # The holders, their boards, expiry and heartbeat.
+    alice_row = driver.find_element("css selector",
+                                    f'#holding tr[data-lease="{alice["id"]}"]').text
+    assert "active" in alice_row
+    assert "b2" in alice_row
+    assert "in 60 min" in alice_row  # the default hour
+    assert "every 60 s, due in" in alice_row
+    assert hostile in alice_row
+    dave_row = driver.find_element("css selector",
+                                   f'#holding tr[data-lease="{dave["id"]}"]').text
+    assert "b4, b5" in dave_row
+    assert "in 2.0 h" in dave_row
+    # User input stays text: no element or script of its making ran.
+    assert driver.find_elements("id", "injected") == []
+    assert driver.execute_script("return window.pwned") is None
+    # Live: a new request joins the queue, a cancelled one is among the ended.
+    late = _lease(base, tokens["dave"], board="b5", purpose="late")
+    _wait(driver, lambda d: late["id"] in d.find_element("id", "queue").text,
+          what="the new request in the queue")
+    cancelled = httpx.post(f"{base}/api/v1/leases/{late['id']}/release",
+                           headers={"Authorization": f"Bearer {tokens['dave']}"}, json={})
+    assert cancelled.json()["state"] == "cancelled"
+    _wait(driver, lambda d: late["id"] in d.find_element("id", "ended").text
+          and late["id"] not in d.find_element("id", "queue").text,
+          what="the cancelled lease among the ended")
+    assert "cancelled" in driver.find_element(
+        "css selector", f'#ended tr[data-lease="{late["id"]}"]').text
+    driver.save_screenshot(str(ARTIFACTS / "leases.png"))
+    # A lease's explanation: its place, what holds the boards it could use.
+    driver.find_element("css selector", f'#queue tr[data-lease="{bob["id"]}"] a').click()
+    _wait(driver, lambda d: d.find_element("id", "position").text, what="bob's explanation")
+    assert "place 1 of 1 in priority 0" in driver.find_element("id", "position").text
+    assert "free: 0 of the 3 it needs" in driver.find_element("id", "why").text
+    blocking = driver.find_element("id", "blocking").text
+    assert alice["id"] in blocking
+    assert dave["id"] in blocking
+    assert "queue" in driver.find_element("id", "history").text
+    driver.save_screenshot(str(ARTIFACTS / "lease.png"))
+    assert driver.find_elements("id", "injected") == []
+    # An active lease's page; an admin may revoke it from there.
+    driver.get(f"{base}/#/lease/{alice['id']}")
+    _wait(driver, lambda d: d.find_element("id", "lease-state").text == "active",
+          what="alice's lease")
+    assert "active until" in driver.find_element("id", "why").text
+    assert hostile in driver.find_element("id", "explain").text
+    driver.find_element("id", "revoke-reason").send_keys("rack work")
+    driver.find_element("css selector", "#revoke button").click()
+    _wait(driver, lambda d: d.find_element("id", "lease-state").text == "returning",
+          what="the revoked lease returning")
+    assert "rack work" in driver.find_element("id", "history").text
+    assert driver.execute_script("return window.pwned") is None
+    assert _refused_by_policy(driver) == []
+
+
+def test_a_viewer_reads_leases_and_may_not_change_them(console):
+    driver, base, tokens, _engine = console
+    held = _lease(base, tokens["alice"], board="b2")
+    _login(driver, base, tokens["viewer"])
+    driver.get(f"{base}/#/lease/{held['id']}")
+    _wait(driver, lambda d: d.find_element("id", "lease-state").text == "active",
+          what="the lease")
+    assert driver.find_elements("id", "actions") == []
+    # The board's page links its holder's lease.
+    driver.get(f"{base}/#/board/b2")
+    _wait(driver, lambda d: d.find_element("id", "holder"), what="the holder")
+    driver.find_element("css selector", "#holder a").click()
+    _wait(driver, lambda d: held["id"] in d.find_element("id", "explain").text,
+          what="the holder's lease")
+
+
+@pytest.mark.mariadb
+def test_without_the_event_stream_the_leases_view_looks_again(tmp_path):
+    """MariaDB has no event stream (501): the leases view polls instead."""
+    from tests.conftest import scratch_mariadb_database
+
+    with scratch_mariadb_database() as url, _console(url, tmp_path) as lab:
+        driver, base, tokens, _engine = lab
+        _login(driver, base, tokens["viewer"])
+        driver.get(f"{base}/#/leases")
+        _wait(driver, lambda d: "Nothing is queued" in d.find_element("id", "queue").text,
+              what="the empty queue")
+        held = _lease(base, tokens["alice"], board="b2")
+        waiting = _lease(base, tokens["bob"], board="b2", purpose="after alice")
+        _wait(driver, lambda d: waiting["id"] in d.find_element("id", "queue").text
+              and held["id"] in d.find_element("id", "holding").text,
+              seconds=15, what="the leases, by polling")
+        assert "on" not in driver.find_element("id", "live").get_attribute("class")

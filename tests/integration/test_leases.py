@@ -168,6 +168,59 @@ def test_priority_then_fair_share_then_age(lab: Lab) -> None:
     assert order[:3] == [[urgent["id"]], [bob["id"]], [alice["id"]]]
 
 
+def test_the_queue_route_answers_the_order_the_scheduler_serves(lab: Lab) -> None:
+    first = lab.ask("alice", board="x86-1", on_return="power_cycle")
+    lab.clock.advance(100)
+    bob = lab.ask("bob", board="x86-1", on_return="power_cycle", purpose="<b>nightly</b>")
+    lab.clock.advance(5)
+    alice = lab.ask("alice", board="x86-1", on_return="power_cycle")
+    urgent = lab.ask("carol", selector="arch=amd64", priority=5, on_return="power_cycle",
+                     project="kernel")
+    answer = lab.call("GET", "/api/v1/leases/queue", "viewer")
+    assert answer.status_code == 200, answer.text
+    queue = answer.json()
+    assert queue["queued"] == queue["shown"] == 3
+    assert [(c["priority"], c["queued"]) for c in queue["classes"]] == [(5, 1), (0, 2)]
+    low = queue["classes"][1]["leases"]
+    # alice's share has held x86-1 for 105 s, bob's nothing: bob first, as the pass serves.
+    assert [(x["place"], x["id"]) for x in low] == [(1, bob["id"]), (2, alice["id"])]
+    assert [x["share_board_seconds"] for x in low] == [0, 105]
+    assert low[0]["purpose"] == "<b>nightly</b>"
+    assert low[0]["waited_seconds"] == 5.0
+    top = queue["classes"][0]["leases"][0]
+    assert (top["id"], top["selector"], top["project"]) == (urgent["id"], "arch=amd64", "kernel")
+    assert not top["over_quota"]
+    assert not top["reserving"]
+    # The first in order, with every class still counted in full.
+    one = lab.call("GET", "/api/v1/leases/queue?limit=1", "viewer").json()
+    assert one["shown"] == 1
+    assert [len(c["leases"]) for c in one["classes"]] == [1, 0]
+    assert [c["queued"] for c in one["classes"]] == [1, 2]
+    # The ranking is the one explain reports.
+    explained = lab.call("GET", f"/api/v1/leases/{bob['id']}/explain", "viewer").json()
+    assert explained["position"]["place"] == 1
+    # Bad input is refused and changes nothing; holders and nobody else read it.
+    assert lab.call("GET", "/api/v1/leases/queue?limit=0", "viewer").status_code == 422
+    assert lab.call("GET", "/api/v1/leases/queue?priority=5", "viewer").status_code == 422
+    assert lab.call("GET", "/api/v1/leases/queue", first["token"]).status_code == 403
+    assert lab.call("GET", "/api/v1/leases/queue", "nobody").status_code == 401
+    order = []
+    for holder in (first, urgent, bob):
+        lab.call("POST", f"/api/v1/leases/{holder['id']}/release", holder["owner"])
+        lab.settle(3)
+        order.append([x["id"] for x in lab.call("GET", "/api/v1/leases?state=active",
+                                                "viewer").json()])
+    assert order == [[urgent["id"]], [bob["id"]], [alice["id"]]]
+    empty = lab.call("GET", "/api/v1/leases/queue", "viewer").json()
+    assert (empty["queued"], empty["shown"], empty["classes"]) == (0, 0, [])
+    # Ended leases, the last to end first; open and ended together are refused.
+    ended = lab.call("GET", "/api/v1/leases?ended=true", "viewer").json()
+    assert [x["id"] for x in ended] == [bob["id"], urgent["id"], first["id"]]
+    both = lab.call("GET", "/api/v1/leases?ended=true&open=true", "viewer")
+    assert both.status_code == 422
+    assert "exclude each other" in both.text
+
+
 def test_several_boards_all_or_nothing_without_deadlock(lab: Lab) -> None:
     one = lab.ask("alice", selector="rack in (r1,r2,r3)", count=3, on_return="power_cycle")
     two = lab.ask("bob", selector="rack in (r1,r2,r3)", count=3, on_return="power_cycle")

@@ -1,6 +1,7 @@
 """Why a lease waits (``corral lease explain``): its place in its class, what
 each of its constraints ruled out, who holds the boards it could use and
-until when, and the quotas it hits."""
+until when, and the quotas it hits; and the whole queue in the order the
+scheduler's pass serves it (the console's leases view)."""
 
 from __future__ import annotations
 
@@ -82,14 +83,57 @@ def _blocking(tx: Any, leased: list[Any], holds: dict[str, tuple[int, int]]
 def _position(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
               ) -> dict[str, Any]:
     """Its place in its priority class, as the scheduler ranks it."""
-    queue = [q for q in tx.leases.list(kind=KIND, states=WAITING, limit=10**9)
-             if q["priority"] == lease["priority"]]
-    usage = tx.leases.usage(now - timedelta(seconds=settings.lease_share_window), now)
-    queue.sort(key=lambda q: rank_key(q, usage, now, settings.lease_wait_boost))
+    ranked, usage = _ranked(tx, settings, now)
+    queue = [q for q in ranked if q["priority"] == lease["priority"]]
     place = next(i for i, q in enumerate(queue, 1) if q["id"] == lease["id"])
     return {"class": lease["priority"], "place": place, "of": len(queue),
             "share": lease["share"],
             "share_board_seconds": round(usage.get(lease["share"], 0.0))}
+
+
+def _ranked(tx: Any, settings: Settings, now: datetime
+            ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The queued leases in the scheduler's order (:func:`rank_key`), and each
+    share's board-seconds over the fair-share window."""
+    usage = tx.leases.usage(now - timedelta(seconds=settings.lease_share_window), now)
+    queued = tx.leases.list(kind=KIND, states=WAITING, limit=10**9)
+    queued.sort(key=lambda q: rank_key(q, usage, now, settings.lease_wait_boost))
+    return queued, usage
+
+
+def queue(tx: Any, settings: Settings, now: datetime, *, limit: int = 500
+          ) -> dict[str, Any]:
+    """The queue as the scheduler's next pass would serve it: one entry per
+    priority class, highest first, each with its leases in order (fair share,
+    then age) and its whole length; at most ``limit`` leases in all, the
+    first ones. A lease over its owner's board quota is passed over by the
+    pass (``over_quota``); an allocating one keeps the free boards it could
+    use from the leases below it (``reserving``)."""
+    ranked, usage = _ranked(tx, settings, now)
+    held = tx.leases.held_boards(kind=KIND, states=["preparing", "active"])
+    classes: dict[int, dict[str, Any]] = {}
+    shown = 0
+    for lease in ranked:
+        entry = classes.setdefault(lease["priority"], {
+            "priority": lease["priority"], "queued": 0, "leases": []})
+        entry["queued"] += 1
+        if shown >= limit:
+            continue
+        shown += 1
+        waited = (now - lease["requested_at"]).total_seconds()
+        entry["leases"].append({
+            "place": entry["queued"], "id": lease["name"], "owner": lease["owner"],
+            "project": lease["share"] if lease["share"] != lease["owner"] else None,
+            "board": lease["board"], "selector": lease["selector"], "count": lease["count"],
+            "release": lease["release"], "purpose": lease["purpose"],
+            "requested_at": iso(lease["requested_at"]), "wait_until": iso(lease["wait_until"]),
+            "waited_seconds": round(max(waited, 0.0), 1),
+            "share_board_seconds": round(usage.get(lease["share"], 0.0)),
+            "over_quota": held.get(lease["owner"], 0) + lease["count"]
+            > settings.lease_quota_boards,
+            "state": lease["state"], "reserving": lease["state"] == "allocating"})
+    return {"at": iso(now), "queued": len(ranked), "shown": shown,
+            "classes": list(classes.values())}
 
 
 def _quotas(tx: Any, lease: dict[str, Any], settings: Settings) -> list[str]:

@@ -316,10 +316,23 @@ class LeaseService:
         return view(self.get(name))
 
     def list(self, *, states: list[str] | None = None, owner: str | None = None,
-             open_only: bool = False, limit: int = 500) -> list[dict[str, Any]]:
+             open_only: bool = False, ended_only: bool = False,
+             limit: int = 500) -> list[dict[str, Any]]:
+        """Leases newest first; ``open_only``: those that have not ended;
+        ``ended_only``: those that have, the last to end first.
+
+        Raises:
+            InvalidRequest: both ``open_only`` and ``ended_only``.
+        """
+        if open_only and ended_only:
+            raise InvalidRequest("open and ended leases exclude each other; ask for one")
+        if open_only:
+            states = list(OPEN)
+        elif ended_only:
+            states = [s for s in ENDED if states is None or s in states]
         with self.engine.store.unit() as tx:
-            rows = tx.leases.list(kind=KIND, states=list(OPEN) if open_only else states,
-                                  owner=owner, limit=limit)
+            rows = tx.leases.list(kind=KIND, states=states, owner=owner, limit=limit,
+                                  by_end=ended_only)
             boards = tx.leases.boards_of([r["id"] for r in rows])
         return [view({**r, "boards": boards[r["id"]]}) for r in rows]
 
@@ -333,6 +346,14 @@ class LeaseService:
             if lease is None:
                 raise NotFound(f"no lease named {name!r}")
             return explain(tx, lease, self.settings, self.engine.clock())
+
+    def queue(self, *, limit: int = 500) -> dict[str, Any]:
+        """The queue by priority class in the scheduler's order (see
+        :func:`corral.leases.explain.queue`)."""
+        from corral.leases.explain import queue
+
+        with self.engine.store.unit() as tx:
+            return queue(tx, self.settings, self.engine.clock(), limit=limit)
 
     def holders(self, board: str, *, at: datetime | None = None) -> builtins.list[dict[str, Any]]:
         """Who held ``board`` (at ``at``), newest first, from lease_boards."""

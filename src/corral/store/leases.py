@@ -35,13 +35,19 @@ class Leases(Repository):
         return dict(row._mapping) if row else None
 
     def list(self, *, kind: str, states: Sequence[str] | None = None,
-             owner: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        """Leases newest first (with their machine's state)."""
+             owner: str | None = None, limit: int = 500,
+             by_end: bool = False) -> list[dict[str, Any]]:
+        """Leases newest first (with their machine's state); ``by_end``: the
+        ones that ended last first (a lease that ended by its wait timeout
+        has no ``ended_at``: it ended when it entered its state)."""
         query = _with_state(kind)
         if states is not None:
             query = query.where(machines.c.state.in_(list(states)))
         if owner is not None:
             query = query.where(leases.c.owner == owner)
+        if by_end:
+            query = query.order_by(
+                func.coalesce(leases.c.ended_at, machines.c.state_entered_at).desc())
         query = query.order_by(leases.c.id.desc()).limit(limit)
         return [dict(r._mapping) for r in self.conn.execute(query)]
 

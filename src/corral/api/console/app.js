@@ -94,6 +94,10 @@ async function route() {
     a.classList.toggle("on", a.dataset.kind === state.kind));
   try {
     if (parts[0] === "diagram") return await showDiagram(parts[1] || "board");
+    if (state.kinds.includes("lease") && parts[0] === "leases") return await showLeases();
+    if (state.kinds.includes("lease") && parts[0] === "lease" && parts[1]) {
+      return await showLease(parts[1]);
+    }
     if (state.kinds.includes(parts[0]) && parts[1]) return await showMachine(parts[0], parts[1]);
     const kind = state.kinds.find((k) => `${k}s` === parts[0]) || state.kinds[0] || "board";
     return await showFleet(kind);
@@ -208,7 +212,7 @@ async function showMachine(kind, name) {
       <p class="summary" id="summary">${esc(e.summary)}</p>
       <table><tr><th>timeout</th><td>${timeout}</td></tr>
         <tr><th>in state</th><td>${Math.round(e.seconds_in_state)} s</td></tr>
-        ${e.holder ? `<tr><th>holder</th><td id="holder">${esc(e.holder.lease)} (${esc(e.holder.owner)},
+        ${e.holder ? `<tr><th>holder</th><td id="holder"><a href="#/lease/${encodeURIComponent(e.holder.lease)}">${esc(e.holder.lease)}</a> (${esc(e.holder.owner)},
           ${esc(e.holder.state)}${e.holder.expires_at ? `, until ${esc(e.holder.expires_at)}` : ""})</td></tr>` : ""}</table>
       ${counters ? `<h3>counters</h3><table>${counters}</table>` : ""}
       ${operations ? `<h3>operations</h3><table><tr><th>operation</th><th>status</th>
@@ -270,6 +274,230 @@ function wireActions(kind, name, e) {
     try {
       const answer = await api(`${path}/force-state`, {method: "POST", body: JSON.stringify(body)});
       report(`${answer.body.from_state} -> ${answer.body.state}`);
+    } catch (error) { report(error.message, true); }
+  });
+}
+
+// ------------------------------------------------------------------ leases
+
+// Durations as an operator reads them: 45 s, 12 min, 3.5 h, 4 d.
+function span(seconds) {
+  const s = Math.abs(seconds);
+  if (s < 120) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
+
+// A moment to come ("in 12 min") or gone ("3 s late"), kept current by tick().
+function until(moment, late = "ago") {
+  if (!moment) return "";
+  const seconds = (Date.parse(moment) - Date.now()) / 1000;
+  return seconds >= 0 ? `in ${span(seconds)}` : `${span(seconds)} ${late}`;
+}
+
+function timed(moment, kind, late) {
+  if (!moment) return '<span class="muted">none</span>';
+  const text = kind === "since" ? span((Date.now() - Date.parse(moment)) / 1000) : until(moment, late);
+  return `<span class="timed" data-${kind}="${esc(moment)}" data-late="${esc(late || "ago")}"
+    title="${esc(moment)}">${esc(text)}</span>`;
+}
+
+// Rewrites the relative times of the page every few seconds (no request).
+function tick() {
+  document.querySelectorAll(".timed").forEach((el) => {
+    if (el.dataset.since) el.textContent = span((Date.now() - Date.parse(el.dataset.since)) / 1000);
+    else if (el.dataset.until) {
+      el.textContent = until(el.dataset.until, el.dataset.late);
+      el.classList.toggle("late", Date.parse(el.dataset.until) < Date.now());
+    }
+  });
+}
+setInterval(tick, 5000);
+
+// A moment to the second, in the server's zone (UTC), the whole of it on hover.
+const when = (moment) => moment
+  ? `<span title="${esc(moment)}">${esc(moment.slice(0, 19).replace("T", " "))}</span>` : "";
+const leaseLink = (id) => `<a href="#/lease/${encodeURIComponent(id)}">${esc(id)}</a>`;
+const boardLinks = (boards, none = "none yet") => boards.length ? boards.map((b) =>
+  `<a href="#/board/${encodeURIComponent(b)}">${esc(b)}</a>`).join(", ") : `<span class="muted">${none}</span>`;
+const whose = (l) => `${esc(l.owner)}${l.project ? ` <span class="muted">for ${esc(l.project)}</span>` : ""}`;
+
+function asks(l) {
+  const what = l.board ? `board <code>${esc(l.board)}</code>`
+    : `${l.count} &times; <code>${esc(l.selector || "any board")}</code>`;
+  return what + (l.release ? ` on <code>${esc(l.release)}</code>` : "");
+}
+
+// A heartbeat's due time: the last one plus the interval.
+function heartbeatDue(l) {
+  if (!l.heartbeat) return '<span class="muted">none</span>';
+  if (!l.heartbeat_at || l.state !== "active") return `every ${l.heartbeat} s`;
+  const due = new Date(Date.parse(l.heartbeat_at) + l.heartbeat * 1000).toISOString();
+  return `every ${l.heartbeat} s, due ${timed(due, "until", "late")}`;
+}
+
+// Reload the leases page or a lease's page soon (the stream says something
+// changed; several changes in a row make one reload).
+function refreshLeases(delay) {
+  clearTimeout(state.refresh);
+  state.refresh = setTimeout(() => {
+    const page = state.page;
+    if (page?.type === "leases") showLeases().catch(() => {});
+    else if (page?.type === "lease") showLease(page.name).catch(() => {});
+  }, delay);
+}
+
+// Without the event stream (MariaDB, or while it reconnects), the lease
+// pages look again every 5 s.
+setInterval(() => {
+  if (["leases", "lease"].includes(state.page?.type) && !$("live").classList.contains("on")
+      && !$("revoke-reason")?.value) refreshLeases(0);
+}, 5000);
+
+const HOLDING_ORDER = {preparing: 0, active: 1, returning: 2};
+
+async function showLeases() {
+  const [queue, preparing, active, returning, ended] = await Promise.all([
+    api("/api/v1/leases/queue?limit=500"), api("/api/v1/leases?state=preparing&limit=1000"),
+    api("/api/v1/leases?state=active&limit=1000"), api("/api/v1/leases?state=returning&limit=1000"),
+    api("/api/v1/leases?ended=true&limit=20")]);
+  state.page = {type: "leases"};
+  document.querySelectorAll("#kinds a").forEach((a) =>
+    a.classList.toggle("on", a.dataset.kind === "lease"));
+  const q = queue.body;
+  const holding = [...preparing.body, ...active.body, ...returning.body].sort((a, b) =>
+    (HOLDING_ORDER[a.state] - HOLDING_ORDER[b.state]) ||
+    String(a.expires_at || "").localeCompare(String(b.expires_at || "")) || a.id.localeCompare(b.id));
+  const classes = q.classes.map((c) => `
+    <h3 class="class">priority ${c.priority} <span class="muted">(${c.queued} queued)</span></h3>
+    <table class="leases" data-priority="${c.priority}"><tr><th>#</th><th>lease</th><th>owner</th>
+      <th>asks</th><th>waited</th><th>share used</th><th>purpose</th><th></th></tr>
+    ${c.leases.map((l) => `<tr data-lease="${esc(l.id)}"><td>${l.place}</td><td>${leaseLink(l.id)}</td>
+      <td>${whose(l)}</td><td>${asks(l)}</td><td>${timed(l.requested_at, "since")}</td>
+      <td>${span(l.share_board_seconds)}</td><td class="purpose">${esc(l.purpose)}</td>
+      <td>${l.over_quota ? '<span class="tag late" title="its owner holds too many boards">over quota</span>' : ""}
+        ${l.reserving ? '<span class="tag" title="the boards it could use are kept for it">reserving</span>' : ""}</td>
+    </tr>`).join("")}</table>`).join("");
+  const holdingRows = holding.map((l) => `<tr data-lease="${esc(l.id)}"><td>${leaseLink(l.id)}</td>
+    <td class="state">${esc(l.state)}</td><td>${whose(l)}</td><td>${boardLinks(l.boards)}</td>
+    <td>${l.state === "active" ? timed(l.expires_at, "until", "late") : '<span class="muted">not yet</span>'}</td>
+    <td>${heartbeatDue(l)}</td><td class="purpose">${esc(l.purpose)}</td></tr>`).join("");
+  const endedRows = ended.body.map((l) => `<tr data-lease="${esc(l.id)}"><td>${leaseLink(l.id)}</td>
+    <td class="state">${esc(l.state)}</td><td>${esc(l.ended_by)}</td><td>${whose(l)}</td>
+    <td>${boardLinks(l.boards, "none")}</td><td>${l.ended_at ? `${timed(l.ended_at, "since")} ago` : ""}</td>
+    <td class="purpose">${esc(l.purpose)}</td></tr>`).join("");
+  $("view").innerHTML = `
+    <div class="card"><div class="toolbar"><h1>Leases</h1>
+      <span class="muted" id="lease-totals">${q.queued} queued, ${holding.length} holding or returning</span>
+      <a href="#/diagram/lease">diagram</a></div></div>
+    <div class="card" id="queue"><h2>queue</h2>
+      <p class="muted">In the order the scheduler serves it: priority classes, then fair share
+        (the board-time each share used lately), then age.${q.shown < q.queued ? ` The first ${q.shown} of ${q.queued}.` : ""}</p>
+      ${classes || '<p class="muted">Nothing is queued.</p>'}</div>
+    <div class="card" id="holding"><h2>holding</h2>
+      ${holdingRows ? `<table class="leases"><tr><th>lease</th><th>state</th><th>owner</th><th>boards</th>
+        <th>expires</th><th>heartbeat</th><th>purpose</th></tr>${holdingRows}</table>`
+        : '<p class="muted">No lease holds boards.</p>'}</div>
+    <div class="card" id="ended"><h2>recently ended</h2>
+      ${endedRows ? `<table class="leases"><tr><th>lease</th><th>state</th><th>how</th><th>owner</th>
+        <th>boards</th><th>ended</th><th>purpose</th></tr>${endedRows}</table>`
+        : '<p class="muted">None yet.</p>'}</div>`;
+  tick();
+}
+
+async function showLease(name) {
+  const path = `/api/v1/leases/${encodeURIComponent(name)}`;
+  const [shown, explained, history] = await Promise.all([
+    api(path), api(`${path}/explain`), api(`${path}/history?limit=50`)]);
+  const l = shown.body, e = explained.body;
+  state.page = {type: "lease", kind: "lease", name, queued: l.state === "queued"};
+  document.querySelectorAll("#kinds a").forEach((a) =>
+    a.classList.toggle("on", a.dataset.kind === "lease"));
+  const ended = !["requested", "queued", "preparing", "active"].includes(l.state);
+  const rows = [
+    ["owner", whose(l)], ["asks", `${asks(l)} for ${span(l.duration)}`],
+    ["priority", String(l.priority)], ["purpose", `<span class="purpose">${esc(l.purpose)}</span>`],
+    ["boards", boardLinks(l.boards)],
+    ["requested", `${when(l.requested_at)} (${timed(l.requested_at, "since")} ago)`],
+  ];
+  if (l.state === "queued") rows.push(["wait until", `${when(l.wait_until)} (${timed(l.wait_until, "until", "late")})`]);
+  if (l.activated_at) rows.push(["activated", when(l.activated_at)]);
+  if (l.state === "active") {
+    rows.push(["expires", `${when(l.expires_at)} (${timed(l.expires_at, "until", "late")})`]);
+    rows.push(["heartbeat", heartbeatDue(l)]);
+  }
+  if (l.ended_by) rows.push(["ended", `${esc(l.ended_by)}${l.ended_at ? ` at ${when(l.ended_at)}` : ""}`]);
+  rows.push(["on return", esc(l.on_return)]);
+  $("view").innerHTML = `
+    <div class="card" id="explain">
+      <h1>lease ${esc(name)}: <span id="lease-state" class="${l.state === "failed" ? "state-failed" : ""}">${esc(l.state)}</span></h1>
+      <p class="summary" id="why">${esc(e.why)}</p>
+      <table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join("")}</table>
+      ${e.position ? queuedDetail(e) : ""}
+    </div>
+    ${!ended && (isAdmin() || state.who.name === l.owner) ? leaseActions(l) : ""}
+    <div class="card"><h3>history</h3><table id="history"><tr><th>id</th><th>at</th><th>event</th>
+      <th>from</th><th>to</th><th>source</th><th>actor</th><th>reason</th></tr></table>
+      <button id="older" hidden>older</button></div>`;
+  addHistory(history.body);
+  if (!ended) wireLeaseActions(l);
+  tick();
+}
+
+// What explain says of a queued lease: its place, the census of the boards
+// it could use, who holds them and until when, the quotas it hits.
+function queuedDetail(e) {
+  const p = e.position;
+  const census = [`${e.matching} match`, `${e.free} free`, `${e.leased} leased`];
+  const notReady = Object.entries(e.not_ready).map(([s, n]) => `${esc(s)} ${n}`).join(", ");
+  if (notReady) census.push(`not ready: ${notReady}`);
+  const ruledOut = Object.entries(e.ruled_out).map(([term, n]) =>
+    `<tr><td><code>${esc(term)}</code></td><td>${n} ruled out</td></tr>`).join("");
+  const blocking = e.blocking.map((b) => `<tr><td>${leaseLink(b.lease)}</td><td>${esc(b.owner)}</td>
+    <td>${esc(b.state)}</td><td>${b.boards}</td><td>${b.expires_at ? `${when(b.expires_at)}
+    (${timed(b.expires_at, "until", "late")})` : ""}</td></tr>`).join("");
+  return `<h3>in the queue</h3>
+    <p id="position">place ${p.place} of ${p.of} in priority ${p.class}; share
+      <strong>${esc(p.share)}</strong> used ${span(p.share_board_seconds)} of board-time lately</p>
+    <p id="census">${census.join("; ")}</p>
+    ${ruledOut ? `<table id="ruled-out">${ruledOut}</table>` : ""}
+    ${blocking ? `<h3>held by</h3><table id="blocking"><tr><th>lease</th><th>owner</th><th>state</th>
+      <th>boards</th><th>expires</th></tr>${blocking}</table>` : ""}
+    ${e.estimate ? `<p id="estimate">enough boards free up by ${when(e.estimate)}
+      (${timed(e.estimate, "until", "ago")}) if their holders keep them to the end</p>` : ""}
+    ${e.quota.length ? `<p class="error" id="quota">${e.quota.map(esc).join("; ")}</p>` : ""}`;
+}
+
+function leaseActions(l) {
+  return `<div class="card actions" id="actions"><h3>actions</h3>
+    ${state.who.name === l.owner || isAdmin() ? `<button id="release">${l.state === "queued" ? "cancel" : "release"}</button>` : ""}
+    ${isAdmin() ? `<form id="revoke"><input id="revoke-reason" placeholder="reason (required)" required>
+      <label><input type="checkbox" id="revoke-if" checked> only if still ${esc(l.state)}</label>
+      <button type="submit">revoke</button></form>` : ""}
+    <p id="action-result" class="muted"></p></div>`;
+}
+
+function wireLeaseActions(l) {
+  const path = `/api/v1/leases/${encodeURIComponent(l.id)}`;
+  const report = (text, bad) => { $("action-result").textContent = text;
+    $("action-result").className = bad ? "error" : "muted"; };
+  $("release")?.addEventListener("click", async () => {
+    if (!confirm(`Give ${l.id} back?`)) return;
+    try {
+      const {body} = await api(`${path}/release`, {method: "POST",
+        body: JSON.stringify({reason: `released from the console by ${state.who.name}`})});
+      report(`${l.id} is ${body.state}`);
+    } catch (error) { report(error.message, true); }
+  });
+  $("revoke")?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {reason: $("revoke-reason").value};
+    if ($("revoke-if").checked) body.if_state = l.state;
+    try {
+      const answer = await api(`${path}/revoke`, {method: "POST", body: JSON.stringify(body)});
+      $("revoke-reason").value = "";
+      report(`${l.id} is ${answer.body.state}`);
     } catch (error) { report(error.message, true); }
   });
 }
@@ -346,6 +574,11 @@ async function follow() {
     try {
       const answer = await fetch("/api/v1/events", {headers, signal: controller.signal});
       if (answer.status === 401) return logout("The token was refused: log in again.");
+      if (answer.status === 501) {  // no stream on this database (MariaDB): pages poll
+        $("live").title = "no event stream on this database: polling";
+        return;
+      }
+      if (!answer.ok) throw new Error(`${answer.status}`);
       $("live").classList.add("on");
       const reader = answer.body.getReader();
       const decoder = new TextDecoder();
@@ -381,6 +614,12 @@ function changed(event) {
   } else if (page?.type === "machine" && event.kind === page.kind && event.name === page.name) {
     clearTimeout(state.refresh);
     state.refresh = setTimeout(() => showMachine(page.kind, page.name), 200);
+  } else if (page?.type === "leases" && (event.kind === "lease" ||
+             (event.kind === "board" && event.event.startsWith("lease_")))) {
+    refreshLeases(300);
+  } else if (page?.type === "lease" && event.kind === "lease" &&
+             (event.name === page.name || (page.queued && !$("revoke-reason")?.value))) {
+    refreshLeases(300);  // its own change; or, while it waits, one that may move it
   }
 }
 

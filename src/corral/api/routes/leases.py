@@ -109,6 +109,47 @@ class HeldOut(BaseModel):
     until: str | None
 
 
+class QueuedLeaseOut(BaseModel):
+    """A queued lease at its place in its priority class."""
+
+    place: int = Field(description="1 is served first in its class.")
+    id: str
+    owner: str
+    project: str | None = Field(description="The share it counts against, when not its owner.")
+    board: str | None = Field(description="The one board asked for by name.")
+    selector: str | None
+    count: int
+    release: str | None
+    purpose: str | None
+    requested_at: str | None
+    wait_until: str | None = Field(description="When it is cancelled if still queued.")
+    waited_seconds: float
+    share_board_seconds: int = Field(description=(
+        "Board-seconds its share held over lease_share_window: less goes first."))
+    over_quota: bool = Field(description=(
+        "Its owner holds too many boards to take it now (lease_quota_boards): passed "
+        "over until some are given back."))
+    state: str = Field(description="queued, or allocating.")
+    reserving: bool = Field(description=(
+        "It is allocating: it waited lease_reserve_after, and the free boards it could "
+        "use are kept from the leases below it (for lease_reserve_for)."))
+
+
+class QueueClassOut(BaseModel):
+    priority: int
+    queued: int = Field(description="Leases queued in this class (all, even past the limit).")
+    leases: list[QueuedLeaseOut]
+
+
+class LeaseQueueOut(BaseModel):
+    """The queue in the order the scheduler's next pass serves it."""
+
+    at: str | None = Field(description="The server's time of the ranking.")
+    queued: int = Field(description="Leases queued in all.")
+    shown: int = Field(description="Leases in this answer (at most the limit).")
+    classes: list[QueueClassOut] = Field(description="Highest priority first.")
+
+
 def service(request: Request) -> LeaseService:
     leases = request.app.state.services.leases
     if leases is None:
@@ -154,10 +195,23 @@ def list_leases(
     state: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
     open: Annotated[bool, Query(description="Only leases that have not ended.")] = False,
+    ended: Annotated[bool, Query(description=(
+        "Only leases that have ended, the last to end first."))] = False,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
     return service(request).list(states=[state] if state else None, owner=owner,
-                                 open_only=open, limit=limit)
+                                 open_only=open, ended_only=ended, limit=limit)
+
+
+# Before /api/v1/leases/{name}: "queue" has the shape of a lease name.
+@router.get("/api/v1/leases/queue", responses=ERRORS, response_model=LeaseQueueOut,
+            summary="Queued leases by priority class, in the order the scheduler serves "
+                    "them.")
+def lease_queue(request: Request, _: Viewer,
+                limit: Annotated[int, Query(ge=1, le=5000, description=(
+                    "At most this many leases, the first in order."))] = 500,
+                ) -> dict[str, Any]:
+    return service(request).queue(limit=limit)
 
 
 @router.get("/api/v1/leases/{name}", responses=ERRORS, response_model=LeaseOut,
