@@ -41,7 +41,8 @@ log = structlog.get_logger("corral.leases")
 # The board events only the lease scheduler fires.
 BOARD_EVENTS = ("lease_hold", "lease_reimage", "lease_unhold", "lease_return",
                 "lease_return_cycle")
-LEASE_EVENTS = ("queue", "allocated", "prepared", "renew", "expiry_warning", "release",
+LEASE_EVENTS = ("queue", "reserve", "wait_again", "allocated", "prepared", "renew",
+                "expiry_warning", "release",
                 "revoke", "fail", "returned", "returned_expired", "returned_revoked",
                 "returned_failed")
 NEEDS = [Needs(service="leases", kind=KIND, states=(*OPEN, *ENDED), events=LEASE_EVENTS),
