@@ -192,7 +192,8 @@ def test_a_selector_is_kept_in_its_canonical_form():
     doc = versions.convert(spec, "corral/v2")
     assert doc["stages"][0]["actions"][0]["leaseAction"] == {
         "selector": "arch=arm64,rack in (r1,r2),!broken", "count": 2, "duration": {"hours": 6},
-        "release": "ubuntu-24.04", "heartbeat": {"minutes": 1}, "priority": 10}
+        "release": "ubuntu-24.04", "heartbeat": {"minutes": 1}, "priority": 10,
+        "on_return": "power_cycle"}
 
 
 def test_maize_snapshot_becomes_one_override_stage():
@@ -250,7 +251,8 @@ def specs(draw, version: int = 1) -> JobSpec:
                               r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,30}", fullmatch=True)),
                           "heartbeat_seconds": draw(st.none() | st.sampled_from(
                               [5, 60, 90, 3600, 86400])),
-                          "priority": draw(st.integers(-100, 100))}
+                          "priority": draw(st.integers(-100, 100)),
+                          "on_return": draw(st.sampled_from(["reimage", "power_cycle"]))}
             else:
                 params = {"event": draw(st.from_regex(r"[a-z][a-z0-9_.-]{0,20}",
                                                       fullmatch=True))}

@@ -14,7 +14,7 @@ right, in v1's words. Every problem found is reported at once.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -119,6 +119,7 @@ class LeaseBody(Strict):
     release: str | None = None
     heartbeat: Duration | None = None
     priority: Annotated[int, Field(ge=-100, le=100)] = 0
+    on_return: Literal["reimage", "power_cycle"] = "reimage"
 
     @field_validator("selector")
     @classmethod
@@ -270,7 +271,7 @@ def _params(kind: str, body: Any) -> dict[str, Any]:
     return {"selector": body.selector, "count": body.count,
             "duration_seconds": body.duration.total, "release": body.release,
             "heartbeat_seconds": body.heartbeat.total if body.heartbeat else None,
-            "priority": body.priority}
+            "priority": body.priority, "on_return": body.on_return}
 
 
 def _cross_checks(model: JobDoc) -> list[str]:

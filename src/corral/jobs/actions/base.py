@@ -69,6 +69,11 @@ class ActionType:
         """A lab-dependent problem, or None."""
         return None
 
+    def dispatch_key(self, params: Mapping[str, Any]) -> str:
+        """Actions with the same key are checked at dispatch once (MO answers
+        for the pool whatever the version; each lease is checked)."""
+        return self.key
+
     def start(self, params: Mapping[str, Any], ctx: RunContext) -> Mapping[str, Any] | None:
         """The action's side effect, if any; returns what the job keeps in its
         vars while the action runs (a lease's name), for ``stop`` and the

@@ -42,6 +42,9 @@ class LeaseAction(ActionType):
                           "(5 s to 1 day); the job sends the heartbeats."),
         Field(name="priority", type="integer", required=False,
               description="The lease's place in the queue, -100 to 100 (default 0)."),
+        Field(name="on_return", type="string", required=False,
+              description="How the boards go home after the job: `reimage` to the lab's "
+                          "baseline (the default) or `power_cycle`."),
     )
 
     def dump(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,10 +56,15 @@ class LeaseAction(ActionType):
             body["heartbeat"] = duration_doc(params["heartbeat_seconds"])
         if params.get("priority", 0):
             body["priority"] = params["priority"]
+        if params.get("on_return", "reimage") != "reimage":
+            body["on_return"] = params["on_return"]
         return body
 
     def check_dispatch(self, params: Mapping[str, Any], ctx: RunContext) -> str | None:
         return ctx.lease_problem(params)
+
+    def dispatch_key(self, params: Mapping[str, Any]) -> str:
+        return f"{self.key} {sorted(params.items())}"
 
     def start(self, params: Mapping[str, Any], ctx: RunContext) -> Mapping[str, Any] | None:
         return {"lease": ctx.request_lease(params)}
