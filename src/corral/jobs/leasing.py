@@ -70,8 +70,9 @@ def _how(lease: Mapping[str, Any]) -> str:
 def leases_of(engine: Engine, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A job's leases as answers show them: those it holds, then the one it
     waits for (``held`` false), each with its state, boards and expiry."""
-    names = names_of(variables.get("leases"))
+    held = names_of(variables.get("leases"))
     waiting = variables.get("lease")
+    names = list(held)
     if isinstance(waiting, str) and waiting and waiting not in names:
         names.append(waiting)
     found = []
@@ -84,7 +85,7 @@ def leases_of(engine: Engine, variables: Mapping[str, Any]) -> list[dict[str, An
             shown = view({**lease, "boards": boards})
             found.append({"id": shown["id"], "state": shown["state"],
                           "boards": shown["boards"], "expires_at": shown["expires_at"],
-                          "ended_by": shown["ended_by"], "held": name != waiting})
+                          "ended_by": shown["ended_by"], "held": name in held})
     return found
 
 
@@ -229,8 +230,8 @@ class JobLeases:
         for held in names_of(variables.get("leases")):
             lease = leases.get(held)
             if lease is not None and lease["state"] in GONE:
-                if self._tell(name, "lease_lost", held, reason=f"{held} ended ({_how(lease)}) while "
-                              "the job held it"):
+                reason = f"{held} ended ({_how(lease)}) while the job held it"
+                if self._tell(name, "lease_lost", held, reason=reason):
                     report.lost.append(held)
                 return
             if lease is not None:

@@ -16,7 +16,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from corral.errors import InvalidRequest
 from corral.jobs import v1
@@ -85,7 +92,7 @@ class Timeouts(Strict):
 
 
 class OsOverrideBody(Strict):
-    osVersion: str  # noqa: N815 (the spec's own key)
+    osVersion: str
 
     @field_validator("osVersion")
     @classmethod
@@ -158,10 +165,10 @@ class ActionDoc(Strict):
     name: Name
     timeout: Duration | None = None
     failure_retry: Annotated[int, Field(ge=0, le=MAX_RETRY)] = 0
-    osOverrideAction: OsOverrideBody | None = None  # noqa: N815
-    holdAction: HoldBody | None = None  # noqa: N815
-    waitForEventAction: WaitForEventBody | None = None  # noqa: N815
-    leaseAction: LeaseBody | None = None  # noqa: N815
+    osOverrideAction: OsOverrideBody | None = None
+    holdAction: HoldBody | None = None
+    waitForEventAction: WaitForEventBody | None = None
+    leaseAction: LeaseBody | None = None
 
     @model_validator(mode="after")
     def _one_type(self) -> ActionDoc:
@@ -183,7 +190,7 @@ class StageDoc(Strict):
 
 
 class JobDoc(Strict):
-    apiVersion: str  # noqa: N815
+    apiVersion: str
     kind: str
     job_name: Name
     priority: int = PRIORITY_LABELS["medium"]
