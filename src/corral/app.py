@@ -26,6 +26,7 @@ from corral.store import open_store
 if TYPE_CHECKING:
     from corral.bootres.pxe import BootResourcePxe
     from corral.engine.worker import OperationWorker
+    from corral.jobs.leasing import JobLeases
     from corral.leases.service import LeaseService
     from corral.mo.client import MoClient
     from corral.operations.base import Handler
@@ -63,6 +64,19 @@ def lease_service(engine: Engine, settings: Settings) -> LeaseService | None:
     return LeaseService(engine, settings, kick=scheduler.run_pass)
 
 
+def job_leases(engine: Engine, settings: Settings) -> JobLeases | None:
+    """The leases of jobs (``leaseAction``): None in a lab without the job or
+    the lease machine."""
+    if "job" not in engine.machines:
+        return None
+    leases = lease_service(engine, settings)
+    if leases is None:
+        return None
+    from corral.jobs.leasing import JobLeases
+
+    return JobLeases(engine, leases)
+
+
 def mo_client(settings: Settings) -> MoClient:
     """MO at ``mo_target`` (the channel connects on first use, so a lab without
     pools never needs MO)."""
@@ -83,7 +97,7 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
     handlers = _board_handlers(settings, simulate, engine) | MoOperations(mo).handlers()
     if engine is not None and "job" in engine.machines:
         service = JobService(engine, default_ttl=settings.mo_override_ttl)
-        handlers |= JobOperations(service, mo).handlers()
+        handlers |= JobOperations(service, mo, job_leases(engine, settings)).handlers()
     return handlers
 
 

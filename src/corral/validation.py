@@ -103,8 +103,11 @@ def validate(schema: type[T] | Any, doc: Any, path: str, *,
         return None, problems_of(exc, schema, doc, path)
 
 
-def problems_of(error: ValidationError, schema: Any, doc: Any, path: str) -> list[Problem]:
-    """Each error of ``error`` as a :class:`Problem` of the file ``path``."""
+def problems_of(error: ValidationError, schema: Any, doc: Any, path: str, *,
+                top_level: str = "") -> list[Problem]:
+    """Each error of ``error`` as a :class:`Problem` of the file ``path``;
+    ``top_level`` names the document itself in a message about it (a job
+    spec says ``(top level): missing required key 'stages'``)."""
     problems = []
     for detail in error.errors(include_url=False):
         loc = detail["loc"]
@@ -114,6 +117,7 @@ def problems_of(error: ValidationError, schema: Any, doc: Any, path: str) -> lis
             loc = (*loc, detail["type"].removeprefix("unknown_"))
         spot = _locate(schema, doc, loc)
         where, message = _message(detail, spot)
+        where = where or top_level
         text = f"{where}: {message}" if where else message
         problems.append(Problem(path=path, line=spot.line, message=text))
     return sorted(problems, key=lambda p: p.line)

@@ -311,6 +311,50 @@ def test_job_validate_needs_no_database(tmp_path):
     assert validate("-", "{not json").returncode == 2
 
 
+V2_SPEC = (ROOT / "tests" / "golden" / "jobspec" / "v2" / "full.yaml").read_text()
+
+
+def test_job_validate_takes_v1_and_v2_and_names_each_problem(tmp_path):
+    env = os.environ | {"CORRAL_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/corral"}
+    env.pop("CORRAL_CONFIG", None)
+
+    def validate(text: str) -> subprocess.CompletedProcess:
+        (tmp_path / "spec.yaml").write_text(text)
+        result = subprocess.run([CORRAL, "job", "validate", "spec.yaml"], env=env,
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    for text in (MINIMAL_SPEC, V2_SPEC):
+        result = validate(text)
+        assert (result.returncode, result.stdout) == (0, "valid\n"), result.stderr
+    bad = validate(V2_SPEC.replace("count: 2", "count: 0").replace(
+        "selector: \"arch=arm64, rack in (r1, r2), !broken\"", "selector: \"arch==arm64\""))
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "error: invalid job spec:",
+        "  stages[0].actions[0].leaseAction.selector: selector term 'arch==arm64' is not one "
+        "of key=value, key!=value, key in (a,b), key notin (a,b), key, !key",
+        "  stages[0].actions[0].leaseAction.count: must be a whole number of at least 1, not "
+        "the number 0"]
+    # The version field decides: the same lease in a v1 spec is an unknown key.
+    as_v1 = validate(V2_SPEC.replace("apiVersion: corral/v2", "apiVersion: corral/v1"))
+    assert as_v1.returncode == 2
+    assert "  stages[0].actions[0].leaseAction: unknown key; allowed keys: name, timeout, " \
+           "failure_retry, osOverrideAction, holdAction, waitForEventAction" in as_v1.stderr
+
+
+def test_job_spec_refuses_to_write_a_lease_as_v1(corral, tmp_path):
+    (tmp_path / "spec.yaml").write_text(V2_SPEC)
+    job = corral("job", "submit", "spec.yaml").stdout.split(":")[0]
+    assert corral("job", "spec", job).stdout == V2_SPEC
+    refused = corral("job", "spec", job, "--api-version", "corral/v1", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (
+        "error: cannot convert to corral/v1 without losing information: stages[0].actions[0]: "
+        "action type leaseAction needs corral/v2; corral/v1 cannot express it\n")
+
+
 def test_job_submit_refuses_hostile_specs_with_their_field(corral, tmp_path):
     for text, message in (
             (MINIMAL_SPEC.replace("apiVersion: corral/v1", "apiVersion: [corral/v1]"),

@@ -163,6 +163,10 @@ class JobOut(MachineOut):
     pool: str | None = Field(description="The pool the scheduler gave the job.")
     current: dict[str, Any] | None = Field(
         description="The action under way: stage, action, type, attempt.")
+    leases: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The leases of its leaseActions (corral/v2): id, state, boards, "
+                    "expires_at, ended_by, and held (false: the one it waits for).")
     failure_comment: str | None = Field(description="Why the job ended incomplete or "
                                                     "canceled.")
     finished_at: datetime | None

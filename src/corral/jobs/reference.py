@@ -1,4 +1,5 @@
-"""The v1 spec reference table in docs/jobs.md, generated from the schema.
+"""The spec reference tables in docs/jobs.md, generated from each version's
+schema.
 
     python -m corral.jobs.reference --update docs/jobs.md   (``make docs``)
 """
@@ -8,23 +9,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from corral.jobs import v1
+from corral.jobs import v1, v2
 
-START, END = "<!-- fields:v1 -->\n", "<!-- /fields:v1 -->"
+FIELDS = {"v1": v1.FIELDS, "v2": v2.FIELDS}
 
 
-def v1_table() -> str:
+def table(version: str) -> str:
+    """The reference table of ``version`` (``v1``, ``v2``) as markdown."""
     rows = ["| field | type | required | meaning |", "| --- | --- | --- | --- |"]
-    for path, kind, required, text in v1.FIELDS:
+    for path, kind, required, text in FIELDS[version]:
         rows.append(f"| `{path}` | {kind} | {'yes' if required else 'no'} | {text} |")
     return "\n".join(rows) + "\n"
 
 
 def update(path: Path) -> None:
     text = path.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(head + START + v1_table() + END + tail)
+    for version in FIELDS:
+        start, end = f"<!-- fields:{version} -->\n", f"<!-- /fields:{version} -->"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + start + table(version) + end + tail
+    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ advisory lock on PostgreSQL, ``GET_LOCK`` on MariaDB; SQLite serializes
 writers anyway), so priorities hold however many engines run. The job
 machine's operations (``validate_dispatch``, ``start_action``,
 ``finish_job``) and the pool machine's ``notify_job`` are run by the outbox
-worker like any other operation.
+worker like any other operation; a job's leases (``leaseAction``) are
+:mod:`corral.jobs.leasing`'s.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from corral.operations.base import OperationContext, OperationFailed, Reported
 from corral.pools.service import PoolService
 
 if TYPE_CHECKING:
+    from corral.jobs.leasing import JobLeases
     from corral.mo.client import MoClient
 
 KIND = "job"
@@ -47,10 +49,16 @@ NEEDS = (
 
 
 def reserve_job_events(engine: Engine) -> None:
-    """Events only the scheduler, the pools and ``signal`` fire."""
+    """Events only the scheduler, the pools and ``signal`` fire; and what
+    ``corral job explain`` adds (the job's leases)."""
     if KIND in engine.machines:
         engine.firing.reserve_events(KIND, RESERVED_EVENTS, "the scheduler, the pools and `corral "
                               "job signal` send it")
+        from corral.jobs.leasing import explain_leases
+
+        explainers = engine.explainers.setdefault(KIND, [])
+        if explain_leases not in explainers:
+            explainers.append(explain_leases)
 
 
 def _iso(moment: datetime) -> str:
@@ -119,6 +127,8 @@ class JobService:
         record = self.record(name)
         spec = JobSpec.from_json(record["spec"])
         variables = doc.get("vars", {})
+        from corral.jobs.leasing import leases_of
+
         current = None
         if "stage" in variables:
             stage = spec.stages[variables["stage"]]
@@ -130,6 +140,7 @@ class JobService:
                       "submitted_at": record["submitted_at"],
                       "submitted_by": record["submitted_by"],
                       "pool": variables.get("pool"), "current": current,
+                      "leases": leases_of(self.engine, variables),
                       "failure_comment": record["failure_comment"],
                       "finished_at": record["finished_at"]}
 
@@ -200,8 +211,11 @@ class _Run:
     """What an action may use while it starts (see ``RunContext``)."""
 
     def __init__(self, service: JobService, mo: MoClient | None, job: str, pool: str | None,
-                 ttl: int) -> None:
+                 ttl: int, leases: JobLeases | None = None) -> None:
         self.service, self.mo, self.job, self.pool, self.ttl = service, mo, job, pool, ttl
+        self.leases = leases
+        # The action being started (set by start_action): for a lease's request.
+        self.where, self.attempt, self.wait_seconds, self.purpose = "", 1, 0, ""
 
     def override(self, os_version: str) -> None:
         if self.pool is None:
@@ -222,6 +236,24 @@ class _Run:
             raise OperationFailed(f"cannot start the override of pool {self.pool}: {exc}"
                                   ) from None
 
+    def lease_problem(self, params: Mapping[str, Any]) -> str | None:
+        if self.leases is None:
+            return "this lab leases no boards (its statemachines/ has no lease machine)"
+        return self.leases.problem(params)
+
+    def request_lease(self, params: Mapping[str, Any]) -> str:
+        if self.leases is None:
+            raise OperationFailed("this lab leases no boards (no lease machine)")
+        owner = self.service.record(self.job)["submitted_by"] or self.job
+        return self.leases.request(job=self.job, owner=owner, params=params,
+                                   action=self.where, attempt=self.attempt,
+                                   wait_seconds=self.wait_seconds, purpose=self.purpose)
+
+    def release_lease(self, lease: str) -> None:
+        if self.leases is not None:
+            self.leases.release(lease, reason=f"{self.where} of job {self.job} did not get "
+                                f"its lease in time (attempt {self.attempt})")
+
     def mo_reachable(self) -> str | None:
         if self.mo is None:
             return "no MO is configured (setting mo_target)"
@@ -239,10 +271,12 @@ class JobOperations:
 
     KINDS = ("validate_dispatch", "start_action", "finish_job", "notify_job")
 
-    def __init__(self, service: JobService, mo: MoClient | None) -> None:
+    def __init__(self, service: JobService, mo: MoClient | None,
+                 leases: JobLeases | None = None) -> None:
         self.service = service
         self.engine = service.engine
         self.mo = mo
+        self.leases = leases
 
     def handlers(self) -> dict[str, Any]:
         return {kind: getattr(self, kind) for kind in self.KINDS}
@@ -256,7 +290,7 @@ class JobOperations:
         # The override outlives the job by an hour, so that MO never reverts a
         # pool while its job still runs.
         return _Run(self.service, self.mo, ctx.name, ctx.vars.get("pool"),
-                    max(remaining, 0) + 3600)
+                    max(remaining, 0) + 3600, self.leases)
 
     def validate_dispatch(self, ctx: OperationContext) -> Mapping[str, Any]:
         """The lab-dependent checks, with the pool known (LAVA's dispatch validation)."""
@@ -276,9 +310,10 @@ class JobOperations:
         checked: set[str] = set()
         for s, a, action in spec.actions():
             kind = TYPES[action.type]
-            if kind.key in checked or problems:
+            key = kind.dispatch_key(action.params)
+            if key in checked or problems:
                 continue
-            checked.add(kind.key)
+            checked.add(key)
             problem = kind.check_dispatch(action.params, run)
             if problem:
                 problems.append(f"stages[{s}].actions[{a}] ({action.name}): {problem}")
@@ -320,6 +355,10 @@ class JobOperations:
                 payload = ctx.payload.get("event_payload") or {}
                 failure = f"{where} failed: {payload.get('reason', 'no reason given')}"
             if failure is not None:
+                # Undo what the failed attempt left (a lease still queued).
+                run = self._run(ctx, spec)
+                run.where, run.attempt = where, attempt
+                kind.stop(current.params, run, ctx.vars)
                 if attempt > current.failure_retry:
                     retries = current.failure_retry
                     raise OperationFailed(failure + (f" (after {retries} "
@@ -330,16 +369,25 @@ class JobOperations:
             return Reported("complete", {"actions": len(order)})
         s, a, action = order[index]
         kind = TYPES[action.type]
-        kind.start(action.params, self._run(ctx, spec))
         wait = kind.wait_seconds(action.params) or spec.action_timeout(action)
         deadline = min(now + timedelta(seconds=wait), job_deadline)
+        run = self._run(ctx, spec)
+        run.where, run.attempt = f"stages[{s}].actions[{a}]", attempt
+        run.wait_seconds = int((deadline - now).total_seconds())
+        run.purpose = (f"job {ctx.name} ({spec.job_name}): {spec.stages[s].name} / "
+                       f"{action.name}, attempt {attempt}")
+        started = kind.start(action.params, run) or {}
         return {"stage": s, "action": a, "attempt": attempt, "deadline": _iso(deadline),
-                "name": action.name, "type": action.type}
+                "name": action.name, "type": action.type,
+                "lease": str(started.get("lease", ""))}
 
     def finish_job(self, ctx: OperationContext) -> Mapping[str, Any]:
-        """Release every pool of the job and record how it ended."""
+        """Release every pool and lease of the job and record how it ended."""
         released = self.service.pools.release_all(ctx.name, actor=ctx.name,
                                                   reason=f"job {ctx.name} {ctx.payload['state']}")
+        leases = (self.leases.release_all(ctx.name, reason=f"job {ctx.name} "
+                                          f"{ctx.payload['state']}")
+                  if self.leases is not None else [])
         comment = None
         if ctx.payload.get("state") in ("incomplete", "canceled"):
             entries = self.engine.history(KIND, ctx.name, limit=5)
@@ -351,7 +399,7 @@ class JobOperations:
                                            f"{entry.from_state} timed out")
         with self.engine.store.unit() as tx:
             tx.jobs.finish(ctx.name, comment=comment, now=self.engine.clock())
-        return {"released": released}
+        return {"released": released, "leases_released": leases}
 
     def notify_job(self, ctx: OperationContext) -> Mapping[str, Any]:
         """A pool reached overridden or failed_override: tell its job's waiting

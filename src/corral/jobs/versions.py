@@ -18,13 +18,13 @@ from typing import Any
 import yaml
 
 from corral.errors import InvalidRequest, NotFound
-from corral.jobs import v1
+from corral.jobs import v1, v2
 from corral.jobs.checks import describe
 from corral.jobs.spec import JobSpec, SpecError
 from corral.payload import MAX_DEPTH, check_json
 from corral.yamlio import YamlSyntaxError, load_yaml
 
-VERSIONS: dict[str, ModuleType] = {v1.API_VERSION: v1}
+VERSIONS: dict[str, ModuleType] = {v1.API_VERSION: v1, v2.API_VERSION: v2}
 MAX_BYTES = 1 << 20
 
 

@@ -52,6 +52,17 @@ FINAL_EVENT = {"released": "returned", "expired": "returned_expired",
                "failed": "returned_failed"}
 
 
+def how_it_ended(lease: Mapping[str, Any]) -> str:
+    """Why a lease the deadline sweep ended did (its row says no more)."""
+    if lease["activated_at"] is None:
+        return "failed"
+    expires, beat, every = lease["expires_at"], lease["heartbeat_at"], lease["heartbeat_s"]
+    if every and beat is not None and beat + timedelta(seconds=every) < expires and \
+            lease["state_entered_at"] < expires:
+        return "heartbeat"
+    return "expired"
+
+
 @dataclass
 class PassReport:
     """What one pass did (for logs, tests and the bench)."""
@@ -191,14 +202,7 @@ class _Pass:
         self.report.finished.append(name)
 
     def _how_it_ended(self, lease: dict[str, Any]) -> str:
-        """Why a lease the deadline sweep ended did (its row says no more)."""
-        if lease["activated_at"] is None:
-            return "failed"
-        expires, beat, every = lease["expires_at"], lease["heartbeat_at"], lease["heartbeat_s"]
-        if every and beat is not None and beat + timedelta(seconds=every) < expires and \
-                lease["state_entered_at"] < expires:
-            return "heartbeat"
-        return "expired"
+        return how_it_ended(lease)
 
     def _state(self, board: str) -> str | None:
         row = self.boards.get(board)

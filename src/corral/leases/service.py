@@ -11,7 +11,7 @@ a lease asks or ends.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -122,8 +122,11 @@ class LeaseService:
         engine.machine(KIND)
 
     # ------------------------------------------------------------ requests
-    def request(self, spec: LeaseRequest, caller: Caller) -> dict[str, Any]:
+    def request(self, spec: LeaseRequest, caller: Caller, *,
+                attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Queue a lease; returns its view with its token (shown once).
+        ``attrs`` are kept on the lease's machine (a job's lease says which
+        job and action asked, see :mod:`corral.jobs.leasing`).
 
         Raises:
             InvalidRequest: a selector that does not parse, a duration over
@@ -163,7 +166,8 @@ class LeaseService:
                       "heartbeat_s": spec.heartbeat, "on_return": spec.on_return,
                       "purpose": spec.purpose, "requested_at": now, "wait_until": wait_until}
             name = tx.leases.insert(record)
-            row = unit.create(KIND, name, {"owner": caller.name}, actor=caller.name,
+            row = unit.create(KIND, name, {**(attrs or {}), "owner": caller.name},
+                              actor=caller.name,
                               reason=spec.purpose or "requested")
             unit.fire(row, "queue", source="operator", role=Role.LEASE, actor=caller.name,
                       reason=_wants(record), payload={"wait_until": iso(wait_until)})

@@ -75,6 +75,11 @@ def job_show(obj: CliContext, name: str, as_json: bool) -> None:
     if current:
         click.echo(f"action:    {current['stage']} / {current['action']} ({current['type']}, "
                    f"attempt {current['attempt']})")
+    for lease in doc.get("leases") or []:
+        what = "holds" if lease["held"] else "waits for"
+        boards = ", ".join(lease["boards"]) or "-"
+        until = f" until {lease['expires_at']}" if lease.get("expires_at") else ""
+        click.echo(f"lease:     {what} {lease['id']} ({lease['state']}; boards {boards}){until}")
     if doc.get("failure_comment"):
         click.echo(f"failure:   {doc['failure_comment']}")
 
@@ -84,7 +89,7 @@ def job_show(obj: CliContext, name: str, as_json: bool) -> None:
 @click.option("--reason", help="Recorded in the history and as the failure comment.")
 @click.pass_obj
 def job_cancel(obj: CliContext, name: str, reason: str | None) -> None:
-    """Cancel a job that has not ended; its pools are released."""
+    """Cancel a job that has not ended; its pools and leases are released."""
     result = obj.jobs().cancel(name, reason)
     click.echo(f"{name}: {result['from_state']} -> {result['to_state']}")
 

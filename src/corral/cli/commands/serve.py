@@ -160,9 +160,13 @@ def _worker_jobs(engine: Engine, settings: Settings,
         jobs["dispatch_jobs"] = (scheduler_jobs.dispatch_pass,
                                  settings.job_dispatch_interval)
     if "lease" in engine.machines:
+        from corral.app import job_leases
         from corral.leases.scheduler import LeaseScheduler
 
         jobs["leases"] = (LeaseScheduler(engine, settings).run_pass, settings.lease_interval)
+        watcher = job_leases(engine, settings)
+        if watcher is not None:
+            jobs["job_leases"] = (watcher.watch_pass, settings.job_dispatch_interval)
     return jobs
 
 
@@ -188,9 +192,13 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
 
         assigned = len(JobService(engine, default_ttl=settings.mo_override_ttl).dispatch_pass())
     if "lease" in engine.machines:
+        from corral.app import job_leases
         from corral.leases.scheduler import LeaseScheduler
 
         LeaseScheduler(engine, settings).run_pass()
+        watcher = job_leases(engine, settings)
+        if watcher is not None:
+            watcher.watch_pass()
     ran = build_worker(engine, settings, handlers).run_pending()
     engine.sweeper.refresh_state_counts()
     forgotten = 0

@@ -2,10 +2,12 @@
 registered in ``corral.jobs.actions.TYPES``.
 
 A type says how its v1 body is validated and written back (``parse`` /
-``dump``), what is checked at dispatch when the lab is known
-(``check_dispatch``), and how it runs: ``start`` does its side effect (an MO
-override, say) and the job then waits until the action is reported done, its
-own wait ends (``wait_seconds``, for a hold), or the action timeout passes.
+``dump``; a type that a version cannot express has a later ``since``), what
+is checked at dispatch when the lab is known (``check_dispatch``), and how it
+runs: ``start`` does its side effect (an MO override, a lease request) and the
+job then waits until the action is reported done, its own wait ends
+(``wait_seconds``, for a hold), or the action timeout passes; ``stop`` undoes
+what a failed or timed-out attempt left behind before it is tried again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class RunContext(Protocol):
 
     def mo_reachable(self) -> str | None: ...
 
+    def lease_problem(self, params: Mapping[str, Any]) -> str | None: ...
+
+    def request_lease(self, params: Mapping[str, Any]) -> str: ...
+
+    def release_lease(self, lease: str) -> None: ...
+
 
 class ActionType:
     key: str = ""
@@ -61,8 +69,21 @@ class ActionType:
         """A lab-dependent problem, or None."""
         return None
 
-    def start(self, params: Mapping[str, Any], ctx: RunContext) -> None:
-        """The action's side effect, if any."""
+    def dispatch_key(self, params: Mapping[str, Any]) -> str:
+        """Actions with the same key are checked at dispatch once (MO answers
+        for the pool whatever the version; each lease is checked)."""
+        return self.key
+
+    def start(self, params: Mapping[str, Any], ctx: RunContext) -> Mapping[str, Any] | None:
+        """The action's side effect, if any; returns what the job keeps in its
+        vars while the action runs (a lease's name), for ``stop`` and the
+        watchers."""
+        return None
+
+    def stop(self, params: Mapping[str, Any], ctx: RunContext,
+             started: Mapping[str, Any]) -> None:
+        """Undo what a failed or timed-out attempt started (``started``: what
+        ``start`` returned), before the action is tried again or the job ends."""
 
     def wait_seconds(self, params: Mapping[str, Any]) -> int | None:
         """How long the job waits before the action is done by itself (None: until
