@@ -20,6 +20,8 @@ import httpx
 
 from corral.client import ENDED as ENDED_OR_RETURNING
 from corral.leases.model import ENDED
+from corral.store import open_store
+from corral.tokens import TokenStore
 from tests.acceptance.test_http import free_port
 from tests.processes import stop
 
@@ -42,22 +44,35 @@ def wait_for(predicate: Any, *, what: str, limit: float = 240.0) -> Any:
 
 
 class Api:
-    def __init__(self, base: str, token: str) -> None:
+    """The server's API as a viewer; an answer other than 200 fails the test
+    with the server's log."""
+
+    def __init__(self, base: str, token: str, log: Path) -> None:
         self.http = httpx.Client(base_url=base, timeout=30,
                                  headers={"Authorization": f"Bearer {token}"})
+        self.log = log
+
+    def get(self, path: str, **params: Any) -> Any:
+        reply = self.http.get(path, params=params)
+        if reply.status_code != 200:
+            errors = [line for line in self.log.read_text().splitlines()
+                      if '"level": "error"' in line]
+            raise AssertionError(f"GET {path}: {reply.status_code} {reply.text}\n"
+                                 + "\n".join(errors[-5:]))
+        return reply.json()
 
     def leases(self) -> list[dict[str, Any]]:
-        reply = self.http.get("/api/v1/leases", params={"limit": 5000})
-        assert reply.status_code == 200, reply.text
-        return reply.json()  # type: ignore[no-any-return]
+        return self.get("/api/v1/leases", limit=5000)  # type: ignore[no-any-return]
+
+    def lease(self, name: str) -> dict[str, Any]:
+        return self.get(f"/api/v1/leases/{name}")  # type: ignore[no-any-return]
 
     def holder_events(self) -> list[dict[str, Any]]:
         """Every event a lease's holder fired at a board (from the boards' history)."""
         fired = []
         for board in BOARDS:
-            reply = self.http.get(f"/api/v1/boards/{board}/history", params={"limit": 1000})
-            assert reply.status_code == 200, reply.text
-            fired += [e for e in reply.json()["entries"]
+            history = self.get(f"/api/v1/boards/{board}/history", limit=1000)
+            fired += [e for e in history["entries"]
                       if e["actor"] and HOLDER_ACTOR.match(e["actor"])]
         return fired
 
@@ -88,6 +103,7 @@ def test_simulated_runs_lease_lose_heartbeats_and_give_everything_back(tmp_path)
     base = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "serve.log"
     processes: list[subprocess.Popen] = []
+    runs: subprocess.Popen | None = None
     with log.open("a") as out:
         server = subprocess.Popen([CORRAL, "serve", "--simulate", "--listen",
                                    base.removeprefix("http://")],
@@ -96,15 +112,24 @@ def test_simulated_runs_lease_lose_heartbeats_and_give_everything_back(tmp_path)
         processes.append(subprocess.Popen(
             [CORRAL, "simulate", "boards", "--count", "20", "--url", base],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=out))
+    api = Api(base, api_token, log)
+    try:
+        wait_for(lambda: _healthy(base, server, log), what="the server")
+        # A lease an earlier simulator left open (its server stopped first).
+        # (`corral token create` offers no user role: issued on the database.)
+        store = open_store(env["CORRAL_DATABASE_URL"])
+        alice = TokenStore(store).issue("alice", "user")
+        store.dispose()
+        left = httpx.post(f"{base}/api/v1/leases", headers={"Authorization": f"Bearer {alice}"},
+                          json={"selector": "rack=r1", "count": 1, "duration": 600},
+                          timeout=30)
+        assert left.status_code == 201, left.text
         # Half the runs forget to heartbeat, a fifth walk away: both endings
         # come early, whatever the seed draws.
         runs = subprocess.Popen(
             [CORRAL, "simulate", "runs", "--owners", "alice,bob", "--parallel", "4",
              "--forget-rate", "0.5", "--abandon-rate", "0.2", "--seed", "3", "--url", base],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    api = Api(base, api_token)
-    try:
-        wait_for(lambda: _healthy(base, server, log), what="the server")
 
         def granted_and_lost() -> bool:
             leases = api.leases()
@@ -121,6 +146,8 @@ def test_simulated_runs_lease_lose_heartbeats_and_give_everything_back(tmp_path)
         tally = dict(line.split(": ", 1) for line in out.splitlines())
         assert set(tally) == {"alice", "bob"}, out
         assert "heartbeat_lost=" in tally["alice"] + tally["bob"], out
+        assert "released_leftover=1" in tally["alice"], out
+        assert api.lease(left.json()["id"])["ended_by"] in ("released", "cancelled")
 
         # Stopped: every lease the runs asked for was released or had ended
         # before the process exited; none is waiting, preparing or active.
@@ -146,7 +173,7 @@ def test_simulated_runs_lease_lose_heartbeats_and_give_everything_back(tmp_path)
         assert not any(x["state"] == "failed" for x in final)
     finally:
         api.http.close()
-        if runs.poll() is None:
+        if runs is not None and runs.poll() is None:
             runs.kill()
             runs.communicate(timeout=30)
         for process in reversed(processes):

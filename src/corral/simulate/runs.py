@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +49,8 @@ WANTS = (
 # The holder's event every run fires at one of its boards (board.yaml's
 # `reboot`, `by: holder`, from `leased`): it comes back held.
 HOLDER_EVENT = "reboot"
+# How a lease the runs gave back says it ended (a queued one is cancelled).
+RELEASED = ("released", "cancelled")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,15 +130,12 @@ class Runs:
         behaviour: how the runs behave.
         stop: set to stop; every lease still held or queued is then released.
         runs_per_owner: stop an owner after this many runs (None: until ``stop``).
-        connect: makes a client (tests may count or wrap its calls).
     """
 
     def __init__(self, url: str, tokens: dict[str, str], behaviour: RunBehaviour,
-                 stop: threading.Event, *, runs_per_owner: int | None = None,
-                 connect: Callable[[str, str], Corral] | None = None) -> None:
+                 stop: threading.Event, *, runs_per_owner: int | None = None) -> None:
         self.url, self.tokens, self.behaviour, self.stop = url, tokens, behaviour, stop
         self.runs_per_owner = runs_per_owner
-        self.connect = connect or (lambda url, token: Corral(url, token, timeout=10.0))
         self.tally: dict[str, Counter[str]] = {owner: Counter() for owner in tokens}
         self._started: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -148,17 +147,45 @@ class Runs:
     def run(self) -> dict[str, Counter[str]]:
         """Run every owner's runs until ``stop`` (or each has run
         ``runs_per_owner``); returns the tally per owner."""
+        self._release_leftovers()
         threads = [threading.Thread(target=self._slot, args=(owner,), daemon=True,
                                     name=f"run-{owner}-{i}")
                    for owner in self.tokens for i in range(self.behaviour.parallel)]
         for thread in threads:
             thread.start()
+        abandoned_released = False
         for thread in threads:
-            # Joined in steps, so that the main thread's signal handlers run.
+            # Joined in steps, so that the main thread's signal handlers run,
+            # and that the abandoned leases go back while the runs give back
+            # theirs: the server may be stopping too.
             while thread.is_alive():
                 thread.join(timeout=0.2)
-        self._release_abandoned()
+                if self.stop.is_set() and not abandoned_released:
+                    abandoned_released = True
+                    self._release_abandoned()
+        if self.stop.is_set():
+            self._release_abandoned()  # any walked away from meanwhile
         return self.tally
+
+    def connect(self, token: str) -> Corral:
+        return Corral(self.url, token, timeout=10.0)
+
+    def _release_leftovers(self) -> None:
+        """Release what the owners left open last time: a server stopped at
+        the same moment as its runs (Ctrl-C in `make run`) may not have
+        heard their releases. Waits for the server to answer."""
+        for owner, token in self.tokens.items():
+            with self.connect(token) as corral:
+                while not self.stop.is_set():
+                    try:
+                        for lease in corral.leases.list(owner=owner, open=True):
+                            if lease.state not in ENDED:
+                                corral.leases.release(lease.id, reason="left open by an "
+                                                      "earlier simulator")
+                                self._count(owner, "released_leftover")
+                        break
+                    except Unavailable:
+                        self.stop.wait(self.behaviour.poll)
 
     def _count(self, owner: str, what: str) -> None:
         with self._lock:
@@ -173,7 +200,7 @@ class Runs:
             return self._started[owner]
 
     def _slot(self, owner: str) -> None:
-        with self.connect(self.url, self.tokens[owner]) as corral:
+        with self.connect(self.tokens[owner]) as corral:
             while not self.stop.is_set():
                 number = self._ticket(owner)
                 if number is None:
@@ -203,14 +230,15 @@ class Runs:
 
     def _release_abandoned(self) -> None:
         """Stopping: the abandoned leases that have not expired yet go back too."""
-        if not self.stop.is_set():
-            return
-        for lease_id, (owner, token) in sorted(self._abandoned.items()):
+        with self._lock:
+            abandoned = sorted(self._abandoned.items())
+            self._abandoned.clear()
+        for lease_id, (owner, token) in abandoned:
             try:
-                with self.connect(self.url, self.tokens[owner]) as corral:
-                    if corral.leases.show(lease_id, token=token).state not in ENDED:
-                        corral.leases.release(lease_id, token=token,
-                                              reason="the simulated runs stopped")
+                with self.connect(self.tokens[owner]) as corral:
+                    done = corral.leases.release(lease_id, token=token,
+                                                 reason="the simulated runs stopped")
+                    if done.raw.get("ended_by") in RELEASED:
                         self._count(owner, "released_at_stop")
             except CorralError as exc:
                 log.warning("simulated_run_release_failed", lease=lease_id, error=str(exc))
@@ -224,7 +252,9 @@ class Run:
         self.runs, self.corral, self.owner, self.plan, self.rng = runs, corral, owner, plan, rng
         self.stop = runs.stop
         self.poll = runs.behaviour.poll
-        self.walked_away = False
+        # Nothing of this run's lease is left to give back (it was released,
+        # it ended, or it was walked away from: Runs releases those).
+        self.settled = False
 
     def count(self, what: str) -> None:
         self.runs._count(self.owner, what)
@@ -250,7 +280,7 @@ class Run:
             if plan.abandon:
                 self._fire(active, board)
                 self.runs.abandon(self.owner, active)
-                self.walked_away = True
+                self.settled = True
                 self.count("abandoned")
                 return
             self._hold(active, board)
@@ -260,12 +290,12 @@ class Run:
         try:
             yield
         finally:
-            if self.stop.is_set() and not self.walked_away:
+            if self.stop.is_set() and not self.settled:
+                # At once, without asking first: the server may be stopping too.
                 try:
-                    now = self.corral.leases.show(lease.id, token=lease.token)
-                    if now.state not in ENDED:
-                        self.corral.leases.release(lease.id, token=lease.token,
-                                                   reason="the simulated runs stopped")
+                    done = self.corral.leases.release(lease.id, token=lease.token,
+                                                      reason="the simulated runs stopped")
+                    if done.raw.get("ended_by") in RELEASED:
                         self.count("released_at_stop")
                 except CorralError as exc:
                     log.warning("simulated_run_release_failed", lease=lease.id,
@@ -279,6 +309,7 @@ class Run:
             if current.active:
                 return Lease.of(current.raw, lease.token)
             if current.state in ENDED:
+                self.settled = True
                 self.count("gave_up" if current.state == "cancelled" else f"ended_{current.state}")
                 return None
             self.stop.wait(self.poll)
@@ -313,6 +344,7 @@ class Run:
                 if not self._fire(lease, board):
                     # Refused: the lease ended under it (a forgetful run's
                     # heartbeat ran out first).
+                    self.settled = True
                     self.count("heartbeat_lost" if plan.forgetful else "ended_early")
                     return
             if now - start >= plan.hold:
@@ -327,6 +359,7 @@ class Run:
                 try:
                     self.corral.leases.heartbeat(lease.id, token=lease.token)
                 except Conflict:
+                    self.settled = True
                     self.count("ended_early")
                     return
             self.stop.wait(min(self.poll, max(0.0, plan.hold - (now - start))))
@@ -337,6 +370,7 @@ class Run:
             self._await_end(lease, board)
             return
         self.corral.leases.release(lease.id, token=lease.token, reason="test run done")
+        self.settled = True
         self.count("released")
 
     def _await_end(self, lease: Lease, board: str) -> None:
@@ -349,6 +383,7 @@ class Run:
     def _lost(self, lease: Lease, board: str) -> None:
         """A forgetful run finds its lease gone; still sure it holds the
         board, it reboots it once more, and is refused (fencing)."""
+        self.settled = True
         self.count("heartbeat_lost")
         self._fire(lease, board)
 
