@@ -21,8 +21,12 @@ install: $(STAMP)
 # `corral serve --simulate` (HTTP API on 127.0.0.1:8080, simulated power/ping/PXE)
 # and `corral simulate boards` (the boards, reporting over HTTP with their tokens).
 # sim-0020 has a dead relay and ends in failed_power_cycling. A simulated MO
-# (`corral mo-sim`) serves the ten pools of fabric `sim`. Ctrl-C stops them all.
-# Watch it from a second terminal: .venv/bin/corral board list
+# (`corral mo-sim`) serves the ten pools of fabric `sim`, and `corral simulate
+# runs` plays the test runs of alice and bob, leasing boards by rack and arch
+# (a lease warns 10 s before it expires, and one that has waited 30 s keeps
+# the boards it could use: leases here last seconds, not hours). Ctrl-C stops
+# them all (and the runs release their leases).
+# Watch it from a second terminal: .venv/bin/corral board list; .venv/bin/corral lease list
 run: $(STAMP)
 	$(BIN)/corral db upgrade
 	$(BIN)/corral board import examples/simlab.yaml
@@ -30,7 +34,10 @@ run: $(STAMP)
 	$(BIN)/corral mo-sim --listen 127.0.0.1:50051 --nodes-per-pool 4 --batch 1 --tick 2 & \
 	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} \
 	CORRAL_SIM_DEAD_BOARDS=$${CORRAL_SIM_DEAD_BOARDS-sim-0020} \
+	CORRAL_LEASE_EXPIRY_WARNING=$${CORRAL_LEASE_EXPIRY_WARNING:-10} \
+	CORRAL_LEASE_RESERVE_AFTER=$${CORRAL_LEASE_RESERVE_AFTER:-30} \
 	$(BIN)/corral serve --simulate & \
+	$(BIN)/corral simulate runs --owners alice,bob --url http://127.0.0.1:8080 & \
 	$(BIN)/corral simulate boards --count 20 --url http://127.0.0.1:8080; \
 	wait
 

@@ -1,13 +1,15 @@
-"""``corral simulate``: simulated lab hardware that talks to a running server.
+"""``corral simulate``: a simulated lab that talks to a running server.
 
 ``simulate boards`` plays boards reporting their boot progress over HTTP, so a
 lab can be exercised without any hardware (``serve --simulate`` runs the
-operations themselves on the simulated backend).
+operations themselves on the simulated backend); ``simulate runs`` plays test
+runs of a few owners that lease those boards (docs/leases.md).
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from collections import Counter
 
 import click
@@ -21,7 +23,7 @@ def register(root: click.Group) -> None:
 
 @click.group()
 def simulate() -> None:
-    """Simulated lab hardware."""
+    """A simulated lab: boards, and test runs that lease them."""
 
 
 @simulate.command("boards")
@@ -76,3 +78,61 @@ def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
     click.echo(f"{count} simulated boards reporting to {server}", err=True)
     tally = asyncio.run(main())
     click.echo(" ".join(f"{k}={v}" for k, v in sorted(tally.items())) or "nothing to report")
+
+
+@simulate.command("runs")
+@click.option("--owners", default="alice,bob", show_default=True,
+              help="Comma-separated owners; each gets a user token of that name.")
+@click.option("--parallel", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="Runs each owner keeps going at once.")
+@click.option("--runs-per-owner", type=click.IntRange(1), help="Stop after this many runs "
+              "per owner (default: until Ctrl-C or --seconds).")
+@click.option("--seconds", type=float, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--forget-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of runs that forget to heartbeat (their lease ends by heartbeat).")
+@click.option("--abandon-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Share of runs that walk away from their lease (it ends at its expiry).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The runs' random seed (what they ask for, who forgets).")
+@click.option("--url", "server", metavar="URL", envvar="CORRAL_URL",
+              default="http://127.0.0.1:8080", show_default=True,
+              help="The Corral server the runs lease from.")
+@click.pass_obj
+def simulate_runs(obj: CliContext, owners: str, parallel: int, runs_per_owner: int | None,
+                  seconds: float | None, forget_rate: float, abandon_rate: float, seed: int,
+                  server: str) -> None:
+    """Play test runs of OWNERS that lease boards over HTTP.
+
+    Each run asks for one or two boards by a selector (rack labels, arch),
+    waits its turn, holds them for a while with a heartbeat, reboots one as
+    its holder, and releases the lease; some forget to heartbeat or walk
+    away. Each owner gets a fresh user token (issued through the database,
+    so run this beside the server). Ctrl-C releases every lease still held.
+    """
+    from corral.errors import InvalidRequest
+    from corral.simulate.runs import RunBehaviour, format_tally, run_runs
+    from corral.tokens import TokenStore
+
+    names = [o.strip() for o in owners.split(",") if o.strip()]
+    if not names or len(set(names)) != len(names):
+        raise InvalidRequest(f"--owners must name one or more different owners, not {owners!r}")
+    if forget_rate + abandon_rate > 1:
+        raise InvalidRequest("--forget-rate and --abandon-rate add up to more than 1")
+    tokens = TokenStore(obj.engine().store)
+    issued = {name: tokens.issue(name, "user") for name in names}
+    behaviour = RunBehaviour(parallel=parallel, forget_rate=forget_rate,
+                             abandon_rate=abandon_rate, seed=seed)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Installed explicitly: a shell starts a background job (`make run`)
+        # with SIGINT ignored.
+        signal.signal(signum, lambda *_: stop.set())
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    click.echo(f"{len(names)} owners ({', '.join(names)}) running {parallel} test runs each "
+               f"against {server}", err=True)
+    tally = run_runs(server, issued, behaviour, stop, runs_per_owner=runs_per_owner)
+    for line in format_tally(tally):
+        click.echo(line)
