@@ -47,7 +47,8 @@ def test_bad_definitions_say_where(tmp_path: Path) -> None:
         load(tmp_path)
     text = str(caught.value)
     assert "bad.yaml:4: steps[1].console: pattern is not a regular expression" in text
-    assert "bad.yaml:5: steps[2]" in text and "teleport" in text
+    assert "bad.yaml:5: steps[2]" in text
+    assert "teleport" in text
     assert "bad.yaml:6: rules: k (4) must be at most n (3)" in text
 
 
@@ -104,6 +105,9 @@ def test_a_result_is_read_from_its_history_row() -> None:
     failed = result_of("b1", {"check": "arm64", "step": "console", "index": 2,
                               "image": "good-1", "equipment": None}, "health_check_failed",
                        "no login prompt", steps)
-    assert failed.after_netboot and not failed.passed and failed.reason == "no login prompt"
+    assert failed.after_netboot
+    assert not failed.passed
+    assert failed.reason == "no login prompt"
     silent = result_of("b1", None, "timeout", None, steps)
-    assert not silent.passed and "did not report" in silent.reason
+    assert not silent.passed
+    assert "did not report" in silent.reason
