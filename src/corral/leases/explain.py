@@ -36,6 +36,9 @@ def explain(tx: Any, lease: dict[str, Any], settings: Settings, now: datetime
     answer["blocking"] = _blocking(tx, leased, holds)
     answer["position"] = _position(tx, lease, settings, now)
     answer["quota"] = _quotas(tx, lease, settings)
+    if lease["state"] == "allocating":
+        answer["keeps_until"] = iso(lease["state_entered_at"]
+                                    + timedelta(seconds=settings.lease_reserve_for))
     answer["why"] = _why(lease, answer)
     expiries = sorted(b["expires_at"] for b in answer["blocking"] if b["expires_at"])
     short = lease["count"] - len(free)
@@ -167,7 +170,7 @@ def _why(lease: dict[str, Any], answer: dict[str, Any]) -> str:
     parts.append(f"place {place['place']} of {place['of']} in priority {place['class']}")
     if lease["state"] == "allocating":
         parts.append(f"allocating: it keeps the free boards it could use from the leases "
-                     f"ranked below it until {iso(lease['deadline'])}, then waits again")
+                     f"ranked below it until {answer['keeps_until']}, then waits again")
     return "; ".join(parts)
 
 
