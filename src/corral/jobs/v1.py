@@ -224,9 +224,15 @@ def dump(spec: JobSpec) -> dict[str, Any]:
     if problems:
         raise DowngradeError("cannot convert to " + API_VERSION + " without losing "
                              "information: " + "; ".join(problems))
+    return document(spec, API_VERSION)
+
+
+def document(spec: JobSpec, api_version: str) -> dict[str, Any]:
+    """The internal form as a document of ``api_version`` (v1 and v2 write
+    the same keys; each checks first that it can express the spec)."""
     labels = {v: k for k, v in PRIORITY_LABELS.items()}
     doc: dict[str, Any] = {
-        "apiVersion": API_VERSION, "kind": "Job", "job_name": spec.job_name,
+        "apiVersion": api_version, "kind": "Job", "job_name": spec.job_name,
         "priority": labels.get(spec.priority, spec.priority),
         "timeouts": {"job": duration_doc(spec.job_timeout_seconds),
                      "action": duration_doc(spec.action_timeout_seconds)},

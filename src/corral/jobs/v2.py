@@ -29,7 +29,7 @@ from corral.errors import InvalidRequest
 from corral.jobs import v1
 from corral.jobs.actions import TYPES
 from corral.jobs.actions.os_override import VERSION_RE
-from corral.jobs.checks import NAME_LIMIT, duration_doc
+from corral.jobs.checks import NAME_LIMIT
 from corral.jobs.spec import (
     PRIORITY_LABELS,
     UNITS,
@@ -323,30 +323,7 @@ def dump(spec: JobSpec) -> dict[str, Any]:
                                  f"information: stages[{s}].actions[{a}]: action type "
                                  f"{action.type} needs {needs}; {API_VERSION} cannot "
                                  "express it")
-    labels = {v: k for k, v in PRIORITY_LABELS.items()}
-    doc: dict[str, Any] = {
-        "apiVersion": API_VERSION, "kind": "Job", "job_name": spec.job_name,
-        "priority": labels.get(spec.priority, spec.priority),
-        "timeouts": {"job": duration_doc(spec.job_timeout_seconds),
-                     "action": duration_doc(spec.action_timeout_seconds)},
-    }
-    if spec.fabric is not None:
-        doc["fabric"] = spec.fabric
-    if spec.context is not None:
-        doc["context"] = v1._plain(spec.context)
-    doc["stages"] = []
-    for stage in spec.stages:
-        actions = []
-        for action in stage.actions:
-            body: dict[str, Any] = {"name": action.name,
-                                    action.type: TYPES[action.type].dump(action.params)}
-            if action.timeout_seconds is not None:
-                body["timeout"] = duration_doc(action.timeout_seconds)
-            if action.failure_retry:
-                body["failure_retry"] = action.failure_retry
-            actions.append(body)
-        doc["stages"].append({"name": stage.name, "actions": actions})
-    return doc
+    return v1.document(spec, API_VERSION)
 
 
 def _reference() -> tuple[tuple[str, str, bool, str], ...]:
