@@ -7,13 +7,14 @@ at head all stop the process before it touches a machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral.config import Settings
 from corral.engine.core import Clock, Engine, utcnow
 from corral.errors import ConfigError, UnknownMachine
+from corral.health.service import install as install_health
 from corral.jobs.service import reserve_job_events
 from corral.leases.service import install as install_leases
 from corral.machines import DefinitionError, MachineSet, load_definitions
@@ -26,6 +27,8 @@ from corral.store import open_store
 if TYPE_CHECKING:
     from corral.bootres.pxe import BootResourcePxe
     from corral.engine.worker import OperationWorker
+    from corral.health.definitions import Definitions
+    from corral.health.service import HealthPass
     from corral.jobs.leasing import JobLeases
     from corral.leases.service import LeaseService
     from corral.mo.client import MoClient
@@ -47,6 +50,7 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
     reserve_pool_events(engine)
     reserve_job_events(engine)
     install_leases(engine)
+    install_health(engine)
     return engine
 
 
@@ -94,11 +98,50 @@ def build_handlers(settings: Settings, *, simulate: bool | None = None,
     from corral.pools.operations import MoOperations
 
     mo = mo_client(settings)
-    handlers = _board_handlers(settings, simulate, engine) | MoOperations(mo).handlers()
+    handlers = _board_handlers(settings, simulate, engine)
+    handlers |= _health_handlers(settings, engine, handlers) | MoOperations(mo).handlers()
     if engine is not None and "job" in engine.machines:
         service = JobService(engine, default_ttl=settings.mo_override_ttl)
         handlers |= JobOperations(service, mo, job_leases(engine, settings)).handlers()
     return handlers
+
+
+# The operation a board's health check is (corral.health.steps): it runs for
+# minutes, so it has workers of its own (build_workers).
+HEALTH_CHECK = "health_check"
+
+
+def _health_handlers(settings: Settings, engine: Engine | None,
+                     board: Mapping[str, Handler]) -> dict[str, Handler]:
+    """The health check operation, on the boards' own backends."""
+    from corral.health.steps import HealthSteps
+
+    if engine is None:
+        return {HEALTH_CHECK: lambda ctx: None}  # only the kinds are wanted
+    return {HEALTH_CHECK: HealthSteps(
+        store=engine.store, definitions=health_definitions(settings), handlers=board,
+        timeout_scale=settings.timeout_scale, pause=min(1.0, 10 * settings.timeout_scale))}
+
+
+def health_definitions(settings: Settings) -> Definitions:
+    """The health check definitions in ``statemachines/health``.
+
+    Raises:
+        HealthError: every problem, with file and line.
+    """
+    from corral.health.definitions import load
+
+    return load(Path(settings.statemachines_dir) / "health")
+
+
+def health_pass(engine: Engine, settings: Settings) -> HealthPass | None:
+    """The health pass, None where the board machine has no check path."""
+    from corral.health.service import HealthPass
+
+    if "board" not in engine.machines or \
+            "judging" not in engine.machines["board"].definition.states:
+        return None
+    return HealthPass(engine, settings, health_definitions(settings))
 
 
 def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | None
@@ -198,6 +241,7 @@ def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:
 
 def build_worker(engine: Engine, settings: Settings, handlers: dict[str, Handler]
                  ) -> OperationWorker:
+    """A worker for every operation kind (``corral sweep --once``, tests)."""
     from corral.engine.worker import OperationWorker
 
     return OperationWorker(
@@ -205,3 +249,20 @@ def build_worker(engine: Engine, settings: Settings, handlers: dict[str, Handler
         lease_seconds=settings.operation_lease, max_attempts=settings.operation_max_attempts,
         retry_delay=settings.operation_retry_delay,
     )
+
+
+def build_workers(engine: Engine, settings: Settings, handlers: dict[str, Handler]
+                  ) -> list[OperationWorker]:
+    """``corral serve``'s workers: one for health checks (``health_threads``;
+    a check's lease lasts as long as its state may), one for the rest."""
+    from corral.engine.worker import OperationWorker
+
+    def worker(threads: int, lease: float, health: bool) -> OperationWorker:
+        return OperationWorker(engine, handlers, owner=settings.owner, threads=threads,
+                               lease_seconds=lease, kinds=(health, [HEALTH_CHECK]),
+                               max_attempts=settings.operation_max_attempts,
+                               retry_delay=settings.operation_retry_delay)
+
+    return [worker(settings.operation_threads, settings.operation_lease, False),
+            worker(settings.health_threads,
+                   max(settings.operation_lease, 3600 * settings.timeout_scale), True)]

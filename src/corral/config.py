@@ -190,6 +190,21 @@ class Settings(Strict):
     lease_baseline_release: str = ""
     # The warning event this long before a lease expires (seconds).
     lease_expiry_warning: PositiveInt = 300
+    # Health checks (docs/health.md). How often the health pass runs; the
+    # window in which failures are counted together, and how many boards
+    # failing through one piece of equipment (a power controller, the
+    # netboot server) in it make the equipment degraded, how many other
+    # boards failing with one image blame the image; the first wait before
+    # a degraded controller's canary is checked again, doubled after each
+    # probe up to the maximum; how many health checks one process runs at
+    # once (each holds a thread while its steps run).
+    health_interval: PositiveFloat = 2.0
+    health_window: PositiveInt = 600
+    health_equipment_threshold: PositiveInt = 3
+    health_image_threshold: PositiveInt = 2
+    health_backoff: PositiveInt = 60
+    health_backoff_max: PositiveInt = 3600
+    health_threads: PositiveInt = 8
     # Simulated lab
     sim_seed: Count = 0
     sim_operation_seconds: Seconds = 0.2
@@ -201,6 +216,9 @@ class Settings(Strict):
     sim_install_failure: Probability = 0.1
     sim_reimage_rate: Probability = 0.02
     sim_dead_boards: str = ""
+    # A simulated controller outage: "relay-2@120+180" (relay-2's boards'
+    # power commands fail from 120 s after start, for 180 s); empty: none.
+    sim_controller_outage: str = ""
 
     @property
     def owner(self) -> str:

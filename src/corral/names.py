@@ -123,11 +123,12 @@ class Role(enum.StrEnum):
     OPERATION = "operation"  # a worker reporting a result; no token holds it
     TIMEOUT = "timeout"  # the deadline sweep; no token holds it
     LEASE = "lease"  # the lease scheduler (docs/leases.md); no token holds it
+    HEALTH = "health"  # the health pass (docs/health.md); no token holds it
 
 
 # Who may be named in a transition's `by:` (docs/state-machines.md).
 FIRERS = (Role.BOARD, Role.OPERATOR, Role.ADMIN, Role.OPERATION, Role.TIMEOUT, Role.HOLDER,
-          Role.LEASE)
+          Role.LEASE, Role.HEALTH)
 # The firers a person acts as (an operator token, an admin token, the local CLI).
 HUMAN_FIRERS = (Role.OPERATOR, Role.ADMIN)
 # The roles an operator token may be created with (a board's tokens get theirs).

@@ -39,9 +39,11 @@ def test_shipped_definitions_load():
     assert set(board.failed_states) == {"failed_power_cycling", "failed_pinging",
                                         "failed_pxe_config", "failed_boot_device",
                                         "failed_pxe_booting",
-                                        "failed_installing", "failed_returning"}
+                                        "failed_installing", "failed_returning",
+                                        "failed_health"}
     for name in ("new", "ready", "power_cycling", "rebooting", "pinging", "pxe_configuring",
-                 "pxe_power_cycling", "pxe_booting", "installing", "maintenance", "retired"):
+                 "pxe_power_cycling", "pxe_booting", "installing", "maintenance", "retired",
+                 "check_queued", "checking", "judging", "suspect", "unknown"):
         assert name in board.states
 
 
@@ -174,7 +176,7 @@ def test_every_transition_says_who_may_fire_it():
         "widget.yaml:11: transitions[0]: missing required key 'by'"]
     assert problems_of(MINIMAL.replace("by: operation}", "by: [operation, root]}")) == [
         "widget.yaml:11: transitions[0].by[1]: must be one of board, operator, admin, "
-        "operation, timeout, holder, lease, not 'root'"]
+        "operation, timeout, holder, lease, health, not 'root'"]
     assert problems_of(MINIMAL.replace("by: operation}", "by: []}")) == [
         "widget.yaml:11: transitions[0].by: must not be empty"]
 
@@ -208,7 +210,8 @@ def test_shipped_machines_say_who_fires_what():
     assert {e for e, roles in by.items() if "board" in roles} == {
         "second_stage_started", "maintenance_requested", "install_ok", "install_failed"}
     assert {e for e, roles in by.items() if "operator" in roles} == {
-        "reboot", "reimage", "maintenance", "leave_maintenance"}
+        "reboot", "reimage", "maintenance", "leave_maintenance", "check"}
     assert by["retire"] == ("admin",)
     assert all(roles == ("operation",) for e, roles in by.items()
-               if e.endswith(("_ok", "_failed")) and e not in ("install_ok", "install_failed"))
+               if e.endswith(("_ok", "_failed"))
+               and e not in ("install_ok", "install_failed", "check_failed"))

@@ -37,6 +37,9 @@ def test_counter_fails_exactly_past_its_max(machines):
 
 def test_ready_clears_counters(machines):
     outcome = machines["board"].compute("pinging", {"ping": 3, "power_cycle": 2}, "ping_ok")
+    assert outcome.to_state == "check_queued"
+    outcome = machines["board"].compute("judging", {"ping": 3, "power_cycle": 2},
+                                        "check_passed", role="health")
     assert outcome.to_state == "ready"
     assert outcome.counters == {}
 
@@ -104,7 +107,7 @@ def test_failed_states_accept_only_operator_exits(machines):
     board = machines["board"]
     for state in board.definition.failed_states:
         assert [e for e in board.allowed_events(state) if not e.startswith("boot_local_")
-                ] == ["maintenance", "retire"]
+                ] == ["check", "maintenance", "retire"]
         assert board.definition.states[state].timeout is None
         if "boot_local" not in board.definition.states[state].on_enter:
             continue

@@ -96,7 +96,8 @@ def test_each_source_fires_as_the_engine_says():
 
 
 def test_roles_cover_firers_and_tokens():
-    assert FIRERS == ("board", "operator", "admin", "operation", "timeout", "holder", "lease")
+    assert FIRERS == ("board", "operator", "admin", "operation", "timeout", "holder", "lease",
+                      "health")
     assert FIRERS == names.FIRERS
     assert HUMAN_FIRERS == ("operator", "admin")
     assert ROLES == ("viewer", "user", "operator", "admin")

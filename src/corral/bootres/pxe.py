@@ -87,7 +87,9 @@ class BootResourcePxe:
             # write, and one that came first is seen here.
             if self.board_state is not None:
                 state = self.board_state(ctx.name)
-                if state != "pxe_configuring":
+                # A reimage writes in pxe_configuring, a health check's netboot
+                # step in checking.
+                if state not in ("pxe_configuring", "checking"):
                     raise OperationFailed(f"board {ctx.name} is {state}, no longer "
                                           "pxe_configuring: nothing written")
             return self._write(ctx, mac, winner, served, cmdline, image, triple[2])

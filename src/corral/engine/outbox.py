@@ -17,7 +17,7 @@ from corral.engine.planning import ignored
 from corral.engine.transaction import Context, log, transaction
 from corral.errors import NotFound
 from corral.names import OPEN_OPERATION_STATUSES, OperationStatus
-from corral.store.values import MachineRow, MachineState, OperationRow
+from corral.store.values import Kinds, MachineRow, MachineState, OperationRow
 
 
 class Outbox:
@@ -28,12 +28,13 @@ class Outbox:
         self.store = context.store
         self.clock = context.clock
 
-    def lease_operations(self, *, owner: str, limit: int, lease_seconds: float
-                         ) -> list[OperationRow]:
-        """Claim up to ``limit`` runnable operations for ``owner``."""
+    def lease_operations(self, *, owner: str, limit: int, lease_seconds: float,
+                         kinds: Kinds = None) -> list[OperationRow]:
+        """Claim up to ``limit`` runnable operations for ``owner`` (of
+        ``kinds``, see :meth:`corral.store.operations.Operations.lease`)."""
         with self.store.unit() as tx:
             now = self.clock()
-            return tx.operations.lease(now=now, owner=owner, limit=limit,
+            return tx.operations.lease(now=now, owner=owner, limit=limit, kinds=kinds,
                                        lease_until=now + timedelta(seconds=lease_seconds))
 
     def queue(self) -> tuple[int, datetime | None]:

@@ -17,7 +17,7 @@ import structlog
 
 from corral.engine.core import Engine
 from corral.operations.base import Handler, OperationContext, OperationFailed, Reported
-from corral.store.values import OperationRow
+from corral.store.values import Kinds, OperationRow
 
 log = structlog.get_logger("corral.worker")
 
@@ -33,6 +33,7 @@ class OperationWorker:
         lease_seconds: float = 120.0,
         max_attempts: int = 5,
         retry_delay: float = 5.0,
+        kinds: Kinds = None,
     ) -> None:
         self.engine = engine
         self.handlers = dict(handlers)
@@ -41,6 +42,9 @@ class OperationWorker:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        # Which operation kinds it runs (a health check holds a thread for
+        # minutes, so health checks have a worker of their own).
+        self.kinds = kinds
         self._executor: ThreadPoolExecutor | None = None
         self._busy = 0
         self._lock = threading.Lock()
@@ -56,7 +60,7 @@ class OperationWorker:
         if free <= 0:
             return 0
         ops = self.engine.outbox.lease_operations(owner=self.owner, limit=free,
-                                           lease_seconds=self.lease_seconds)
+                                           lease_seconds=self.lease_seconds, kinds=self.kinds)
         for op in ops:
             with self._lock:
                 self._busy += 1
@@ -68,7 +72,7 @@ class OperationWorker:
         done = 0
         while True:
             ops = self.engine.outbox.lease_operations(owner=self.owner, limit=limit,
-                                               lease_seconds=self.lease_seconds)
+                                               lease_seconds=self.lease_seconds, kinds=self.kinds)
             if not ops:
                 return done
             for op in ops:

@@ -211,7 +211,10 @@ class _Pass:
     # -- preparing and active leases
     def _prepare(self, lease: dict[str, Any], mine: list[str]) -> None:
         unit, name = self.unit, lease["name"]
-        broken = [b for b in mine if self._state(b) not in (*RETURN_PATH, "ready", "leased")]
+        # A held board that comes back from a reimage passes check_queued
+        # on its way to ready (the health pass hands it back unchecked).
+        broken = [b for b in mine
+                  if self._state(b) not in (*RETURN_PATH, "ready", "leased", "check_queued")]
         if broken:
             row = unit.lock(KIND, name)
             unit.fire(row, "fail", source="operator", role=Role.LEASE, actor="scheduler",

@@ -331,7 +331,8 @@ _FIRED_BY = {"board": ("reported", "the board itself"),
              "operator": ("fired", "an operator"), "admin": ("fired", "an admin"),
              "operation": ("reported", "the worker that ran its operation"),
              "timeout": ("fired", "the deadline sweep"),
-             "holder": ("fired", "a lease's holder"), "lease": ("fired", "the lease service")}
+             "holder": ("fired", "a lease's holder"), "lease": ("fired", "the lease service"),
+             "health": ("fired", "the health pass")}
 
 
 def _fired_by(by: set[str]) -> str:
@@ -350,7 +351,7 @@ def _as_firer(role: str) -> str:
     return {"board": "a board's own token", "operator": "an operator",
             "admin": "an admin", "operation": "an operation's result",
             "timeout": "the deadline sweep", "holder": "a lease's holder",
-            "lease": "the lease service", "viewer": "a viewer",
+            "lease": "the lease service", "health": "the health pass", "viewer": "a viewer",
             "user": "a user"}.get(role, role)
 
 

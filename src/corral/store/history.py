@@ -34,6 +34,18 @@ class History(Repository):
         query = query.order_by(history.c.id.desc()).limit(limit)
         return [HistoryEntry.from_row(r) for r in self.conn.execute(query)]
 
+    def newest_of(self, machine_id: int) -> HistoryEntry | None:
+        """A machine's newest entry."""
+        found = self.list(machine_id, limit=1)
+        return found[0] if found else None
+
+    def reported_since(self, machine_id: int, after_id: int, event: str) -> bool:
+        """Whether the machine heard ``event`` after entry ``after_id``."""
+        return self.conn.execute(
+            select(history.c.id).where(history.c.machine_id == machine_id,
+                                       history.c.id > after_id, history.c.event == event)
+            .limit(1)).first() is not None
+
     def newest_id(self) -> int:
         return int(self.conn.execute(select(func.coalesce(func.max(history.c.id), 0)))
                    .scalar_one())

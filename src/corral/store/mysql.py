@@ -29,7 +29,7 @@ from corral.store.operations import Operations
 from corral.store.schema import operations
 from corral.store.sql import SqlStore, SqlTx, translated
 from corral.store.stream import Stream
-from corral.store.values import OperationRow
+from corral.store.values import Kinds, OperationRow
 
 # How long a lock's taker waits for another process to let go (seconds).
 LOCK_WAIT = 60
@@ -39,8 +39,8 @@ class MysqlOperations(Operations):
     """No ``UPDATE ... RETURNING``: lease the claimed rows by id, then read them."""
 
     def lease(self, *, now: datetime, owner: str, lease_until: datetime,
-              limit: int) -> list[OperationRow]:
-        ids = [r[0] for r in self.conn.execute(self._claimable(now, limit))]
+              limit: int, kinds: Kinds = None) -> list[OperationRow]:
+        ids = [r[0] for r in self.conn.execute(self._claimable(now, limit, kinds))]
         if not ids:
             return []
         self.conn.execute(self._leased(ids, owner, lease_until))

@@ -13,7 +13,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from corral.names import FINISHED_OPERATION_STATUSES, OPEN_OPERATION_STATUSES, OperationStatus
 from corral.store.repository import Repository, aware
 from corral.store.schema import operations
-from corral.store.values import OperationRow
+from corral.store.values import Kinds, OperationRow
 
 _insert_operation = insert(operations)
 _NEW_OPERATION = {"status": OperationStatus.PENDING.value, "attempts": 0, "lease_owner": None,
@@ -32,15 +32,20 @@ class Operations(Repository):
             self.conn.execute(_insert_operation, [
                 _NEW_OPERATION | dict(r) | {"run_after": r["created_at"]} for r in rows])
 
-    def _claimable(self, now: datetime, limit: int) -> Any:
+    def _claimable(self, now: datetime, limit: int, kinds: Kinds = None) -> Any:
         """The ids a lease may take: pending ones that are due, and running
-        ones whose lease has expired (their worker died)."""
-        return (select(operations.c.id)
-                .where(or_(and_(operations.c.status == OperationStatus.PENDING,
-                                operations.c.run_after <= now),
-                           and_(operations.c.status == OperationStatus.RUNNING,
-                                operations.c.lease_expires_at < now)))
-                .order_by(operations.c.id).limit(limit).with_for_update(skip_locked=True))
+        ones whose lease has expired (their worker died); of ``kinds`` only
+        (``(False, kinds)``: of any other kind)."""
+        query = (select(operations.c.id)
+                 .where(or_(and_(operations.c.status == OperationStatus.PENDING,
+                                 operations.c.run_after <= now),
+                            and_(operations.c.status == OperationStatus.RUNNING,
+                                 operations.c.lease_expires_at < now))))
+        if kinds is not None:
+            wanted, names = kinds
+            column = operations.c.kind
+            query = query.where(column.in_(names) if wanted else column.not_in(names))
+        return query.order_by(operations.c.id).limit(limit).with_for_update(skip_locked=True)
 
     def _leased(self, ids: list[int], owner: str, lease_until: datetime) -> Any:
         return (update(operations).where(operations.c.id.in_(ids))
@@ -48,9 +53,10 @@ class Operations(Repository):
                         lease_expires_at=lease_until, attempts=operations.c.attempts + 1))
 
     def lease(self, *, now: datetime, owner: str, lease_until: datetime,
-              limit: int) -> list[OperationRow]:
-        """Claim operations to run; each claim adds an attempt."""
-        ids = [r[0] for r in self.conn.execute(self._claimable(now, limit))]
+              limit: int, kinds: Kinds = None) -> list[OperationRow]:
+        """Claim operations to run (see ``_claimable`` for ``kinds``); each
+        claim adds an attempt."""
+        ids = [r[0] for r in self.conn.execute(self._claimable(now, limit, kinds))]
         if not ids:
             return []
         result = self.conn.execute(self._leased(ids, owner, lease_until)

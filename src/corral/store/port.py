@@ -34,6 +34,7 @@ from corral.store.values import MachineState, WriteSet
 if TYPE_CHECKING:
     from corral.store.bootres import Bootres
     from corral.store.controllers import Controllers
+    from corral.store.health import Health
     from corral.store.history import History
     from corral.store.idempotency import Idempotency
     from corral.store.jobs import Jobs
@@ -112,6 +113,8 @@ class Tx(Protocol):
     def jobs(self) -> Jobs: ...
     @property
     def leases(self) -> Leases: ...
+    @property
+    def health(self) -> Health: ...
     @property
     def tokens(self) -> Tokens: ...
     @property

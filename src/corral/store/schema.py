@@ -385,3 +385,60 @@ bootres_published = Table(
     Column("version", String(64), nullable=False),
     Index("ix_bootres_published_import_id", "import_id"),
 )
+
+# Health checks (docs/health.md): every judged check, each board's health
+# beside its machine, and the shared equipment (power controllers, the
+# netboot server) the health pass found degraded.
+health_results = Table(
+    "health_results",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("board", String(200), nullable=False),
+    Column("check_name", String(64), nullable=False),
+    # passed | failed
+    Column("outcome", String(16), nullable=False),
+    # passed | suspect | failed | unknown
+    Column("decision", String(16), nullable=False),
+    # none | board | image | controller | netboot
+    Column("blame", String(16), nullable=False),
+    Column("step", String(32), nullable=True),
+    Column("equipment", String(200), nullable=True),
+    Column("image", String(200), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("rule", Text, nullable=False),
+    # The history row the check's result came with.
+    Column("history_id", BigID, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_health_results_board_id", "board", "id"),
+    Index("ix_health_results_equipment_at", "equipment", "at"),
+    Index("ix_health_results_at", "at"),
+)
+
+board_health = Table(
+    "board_health",
+    metadata,
+    Column("board", String(200), primary_key=True),
+    Column("check_name", String(64), nullable=True),
+    Column("checked_at", UTCDateTime, nullable=True),
+    Column("passed_at", UTCDateTime, nullable=True),
+    # How many checks in a row this board has failed (picks the next
+    # known-good image), and the burn-in checks still to run.
+    Column("attempt", Integer, nullable=False),
+    Column("loop", Integer, nullable=False),
+    # The rule that decided its last check (`corral board explain`).
+    Column("rule", Text, nullable=True),
+)
+
+equipment_health = Table(
+    "equipment_health",
+    metadata,
+    Column("equipment", String(200), primary_key=True),
+    # degraded | ok
+    Column("state", String(16), nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    # When one of its boards (the canary) is checked again, and the wait
+    # after that, doubled at each failed probe.
+    Column("retry_at", UTCDateTime, nullable=True),
+    Column("backoff_s", Integer, nullable=False),
+    Column("reason", Text, nullable=True),
+)

@@ -22,6 +22,7 @@ from corral.errors import Unavailable
 from corral.store.bootres import Bootres
 from corral.store.controllers import Controllers
 from corral.store.driver import NO_DRIVER, DriverErrors, classify, first_line, require_revision
+from corral.store.health import Health
 from corral.store.history import History
 from corral.store.idempotency import Idempotency
 from corral.store.jobs import Jobs
@@ -134,6 +135,10 @@ class SqlTx:
     @cached_property
     def leases(self) -> Leases:
         return Leases(self.conn)
+
+    @cached_property
+    def health(self) -> Health:
+        return Health(self.conn)
 
     @cached_property
     def tokens(self) -> Tokens:

@@ -185,3 +185,8 @@ class WriteSet:
         """Whether there is anything to write."""
         return bool(self.changes or self.history or self.operations or self.idempotency
                     or self.vars_changes)
+
+
+# Which operation kinds a worker runs: (True, names) only those, (False,
+# names) all but those; None: all.
+Kinds = tuple[bool, Sequence[str]] | None

@@ -74,7 +74,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         metrics_registry,
         run_http,
     )
-    from corral.app import build_handlers, build_worker, check_operations
+    from corral.app import build_handlers, build_workers, check_operations
     from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
 
@@ -95,12 +95,12 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         registry = metrics_registry(
             engine, counts_max_age=COUNTS_MAX_AGE_INTERVALS * settings.state_count_interval)
         scheduler = None
-        worker = None
+        workers: list[OperationWorker] = []
         if role in ("all", "worker"):
             handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
             check_operations(engine.machines, handlers)
-            worker = build_worker(engine, settings, handlers)
-            scheduler = build_scheduler(_worker_jobs(engine, settings, worker))
+            workers = build_workers(engine, settings, handlers)
+            scheduler = build_scheduler(_worker_jobs(engine, settings, workers))
         if settings.group_commit_threads:
             engine.group.start(threads=settings.group_commit_threads,
                                       max_batch=settings.group_commit_max_batch)
@@ -121,20 +121,24 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
             log.info("stopping")
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
-            if worker is not None:
+            for worker in workers:
                 worker.shutdown(wait=True)
             engine.close()
 
 
-def _worker_jobs(engine: Engine, settings: Settings,
-                 worker: OperationWorker) -> dict[str, tuple[Callable[[], object], float]]:
+def _worker_jobs(engine: Engine, settings: Settings, workers: list[OperationWorker]
+                 ) -> dict[str, tuple[Callable[[], object], float]]:
     """The worker role's periodic jobs, by name: what to call and every how many seconds."""
+    from corral.app import health_pass
+
     jobs: dict[str, tuple[Callable[[], object], float]] = {
         "sweep_timeouts": (lambda: engine.sweeper.sweep_timeouts(batch=settings.sweep_batch,
                                                          threads=settings.sweep_threads),
                            settings.sweep_interval),
-        "operations": (worker.dispatch, settings.operation_interval),
     }
+    for i, worker in enumerate(workers):
+        jobs["operations" if i == 0 else f"operations_{i}"] = (worker.dispatch,
+                                                             settings.operation_interval)
     if settings.idempotency_key_hours:
         keep = timedelta(hours=settings.idempotency_key_hours)
         jobs["expire_idempotency_keys"] = (
@@ -145,7 +149,7 @@ def _worker_jobs(engine: Engine, settings: Settings,
         from corral.webhooks import WebhookDelivery
 
         delivery = WebhookDelivery(
-            engine.store, engine.clock, owner=worker.owner,
+            engine.store, engine.clock, owner=settings.owner,
             timeout=settings.webhook_timeout, lease_seconds=settings.webhook_lease,
             failing_after=settings.webhook_failing_after,
             max_backoff=settings.webhook_max_backoff)
@@ -167,6 +171,9 @@ def _worker_jobs(engine: Engine, settings: Settings,
         watcher = job_leases(engine, settings)
         if watcher is not None:
             jobs["job_leases"] = (watcher.watch_pass, settings.job_dispatch_interval)
+    health = health_pass(engine, settings)
+    if health is not None:
+        jobs["health"] = (health.run_pass, settings.health_interval)
     return jobs
 
 
@@ -177,7 +184,7 @@ def _worker_jobs(engine: Engine, settings: Settings,
 @click.pass_obj
 def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
     """One sweep pass, for tests and cron."""
-    from corral.app import build_handlers, build_worker, check_operations
+    from corral.app import build_handlers, build_worker, check_operations, health_pass
 
     settings = obj.settings
     configure_logging(settings.log_level, settings.log_format)
@@ -199,6 +206,9 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
         watcher = job_leases(engine, settings)
         if watcher is not None:
             watcher.watch_pass()
+    health = health_pass(engine, settings)
+    if health is not None:
+        health.run_pass()
     ran = build_worker(engine, settings, handlers).run_pending()
     engine.sweeper.refresh_state_counts()
     forgotten = 0

@@ -1,0 +1,157 @@
+"""Running a health check: the ``health_check`` operation (docs/health.md).
+
+The steps of the board's definition run in order with what Corral already
+drives (the board's power, netboot and ping/poll backends), each until it
+works or its timeout runs out: a ping that fails while the board boots is
+tried again. The first step that does not work ends the check; its
+operation reports ``health_check_failed`` with the step, whether it is a
+hard fault, the shared equipment it went through and the image, and the
+health pass judges it. A netbooted check boots the local disk again after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from corral.health.definitions import (
+    CallbackStep,
+    ConsoleStep,
+    Definition,
+    Definitions,
+    NetbootStep,
+)
+from corral.operations.base import Handler, OperationContext, OperationFailed
+from corral.power.settings import controller_of
+from corral.store.port import Store
+
+# What a step's failure goes through: the power controller (by the name
+# `corral.power` serializes its commands under), the netboot server.
+NETBOOT = "netboot"
+
+
+def equipment_of(step: str, attrs: Mapping[str, Any]) -> str | None:
+    """The shared equipment a failure at ``step`` may be blamed on."""
+    if step == "power_cycle":
+        power = attrs.get("power")
+        settings: Mapping[str, Any] = power if isinstance(power, dict) else {}
+        driver = settings.get("driver")
+        controller = controller_of(driver if isinstance(driver, str) else "default", settings)
+        return f"controller:{controller}" if controller else None
+    if step in ("netboot", "callback"):
+        return NETBOOT
+    return None
+
+
+class StepFailed(Exception):
+    pass
+
+
+@dataclasses.dataclass(kw_only=True)
+class HealthSteps:
+    """The ``health_check`` operation's handler.
+
+    Args:
+        store: where the board's reports (callback steps) are read.
+        definitions: the health check definitions.
+        handlers: the board's operation backends (power, ping, poll, PXE).
+        timeout_scale: the engine's (a step's timeout is scaled like a state's).
+        console: waits for a console pattern (board, pattern, since, seconds) ->
+            whether it appeared; None where no capture runs.
+    """
+
+    store: Store
+    definitions: Definitions
+    handlers: Mapping[str, Handler]
+    timeout_scale: float = 1.0
+    console: Callable[[str, str, int, float], bool] | None = None
+    pause: float = 1.0
+
+    def __call__(self, ctx: OperationContext) -> Mapping[str, Any]:
+        definition = self.definitions.of(ctx.name, ctx.attrs)
+        with self.store.unit() as tx:
+            health = tx.health.board(ctx.name) or {}
+            machine = tx.machines.get("board", ctx.name)
+            newest = tx.history.newest_of(machine.id) if machine else None
+            since = newest.id if newest else 0
+        image = definition.image(int(health.get("attempt") or 0))
+        netbooted = False
+        try:
+            for index, step in enumerate(definition.steps):
+                try:
+                    netbooted |= isinstance(step, NetbootStep)
+                    self._run(ctx, definition, index, image, since)
+                except StepFailed as failed:
+                    raise OperationFailed(
+                        f"{step.step}: {failed}", check=definition.name, step=step.step,
+                        index=index, hard=step.hard, image=image,
+                        equipment=equipment_of(step.step, ctx.attrs)) from None
+        finally:
+            if netbooted:
+                self._try("boot_local", self._ctx(ctx, "boot_local", 99, 0, image))
+        return {"check": definition.name, "image": image, "steps": len(definition.steps)}
+
+    def _ctx(self, ctx: OperationContext, kind: str, index: int, attempt: int,
+             image: str | None, payload: Mapping[str, Any] | None = None) -> OperationContext:
+        # A distinct attempt per step and try: backends that deduplicate by
+        # (operation, attempt) see each as its own request.
+        return dataclasses.replace(
+            ctx, kind=kind, attempt=ctx.attempt * 100000 + index * 1000 + attempt,
+            payload=dict(payload or {}),
+            vars={**ctx.vars, **({"release": image} if image else {})})
+
+    def _try(self, kind: str, ctx: OperationContext) -> str | None:
+        """Run one backend call; the reason it failed, or None."""
+        handler = self.handlers.get(kind)
+        if handler is None:
+            return f"no backend runs {kind}"
+        try:
+            handler(ctx)
+        except OperationFailed as exc:
+            return exc.reason
+        except Exception as exc:  # a transient error is a failed try here
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _run(self, ctx: OperationContext, definition: Definition, index: int,
+             image: str | None, since: int) -> None:
+        step = definition.steps[index]
+        deadline = time.monotonic() + step.timeout * self.timeout_scale
+        attempt = 0
+        why = "never ran"
+        while True:
+            attempt += 1
+            why = self._once(ctx, step, index, attempt, image, since) or ""
+            if not why:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StepFailed(f"{why} (for {step.timeout} s)")
+            time.sleep(min(self.pause, left))
+
+    def _once(self, ctx: OperationContext, step: Any, index: int, attempt: int,
+              image: str | None, since: int) -> str | None:
+        if isinstance(step, NetbootStep):
+            release = image or step.release
+            for kind, payload in (("write_pxe_config", {}),
+                                  ("set_boot_device", {"device": "network"}),
+                                  ("power_cycle", {})):
+                why = self._try(kind, self._ctx(ctx, kind, index, attempt, release, payload))
+                if why:
+                    return why
+            return None
+        if isinstance(step, CallbackStep):
+            with self.store.unit() as tx:
+                machine = tx.machines.get("board", ctx.name)
+                heard = machine is not None and tx.history.reported_since(
+                    machine.id, since, step.event)
+            return None if heard else f"the board did not report {step.event}"
+        if isinstance(step, ConsoleStep):
+            if self.console is None:
+                return "no console capture runs for this board"
+            seconds = max(0.1, min(self.pause, step.timeout * self.timeout_scale))
+            return None if self.console(ctx.name, step.pattern, since, seconds) else (
+                f"{step.pattern!r} did not appear on the console")
+        return self._try(step.step, self._ctx(ctx, step.step, index, attempt, image))
