@@ -151,7 +151,7 @@ def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | 
     backend: the simulated lab or the command templates."""
     from corral.operations.base import board_handlers
     from corral.operations.command import CommandBackend
-    from corral.operations.simulated import SimulatedLab, SimulatedRates
+    from corral.operations.simulated import SimulatedLab, SimulatedRates, parse_outage
     from corral.power.controllers import ControllerSlots
     from corral.power.drivers import CommandPower, SimulatedPower, protocol_drivers
     from corral.power.service import PowerOperations
@@ -162,7 +162,8 @@ def _board_handlers(settings: Settings, simulate: bool | None, engine: Engine | 
         poll_failure=settings.sim_poll_failure,
         seconds=settings.sim_operation_seconds,
         dead_boards=tuple(n.strip() for n in settings.sim_dead_boards.split(",") if n.strip()),
-    ))
+        outage=parse_outage(settings.sim_controller_outage),
+    ), clock=engine.clock if engine is not None else None)
     commands = CommandBackend({
         "power_cycle": settings.command_power_cycle,
         "power_on": settings.command_power_on,

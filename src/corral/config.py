@@ -218,7 +218,8 @@ class Settings(Strict):
     sim_dead_boards: str = ""
     # A simulated controller outage: "relay-2@120+180" (relay-2's boards'
     # power commands fail from 120 s after start, for 180 s); empty: none.
-    sim_controller_outage: str = ""
+    sim_controller_outage: Annotated[
+        str, Field(pattern=r"^(|[A-Za-z0-9._:-]+@[0-9]+\+[0-9]+)$")] = ""
 
     @property
     def owner(self) -> str:

@@ -242,7 +242,8 @@ class _Pass:
                 verdict.degrade, state="degraded", since=self.now, backoff_s=backoff,
                 retry_at=self.now + timedelta(seconds=backoff),
                 reason=f"{result.board} and others failed at {result.step}")
-            self.degraded[verdict.degrade] = {"retry_at": self.now}
+            self.degraded[verdict.degrade] = {
+                "retry_at": self.now + timedelta(seconds=backoff), "backoff_s": backoff}
             log.warning("equipment_degraded", equipment=verdict.degrade, board=result.board)
         for equipment in verdict.recovered:
             self.tx.health.set_equipment(equipment, state="ok", since=self.now,

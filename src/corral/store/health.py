@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 
 from corral.store.repository import Repository, aware
 from corral.store.schema import board_health, equipment_health, health_results
@@ -73,7 +73,7 @@ class Health(Repository):
         """Passed and judged checks since ``since``, per board or per check
         (``by``: ``board`` or ``check_name``)."""
         column = health_results.c[by]
-        passed = func.sum((health_results.c.outcome == "passed").cast(health_results.c.id.type))
+        passed = func.sum(case((health_results.c.outcome == "passed", 1), else_=0))
         rows = self.conn.execute(select(column, passed, func.count())
                                  .where(health_results.c.at >= since).group_by(column))
         return {r[0]: (int(r[1] or 0), int(r[2])) for r in rows}
