@@ -43,7 +43,8 @@ def build_engine(settings: Settings, *, clock: Clock = utcnow, check_schema: boo
                  ) -> Engine:
     machines = load_machines(settings)
     store = open_store(settings.database_url,
-                       pool_size=max(5, settings.operation_threads + 2))
+                       pool_size=max(5, settings.operation_threads + settings.health_threads
+                                     + 2))
     if check_schema:
         store.require_current()
     engine = Engine(store, machines, clock=clock, timeout_scale=settings.timeout_scale)

@@ -158,7 +158,7 @@ def _broken_machines(tmp_path: Path, old: str, new: str) -> Path:
          "unknown target state 'rebootin'"),
         ("dest: retired\n    by: admin\n", "dest: retired\n    by: root\n",
          "by[0]: must be one of board, operator, admin, operation, timeout, holder, lease, "
-         "not 'root'"),
+         "health, not 'root'"),
         ("      failure: failed_pinging\n", "", "counter: missing required key 'failure'"),
     ],
 )

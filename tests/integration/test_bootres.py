@@ -341,14 +341,14 @@ def test_a_reimaged_board_gets_a_pxe_config_pointing_at_its_winner(tmp_path, eng
     assert "  IPAPPEND 2\n" in written
     token = written.split("corral.token=")[1].split()[0]
     assert tokens.verify(token).role == "reimage"
-    # The second stage installs and the board comes back ready.
+    # The second stage installs and the board comes back, to be health-checked.
     for event in ("second_stage_started", "install_ok"):
         engine.fire("board", "panda-1", event, **firing(event))
     worker.run_pending()
     clock.advance(46)
     engine.sweeper.sweep_timeouts()
     worker.run_pending()
-    assert engine.get("board", "panda-1").state == "ready"
+    assert engine.get("board", "panda-1").state == "check_queued"
     entry = next(e for e in engine.history("board", "panda-1", limit=50)
                  if e.event == "write_pxe_config_ok")
     assert entry.payload["product"] == "com.example:trusty:armhf:midway"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from corral.engine.core import Engine
 from corral.store.schema import history, operations
@@ -43,6 +43,10 @@ def count_timeouts(engine: Engine) -> int:
 def test_kill_during_sweep_then_every_timeout_fires_once(engine, migrated_url):
     total = 3000
     engine.import_machines("board", {f"b{i:04d}": {} for i in range(total)})
+    # Waiting in `rebooting` (as after a power cycle), so that each timeout
+    # writes one operation too (rebooting -> pinging runs a ping).
+    with engine.store.sa.begin() as conn:
+        conn.execute(update(machines_table).values(state="rebooting"))
     sweeper = [sys.executable, "-m", "tests.integration.sweeper", migrated_url]
     victim = subprocess.Popen([*sweeper, "--batch", "50", "--pause", "0.05"], cwd=ROOT,
                               stdout=subprocess.DEVNULL)
@@ -58,11 +62,11 @@ def test_kill_during_sweep_then_every_timeout_fires_once(engine, migrated_url):
         per_machine = dict(conn.execute(
             select(history.c.machine_id, func.count()).group_by(history.c.machine_id)).all())
         ops = int(conn.execute(select(func.count()).select_from(operations)).scalar_one())
-    # create + exactly one timeout per board; one power_cycle operation per timeout.
+    # create + exactly one timeout per board; one ping operation per timeout.
     assert len(per_machine) == total
     assert set(per_machine.values()) == {2}
     assert ops == total
-    assert {r.state for r in engine.list_machines("board")} == {"power_cycling"}
+    assert {r.state for r in engine.list_machines("board")} == {"pinging"}
 
 
 def _serve(url: str, log: Path, **settings: str) -> subprocess.Popen:
@@ -106,7 +110,8 @@ def test_kill_while_operation_leased_then_it_completes_once(store, machines, mig
 
     second = _serve(migrated_url, log, sim_operation_seconds="0", operation_lease="30")
     try:
-        wait_for(lambda: engine.get("board", "b1").state in ("rebooting", "pinging", "ready"),
+        wait_for(lambda: engine.get("board", "b1").state in ("rebooting", "pinging",
+                                                             "check_queued", "ready"),
                  timeout=60, what="the re-run operation to move the board on")
     finally:
         returncode = stop(second, log=log)

@@ -7,8 +7,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from corral.config import Settings
 from corral.engine.worker import OperationWorker
 from corral.errors import Conflict, CorralError, EventNotAllowed, StateMismatch, UnknownMachine
+from corral.health.definitions import Definitions
+from corral.health.service import HealthPass
+from corral.health.steps import HealthSteps
 from corral.machines.loader import expand_sources
 from corral.operations.base import OperationFailed, board_handlers
 from corral.operations.simulated import SimulatedLab, SimulatedRates
@@ -52,7 +56,8 @@ def _transitions(machines):
 
 
 SOURCES = {"board": "callback", "operation": "operation", "operator": "operator",
-           "admin": "operator", "holder": "operator", "lease": "operator"}
+           "admin": "operator", "holder": "operator", "lease": "operator",
+           "health": "operator"}
 
 
 def test_every_transition_in_board_yaml(engine, machines, clock):
@@ -167,28 +172,51 @@ def test_sweep_fires_each_due_deadline_once_in_batches(engine, clock):
     clock.advance(11)
     assert engine.sweeper.sweep_timeouts(batch=5) == 23
     assert engine.sweeper.sweep_timeouts(batch=5) == 0
-    assert {r.state for r in engine.list_machines("board")} == {"power_cycling"}
+    assert {r.state for r in engine.list_machines("board")} == {"check_queued"}
 
 
 def test_operations_drive_a_board_to_ready(engine, clock):
+    """A new board is health-checked (a power cycle and a ping by default);
+    a board that power-cycled is checked again before it is ready."""
     engine.create("board", "b1")
-    worker = perfect_worker(engine)
+    lab = SimulatedLab(rates=PERFECT)
+    handlers = board_handlers(simulated_power(lab), lab, lab)
+    handlers["health_check"] = HealthSteps(store=engine.store, definitions=Definitions(()),
+                                           handlers=dict(handlers), pause=0.01)
+    worker = OperationWorker(engine, handlers, owner="test")
+    health = HealthPass(engine, Settings(), Definitions(()))
     clock.advance(11)
-    engine.sweeper.sweep_timeouts()                      # new -> power_cycling (+ power_cycle op)
+    engine.sweeper.sweep_timeouts()                      # new -> check_queued
+    assert engine.get("board", "b1").state == "check_queued"
+    health.run_pass()                                    # admit -> checking (+ health_check op)
+    assert worker.run_pending() == 1                     # health_check_ok -> judging
+    health.run_pass()                                    # check_passed -> ready (+ poll op)
+    assert worker.run_pending() == 1
+    assert engine.get("board", "b1").state == "ready"
+    engine.fire("board", "b1", "reboot", source="operator")   # ready -> power_cycling
     # power_cycle_ok -> rebooting, whose entry switches the board's netboot to
     # its local disk (boot_local_ok keeps it there).
     assert worker.run_pending() == 2
     assert engine.get("board", "b1").state == "rebooting"
     clock.advance(46)
     engine.sweeper.sweep_timeouts()                      # rebooting -> pinging (+ ping op)
-    # ping_ok -> ready, whose entry writes a poll op; poll_ok keeps it ready.
-    assert worker.run_pending() == 2
+    # ping_ok -> check_queued: checked before it is ready again.
+    assert worker.run_pending() == 1
+    assert engine.get("board", "b1").state == "check_queued"
+    health.run_pass()
+    worker.run_pending()
+    health.run_pass()
+    worker.run_pending()
     assert engine.get("board", "b1").state == "ready"
     events = [(e.event, e.source) for e in reversed(engine.history("board", "b1"))]
     assert events == [("create", "operator"), ("timeout", "timeout"),
+                      ("admit", "operator"), ("health_check_ok", "operation"),
+                      ("check_passed", "operator"), ("poll_ok", "operation"),
+                      ("reboot", "operator"),
                       ("power_cycle_ok", "operation"), ("boot_local_ok", "operation"),
                       ("timeout", "timeout"), ("ping_ok", "operation"),
-                      ("poll_ok", "operation")]
+                      ("admit", "operator"), ("health_check_ok", "operation"),
+                      ("check_passed", "operator"), ("poll_ok", "operation")]
     assert {op.status for op in operations_of(engine, "b1")} == {"done"}
 
 

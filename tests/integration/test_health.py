@@ -15,8 +15,8 @@ import pytest
 
 from corral.app import build_handlers, build_worker
 from corral.config import Settings
-from corral.health.definitions import Definitions, PingStep, PowerCycleStep, Rules
 from corral.health.definitions import Definition as Check
+from corral.health.definitions import Definitions, PingStep, PowerCycleStep, Rules
 from corral.health.service import HealthPass, install
 from corral.health.steps import HealthSteps
 
@@ -90,8 +90,8 @@ def enrol(lab: Lab, boards: dict[str, Any] = BOARDS) -> None:
 def make_lab(engine: Any, clock: Any) -> Iterator[Any]:
     labs: list[Lab] = []
 
-    def make(definitions: Definitions = Definitions(()), **extra: Any) -> Lab:
-        labs.append(Lab(engine, clock, settings(**extra), definitions))
+    def make(definitions: Definitions | None = None, **extra: Any) -> Lab:
+        labs.append(Lab(engine, clock, settings(**extra), definitions or Definitions(())))
         return labs[-1]
 
     yield make

@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry
 from corral.api.app import create_app
 from corral.app import build_handlers, build_worker
 from corral.config import Settings
+from corral.health.definitions import Definitions
+from corral.health.service import HealthPass
+from corral.health.service import install as install_health
 from corral.jobs.leasing import JobLeases
 from corral.jobs.service import JobService
 from corral.leases import LeaseService, install
@@ -90,8 +93,10 @@ class Lab:
 @pytest.fixture
 def lab(engine: Any, clock: Any) -> Iterator[Lab]:
     install(engine)
+    install_health(engine)
     settings = Settings(sim_operation_seconds=0, lease_quota_boards=3, lease_reserve_after=100000,
-                        lease_max_duration=7200)
+                        lease_max_duration=7200, timeout_scale=0.01)
+    health = HealthPass(engine, settings, Definitions(()))
     scheduler = LeaseScheduler(engine, settings)
     leases = LeaseService(engine, settings, kick=scheduler.run_pass)
     engine.import_machines("board", BOARDS, actor="test", reason="lab")
@@ -107,8 +112,8 @@ def lab(engine: Any, clock: Any) -> Iterator[Lab]:
     jobs = JobService(engine)
     watcher = JobLeases(engine, leases)
     app = create_app(engine, store, CollectorRegistry(), leases=leases)
-    passes = [worker.run_pending, scheduler.run_pass, jobs.dispatch_pass, watcher.watch_pass,
-              worker.run_pending]
+    passes = [worker.run_pending, scheduler.run_pass, health.run_pass, jobs.dispatch_pass,
+              watcher.watch_pass, worker.run_pending, health.run_pass]
     with serving(app) as (address, _), httpx.Client(
             base_url=f"http://{address[0]}:{address[1]}", timeout=30) as http:
         yield Lab(engine, clock, http, tokens, passes)

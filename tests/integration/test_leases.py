@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry
 from corral.api.app import create_app
 from corral.app import build_handlers, build_worker
 from corral.config import Settings
+from corral.health.definitions import Definitions
+from corral.health.service import HealthPass
+from corral.health.service import install as install_health
 from corral.leases import LeaseService, install
 from corral.leases.scheduler import LeaseScheduler
 from corral.tokens import TokenStore
@@ -32,9 +35,10 @@ class Lab:
     """A served engine with boards, tokens and a hand-driven clock."""
 
     def __init__(self, engine: Any, clock: Any, http: httpx.Client, tokens: dict[str, str],
-                 scheduler: LeaseScheduler, worker: Any) -> None:
+                 scheduler: LeaseScheduler, worker: Any, health: HealthPass) -> None:
         self.engine, self.clock, self.http = engine, clock, http
         self.tokens, self.scheduler, self.worker = tokens, scheduler, worker
+        self.health = health
 
     def call(self, method: str, path: str, who: str, **kw: Any) -> httpx.Response:
         token = self.tokens.get(who, who)
@@ -57,17 +61,20 @@ class Lab:
         for _ in range(rounds):
             self.worker.run_pending()
             self.scheduler.run_pass()
+            self.health.run_pass()
             self.clock.advance(step)
             self.engine.sweeper.sweep_timeouts()
             self.worker.run_pending()
+            self.health.run_pass()
             self.scheduler.run_pass()
 
 
 @pytest.fixture
 def lab(engine: Any, clock: Any) -> Iterator[Lab]:
     install(engine)
+    install_health(engine)
     settings = Settings(sim_operation_seconds=0, lease_quota_boards=3, lease_quota_queued=5,
-                        lease_max_total=600, lease_reserve_after=100000)
+                        lease_max_total=600, lease_reserve_after=100000, timeout_scale=0.01)
     scheduler = LeaseScheduler(engine, settings)
     leases = LeaseService(engine, settings, kick=scheduler.run_pass)
     engine.import_machines("board", BOARDS, actor="test", reason="lab")
@@ -82,7 +89,8 @@ def lab(engine: Any, clock: Any) -> Iterator[Lab]:
     app = create_app(engine, store, CollectorRegistry(), leases=leases)
     with serving(app) as (address, _), httpx.Client(
             base_url=f"http://{address[0]}:{address[1]}", timeout=30) as http:
-        yield Lab(engine, clock, http, tokens, scheduler, worker)
+        yield Lab(engine, clock, http, tokens, scheduler, worker,
+                  HealthPass(engine, settings, Definitions(())))
     worker.shutdown()
 
 
@@ -160,7 +168,7 @@ def test_priority_then_fair_share_then_age(lab: Lab) -> None:
     order = []
     for holder in (first, urgent, bob, alice):
         lab.call("POST", f"/api/v1/leases/{holder['id']}/release", holder["owner"])
-        lab.settle(3)
+        lab.settle(6)
         active = [x["id"] for x in lab.call("GET", "/api/v1/leases?state=active",
                                             "viewer").json()]
         order.append(active)
@@ -207,7 +215,7 @@ def test_the_queue_route_answers_the_order_the_scheduler_serves(lab: Lab) -> Non
     order = []
     for holder in (first, urgent, bob):
         lab.call("POST", f"/api/v1/leases/{holder['id']}/release", holder["owner"])
-        lab.settle(3)
+        lab.settle(6)
         order.append([x["id"] for x in lab.call("GET", "/api/v1/leases?state=active",
                                                 "viewer").json()])
     assert order == [[urgent["id"]], [bob["id"]], [alice["id"]]]

@@ -12,6 +12,7 @@ health pass judges it. A netbooted check boots the local disk again after.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,6 +50,10 @@ class StepFailed(Exception):
     pass
 
 
+class Stopping(Exception):
+    """Transient: the operation is retried."""
+
+
 @dataclasses.dataclass(kw_only=True)
 class HealthSteps:
     """The ``health_check`` operation's handler.
@@ -68,6 +73,13 @@ class HealthSteps:
     timeout_scale: float = 1.0
     console: Callable[[str, str, int, float], bool] | None = None
     pause: float = 1.0
+    stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def stop(self) -> None:
+        """End running checks at their next try (the process stops): each
+        is put back in the outbox and runs again, whole, elsewhere or after
+        the restart."""
+        self.stopping.set()
 
     def __call__(self, ctx: OperationContext) -> Mapping[str, Any]:
         definition = self.definitions.of(ctx.name, ctx.attrs)
@@ -129,7 +141,8 @@ class HealthSteps:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StepFailed(f"{why} (for {step.timeout} s)")
-            time.sleep(min(self.pause, left))
+            if self.stopping.wait(min(self.pause, left)):
+                raise Stopping("the process is stopping; the check runs again")
 
     def _once(self, ctx: OperationContext, step: Any, index: int, attempt: int,
               image: str | None, since: int) -> str | None:

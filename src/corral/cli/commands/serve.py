@@ -23,6 +23,7 @@ from corral.logs import configure_logging
 if TYPE_CHECKING:
     from corral.engine.core import Engine
     from corral.engine.worker import OperationWorker
+    from corral.operations.base import Handler
 
 # How often `corral serve` (worker roles) forgets expired idempotency keys.
 IDEMPOTENCY_EXPIRY_INTERVAL = 60.0
@@ -74,7 +75,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         metrics_registry,
         run_http,
     )
-    from corral.app import build_handlers, build_workers, check_operations
+    from corral.app import HEALTH_CHECK, build_handlers, build_workers, check_operations
     from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
 
@@ -96,6 +97,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
             engine, counts_max_age=COUNTS_MAX_AGE_INTERVALS * settings.state_count_interval)
         scheduler = None
         workers: list[OperationWorker] = []
+        handlers: dict[str, Handler] = {}
         if role in ("all", "worker"):
             handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
             check_operations(engine.machines, handlers)
@@ -121,6 +123,9 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
             log.info("stopping")
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
+            stop_checks = getattr(handlers.get(HEALTH_CHECK), "stop", None)
+            if stop_checks is not None:
+                stop_checks()
             for worker in workers:
                 worker.shutdown(wait=True)
             engine.close()
