@@ -227,3 +227,46 @@ def test_every_way_into_ready_goes_through_the_check(machines: Any, tmp_path: Pa
                   if t.dest == "ready" and s != "ready"}
     assert into_ready == {("check_passed", "judging"), ("check_held", "check_queued"),
                           ("lease_unhold", "leased")}
+
+
+def test_the_check_route_and_the_metrics(make_lab):
+    import httpx
+
+    from corral.api.app import create_app
+    from corral.api.metrics import build_registry
+    from corral.tokens import TokenStore
+    from tests.serving import serving
+
+    lab = make_lab(sim_dead_boards="b2")
+    enrol(lab, {"b1": BOARDS["b1"], "b2": BOARDS["b2"]})
+    lab.until(lambda: lab.state("b1") == "ready" and lab.state("b2") == "suspect")
+    tokens = TokenStore(lab.engine.store, cache_seconds=0)
+    operator, viewer = tokens.issue("op", "operator"), tokens.issue("view", "viewer")
+    registry = build_registry(lab.engine)
+    app = create_app(lab.engine, tokens, registry)
+    with serving(app) as (address, _), httpx.Client(
+            base_url=f"http://{address[0]}:{address[1]}", timeout=30) as http:
+        def post(token: str, body: Any, board: str = "b1") -> httpx.Response:
+            return http.post(f"/api/v1/boards/{board}/check", json=body,
+                             headers={"Authorization": f"Bearer {token}"})
+
+        before = lab.events("b1")
+        assert post(viewer, {}).status_code == 403
+        assert post(operator, {"loop": -1}).status_code == 422
+        assert post(operator, {"loop": 1, "extra": 1}).status_code == 422
+        assert post(operator, {}, board="nope").status_code == 404
+        assert lab.events("b1") == before
+        answer = post(operator, {"loop": 1, "reason": "burn-in"})
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["from_state"], answer.json()["state"]) == ("ready",
+                                                                            "check_queued")
+        # Already queued: refused, nothing changes.
+        refused = post(operator, {})
+        assert refused.status_code == 409, refused.text
+        lab.until(lambda: len(lab.results("b1")) == 3 and lab.state("b1") == "ready")
+        text = http.get("/metrics").text
+    assert 'corral_health_checks{blame="none",check="default",decision="passed"} 3.0' in text
+    assert 'corral_health_board_pass_rate{board="b1"} 1.0' in text
+    assert 'corral_boards_health{health="proven"} 1.0' in text
+    assert 'corral_health_boards{check="default",state="suspect"} 1.0' in text or \
+        'corral_health_boards{check="default",state="failed_health"} 1.0' in text

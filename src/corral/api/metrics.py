@@ -9,7 +9,8 @@ Metric names follow Prometheus conventions (``_total`` counters, base units).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -77,6 +78,55 @@ class StateCollector(Collector):
             hooks.add_metric([hook["name"]], 1.0 if hook["status"] == "failing" else 0.0)
             behind.add_metric([hook["name"]], float(hook["failures"]))
         yield from (machines, failed, depth, age, counted, stuck, hooks, behind)
+        if "board" in self.engine.machines and \
+                "judging" in self.engine.machines["board"].definition.states:
+            yield from health_metrics(self.engine, counts)
+
+
+# Boards by health, from the board machine's states.
+HEALTH_OF_STATE = {"ready": "proven", "leased": "proven", "check_queued": "checking",
+                   "checking": "checking", "judging": "checking", "suspect": "suspect",
+                   "unknown": "unknown", "failed_health": "failed"}
+
+
+def health_metrics(engine: Engine, counts: Any) -> Iterator[GaugeMetricFamily]:
+    """Checks by check, decision and blame; boards by health; pass rates over
+    the last day per board and per check; degraded equipment."""
+    from corral.health.service import summary
+
+    doc = summary(engine, engine.clock() - timedelta(days=1))
+    checks = GaugeMetricFamily("corral_health_checks", "Judged health checks kept (pruned "
+                               "with the history), by check, decision and blame.",
+                               labels=["check", "decision", "blame"])
+    for check, decision, blame, n in doc["tally"]:
+        checks.add_metric([check, decision, blame], n)
+    boards = GaugeMetricFamily("corral_boards_health", "Boards by health: proven (ready or "
+                               "leased), checking, suspect, unknown, failed.", labels=["health"])
+    by = dict.fromkeys(("proven", "checking", "suspect", "unknown", "failed"), 0)
+    for kind, state, n in counts:
+        if kind == "board" and state in HEALTH_OF_STATE:
+            by[HEALTH_OF_STATE[state]] += n
+    for health, n in by.items():
+        boards.add_metric([health], n)
+    per_board = GaugeMetricFamily("corral_health_board_pass_rate", "Share of a board's checks "
+                                  "that passed over the last day.", labels=["board"])
+    for board, (passed, judged) in sorted(doc["boards"].items()):
+        per_board.add_metric([board], passed / judged)
+    per_check = GaugeMetricFamily("corral_health_check_pass_rate", "Share of a check's runs "
+                                  "that passed over the last day.", labels=["check"])
+    for check, (passed, judged) in sorted(doc["checks"].items()):
+        per_check.add_metric([check], passed / judged)
+    degraded = GaugeMetricFamily("corral_equipment_degraded", "1 for shared equipment (a power "
+                                 "controller, the netboot server) found degraded.",
+                                 labels=["equipment"])
+    for equipment in doc["degraded"]:
+        degraded.add_metric([equipment], 1.0)
+    waiting = GaugeMetricFamily("corral_health_boards", "Boards suspect, unknown or failed "
+                                "by their health check (the board type), for alerts per type.",
+                                labels=["check", "state"])
+    for check, state, n in doc["by_check"]:
+        waiting.add_metric([check, state], n)
+    yield from (checks, boards, per_board, per_check, degraded, waiting)
 
 
 class PrometheusObserver(Observer):

@@ -216,6 +216,14 @@ class MaintenanceIn(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class CheckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loop: int = Field(default=0, ge=0, le=1000, description=(
+        "Burn-in: checks to run after this one, each as soon as the last passed "
+        "(until one fails)."))
+    reason: str | None = Field(default=None, max_length=2000)
+
+
 class RetireIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")

@@ -127,6 +127,10 @@ class RemoteBoards:
 
         return answer(reply)
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` to ``path`` of the server (a board action it has a route for)."""
+        return self._call("POST", path, json=body)
+
     @staticmethod
     def _times(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
         for key in keys:

@@ -32,6 +32,7 @@ import structlog
 
 from corral.config import Settings
 from corral.engine.core import Engine, Transaction
+from corral.engine.events import FireResult
 from corral.errors import Unavailable
 from corral.health.definitions import EQUIPMENT_STEPS, Definition, Definitions
 from corral.health.judge import Evidence, Result, Verdict, judge, result_of
@@ -124,20 +125,29 @@ class HealthPass:
         return report
 
     def request(self, name: str, *, loop: int = 0, actor: str, reason: str | None = None,
-                role: str = Role.OPERATOR) -> MachineState:
-        """An operator's check of ``name`` (``loop``: burn-in checks after
-        it, each one as soon as the last passed).
+                role: str = Role.OPERATOR) -> FireResult:
+        """See :func:`request_check`."""
+        return request_check(self.engine, name, loop=loop, actor=actor, reason=reason,
+                             role=role)
 
-        Raises:
-            UnknownMachine, EventNotAllowed: nothing changes.
-        """
-        with self.engine.transaction() as unit:
-            row = unit.lock(BOARD, name)
-            unit.fire(row, "check", source="operator", role=role, actor=actor,
-                      reason=reason or ("burn-in: " f"{loop + 1} checks" if loop
-                                        else "checked on demand"))
-            unit.tx.health.put(name, loop=loop, attempt=0)
-        return self.engine.get(BOARD, name)
+
+def request_check(engine: Engine, name: str, *, loop: int = 0, actor: str,
+                  reason: str | None = None, role: str = Role.OPERATOR) -> FireResult:
+    """An operator's check of ``name`` (``corral board check``; ``loop``:
+    burn-in checks after it, each as soon as the last passed, until one
+    fails). The board queues for the health pass.
+
+    Raises:
+        UnknownMachine, EventNotAllowed (not ready, suspect, unknown or
+        failed), Conflict (a lease holds it): nothing changes.
+    """
+    with engine.transaction() as unit:
+        row = unit.lock(BOARD, name)
+        unit.fire(row, "check", source="operator", role=role, actor=actor,
+                  reason=reason or (f"burn-in: {loop + 1} checks" if loop
+                                    else "checked on demand"))
+        unit.tx.health.put(name, loop=loop, attempt=0)
+    return unit.results[0]
 
 
 class _Pass:
@@ -359,4 +369,5 @@ def summary(engine: Engine, since: datetime) -> Mapping[str, Any]:
         return {"tally": tx.health.tally(), "boards": tx.health.pass_rates(
             by="board", since=since), "checks": tx.health.pass_rates(by="check_name",
                                                                      since=since),
-                "degraded": sorted(tx.health.equipment(state="degraded"))}
+                "degraded": sorted(tx.health.equipment(state="degraded")),
+                "by_check": tx.health.by_check(("suspect", "unknown", "failed_health"))}

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, delete, func, insert, select, update
 
 from corral.store.repository import Repository, aware
-from corral.store.schema import board_health, equipment_health, health_results
+from corral.store.schema import board_health, equipment_health, health_results, machines
 
 _BOARD_DEFAULTS = {"check_name": None, "checked_at": None, "passed_at": None, "attempt": 0,
                    "loop": 0, "rule": None}
@@ -112,6 +112,15 @@ class Health(Repository):
         """Boards with burn-in checks still to run."""
         rows = self.conn.execute(select(board_health.c.board).where(board_health.c.loop > 0))
         return [r[0] for r in rows]
+
+    def by_check(self, states: Sequence[str]) -> builtins.list[tuple[str, str, int]]:
+        """Boards in ``states`` by (their last check, state), with how many."""
+        query = (select(board_health.c.check_name, machines.c.state, func.count())
+                 .select_from(machines.join(board_health,
+                                            board_health.c.board == machines.c.name))
+                 .where(machines.c.kind == "board", machines.c.state.in_(list(states)))
+                 .group_by(board_health.c.check_name, machines.c.state))
+        return [(r[0] or "default", r[1], int(r[2])) for r in self.conn.execute(query)]
 
     # -- equipment
     def equipment(self, *, state: str | None = None) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from corral.api.callbacks import EVENT, MAX_IDEMPOTENCY_KEY, MAX_PAYLOAD, NAME
 from corral.api.deps import Admin, EngineDep, Operator, ServicesDep, bearer
 from corral.api.errors import ERRORS
-from corral.api.models import ErrorOut, MaintenanceIn, RetireIn, TransitionOut
+from corral.api.models import CheckIn, ErrorOut, MaintenanceIn, RetireIn, TransitionOut
 from corral.api.routes.machines import MachineKind
 from corral.machines.needs import Needs
 from corral.tokens import BOARD_ROLE, Principal
@@ -31,7 +31,8 @@ from corral.tokens import BOARD_ROLE, Principal
 MAINTENANCE, LEAVE_MAINTENANCE, RETIRE = "maintenance", "leave_maintenance", "retire"
 
 # The board events these routes fire (held against board.yaml at start-up).
-NEEDS = Needs(service="api", kind="board", events=(MAINTENANCE, LEAVE_MAINTENANCE, RETIRE))
+NEEDS = Needs(service="api", kind="board", events=(MAINTENANCE, LEAVE_MAINTENANCE, RETIRE,
+                                                   "check"))
 
 BoardName = Annotated[str, Path(pattern=NAME, description="The board's name.")]
 
@@ -94,3 +95,12 @@ def retire(name: BoardName, body: RetireIn, engine: EngineDep, who: Admin) -> Tr
     return TransitionOut.from_result(engine.fire("board", name, RETIRE, source="operator",
                                                  actor=who.name, reason=body.reason,
                                                  role=who.role))
+
+
+@router.post("/api/v1/boards/{name}/check", response_model=TransitionOut, responses=ERRORS,
+             summary="Health-check a board now (and, with loop, again and again: burn-in).")
+def check(name: BoardName, body: CheckIn, engine: EngineDep, who: Operator) -> TransitionOut:
+    from corral.health.service import request_check
+
+    return TransitionOut.from_result(request_check(engine, name, loop=body.loop, actor=who.name,
+                                                   reason=body.reason, role=who.role))
