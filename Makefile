@@ -20,7 +20,10 @@ install: $(STAMP)
 # A simulated lab of 20 boards on SQLite, timeouts 10x faster than production:
 # `corral serve --simulate` (HTTP API on 127.0.0.1:8080, simulated power/ping/PXE)
 # and `corral simulate boards` (the boards, reporting over HTTP with their tokens).
-# sim-0020 has a dead relay and ends in failed_power_cycling. A simulated MO
+# Boards are health-checked before they are ready (a few at a time):
+# sim-0020 has a dead relay and ends in failed_health; relay-2 stops answering
+# from minute two for 90 s, and its boards wait as unknown until it is back
+# (a canary is re-checked every 15 s, then 30, 60). A simulated MO
 # (`corral mo-sim`) serves the ten pools of fabric `sim`, and `corral simulate
 # runs` plays the test runs of alice and bob, leasing boards by rack and arch
 # (a lease warns 10 s before it expires, and one that has waited 30 s keeps
@@ -34,6 +37,8 @@ run: $(STAMP)
 	$(BIN)/corral mo-sim --listen 127.0.0.1:50051 --nodes-per-pool 4 --batch 1 --tick 2 & \
 	CORRAL_TIMEOUT_SCALE=$${CORRAL_TIMEOUT_SCALE:-0.1} \
 	CORRAL_SIM_DEAD_BOARDS=$${CORRAL_SIM_DEAD_BOARDS-sim-0020} \
+	CORRAL_SIM_CONTROLLER_OUTAGE=$${CORRAL_SIM_CONTROLLER_OUTAGE-relay-2@120+90} \
+	CORRAL_HEALTH_BACKOFF=$${CORRAL_HEALTH_BACKOFF:-15} \
 	CORRAL_LEASE_EXPIRY_WARNING=$${CORRAL_LEASE_EXPIRY_WARNING:-10} \
 	CORRAL_LEASE_RESERVE_AFTER=$${CORRAL_LEASE_RESERVE_AFTER:-30} \
 	$(BIN)/corral serve --simulate & \

@@ -364,8 +364,12 @@ def test_a_large_request_keeps_free_boards_for_a_while_then_waits_again(lab: Lab
     done = lab.show(big["id"])
     assert done["state"] == "active"
     assert sorted(done["boards"]) == ["arm-1", "arm-2", "arm-3"]
-    assert [h.event for h in reversed(lab.engine.history("lease", big["id"]))][:6] == [
-        "create", "queue", "reserve", "wait_again", "allocated", "prepared"]
+    events = [h.event for h in reversed(lab.engine.history("lease", big["id"]))]
+    assert events[:4] == ["create", "queue", "reserve", "wait_again"]
+    # Returned boards are health-checked one at a time (a quarter of the
+    # lab), so it may keep the first one back again before it has all three.
+    assert set(events[4:-2]) <= {"reserve", "wait_again"}
+    assert events[-2:] == ["allocated", "prepared"]
 
 
 def _end(lab: Lab, how: str) -> dict[str, Any]:

@@ -107,9 +107,9 @@ class Rules(Omittable):
     n: Annotated[int, Field(ge=1, le=20)] = 3
     # At most this share of the type's boards is in checks at once (at least one).
     max_checking: Annotated[float, Field(gt=0, le=1)] = 0.25
-    # Checks of a proven board: every so many hours, or after so many leases (0: never).
+    # Checks of a proven ready board every so many hours (0: never). Every
+    # lease return checks a board anyway (the return path ends in a check).
     every_hours: Annotated[float, Field(ge=0, le=24 * 365)] = 0
-    every_leases: Annotated[int, Field(ge=0, le=100000)] = 0
 
     @model_validator(mode="after")
     def _k_within_n(self) -> Rules:

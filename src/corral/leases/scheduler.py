@@ -45,8 +45,11 @@ log = structlog.get_logger("corral.leases")
 LOCK = "corral-leases"
 # Where a board is while it goes home (the return path and the paths it
 # may be on when its lease ends); anywhere else, it is back.
+# The return path ends in a health check: a board is back once it passed
+# (ready), or failed it (never handed out again), or waits for its equipment.
 RETURN_PATH = ("returning", "power_cycling", "rebooting", "pinging", "pxe_configuring",
-               "pxe_boot_device", "pxe_power_cycling", "pxe_booting", "installing")
+               "pxe_boot_device", "pxe_power_cycling", "pxe_booting", "installing",
+               "check_queued", "checking", "judging", "suspect")
 FINAL_EVENT = {"released": "returned", "expired": "returned_expired",
                "heartbeat": "returned_expired", "revoked": "returned_revoked",
                "failed": "returned_failed"}
@@ -213,8 +216,7 @@ class _Pass:
         unit, name = self.unit, lease["name"]
         # A held board that comes back from a reimage passes check_queued
         # on its way to ready (the health pass hands it back unchecked).
-        broken = [b for b in mine
-                  if self._state(b) not in (*RETURN_PATH, "ready", "leased", "check_queued")]
+        broken = [b for b in mine if self._state(b) not in (*RETURN_PATH, "ready", "leased")]
         if broken:
             row = unit.lock(KIND, name)
             unit.fire(row, "fail", source="operator", role=Role.LEASE, actor="scheduler",
