@@ -171,6 +171,9 @@ def test_a_dead_controller_is_blamed_its_boards_wait_unknown_and_come_back(make_
     assert all(lab.state(b) == "ready" for b in ("b1", "b2", "b3", "b4"))
     blames = {r["blame"] for b in behind for r in lab.results(b) if r["decision"] == "unknown"}
     assert blames == {"controller"}
+    # The failures before it was found degraded are its too, not the boards'
+    # (they would count towards k of n otherwise).
+    assert {r["blame"] for b in behind for r in lab.results(b)} == {"controller"}
     assert "which is degraded" in str(lab.engine.explain("board", "b8")) or \
         "is degraded" in str(lab.engine.explain("board", "b8"))
     # The canary probes double their wait: 60 s, then 120, 240, ...

@@ -252,6 +252,9 @@ class _Pass:
                 verdict.degrade, state="degraded", since=self.now, backoff_s=backoff,
                 retry_at=self.now + timedelta(seconds=backoff),
                 reason=f"{result.board} and others failed at {result.step}")
+            self.tx.health.reblame(verdict.degrade,
+                                   self.now - timedelta(seconds=self.settings.health_window),
+                                   verdict.blame)
             self.degraded[verdict.degrade] = {
                 "retry_at": self.now + timedelta(seconds=backoff), "backoff_s": backoff}
             log.warning("equipment_degraded", equipment=verdict.degrade, board=result.board)

@@ -58,6 +58,17 @@ class Health(Repository):
                    health_results.c.at >= since))
         return {r[0] for r in rows}
 
+    def reblame(self, equipment: str, since: datetime, blame: str) -> int:
+        """Blame on ``equipment`` the failures through it since ``since``
+        that were blamed on their boards (it is found degraded): they no
+        longer count towards those boards' k of n."""
+        return int(self.conn.execute(
+            update(health_results).where(health_results.c.equipment == equipment,
+                                         health_results.c.outcome == "failed",
+                                         health_results.c.blame == "board",
+                                         health_results.c.at >= since)
+            .values(blame=blame)).rowcount or 0)
+
     def tally(self, since: datetime | None = None) -> list[tuple[str, str, str, int]]:
         """Checks by (check, decision, blame), with how many."""
         query = select(health_results.c.check_name, health_results.c.decision,
