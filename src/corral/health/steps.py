@@ -143,6 +143,8 @@ class HealthSteps:
                 raise StepFailed(f"{why} (for {step.timeout} s)")
             if self.stopping.wait(min(self.pause, left)):
                 raise Stopping("the process is stopping; the check runs again")
+            if time.monotonic() >= deadline:  # no try after the step's timeout
+                raise StepFailed(f"{why} (for {step.timeout} s)")
 
     def _once(self, ctx: OperationContext, step: Any, index: int, attempt: int,
               image: str | None, since: int) -> str | None:
