@@ -25,6 +25,7 @@ from corral.store import open_store
 # is imported when it is built, so that a command starts quickly.
 if TYPE_CHECKING:
     from corral.bootres.pxe import BootResourcePxe
+    from corral.console.capture import ConsoleCapture
     from corral.engine.worker import OperationWorker
     from corral.jobs.leasing import JobLeases
     from corral.leases.service import LeaseService
@@ -205,3 +206,24 @@ def build_worker(engine: Engine, settings: Settings, handlers: dict[str, Handler
         lease_seconds=settings.operation_lease, max_attempts=settings.operation_max_attempts,
         retry_delay=settings.operation_retry_delay,
     )
+
+
+def console_capture(engine: Engine, settings: Settings) -> ConsoleCapture | None:
+    """The console capture service of a worker process (None: no board machine).
+
+    Raises:
+        DefinitionError: a state of ``console_boot_states`` is not a board state.
+    """
+    from corral.console.capture import CaptureSettings, ConsoleCapture, needs
+    from corral.machines.needs import check_needs
+
+    if "board" not in engine.machines:
+        return None
+    states = tuple(s.strip() for s in settings.console_boot_states.split(",") if s.strip())
+    check_needs(engine.machines, [needs(states)])
+    return ConsoleCapture(
+        engine.store, engine.clock, owner=settings.owner,
+        settings=CaptureSettings(max_bytes=settings.console_max_bytes,
+                                 lease=settings.console_lease,
+                                 max_boards=settings.console_max_boards,
+                                 boot_states=states))

@@ -89,3 +89,21 @@ def test_a_board_is_claimed_by_one_owner_until_its_claim_expires(store):
         tx.consoles.sync_claims(["b1", "b2"])
         assert tx.consoles.claims() == {"b1": (None, None),
                                         "b2": ("p2", later + timedelta(seconds=30))}
+
+
+def test_prune_removes_console_attempts_with_history_retention(engine, clock):
+    old = engine.clock()
+    with engine.store.unit() as tx:
+        for _ in range(3):
+            attempt = tx.consoles.begin(board="b1", history_id=None, now=old)
+            tx.consoles.append(attempt, "boot\n", old)
+    clock.advance(40 * 86400)
+    pruned = engine.sweeper.prune(consoles_older_than=timedelta(days=30))
+    assert pruned["consoles"] == 2
+    assert [a["attempt"] for a in _attempts(engine.store, "b1")] == [3]
+    assert engine.sweeper.prune(consoles_older_than=None)["consoles"] == 0
+
+
+def _attempts(store, board):
+    with store.unit() as tx:
+        return tx.consoles.attempts(board)
