@@ -26,8 +26,8 @@ from typing import Any
 from corral.errors import NotFound
 from corral.store.port import Store
 
-__all__ = ["Attempt", "ConsoleMatch", "ConsoleText", "attempts", "read", "search",
-           "wait_for"]
+__all__ = ["Attempt", "ConsoleMatch", "ConsoleText", "attempts", "capture_of", "read",
+           "search", "wait_for"]
 
 # The most text one read returns (characters): a page.
 MAX_READ = 256 * 1024
@@ -86,6 +86,13 @@ def attempts(store: Store, board: str) -> list[Attempt]:
     """The board's console attempts, oldest first ([] when none was captured)."""
     with store.unit() as tx:
         return [Attempt.from_row(r) for r in tx.consoles.attempts(board)]
+
+
+def capture_of(store: Store, board: str) -> tuple[str | None, datetime | None] | None:
+    """(owner, claim end) of the process capturing the board's console, or
+    None when the board has no console to capture."""
+    with store.unit() as tx:
+        return tx.consoles.claims().get(board)
 
 
 def read(store: Store, board: str, attempt: int | None = None, offset: int = 0,
