@@ -226,4 +226,7 @@ def console_capture(engine: Engine, settings: Settings) -> ConsoleCapture | None
         settings=CaptureSettings(max_bytes=settings.console_max_bytes,
                                  lease=settings.console_lease,
                                  max_boards=settings.console_max_boards,
-                                 boot_states=states))
+                                 boot_states=states,
+                                 sim_dead_boards=frozenset(
+                                     b.strip() for b in settings.sim_dead_boards.split(",")
+                                     if b.strip())))

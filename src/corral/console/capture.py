@@ -64,6 +64,9 @@ class CaptureSettings:
     lease: float = 30.0
     max_boards: int = 200
     boot_states: tuple[str, ...] = BOOT_STATES
+    # Simulated boards whose relay is dead (sim_dead_boards): they never boot,
+    # so their simulated console stays silent.
+    sim_dead_boards: frozenset[str] = frozenset()
 
 
 class ConsoleCapture:
@@ -152,6 +155,8 @@ class _Reader:
                  attrs: Mapping[str, Any]) -> None:
         self.capture, self.board, self.console = capture, board, console
         self.settings = source_settings(console, attrs)
+        if self.settings["type"] == "simulated":
+            self.settings["dead"] = board in capture.settings.sim_dead_boards
         self.max_bytes = int(console.get("max_bytes") or capture.settings.max_bytes)
         self.redact = Redactor(_secrets(board, self.settings, attrs))
         self.lock = threading.Lock()

@@ -222,6 +222,7 @@ class SimulatedSource:
     def __init__(self, settings: Mapping[str, Any], board: str, secret: Callable,
                  *, line_seconds: float = 0.3) -> None:
         self.board, self.line_seconds = board, line_seconds
+        self.dead = bool(settings.get("dead"))
         self.pending: deque[tuple[float, str]] = deque()
         self.dice = random.Random(board)
 
@@ -230,6 +231,8 @@ class SimulatedSource:
 
     def boot_started(self, attempt: int) -> None:
         """The capture saw the board start a boot (a new attempt)."""
+        if self.dead:
+            return  # its relay never cuts the power: nothing boots
         at = time.monotonic()
         values = {"board": self.board,
                   "token_id": self.dice.randrange(1, 10**6),
