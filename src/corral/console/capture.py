@@ -233,7 +233,7 @@ class _Reader:
                                           secret_reader(self.board, self.settings))
             try:
                 source.open()
-            except SourceUnavailable as exc:
+            except (SourceUnavailable, PowerFailed) as exc:  # PowerFailed: a secret unread
                 if str(exc) != complained:
                     log.warning("console_unavailable", board=self.board, error=str(exc))
                     complained = str(exc)
@@ -245,6 +245,9 @@ class _Reader:
                 self._pump(source)
             except SourceClosed as exc:
                 log.info("console_closed", board=self.board, error=str(exc))
+                self.stopping.wait(self.capture.reopen_seconds)
+            except Exception as exc:  # a reader never dies: it logs and starts again
+                log.error("console_reader_failed", board=self.board, error=str(exc))
                 self.stopping.wait(self.capture.reopen_seconds)
             finally:
                 self.source = None

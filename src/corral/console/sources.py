@@ -33,6 +33,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 READ_SIZE = 4096
+# What ipmitool itself prints around a session (its standard input is no
+# terminal): not the board's.
+_IPMITOOL_SAYS = (b"tcgetattr: Inappropriate ioctl for device\n",
+                  b"[SOL Session operational.  Use ~? for help]\n",
+                  b"~. [terminated ipmitool]\n", b"[terminated ipmitool]\n")
 
 
 class SourceUnavailable(Exception):
@@ -165,12 +170,18 @@ class IpmiSolSource:
                                     "apt-get install ipmitool)")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "IPMI_PASSWORD": self.secret("password") or ""}
-        # A session left open by a process that died would refuse this one.
-        subprocess.run(self._argv(binary, "sol", "deactivate"), env=env, timeout=15,
-                       capture_output=True, check=False)
-        self.process = subprocess.Popen(self._argv(binary, "sol", "activate"), env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)
+        where = f"IPMI BMC {self.settings['address']}:{self.settings.get('port', 623)}"
+        try:
+            # A session left open by a process that died would refuse this one.
+            subprocess.run(self._argv(binary, "sol", "deactivate"), env=env, timeout=15,
+                           capture_output=True, check=False)
+            self.process = subprocess.Popen(self._argv(binary, "sol", "activate"), env=env,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT)
+        except subprocess.TimeoutExpired:
+            raise SourceUnavailable(f"{where} did not answer sol deactivate") from None
+        except OSError as exc:
+            raise SourceUnavailable(f"ipmitool for {where}: {exc.strerror}") from None
 
     def read(self, timeout: float) -> bytes:
         assert self.process is not None
@@ -183,6 +194,8 @@ class IpmiSolSource:
             code = self.process.wait()
             raise SourceClosed(f"ipmitool sol activate on {self.settings['address']} exited "
                                f"with {code}")
+        for noise in _IPMITOOL_SAYS:
+            data = data.replace(noise, b"")
         return data
 
     def close(self) -> None:
