@@ -114,3 +114,41 @@ def test_corral_board_console_prints_an_attempt_locally_and_through_a_server(
     assert missing.returncode != 0
     assert "board b1 has no console attempt 9 (it has 1..2)" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_corral_board_console_follow_prints_new_text_and_new_attempts(engine, migrated_url):
+    import signal
+    import threading
+    import time
+
+    captured(engine)
+    process = subprocess.Popen([CORRAL, "board", "console", "b1", "--follow"], cwd=ROOT,
+                               env=os.environ | {"CORRAL_DATABASE_URL": migrated_url},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: list[str] = []
+    threading.Thread(target=lambda: out.extend(iter(lambda: process.stdout.read(1), "")),
+                     daemon=True).start()
+
+    def printed(text: str) -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if text in "".join(out):
+                return True
+            time.sleep(0.1)
+        return False
+
+    try:
+        assert printed("Linux version 6.1\nb1 login: ")
+        with engine.store.unit() as tx:
+            tx.consoles.append(tx.consoles.attempt("b1"), "root\n", NOW)
+        assert printed("b1 login: root\n")
+        with engine.store.unit() as tx:
+            third = tx.consoles.begin(board="b1", history_id=30, now=NOW)
+            tx.consoles.append(third, "U-Boot again\n", NOW)
+        assert printed("root\nU-Boot again\n")
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "--- attempt 3 ---" in err
+    assert "Traceback" not in err

@@ -36,8 +36,8 @@ from corral.console.sources import ConsoleSource, SourceClosed, SourceUnavailabl
 from corral.machines.needs import Needs
 from corral.power.base import PowerFailed
 from corral.power.settings import SECRET_NAMES, secret_reader
-from corral.store.consoles import MAX_CHUNK_CHARS
 from corral.store.port import Store
+from corral.store.values import MAX_CONSOLE_CHUNK as MAX_CHUNK_CHARS
 
 log = structlog.get_logger("corral.console")
 

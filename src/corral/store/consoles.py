@@ -18,10 +18,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from corral.store.repository import Repository
 from corral.store.schema import console_attempts, console_chunks, console_claims, history, machines
-
-# The longest piece the capture writes (characters): a read from an offset
-# looks back at most this far for the piece holding it.
-MAX_CHUNK_CHARS = 4096
+from corral.store.values import MAX_CONSOLE_CHUNK as MAX_CHUNK_CHARS
 
 
 class Consoles(Repository):

@@ -185,3 +185,7 @@ class WriteSet:
         """Whether there is anything to write."""
         return bool(self.changes or self.history or self.operations or self.idempotency
                     or self.vars_changes)
+
+# The longest piece of console text the capture writes at once (characters):
+# a read from an offset looks back at most this far for the piece holding it.
+MAX_CONSOLE_CHUNK = 4096
