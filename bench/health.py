@@ -31,8 +31,14 @@ from bench.common import scratch_database
 from corral.app import build_handlers, build_worker
 from corral.config import Settings
 from corral.engine.core import Engine
-from corral.health.definitions import Definition, Definitions, PingStep, PollStep
-from corral.health.definitions import PowerCycleStep, Rules
+from corral.health.definitions import (
+    Definition,
+    Definitions,
+    PingStep,
+    PollStep,
+    PowerCycleStep,
+    Rules,
+)
 from corral.health.service import HealthPass, install
 from corral.health.steps import HealthSteps
 from corral.machines import MachineSet, load_definitions
@@ -130,7 +136,7 @@ def main() -> None:
         print(f"{label}: {args.boards} boards, {args.hours:g} h, {args.flaky:.0%} flaky: "
               f"{found['checks']} checks; wrongly failed {found['wrongly_failed']} "
               f"(goal 0); relay-7's {args.boards // 20} boards out "
-              f"{'%.1f' % out if out is not None else 'until the end'} min for a "
+              f"{f'{out:.1f}' if out is not None else 'until the end'} min for a "
               f"{found['outage_minutes']:g} min outage, {found['relay_failed']} of them "
               f"failed; peak in checks {found['peak_share']:.0%} of the fleet "
               f"({found['wall_seconds']:.0f} s)")

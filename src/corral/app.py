@@ -8,6 +8,7 @@ at head all stop the process before it touches a machine.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from corral.store import open_store
 # is imported when it is built, so that a command starts quickly.
 if TYPE_CHECKING:
     from corral.bootres.pxe import BootResourcePxe
+    from corral.console.capture import ConsoleCapture
     from corral.engine.worker import OperationWorker
     from corral.health.definitions import Definitions
     from corral.health.service import HealthPass
@@ -119,9 +121,17 @@ def _health_handlers(settings: Settings, engine: Engine | None,
 
     if engine is None:
         return {HEALTH_CHECK: lambda ctx: None}  # only the kinds are wanted
+    from corral.console import search
+
+    store = engine.store
+
+    def on_console(board: str, pattern: str, since: datetime) -> bool:
+        return search(store, board, pattern, since=since) is not None
+
     return {HEALTH_CHECK: HealthSteps(
-        store=engine.store, definitions=health_definitions(settings), handlers=board,
-        timeout_scale=settings.timeout_scale, pause=min(1.0, 10 * settings.timeout_scale))}
+        store=store, definitions=health_definitions(settings), handlers=board,
+        timeout_scale=settings.timeout_scale, pause=min(1.0, 10 * settings.timeout_scale),
+        console=on_console)}
 
 
 def health_definitions(settings: Settings) -> Definitions:
@@ -268,3 +278,26 @@ def build_workers(engine: Engine, settings: Settings, handlers: dict[str, Handle
     return [worker(settings.operation_threads, settings.operation_lease, False),
             worker(settings.health_threads,
                    max(settings.operation_lease, 3600 * settings.timeout_scale), True)]
+
+def console_capture(engine: Engine, settings: Settings) -> ConsoleCapture | None:
+    """The console capture service of a worker process (None: no board machine).
+
+    Raises:
+        DefinitionError: a state of ``console_boot_states`` is not a board state.
+    """
+    from corral.console.capture import CaptureSettings, ConsoleCapture, needs
+    from corral.machines.needs import check_needs
+
+    if "board" not in engine.machines:
+        return None
+    states = tuple(s.strip() for s in settings.console_boot_states.split(",") if s.strip())
+    check_needs(engine.machines, [needs(states)])
+    return ConsoleCapture(
+        engine.store, engine.clock, owner=settings.owner,
+        settings=CaptureSettings(max_bytes=settings.console_max_bytes,
+                                 lease=settings.console_lease,
+                                 max_boards=settings.console_max_boards,
+                                 boot_states=states,
+                                 sim_dead_boards=frozenset(
+                                     b.strip() for b in settings.sim_dead_boards.split(",")
+                                     if b.strip())))

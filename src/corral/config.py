@@ -205,6 +205,19 @@ class Settings(Strict):
     health_backoff: PositiveInt = 60
     health_backoff_max: PositiveInt = 3600
     health_threads: PositiveInt = 8
+
+    # Console capture (docs/console-capture.md): what each board keeps of its
+    # serial console (bytes, all attempts together; a board's console.max_bytes
+    # overrides it), how often a worker renews its claims and takes boards'
+    # consoles nobody captures, how long a claim lasts unless renewed (a dead
+    # process's boards are taken over after this), the most boards one
+    # process captures (a thread each), and the board states whose entry
+    # begins a boot attempt (comma-separated).
+    console_max_bytes: PositiveInt = 1048576
+    console_interval: PositiveFloat = 2.0
+    console_lease: PositiveFloat = 30.0
+    console_max_boards: PositiveInt = 200
+    console_boot_states: str = "power_cycling,pxe_power_cycling,checking"
     # Simulated lab
     sim_seed: Count = 0
     sim_operation_seconds: Seconds = 0.2

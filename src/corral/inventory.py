@@ -17,7 +17,8 @@ boards:
 ```
 
 A board's ``power.driver`` (see docs/power.md) has its settings checked here,
-by that driver's settings model.
+by that driver's settings model, and so has its ``console:`` (where its
+serial console is captured from, docs/console-capture.md).
 
 The whole file is validated before anything is written, and every problem is
 reported with its line: :class:`Board` is the shape of one board; what no
@@ -26,12 +27,14 @@ single board can tell (a name or a MAC listed twice) is checked across them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
+from corral.console.settings import BoardConsole, from_url
 from corral.machines.loader import DefinitionError
 from corral.names import BOARD_NAME
 from corral.operations.command import template_fields
@@ -89,6 +92,7 @@ class Board(Omittable):
     # Generated from the driver registry, so not a type a checker can read.
     power: BoardPower | None = None  # type: ignore[valid-type]
     poll: dict[str, Any] | None = None
+    console: BoardConsole | None = None
     commands: dict[str, Template] | None = None
     labels: dict[str, Any] | None = None
 
@@ -190,6 +194,11 @@ def _attributes(board: LineDict) -> dict[str, Any]:
     ``poll`` also flattened for command templates (``power_relay``)."""
     name = board["name"]
     attrs = {k: _plain(v) for k, v in board.items() if k != "name"}
+    if isinstance(attrs.get("console"), str):
+        # Kept as the mapping it stands for, so its password is hidden like others
+        # (a URL that is not one is the model's error to report).
+        with contextlib.suppress(ValueError):
+            attrs["console"] = from_url(attrs["console"])
     for key in ("power", "poll"):
         # A secret stays where it is: no template needs it.
         for sub, value in (attrs.get(key) or {}).items() if isinstance(attrs.get(key),

@@ -360,3 +360,32 @@ def test_without_the_event_stream_the_leases_view_looks_again(tmp_path):
               and held["id"] in d.find_element("id", "holding").text,
               seconds=15, what="the leases, by polling")
         assert "on" not in driver.find_element("id", "live").get_attribute("class")
+
+
+def test_a_boards_page_shows_its_console_and_follows_new_text(console):
+    from datetime import UTC, datetime
+
+    driver, base, tokens, engine = console
+    now = datetime.now(UTC)
+    with engine.store.unit() as tx:
+        first = tx.consoles.begin(board="b2", history_id=None, now=now)
+        tx.consoles.append(first, "U-Boot 2024.01\n<script>alert(1)</script>\n", now)
+    _login(driver, base, tokens["viewer"])
+    driver.get(f"{base}/#/board/b2")
+    text = lambda d: d.find_element("id", "console-text").text  # noqa: E731
+    _wait(driver, lambda d: "U-Boot 2024.01" in text(d), what="the console card")
+    # Console text is text, never markup.
+    assert "<script>alert(1)</script>" in text(driver)
+    with engine.store.unit() as tx:
+        tx.consoles.append(tx.consoles.attempt("b2"), "Starting kernel ...\n", now)
+    _wait(driver, lambda d: "Starting kernel" in text(d), what="text that arrived later")
+    with engine.store.unit() as tx:
+        second = tx.consoles.begin(board="b2", history_id=None, now=now)
+        tx.consoles.append(second, "second boot\n", now)
+    _wait(driver, lambda d: text(d).startswith("second boot"), what="the next attempt")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "board-console.png"))
+    options = driver.find_elements("css selector", "#console-attempt option")
+    assert [o.get_attribute("value") for o in options] == ["1", "2"]
+    options[0].click()
+    _wait(driver, lambda d: "Starting kernel" in text(d), what="the first attempt again")

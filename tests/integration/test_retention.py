@@ -39,7 +39,7 @@ def test_nothing_is_pruned_unless_asked(engine, clock):
     busy_boards(engine, clock)
     before = counts(engine)
     clock.advance(400 * DAY)
-    assert engine.sweeper.prune() == {"history": 0, "operations": 0}
+    assert engine.sweeper.prune() == {"history": 0, "operations": 0, "consoles": 0}
     assert counts(engine) == before
 
 

@@ -157,3 +157,10 @@ def test_bios_uefi_and_ipxe_boards_are_reimaged_for_real(lab):
                              "/events/install_ok", json={},
                              headers={"Authorization": f"Bearer {tokens[-1]}"}, timeout=10)
         assert refused.status_code == 401
+        # Corral captured the same console, per boot attempt, without the token.
+        listed = json.loads(corral("board", "console", board.name, "--attempts", "--json"))
+        captured = {a["attempt"]: corral("board", "console", board.name, "--attempt",
+                                         str(a["attempt"])) for a in listed}
+        booted = [n for n, text in captured.items() if "corral.token=(hidden)" in text]
+        assert booted, f"{board.name}: the captured console has no kernel command line"
+        assert not any(t in text for t in tokens for text in captured.values())

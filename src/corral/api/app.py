@@ -28,6 +28,7 @@ from corral.api.routes import (
     boards,
     bootres,
     console,
+    consoles,
     definitions,
     jobs,
     machines,
@@ -52,7 +53,7 @@ from corral.tokens import TokenStore
 # What the kinds with their own module change in the shared machine routes.
 KINDS = {"board": boards.KIND, "job": jobs.KIND, "lease": leases_routes.KIND}
 # Served whatever kinds are loaded, after the machine routes.
-ROUTERS = (boards.router, bootres.router, tokens.router, definitions.router,
+ROUTERS = (boards.router, consoles.router, bootres.router, tokens.router, definitions.router,
            webhooks.router, console.router, stream.router, metrics.router)
 
 

@@ -240,3 +240,46 @@ class WebhookIn(BaseModel):
         "kind, name, state, event, source: each a list of alternatives."))
     from_start: bool = Field(False, description="Deliver every event kept, not only "
                                                 "new ones.")
+
+
+class ConsoleAttemptOut(BaseModel):
+    """One boot attempt's serial console (docs/console-capture.md)."""
+
+    attempt: int = Field(description="Numbered 1, 2, ... per board.")
+    history_id: int | None = Field(description="The history row of the boot that began "
+                                   "it (null: output seen before any boot capture knew of).")
+    started_at: datetime
+    updated_at: datetime = Field(description="When text last arrived.")
+    chars: int = Field(description="Characters written in all; offsets count from the "
+                       "attempt's start.")
+    dropped: int = Field(description="How many of the first characters were dropped to "
+                         "keep the board under its bound.")
+    bytes: int = Field(description="UTF-8 size of the text kept.")
+
+
+class ConsoleTextOut(BaseModel):
+    """A page of an attempt's console text (redacted)."""
+
+    board: str
+    attempt: int
+    offset: int = Field(description="Where this text begins (later than asked when the "
+                        "characters there were dropped).")
+    next_offset: int = Field(description="Ask for this offset to read on.")
+    chars: int = Field(description="The attempt's length so far.")
+    text: str
+
+
+class ConsoleCaptureOut(BaseModel):
+    owner: str | None = Field(description="The engine process capturing this console "
+                              "(null: none yet).")
+    until: datetime | None = Field(description="When its claim ends unless renewed.")
+
+
+class ConsoleOut(BaseModel):
+    """A board's captured console: its attempts, and the newest one's first page."""
+
+    board: str
+    capture: ConsoleCaptureOut | None = Field(description="Who captures it (null: the "
+                                              "board has no console: key).")
+    attempts: list[ConsoleAttemptOut]
+    latest: ConsoleTextOut | None

@@ -66,6 +66,7 @@ def cli(ctx: click.Context, config_file: str | None, database_url: str | None,
 COMMAND_MODULES = (
     "boards",
     "bootres",
+    "consoles",
     "db",
     "definitions",
     "jobs",

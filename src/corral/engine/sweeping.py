@@ -1,5 +1,6 @@
 """Sweeping: due deadlines fire ``timeout``, old idempotency keys are
-forgotten, and (when asked) old history and finished operations are pruned.
+forgotten, and (when asked) old history, finished operations and console
+attempts are pruned.
 
 Each sweep batch is one transaction: claim due rows with ``FOR UPDATE SKIP
 LOCKED`` (so a due row fires exactly once however many engines sweep), plan
@@ -57,19 +58,21 @@ class Sweeper:
         return [(k, s, max(0.0, (now - t).total_seconds())) for k, s, t in rows]
 
     def prune(self, *, history_older_than: timedelta | None = None,
-              operations_older_than: timedelta | None = None, batch: int = 500
+              operations_older_than: timedelta | None = None,
+              consoles_older_than: timedelta | None = None, batch: int = 500
               ) -> dict[str, int]:
-        """Delete history rows and finished operations older than the given ages
-        (None: keep them all). Every machine keeps its newest history row, so
-        its current state stays explained; pending and running operations
-        stay whatever their age.
+        """Delete history rows, finished operations and console attempts
+        older than the given ages (None: keep them all). Every machine keeps
+        its newest history row, so its current state stays explained, and
+        every board its newest console attempt; pending and running
+        operations stay whatever their age.
 
         Works through the tables in id order, ``batch`` rows per transaction:
         each deletes by primary key and commits at once, so no lock is held
         for long and events go on meanwhile. Returns how many rows went.
         """
         now = self.clock()
-        pruned = {"history": 0, "operations": 0}
+        pruned = {"history": 0, "operations": 0, "consoles": 0}
         for what, older in (("history", history_older_than),
                             ("operations", operations_older_than)):
             if not older:
@@ -84,6 +87,17 @@ class Sweeper:
                 pruned[what] += deleted
             if pruned[what]:
                 log.info("pruned", table=what, count=pruned[what], before=cutoff.isoformat())
+        if consoles_older_than:
+            cutoff = now - consoles_older_than
+            while True:
+                with self.store.unit() as tx:
+                    deleted = tx.consoles.prune_batch(cutoff, limit=batch)
+                pruned["consoles"] += deleted
+                if deleted < batch:
+                    break
+            if pruned["consoles"]:
+                log.info("pruned", table="console_attempts", count=pruned["consoles"],
+                         before=cutoff.isoformat())
         return pruned
 
     def expire_idempotency_keys(self, older_than: timedelta, *, batch: int = 1000) -> int:

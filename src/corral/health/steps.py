@@ -15,6 +15,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from corral.health.definitions import (
@@ -63,15 +64,15 @@ class HealthSteps:
         definitions: the health check definitions.
         handlers: the board's operation backends (power, ping, poll, PXE).
         timeout_scale: the engine's (a step's timeout is scaled like a state's).
-        console: waits for a console pattern (board, pattern, since, seconds) ->
-            whether it appeared; None where no capture runs.
+        console: whether a console pattern appeared (board, pattern, since:
+            when the check began); None where no capture runs.
     """
 
     store: Store
     definitions: Definitions
     handlers: Mapping[str, Handler]
     timeout_scale: float = 1.0
-    console: Callable[[str, str, int, float], bool] | None = None
+    console: Callable[[str, str, datetime], bool] | None = None
     pause: float = 1.0
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -88,13 +89,14 @@ class HealthSteps:
             machine = tx.machines.get("board", ctx.name)
             newest = tx.history.newest_of(machine.id) if machine else None
             since = newest.id if newest else 0
+            began = newest.at if newest else datetime.now(UTC)
         image = definition.image(int(health.get("attempt") or 0))
         netbooted = False
         try:
             for index, step in enumerate(definition.steps):
                 try:
                     netbooted |= isinstance(step, NetbootStep)
-                    self._run(ctx, definition, index, image, since)
+                    self._run(ctx, definition, index, image, (since, began))
                 except StepFailed as failed:
                     raise OperationFailed(
                         f"{step.step}: {failed}", check=definition.name, step=step.step,
@@ -128,7 +130,7 @@ class HealthSteps:
         return None
 
     def _run(self, ctx: OperationContext, definition: Definition, index: int,
-             image: str | None, since: int) -> None:
+             image: str | None, since: tuple[int, datetime]) -> None:
         step = definition.steps[index]
         deadline = time.monotonic() + step.timeout * self.timeout_scale
         attempt = 0
@@ -147,7 +149,9 @@ class HealthSteps:
                 raise StepFailed(f"{why} (for {step.timeout} s)")
 
     def _once(self, ctx: OperationContext, step: Any, index: int, attempt: int,
-              image: str | None, since: int) -> str | None:
+              image: str | None, since: tuple[int, datetime]) -> str | None:
+        """One try of ``step``; why it did not work, or None. ``since``: the
+        history id and the time the check began."""
         if isinstance(step, NetbootStep):
             release = image or step.release
             for kind, payload in (("write_pxe_config", {}),
@@ -161,12 +165,11 @@ class HealthSteps:
             with self.store.unit() as tx:
                 machine = tx.machines.get("board", ctx.name)
                 heard = machine is not None and tx.history.reported_since(
-                    machine.id, since, step.event)
+                    machine.id, since[0], step.event)
             return None if heard else f"the board did not report {step.event}"
         if isinstance(step, ConsoleStep):
             if self.console is None:
                 return "no console capture runs for this board"
-            seconds = max(0.1, min(self.pause, step.timeout * self.timeout_scale))
-            return None if self.console(ctx.name, step.pattern, since, seconds) else (
-                f"{step.pattern!r} did not appear on the console")
+            return None if self.console(ctx.name, step.pattern, since[1]) else (
+                f"{step.pattern!r} did not appear on its console")
         return self._try(step.step, self._ctx(ctx, step.step, index, attempt, image))

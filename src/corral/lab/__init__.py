@@ -298,6 +298,8 @@ class Lab:
                       "    release: lab", f"    mac: \"{board.mac}\"",
                       "    hostname: 127.0.0.1",
                       f"    power: {power}",
+                      # The VM's serial port, as QEMU writes it (-serial file:).
+                      f"    console: {{type: file, path: \"{board.console}\"}}",
                       f"    commands: {{ping: \"{check}\", poll: \"{check}\"}}",
                       f"    labels: {{firmware: {board.firmware}, "
                       f"http: \"127.0.0.1:{board.port}\"}}"]

@@ -129,14 +129,20 @@ def secret_reader(board: str, settings: Mapping[str, Any]) -> Callable[[str], st
 
 def hide_secrets(attrs: Any) -> Any:
     """A board's attributes with every secret power setting replaced by
-    :data:`HIDDEN` (the ``power`` mapping and its flattened ``power_*`` keys)."""
+    :data:`HIDDEN` (the ``power`` mapping and its flattened ``power_*`` keys),
+    and its ``console`` password."""
     if not isinstance(attrs, dict):
         return attrs
     power = attrs.get("power")
+    console = attrs.get("console")
     flat = [k for k in attrs if k.startswith("power_") and k[6:] in SECRET_KEYS]
-    if not flat and not (isinstance(power, dict) and SECRET_KEYS & power.keys()):
+    if not flat and not (isinstance(power, dict) and SECRET_KEYS & power.keys()) \
+            and not (isinstance(console, dict) and "password" in console):
         return attrs
     shown = {k: (HIDDEN if k in flat else v) for k, v in attrs.items()}
+    if isinstance(console, dict):
+        # A console's password (Serial-over-LAN) is a secret too.
+        shown["console"] = {k: (HIDDEN if k == "password" else v) for k, v in console.items()}
     if isinstance(power, dict):
         shown["power"] = {k: (HIDDEN if k in SECRET_KEYS else v) for k, v in power.items()}
     return shown

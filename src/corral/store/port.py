@@ -33,6 +33,7 @@ from corral.store.values import MachineState, WriteSet
 
 if TYPE_CHECKING:
     from corral.store.bootres import Bootres
+    from corral.store.consoles import Consoles
     from corral.store.controllers import Controllers
     from corral.store.health import Health
     from corral.store.history import History
@@ -121,6 +122,8 @@ class Tx(Protocol):
     def bootres(self) -> Bootres: ...
     @property
     def controllers(self) -> Controllers: ...
+    @property
+    def consoles(self) -> Consoles: ...
     @property
     def metrics(self) -> Metrics: ...
 

@@ -442,3 +442,51 @@ equipment_health = Table(
     Column("backoff_s", Integer, nullable=False),
     Column("reason", Text, nullable=True),
 )
+
+# Serial console capture (docs/console-capture.md). A board's console is kept
+# per boot attempt: an attempt begins when the board enters a boot state (its
+# history row) and is numbered 1, 2, ... per board.
+console_attempts = Table(
+    "console_attempts",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("board", String(200), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    # The history row of the boot that began it (NULL: output seen before
+    # any boot the capture knew of, e.g. when capture started).
+    Column("history_id", BigInteger, nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Characters written in all (offsets count from the attempt's start), and
+    # how many of the first ones were dropped to keep the board under its
+    # console_max_bytes; bytes counts the UTF-8 size of what is kept.
+    Column("chars", BigInteger, nullable=False),
+    Column("dropped", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    UniqueConstraint("board", "attempt"),
+)
+
+# The text of an attempt, in the pieces it arrived in (already redacted).
+console_chunks = Table(
+    "console_chunks",
+    metadata,
+    Column("id", BigID, primary_key=True, autoincrement=True),
+    Column("attempt_id", BigInteger, nullable=False),
+    # Character offset of the piece's first character within its attempt.
+    Column("start", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_console_chunks_attempt_id_start", "attempt_id", "start"),
+)
+
+# Which engine process captures each board's console: a lease (owner, until)
+# the capturing process renews, so that one process reads each console and
+# another takes over when it dies.
+console_claims = Table(
+    "console_claims",
+    metadata,
+    Column("board", String(200), primary_key=True),
+    Column("owner", String(200), nullable=True),
+    Column("until", UTCDateTime, nullable=True),
+)

@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 
 from corral.errors import Unavailable
 from corral.store.bootres import Bootres
+from corral.store.consoles import Consoles
 from corral.store.controllers import Controllers
 from corral.store.driver import NO_DRIVER, DriverErrors, classify, first_line, require_revision
 from corral.store.health import Health
@@ -151,6 +152,10 @@ class SqlTx:
     @cached_property
     def controllers(self) -> Controllers:
         return Controllers(self.conn)
+
+    @cached_property
+    def consoles(self) -> Consoles:
+        return Consoles(self.conn)
 
     @cached_property
     def metrics(self) -> Metrics:

@@ -190,3 +190,7 @@ class WriteSet:
 # Which operation kinds a worker runs: (True, names) only those, (False,
 # names) all but those; None: all.
 Kinds = tuple[bool, Sequence[str]] | None
+
+# The longest piece of console text the capture writes at once (characters):
+# a read from an offset looks back at most this far for the piece holding it.
+MAX_CONSOLE_CHUNK = 4096

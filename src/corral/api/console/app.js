@@ -219,11 +219,68 @@ async function showMachine(kind, name) {
         <th>attempts</th><th>result</th></tr>${operations}</table>` : ""}
     </div>
     ${canOperate() ? actions(kind, name, e) : ""}
+    ${kind === "board" ? `<div class="card" id="console"><div class="toolbar"><h3>console</h3>
+      <select id="console-attempt"></select><span class="muted" id="console-info"></span></div>
+      <pre id="console-text" class="console"></pre></div>` : ""}
     <div class="card"><h3>history</h3><table id="history"><tr><th>id</th><th>at</th><th>event</th>
       <th>from</th><th>to</th><th>source</th><th>actor</th><th>reason</th></tr></table>
       <button id="older" hidden>older</button></div>`;
   addHistory(history.body);
   if (canOperate()) wireActions(kind, name, e);
+  if (kind === "board") showConsole(name);
+}
+
+// The board's captured serial console (docs/console-capture.md): the newest
+// boot attempt, followed every 2 s while this page is open, or an earlier one.
+async function showConsole(name) {
+  const page = state.page;
+  const path = `/api/v1/boards/${encodeURIComponent(name)}/console`;
+  const here = () => state.page === page;
+  const view = {attempt: null, offset: 0, newest: true};
+  const select = $("console-attempt"), text = $("console-text"), info = $("console-info");
+  const attempts = (list) => {
+    select.innerHTML = list.map((a) => `<option value="${a.attempt}">attempt ${a.attempt}
+      (${esc(a.started_at.slice(0, 19))})</option>`).join("");
+    select.hidden = !list.length;
+  };
+  const load = async () => {
+    if (!here()) return;
+    try {
+      if (view.newest) {
+        const {body} = await api(`${path}?limit=1`);
+        if (!here()) return;
+        info.textContent = body.capture ? (body.capture.owner ? `captured by ${body.capture.owner}`
+          : "waiting for a worker to capture it") : "no console: in the inventory";
+        const last = body.attempts.at(-1);
+        if (last && last.attempt !== view.attempt) {
+          attempts(body.attempts);
+          Object.assign(view, {attempt: last.attempt, offset: 0});
+          text.textContent = "";
+        }
+        select.value = view.attempt ?? "";
+      }
+      if (view.attempt != null) {
+        const {body} = await api(`${path}/${view.attempt}?offset=${view.offset}`);
+        if (!here()) return;
+        text.textContent += body.text;
+        view.offset = body.next_offset;
+      } else if (!text.textContent) {
+        text.textContent = "(nothing captured yet)";
+      }
+    } catch (error) {
+      if (here()) info.textContent = error.message;
+    }
+    if (view.newest && here()) setTimeout(load, 2000);
+  };
+  select.onchange = () => {
+    const chosen = Number(select.value);
+    const newest = chosen === Number(select.options[select.options.length - 1]?.value);
+    const restart = !view.newest && newest;
+    Object.assign(view, {attempt: chosen, offset: 0, newest});
+    text.textContent = "";
+    if (restart || !newest) load();
+  };
+  load();
 }
 
 function addHistory(page) {

@@ -2,8 +2,8 @@
 
 A server runs the HTTP API and, in its worker role, a scheduler of periodic
 jobs (deadline sweeps, operations, webhook deliveries, job dispatch, expiring
-idempotency keys, pruning); ``sweep --once`` and ``prune --once`` run one pass
-of the same work for tests and cron.
+idempotency keys, pruning, serial console capture); ``sweep --once`` and
+``prune --once`` run one pass of the same work for tests and cron.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Retention(TypedDict):
 
     history_older_than: timedelta | None
     operations_older_than: timedelta | None
+    consoles_older_than: timedelta | None
 
 
 def retention(settings: Settings) -> Retention:
@@ -49,7 +50,10 @@ def retention(settings: Settings) -> Retention:
     return {"history_older_than": (timedelta(days=settings.history_retention_days)
                                    if settings.history_retention_days else None),
             "operations_older_than": (timedelta(days=settings.operation_retention_days)
-                                      if settings.operation_retention_days else None)}
+                                      if settings.operation_retention_days else None),
+            # Console text goes with the history that explains its boots.
+            "consoles_older_than": (timedelta(days=settings.history_retention_days)
+                                    if settings.history_retention_days else None)}
 
 
 @click.command()
@@ -75,7 +79,13 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         metrics_registry,
         run_http,
     )
-    from corral.app import HEALTH_CHECK, build_handlers, build_workers, check_operations
+    from corral.app import (
+        HEALTH_CHECK,
+        build_handlers,
+        build_workers,
+        check_operations,
+        console_capture,
+    )
     from corral.config import parse_listen
     from corral.engine.scheduler import build_scheduler
 
@@ -98,11 +108,16 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         scheduler = None
         workers: list[OperationWorker] = []
         handlers: dict[str, Handler] = {}
+        capture = None
         if role in ("all", "worker"):
             handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
             check_operations(engine.machines, handlers)
             workers = build_workers(engine, settings, handlers)
-            scheduler = build_scheduler(_worker_jobs(engine, settings, workers))
+            jobs = _worker_jobs(engine, settings, workers)
+            capture = console_capture(engine, settings)
+            if capture is not None:
+                jobs["consoles"] = (capture.run_pass, settings.console_interval)
+            scheduler = build_scheduler(jobs)
         if settings.group_commit_threads:
             engine.group.start(threads=settings.group_commit_threads,
                                       max_batch=settings.group_commit_max_batch)
@@ -128,6 +143,8 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                 stop_checks()
             for worker in workers:
                 worker.shutdown(wait=True)
+            if capture is not None:
+                capture.shutdown()
             engine.close()
 
 
@@ -229,10 +246,12 @@ def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
               help="Prune now, then exit (worker processes prune every 5 minutes).")
 @click.pass_obj
 def prune(obj: CliContext, once: bool) -> None:
-    """Delete history and finished operations past the retention settings.
+    """Delete history, finished operations and console attempts past the
+    retention settings.
 
-    history_retention_days and operation_retention_days (0: keep everything);
-    every machine keeps its newest history row."""
+    history_retention_days (history and console attempts) and
+    operation_retention_days (0: keep everything); every machine keeps its
+    newest history row, every board its newest console attempt."""
     settings = obj.settings
     ages = retention(settings)
     if not any(ages.values()):
@@ -241,4 +260,4 @@ def prune(obj: CliContext, once: bool) -> None:
         return
     pruned = obj.engine().sweeper.prune(**ages)
     click.echo(f"history rows pruned: {pruned['history']}, operations pruned: "
-               f"{pruned['operations']}")
+               f"{pruned['operations']}, console attempts pruned: {pruned['consoles']}")
