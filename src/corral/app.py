@@ -142,7 +142,8 @@ def health_definitions(settings: Settings) -> Definitions:
     """
     from corral.health.definitions import load
 
-    return load(Path(settings.statemachines_dir) / "health")
+    return load(Path(settings.health_dir) if settings.health_dir
+                else Path(settings.statemachines_dir) / "health")
 
 
 def health_pass(engine: Engine, settings: Settings) -> HealthPass | None:

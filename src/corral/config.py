@@ -82,6 +82,8 @@ class Settings(Strict):
 
     database_url: str = DEFAULT_DATABASE_URL
     statemachines_dir: str = str(DEFAULT_STATEMACHINES_DIR)
+    # Health check definitions (docs/health.md); empty: statemachines_dir/health.
+    health_dir: str = ""
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
     # HTTP
