@@ -7,7 +7,7 @@ the lease return path."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from corral.health.definitions import Definitions, PingStep, PowerCycleStep, Rul
 from corral.health.service import HealthPass, install
 from corral.health.steps import HealthSteps
 
+START = datetime(2026, 1, 1, tzinfo=UTC)  # the test clock's start (tests/conftest.py)
 # Two relays; relay-9's boards are the ones its outage takes down.
 BOARDS = {f"b{i}": {"arch": "arm64", "power": {"relay": "relay-1" if i <= 4 else "relay-9",
                                                 "port": i}}
@@ -273,3 +274,25 @@ def test_the_check_route_and_the_metrics(make_lab):
     assert 'corral_boards_health{health="proven"} 1.0' in text
     assert 'corral_health_boards{check="default",state="suspect"} 1.0' in text or \
         'corral_health_boards{check="default",state="failed_health"} 1.0' in text
+
+
+def test_power_failures_outside_checks_behind_one_controller_are_its_own(make_lab):
+    """Boards rebooted while their relay is down fail their power cycles
+    (failed_power_cycling); together, they are the relay's: unknown, and back
+    by themselves once it answers."""
+    lab = make_lab(sim_controller_outage="relay-9@600+900", health_backoff=60)
+    enrol(lab)
+    lab.until(lambda: set(lab.states().values()) == {"ready"})
+    lab.clock.advance(600 - (lab.clock() - START).total_seconds() + 1)
+    behind = ["b5", "b6", "b7", "b8"]
+    for board in behind:
+        lab.engine.fire("board", board, "reboot", source="operator")
+    lab.until(lambda: all(lab.state(b) in ("failed_power_cycling", "unknown") for b in behind),
+              seconds=30)
+    lab.step(5)
+    assert all(lab.state(b) == "unknown" for b in behind), lab.states()
+    with lab.engine.store.unit() as tx:
+        assert "controller:relay:relay-9" in tx.health.equipment(state="degraded")
+    assert "failed their power commands" in str(lab.engine.explain("board", "b5"))
+    lab.until(lambda: all(lab.state(b) == "ready" for b in behind), rounds=120, seconds=30)
+    assert all(lab.state(b) == "ready" for b in ("b1", "b2", "b3", "b4"))

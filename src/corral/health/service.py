@@ -47,6 +47,8 @@ BOARD = "board"
 # The lease scheduler's lock (corral.leases.scheduler.LOCK).
 LOCK = "corral-leases"
 IN_CHECKS = ("checking", "judging")
+# The failed states a power controller's outage leaves boards in, outside checks.
+POWER_FAILED = ("failed_power_cycling", "failed_returning")
 HEALTH_EVENTS = ("admit", "check_held", "check_passed", "check_suspect", "check_failed",
                  "check_unknown", "recheck", "check_due")
 NEEDS = [Needs(service="health", kind=BOARD,
@@ -170,6 +172,7 @@ class _Pass:
         tx = self.tx
         for board in tx.machines.list(BOARD, states=["judging"]):
             self._judge(board)
+        self._power_failures()
         self._probe()
         queued = tx.machines.list(BOARD, states=["check_queued"])
         holds = tx.leases.holds([b.name for b in queued]) if queued else {}
@@ -267,6 +270,42 @@ class _Pass:
             for name in self._waiting_for(equipment):
                 self.fire(name, "recheck", f"{equipment} works again")
                 self.report["probed"].append(name)
+
+    def _power_failures(self) -> None:
+        """Boards that failed their power cycle or power-off outside a check
+        (a reboot, a lease's return) within the window: where enough of them
+        are behind one controller, or it is degraded already, the
+        controller is to blame, and they wait as unknown for it."""
+        since = self.now - timedelta(seconds=self.settings.health_window)
+        failed = [b for b in self.tx.machines.list(BOARD, states=list(POWER_FAILED))
+                  if b.state_entered_at >= since]
+        behind: dict[str, list[MachineRow]] = {}
+        for board in failed:
+            equipment = equipment_of("power_cycle", board.attrs)
+            if equipment:
+                behind.setdefault(equipment, []).append(board)
+        for equipment, boards in sorted(behind.items()):
+            recent = self.tx.health.failed_through(equipment, since) | {b.name for b in boards}
+            if equipment not in self.degraded and \
+                    len(recent) < self.settings.health_equipment_threshold:
+                continue
+            rule = (f"{len(recent)} boards behind {equipment} failed their power commands "
+                    f"within {self.settings.health_window} s: {equipment} is degraded, and "
+                    f"its boards wait as unknown")
+            if equipment not in self.degraded:
+                self._equipment(Verdict(decision="unknown", blame="controller", rule=rule,
+                                        degrade=equipment),
+                                Result(board=boards[0].name, check="", passed=False,
+                                       step=boards[0].state.removeprefix("failed_")))
+            for board in boards:
+                self.tx.health.record({
+                    "board": board.name, "check_name": "power", "outcome": "failed",
+                    "decision": "unknown", "blame": "controller", "step": "power_cycle",
+                    "equipment": equipment, "image": None, "reason": board.state,
+                    "rule": rule, "history_id": None, "at": self.now})
+                self.tx.health.put(board.name, checked_at=self.now, rule=rule)
+                self.fire(board.name, "check_unknown", rule, {"blame": "controller"})
+                self.report["judged"].append(board.name)
 
     # -- 2. degraded equipment
     def _waiting_for(self, equipment: str) -> list[str]:
