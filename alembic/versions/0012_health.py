@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("loop", sa.Integer, nullable=False),
         sa.Column("rule", sa.Text, nullable=True),
+        sa.Column("counted_after", sa.BigInteger, nullable=True),
         sa.PrimaryKeyConstraint("board", name="pk_board_health"),
     )
     op.create_table(

@@ -138,6 +138,12 @@ def test_one_failure_makes_a_board_suspect_and_k_of_n_fail_it(make_lab):
         lab.step(60)
     assert lab.state("b2") == "failed_health"
     assert all(lab.state(b) == "ready" for b in BOARDS if b != "b2")
+    # An operator's check starts the count over: one more failure makes it
+    # suspect again, not failed at once.
+    lab.health.request("b2", actor="op", reason="relay replaced (not really)")
+    lab.until(lambda: lab.state("b2") in ("suspect", "failed_health"))
+    assert lab.state("b2") == "suspect"
+    assert "1 of its last 3 checks failed" in lab.results("b2")[-1]["rule"]
 
 
 def test_a_hard_fault_fails_a_board_at_once(make_lab):

@@ -27,10 +27,14 @@ from corral.bootres.netboot import mac_file
 from corral.lab import Lab
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
+# A reimaged board is health-checked (statemachines/health/boards.yaml: a
+# power cycle over its own driver, a ping, a poll) before it is ready again.
 REIMAGE_PATH = ["reimage", "write_pxe_config_ok", "set_boot_device_ok", "power_cycle_ok",
-                "second_stage_started", "install_ok", "boot_local_ok", "timeout", "ping_ok"]
+                "second_stage_started", "install_ok", "boot_local_ok", "timeout", "ping_ok",
+                "admit", "health_check_ok", "check_passed"]
 STATES = ["pxe_configuring", "pxe_boot_device", "pxe_power_cycling", "pxe_booting",
-          "installing", "rebooting", "rebooting", "pinging", "ready"]
+          "installing", "rebooting", "rebooting", "pinging", "check_queued", "checking",
+          "judging", "ready"]
 
 
 def _port() -> int:
@@ -110,8 +114,14 @@ def test_bios_uefi_and_ipxe_boards_are_reimaged_for_real(lab):
     names = [b.name for b in lab.boards]
     assert [b.firmware for b in lab.boards] == ["bios", "uefi", "ipxe"]
     corral("board", "import", str(lab.inventory))
-    # Imported: power cycled over QMP, booted from the disk they came with, pinged.
-    corral.wait(names, "ready", since=0, seconds=400)
+    # Imported: health-checked (power cycled over IPMI or QMP, booted from the
+    # disk they came with, pinged, polled), one at a time (a quarter of 3).
+    corral.wait(names, "ready", since=0, seconds=600)
+    for name in names:
+        enrolled = [(e["event"], e["to_state"]) for e in corral.history(name)][:5]
+        assert enrolled == [("create", "new"), ("timeout", "check_queued"),
+                            ("admit", "checking"), ("health_check_ok", "judging"),
+                            ("check_passed", "ready")], (name, enrolled)
     for board in lab.boards:
         banner = httpx.get(f"http://127.0.0.1:{board.port}/", timeout=5).text
         assert banner.split() == ["corral-installed", board.mac, "preinstalled"]

@@ -148,7 +148,9 @@ def request_check(engine: Engine, name: str, *, loop: int = 0, actor: str,
         unit.fire(row, "check", source="operator", role=role, actor=actor,
                   reason=reason or (f"burn-in: {loop + 1} checks" if loop
                                     else "checked on demand"))
-        unit.tx.health.put(name, loop=loop, attempt=0)
+        # Repaired, or asked for again: its earlier failures no longer count.
+        unit.tx.health.put(name, loop=loop, attempt=0,
+                           counted_after=unit.tx.health.newest_result())
     return unit.results[0]
 
 
@@ -227,8 +229,9 @@ class _Pass:
     def _evidence(self, result: Result, definition: Definition) -> Evidence:
         window = self.settings.health_window
         since = self.now - timedelta(seconds=window)
-        previous = [(r["outcome"], r["blame"])
-                    for r in self.tx.health.results(result.board, limit=definition.rules.n)]
+        counted_after = (self.tx.health.board(result.board) or {}).get("counted_after")
+        previous = [(r["outcome"], r["blame"]) for r in self.tx.health.results(
+            result.board, limit=definition.rules.n, after=counted_after)]
         equipment_failures = image_failures = 0
         if not result.passed and result.equipment:
             equipment_failures = len(self.tx.health.failed_through(result.equipment, since)

@@ -15,7 +15,7 @@ from corral.store.repository import Repository, aware
 from corral.store.schema import board_health, equipment_health, health_results, machines
 
 _BOARD_DEFAULTS = {"check_name": None, "checked_at": None, "passed_at": None, "attempt": 0,
-                   "loop": 0, "rule": None}
+                   "loop": 0, "rule": None, "counted_after": None}
 
 
 def _dated(row: Any) -> dict[str, Any]:
@@ -35,11 +35,18 @@ class Health(Repository):
         step, equipment, image, reason, rule, history_id, at)."""
         self.conn.execute(insert(health_results), dict(result))
 
-    def results(self, board: str, *, limit: int = 20) -> list[dict[str, Any]]:
-        """A board's judged checks, newest first."""
-        rows = self.conn.execute(select(health_results).where(health_results.c.board == board)
-                                 .order_by(health_results.c.id.desc()).limit(limit))
+    def results(self, board: str, *, limit: int = 20, after: int | None = None
+                ) -> list[dict[str, Any]]:
+        """A board's judged checks, newest first (those after id ``after``)."""
+        query = select(health_results).where(health_results.c.board == board)
+        if after is not None:
+            query = query.where(health_results.c.id > after)
+        rows = self.conn.execute(query.order_by(health_results.c.id.desc()).limit(limit))
         return [_dated(r) for r in rows]
+
+    def newest_result(self) -> int:
+        return int(self.conn.execute(select(func.coalesce(func.max(health_results.c.id), 0)))
+                   .scalar_one())
 
     def failed_through(self, equipment: str, since: datetime) -> set[str]:
         """The boards whose checks failed through ``equipment`` since ``since``."""

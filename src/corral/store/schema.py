@@ -427,6 +427,9 @@ board_health = Table(
     Column("loop", Integer, nullable=False),
     # The rule that decided its last check (`corral board explain`).
     Column("rule", Text, nullable=True),
+    # Its judged checks up to this id no longer count towards k of n (an
+    # operator asked for a check: the board was repaired).
+    Column("counted_after", BigInteger, nullable=True),
 )
 
 equipment_health = Table(
