@@ -23,7 +23,6 @@ from corral.logs import configure_logging
 if TYPE_CHECKING:
     from corral.engine.core import Engine
     from corral.engine.worker import OperationWorker
-    from corral.operations.base import Handler
 
 # How often `corral serve` (worker roles) forgets expired idempotency keys.
 IDEMPOTENCY_EXPIRY_INTERVAL = 60.0
@@ -79,15 +78,7 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         metrics_registry,
         run_http,
     )
-    from corral.app import (
-        HEALTH_CHECK,
-        build_handlers,
-        build_workers,
-        check_operations,
-        console_capture,
-    )
     from corral.config import parse_listen
-    from corral.engine.scheduler import build_scheduler
 
     if listen is not None:
         obj.override("listen", listen)
@@ -105,24 +96,13 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
     with extra:
         registry = metrics_registry(
             engine, counts_max_age=COUNTS_MAX_AGE_INTERVALS * settings.state_count_interval)
-        scheduler = None
-        workers: list[OperationWorker] = []
-        handlers: dict[str, Handler] = {}
-        capture = None
-        if role in ("all", "worker"):
-            handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
-            check_operations(engine.machines, handlers)
-            workers = build_workers(engine, settings, handlers)
-            jobs = _worker_jobs(engine, settings, workers)
-            capture = console_capture(engine, settings)
-            if capture is not None:
-                jobs["consoles"] = (capture.run_pass, settings.console_interval)
-            scheduler = build_scheduler(jobs)
+        background = _Background(engine, settings, simulate) if role in ("all", "worker") \
+            else None
         if settings.group_commit_threads:
             engine.group.start(threads=settings.group_commit_threads,
                                       max_batch=settings.group_commit_max_batch)
-        if scheduler is not None:
-            scheduler.start()
+        if background is not None:
+            background.start()
         log.info("serving", role=role,
                  database=engine.store.display_url,
                  listen=settings.listen if serving_http else None, owner=settings.owner,
@@ -136,16 +116,44 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
                 log.info("signal_received", signal=received.name)
         finally:
             log.info("stopping")
-            if scheduler is not None:
-                scheduler.shutdown(wait=True)
-            stop_checks = getattr(handlers.get(HEALTH_CHECK), "stop", None)
-            if stop_checks is not None:
-                stop_checks()
-            for worker in workers:
-                worker.shutdown(wait=True)
-            if capture is not None:
-                capture.shutdown()
+            if background is not None:
+                background.stop()
             engine.close()
+
+
+class _Background:
+    """A worker process's background work: the operation workers (health
+    checks apart), the periodic jobs and the console capture."""
+
+    def __init__(self, engine: Engine, settings: Settings, simulate: bool) -> None:
+        from corral.app import build_handlers, build_workers, check_operations, console_capture
+        from corral.engine.scheduler import build_scheduler
+
+        self.handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
+        check_operations(engine.machines, self.handlers)
+        self.workers = build_workers(engine, settings, self.handlers)
+        jobs = _worker_jobs(engine, settings, self.workers)
+        self.capture = console_capture(engine, settings)
+        if self.capture is not None:
+            jobs["consoles"] = (self.capture.run_pass, settings.console_interval)
+        self.scheduler = build_scheduler(jobs)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        """Jobs first, then running health checks are told to end, then the
+        workers and the capture."""
+        from corral.app import HEALTH_CHECK
+
+        self.scheduler.shutdown(wait=True)
+        stop_checks = getattr(self.handlers.get(HEALTH_CHECK), "stop", None)
+        if stop_checks is not None:
+            stop_checks()
+        for worker in self.workers:
+            worker.shutdown(wait=True)
+        if self.capture is not None:
+            self.capture.shutdown()
 
 
 def _worker_jobs(engine: Engine, settings: Settings, workers: list[OperationWorker]
