@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.mariadb_engine
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.leases
+	$(BIN)/python -m bench.health
 
 # Regenerate the committed gRPC code from protos/ (a test checks it is current).
 proto: $(STAMP)

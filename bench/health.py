@@ -1,6 +1,6 @@
 """Health checks: a soak of the simulated lab.
 
-    python -m bench.health [--boards 500] [--hours 2] [--flaky 0.05]
+    python -m bench.health [--boards 500] [--hours 1] [--flaky 0.05]
 
 500 simulated boards behind 20 relays, on PostgreSQL, in simulated time
 (10 s per round): every board is checked on enrolment and then every 3
@@ -125,7 +125,7 @@ def soak(url: str, *, boards: int, hours: float, flaky: float, per_check: bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boards", type=int, default=500)
-    parser.add_argument("--hours", type=float, default=2.0)
+    parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--flaky", type=float, default=0.05)
     args = parser.parse_args()
     for label, per_check in (("(a) flaky operations", False), ("(b) flaky checks", True)):

@@ -27,8 +27,8 @@ from corral.bootres.netboot import mac_file
 from corral.lab import Lab
 
 CORRAL = str(Path(sys.executable).with_name("corral"))
-# A reimaged board is health-checked (statemachines/health/boards.yaml: a
-# power cycle over its own driver, a ping, a poll) before it is ready again.
+# A reimaged board is health-checked (the lab's definition: a power cycle
+# over its own driver, a ping, a poll) before it is ready again.
 REIMAGE_PATH = ["reimage", "write_pxe_config_ok", "set_boot_device_ok", "power_cycle_ok",
                 "second_stage_started", "install_ok", "boot_local_ok", "timeout", "ping_ok",
                 "admit", "health_check_ok", "check_passed"]
@@ -109,13 +109,14 @@ def lab(lab_host, tmp_path):
         print((tmp_path / "serve.log").read_text(errors="replace")[-5000:])
 
 
+@pytest.mark.timeout(900)
 def test_bios_uefi_and_ipxe_boards_are_reimaged_for_real(lab):
     lab, corral, http_port = lab
     names = [b.name for b in lab.boards]
     assert [b.firmware for b in lab.boards] == ["bios", "uefi", "ipxe"]
     corral("board", "import", str(lab.inventory))
     # Imported: health-checked (power cycled over IPMI or QMP, booted from the
-    # disk they came with, pinged, polled), one at a time (a quarter of 3).
+    # disk they came with, pinged, polled), all three at once.
     corral.wait(names, "ready", since=0, seconds=600)
     for name in names:
         enrolled = [(e["event"], e["to_state"]) for e in corral.history(name)][:5]

@@ -58,6 +58,11 @@ GRUB_MODULES = Path("/usr/lib/grub/x86_64-efi")
 BUSYBOX = Path("/bin/busybox")
 # What grubx64.efi needs: TFTP over the firmware's network, the shipped
 # grub.cfg (regexp, test, configfile), Linux, and chainloading the disk.
+# The lab boards' health check (docs/health.md): all three at once.
+LAB_HEALTH = """name: lab
+steps: [{step: power_cycle, timeout: 120}, {step: ping, timeout: 300}, {step: poll}]
+rules: {max_checking: 1.0}
+"""
 GRUB_IMAGE_MODULES = ("normal", "configfile", "linux", "echo", "test", "regexp", "tftp",
                       "efinet", "boot", "gzio", "minicmd", "search", "search_fs_file",
                       "chain", "part_msdos", "fat", "efi_gop")
@@ -220,8 +225,10 @@ class Lab:
         absent = missing()
         if absent:
             raise CorralError("the lab needs " + ", ".join(absent))
-        for path in (self.tftp / "grub", self.assets, self.directory / "vm"):
+        for path in (self.tftp / "grub", self.assets, self.directory / "vm",
+                     self.directory / "health"):
             path.mkdir(parents=True, exist_ok=True)
+        (self.directory / "health" / "lab.yaml").write_text(LAB_HEALTH)
         kernel = _kernels()[-1]
         version = kernel.name.removeprefix("vmlinuz-")
         vmlinuz = self.assets / "vmlinuz"
@@ -320,7 +327,8 @@ class Lab:
                 "CORRAL_BOOTRES_STORAGE": str(self.directory / "boot-resources"),
                 "CORRAL_BOOT_CALLBACK_URL": f"http://10.0.2.2:{http_port}",
                 # QEMU's user-mode network reaches the host from its loopback.
-                "CORRAL_BOOT_NETWORKS": "127.0.0.0/8"}
+                "CORRAL_BOOT_NETWORKS": "127.0.0.0/8",
+                "CORRAL_HEALTH_DIR": str(self.directory / "health")}
 
     # ------------------------------------------------------------ running
 
