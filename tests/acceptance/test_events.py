@@ -79,9 +79,6 @@ def _read(ports: list[int], token: str, received: list[int], done: threading.Eve
 def test_a_resuming_reader_gets_every_row_once_in_order(migrated_url, tmp_path):
     url = migrated_url
     # SQLite serves from one process; PostgreSQL and MariaDB from three.
-    if url.split(":", 1)[0].split("+")[0] in ("mysql", "mariadb"):
-        pytest.skip("no event stream on MariaDB: see test_mariadb_refuses_the_stream_saying_why")
-    # SQLite serves from one process; PostgreSQL from three.
     processes = 1 if url.startswith("sqlite") else 3
     store = open_store(url)
     engine = Engine(store, MachineSet(load_definitions(DEFAULT_STATEMACHINES_DIR)))
@@ -130,28 +127,6 @@ def test_a_resuming_reader_gets_every_row_once_in_order(migrated_url, tmp_path):
         for server in servers:
             stop(server)
         store.dispose()
-
-
-@pytest.mark.mariadb
-def test_mariadb_refuses_the_stream_saying_why(tmp_path):
-    from corral.tokens import TokenStore
-    from tests.conftest import _migrate, require_mariadb, scratch_mariadb_database
-
-    require_mariadb()
-    with scratch_mariadb_database() as scratch:
-        url = _migrate(scratch)
-        store = open_store(url)
-        token = TokenStore(store, cache_seconds=0).issue("v", "viewer")
-        store.dispose()
-        port = free_port()
-        server = _serve(url, tmp_path, port, 0)
-        try:
-            answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/events",
-                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
-            assert answer.status_code == 501
-            assert "needs PostgreSQL or SQLite" in answer.json()["message"]
-        finally:
-            stop(server)
 
 
 def _lines_until(process: subprocess.Popen, count: int, seconds: float = 60) -> list[dict]:
