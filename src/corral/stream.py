@@ -10,12 +10,13 @@ Ids are handed out in one order and committed in another when writers run
 concurrently (PostgreSQL, MariaDB): a reader already past id N could miss a
 row N-1 that commits later. So each API process follows a *horizon* (one
 thread, :class:`HistoryTail`): the newest id every row below which has
-settled, from the store (``history_horizon_candidate`` / ``history_settled``:
-the newest id handed out, then the transactions in progress, waited out).
-Clients read only up to it; a row below it can no longer appear. Writers
-NOTIFY on PostgreSQL so that the horizon moves at once; elsewhere, and when a
-notification is lost, the thread looks again every ``interval`` seconds: a
-missed notification delays, never loses.
+settled, from the store (``tx.stream.horizon_candidate`` / ``settled``: on
+PostgreSQL the newest id handed out, then the transactions in progress,
+waited out; on MariaDB and MySQL the committed history counter, which ids
+are taken from in commit order). Clients read only up to it; a row below it
+can no longer appear. Writers NOTIFY on PostgreSQL so that the horizon moves
+at once; elsewhere, and when a notification is lost, the thread looks again
+every ``interval`` seconds: a missed notification delays, never loses.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from typing import Any
 import anyio
 import structlog
 
-from corral.errors import Unsupported
 from corral.payload import readable, readable_text
 from corral.store.port import Store
 from corral.store.values import StreamEntry
@@ -43,11 +43,7 @@ FILTERS = ("kind", "name", "state", "event", "source")
 
 def settled_horizon(store: Store, stop: threading.Event | None = None) -> int:
     """The newest history id every row below which has committed (or never
-    will): the store's candidate, once what it names has finished.
-
-    Raises:
-        Unsupported: the backend cannot tell (MariaDB).
-    """
+    will): the store's candidate, once what it names has finished."""
     with store.unit() as tx:
         newest, pending = tx.stream.horizon_candidate()
     while pending and not (stop is not None and stop.is_set()):
@@ -69,8 +65,6 @@ class HistoryTail:
         self._advanced: asyncio.Event | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Why this store cannot give a stream (MariaDB), or None.
-        self.unsupported: str | None = None
         # Whether a first horizon was read (not while the database is away).
         self.ready = False
 
@@ -82,9 +76,6 @@ class HistoryTail:
         try:
             self.horizon = self._settle()
             self.ready = True
-        except Unsupported as exc:
-            self.unsupported = str(exc)
-            return
         except Exception as exc:  # the database is away: the thread waits for it
             log.warning("event_stream_unavailable", error=str(exc)[:300])
         self._thread = threading.Thread(target=self._follow, name="corral-events", daemon=True)
@@ -198,11 +189,7 @@ async def event_frames(tail: HistoryTail, *, after: int,
 def follow(store: Store, *, after: int | None, filters: Mapping[str, Sequence[str]],
            interval: float = 0.5) -> Iterator[dict[str, Any]]:
     """The stream read straight from the database (``corral watch`` without
-    ``--url``): the same rows, in the same order, up to the same horizon.
-
-    Raises:
-        Unsupported: the backend has no stream (MariaDB).
-    """
+    ``--url``): the same rows, in the same order, up to the same horizon."""
     cursor = settled_horizon(store) if after is None else after
     listener = store.history_listener()
     try:

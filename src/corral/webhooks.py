@@ -86,7 +86,6 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
     Raises:
         InvalidRequest: a bad name, URL, filter or secret.
         Conflict: the name is taken.
-        Unsupported: the backend has no event stream (MariaDB).
     """
     from urllib.parse import urlsplit
 

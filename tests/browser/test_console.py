@@ -344,8 +344,8 @@ def test_a_viewer_reads_leases_and_may_not_change_them(console):
 
 
 @pytest.mark.mariadb
-def test_without_the_event_stream_the_leases_view_looks_again(tmp_path):
-    """MariaDB has no event stream (501): the leases view polls instead."""
+def test_on_mariadb_the_leases_view_follows_the_event_stream(tmp_path):
+    """MariaDB has the event stream too: the leases view is live there."""
     from tests.conftest import scratch_mariadb_database
 
     with scratch_mariadb_database() as url, _console(url, tmp_path) as lab:
@@ -358,8 +358,8 @@ def test_without_the_event_stream_the_leases_view_looks_again(tmp_path):
         waiting = _lease(base, tokens["bob"], board="b2", purpose="after alice")
         _wait(driver, lambda d: waiting["id"] in d.find_element("id", "queue").text
               and held["id"] in d.find_element("id", "holding").text,
-              seconds=15, what="the leases, by polling")
-        assert "on" not in driver.find_element("id", "live").get_attribute("class")
+              seconds=15, what="the leases")
+        assert "on" in driver.find_element("id", "live").get_attribute("class")
 
 
 def test_a_boards_page_shows_its_console_and_follows_new_text(console):

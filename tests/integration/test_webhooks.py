@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from corral.api.metrics import build_registry
-from corral.errors import Conflict, InvalidRequest, Unsupported
+from corral.errors import Conflict, InvalidRequest
 from corral.webhooks import EVENT_ID, SIGNATURE, WebhookDelivery, add_subscription, verify
 from tests.acceptance.test_http import CORRAL
 from tests.integration.helpers import history_count
@@ -82,16 +82,7 @@ def _history_ids(engine) -> list[int]:  # type: ignore[no-untyped-def]
         return [r[0] for r in conn.execute(select(history.c.id).order_by(history.c.id))]
 
 
-def _supported(engine) -> None:  # type: ignore[no-untyped-def]
-    if engine.store.backend in ("mysql", "mariadb"):
-        with pytest.raises(Unsupported, match="needs PostgreSQL or SQLite"):
-            add_subscription(engine, name="x", url="http://127.0.0.1:9/", filters={},
-                             secret=SECRET)
-        pytest.skip("no webhooks on MariaDB (no event stream horizon): refused, as checked")
-
-
 def test_every_event_arrives_once_in_order_after_retries(engine, clock):
-    _supported(engine)
     receiver = Receiver(fail_first=3)
     try:
         engine.import_machines("board", {f"w{i}": {} for i in range(4)})
@@ -121,7 +112,6 @@ def test_every_event_arrives_once_in_order_after_retries(engine, clock):
 
 
 def test_a_receiver_that_keeps_failing_marks_the_subscription_failing(engine, clock):
-    _supported(engine)
     receiver = Receiver(always_fail=True)
     try:
         engine.create("board", "f1")
@@ -146,7 +136,6 @@ def test_a_receiver_that_keeps_failing_marks_the_subscription_failing(engine, cl
 
 
 def test_subscriptions_refuse_bad_input(engine):
-    _supported(engine)
     with pytest.raises(InvalidRequest, match="http:// or https://"):
         add_subscription(engine, name="a", url="ftp://x/", filters={}, secret=SECRET)
     with pytest.raises(InvalidRequest, match="at least 16 characters"):
@@ -173,8 +162,6 @@ def test_signatures_refuse_other_keys_and_replays():
 
 @pytest.mark.slow
 def test_no_event_is_lost_when_the_worker_is_killed_mid_delivery(migrated_url, tmp_path):
-    if migrated_url.startswith(("mysql", "mariadb")):
-        pytest.skip("no webhooks on MariaDB")
     from corral.engine.core import Engine
     from corral.machines import MachineSet, load_definitions
     from corral.paths import DEFAULT_STATEMACHINES_DIR
@@ -229,7 +216,6 @@ def test_no_event_is_lost_when_the_worker_is_killed_mid_delivery(migrated_url, t
 
 
 def test_a_subscription_holding_nul_is_refused_not_stored(engine):
-    _supported(engine)
     with pytest.raises(InvalidRequest, match=r"webhook\.url"):
         add_subscription(engine, name="n", url="http://x/\x00", filters={}, secret=SECRET)
     with engine.store.unit() as tx:
@@ -243,7 +229,6 @@ def test_lease_transitions_and_the_expiry_warning_reach_a_lease_subscription(eng
     from corral.leases import Caller, LeaseRequest, LeaseService, install
     from corral.leases.scheduler import LeaseScheduler
 
-    _supported(engine)
     install(engine)
     settings = Settings(sim_operation_seconds=0, lease_expiry_warning=60)
     scheduler = LeaseScheduler(engine, settings)

@@ -26,6 +26,15 @@ from corral.store.driver import MYSQL_SESSION, loads_json, normalize_url
 # PostgreSQL connections older than this are replaced before their next use.
 RECYCLE_SECONDS = 3600
 
+# MariaDB closes a session idle this long inside a write transaction, which
+# rolls back. A writer holds the history counter (store/mysql.py) from its
+# ids to its commit, and every other writer queues behind it: one stopped
+# there (SIGSTOP, a frozen VM) must not stop the lab. Its commit then fails
+# and its caller is refused. Far below InnoDB's lock wait (50 s by default),
+# so the queued writers outlive it; far above what any Corral transaction
+# idles between two statements (invariant 5: no long transactions).
+MARIADB_IDLE_WRITE_SECONDS = 10
+
 
 def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine configured for Corral's transaction discipline.
@@ -60,18 +69,33 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         if not parsed.database:
             raise ConfigError(f"database_url {parsed.render_as_string(hide_password=True)!r} "
                               "names no database (mysql://user@host/DATABASE)")
-        return create_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_pre_ping=False,
-            pool_recycle=RECYCLE_SECONDS,
-            isolation_level="READ COMMITTED",
-            connect_args={"charset": "utf8mb4", "init_command": MYSQL_SESSION},
-            json_deserializer=loads_json,
-        )
+        return _mysql_engine(url, pool_size)
     raise ConfigError(f"unsupported database {backend!r}; use sqlite, postgresql or mysql "
                       "(MariaDB)")
+
+
+def _mysql_engine(url: str, pool_size: int) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_recycle=RECYCLE_SECONDS,
+        isolation_level="READ COMMITTED",
+        connect_args={"charset": "utf8mb4", "init_command": MYSQL_SESSION},
+        json_deserializer=loads_json,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # MySQL has no such limit: there a stopped writer holds the others
+        # up until it resumes or their lock wait ends (docs/http-api.md).
+        if "mariadb" in str(dbapi_conn.get_server_info()).lower():
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute("SET SESSION idle_write_transaction_timeout = "
+                               f"{MARIADB_IDLE_WRITE_SECONDS}")
+
+    return engine
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

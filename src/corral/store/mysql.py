@@ -10,26 +10,34 @@ differently:
 - no ``UPDATE ... RETURNING``: a lease selects its rows first (``FOR UPDATE
   SKIP LOCKED``), then changes and reads them by id;
 - a named lock (the scheduler's, the state recount's) is ``GET_LOCK``,
-  released when the transaction ends.
+  released when the transaction ends;
+- history ids come from one counter row (``history_counter``), taken as the
+  transaction's last write, just before its commit: InnoDB gives
+  ``AUTO_INCREMENT`` ids in one order and commits in another, and offers no
+  list of running transactions a reader can trust
+  (``information_schema.INNODB_TRX`` is a cache that polling keeps stale).
+  Holding the counter's row lock from the ids to the commit makes ids commit
+  in id order, without gaps, so the committed counter is the event stream's
+  horizon (:class:`MysqlStream`; what it costs writers: docs/http-api.md).
 
 Which driver, and why: ``bench/mariadb_drivers.py`` and docs/performance.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
 
-from corral.errors import Unavailable, Unsupported
+from corral.errors import Unavailable
 from corral.store.operations import Operations
-from corral.store.schema import operations
+from corral.store.schema import history_counter, operations
 from corral.store.sql import SqlStore, SqlTx, translated
 from corral.store.stream import Stream
-from corral.store.values import Kinds, OperationRow
+from corral.store.values import Kinds, OperationRow, WriteSet
 
 # How long a lock's taker waits for another process to let go (seconds).
 LOCK_WAIT = 60
@@ -49,15 +57,22 @@ class MysqlOperations(Operations):
         return [OperationRow.from_row(r) for r in rows]
 
 
+# Takes ``n`` history ids: the new last one comes back as the statement's
+# insert id, and the row stays locked until the transaction ends.
+MYSQL_TAKE_HISTORY_IDS = text(
+    "UPDATE history_counter SET last_id = LAST_INSERT_ID(last_id + :n) WHERE id = 1")
+
+
 class MysqlStream(Stream):
     def horizon_candidate(self) -> tuple[int, Any]:
-        """Not on MariaDB or MySQL: their list of running transactions
-        (information_schema.INNODB_TRX) is a cache that readers polling it
-        keep from being refreshed, so a horizon read from it could pass a row
-        that commits later. The event stream refuses (see docs/http-api.md)."""
-        raise Unsupported("the event stream needs PostgreSQL or SQLite; on MariaDB and "
-                          "MySQL, follow a machine's history instead (GET "
-                          "/api/v1/boards/NAME/history)")
+        """The committed value of the history counter. A writer takes its ids
+        from the counter and holds its row lock until it commits (or rolls
+        back, and the ids are taken again by the next), so the writer that
+        moved the counter to N took it after every earlier id had committed;
+        and InnoDB makes a commit visible before it releases the locks. No
+        row at or below N can still appear: nothing to wait for."""
+        newest = select(history_counter.c.last_id).where(history_counter.c.id == 1)
+        return int(self.conn.execute(newest).scalar_one()), None
 
 
 class MysqlTx(SqlTx):
@@ -70,6 +85,30 @@ class MysqlTx(SqlTx):
         super().__init__(conn)
         # GET_LOCK names this session holds, released when the transaction ends.
         self.held: list[str] = []
+        # History rows written, waiting for their ids (:meth:`number_history`).
+        self.unnumbered: list[Mapping[str, Any]] = []
+
+    def write(self, batch: WriteSet) -> None:
+        """As :meth:`SqlTx.write`, but the history rows wait for the end of
+        the transaction (:meth:`number_history`)."""
+        self.machines.update(batch.changes)
+        self.operations.insert(batch.operations)
+        self.idempotency.insert(batch.idempotency)
+        self.machines.update_vars(batch.vars_changes)
+        self.unnumbered.extend(batch.history)
+
+    def number_history(self) -> None:
+        """Write the transaction's history rows, their ids taken from the
+        counter: the last writes before the commit, so that the counter's
+        row lock is held for two round trips (the rows, the commit)."""
+        if not self.unnumbered:
+            return
+        count = len(self.unnumbered)
+        last = int(self.conn.execute(MYSQL_TAKE_HISTORY_IDS, {"n": count}).lastrowid)
+        first = last - count + 1
+        self.history.insert([dict(entry, id=first + n)
+                             for n, entry in enumerate(self.unnumbered)])
+        self.unnumbered = []
 
     def lock_named(self, name: str) -> None:
         got = self.conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
@@ -94,6 +133,7 @@ class MysqlStore(SqlStore):
             try:
                 with conn.begin():
                     yield tx
+                    tx.number_history()
             finally:
                 # GET_LOCK belongs to the session, not the transaction.
                 for name in tx.held:

@@ -2,4 +2,4 @@
 checks the two agree). Start-up compares the database with it without loading
 alembic."""
 
-SCHEMA_REVISION = "0013"
+SCHEMA_REVISION = "0014"

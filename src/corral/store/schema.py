@@ -159,6 +159,16 @@ history = Table(
     Index("ix_history_machine_id_id", "machine_id", "id"),
 )
 
+# MariaDB and MySQL take history ids from this one row, as the last write of
+# a transaction, so that ids commit in id order (store/mysql.py); the row
+# lock is held from there to the commit. Unused on SQLite and PostgreSQL.
+history_counter = Table(
+    "history_counter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", BigInteger, nullable=False),
+)
+
 operations = Table(
     "operations",
     metadata,

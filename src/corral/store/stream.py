@@ -4,7 +4,8 @@ that a reader that moves past an id never misses a row that commits late.
 
 The horizon is the dialect's concern: SQLite has one writer at a time, so
 every visible id is settled; PostgreSQL lists the transactions that may
-still hold ids (``postgres.py``); MariaDB and MySQL refuse (``mysql.py``).
+still hold ids (``postgres.py``); MariaDB and MySQL take ids from a counter
+in commit order, so its committed value is the horizon (``mysql.py``).
 """
 
 from __future__ import annotations

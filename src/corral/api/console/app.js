@@ -405,8 +405,8 @@ function refreshLeases(delay) {
   }, delay);
 }
 
-// Without the event stream (MariaDB, or while it reconnects), the lease
-// pages look again every 5 s.
+// While the event stream is away (it reconnects), the lease pages look
+// again every 5 s.
 setInterval(() => {
   if (["leases", "lease"].includes(state.page?.type) && !$("live").classList.contains("on")
       && !$("revoke-reason")?.value) refreshLeases(0);
@@ -631,10 +631,6 @@ async function follow() {
     try {
       const answer = await fetch("/api/v1/events", {headers, signal: controller.signal});
       if (answer.status === 401) return logout("The token was refused: log in again.");
-      if (answer.status === 501) {  // no stream on this database (MariaDB): pages poll
-        $("live").title = "no event stream on this database: polling";
-        return;
-      }
       if (!answer.ok) throw new Error(`${answer.status}`);
       $("live").classList.add("on");
       const reader = answer.body.getReader();

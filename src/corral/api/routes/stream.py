@@ -15,7 +15,6 @@ from fastapi import APIRouter, Header, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
-from corral.api.callbacks import ApiError
 from corral.api.deps import ServicesDep, Viewer
 from corral.api.errors import ERRORS
 from corral.errors import Unavailable
@@ -50,8 +49,6 @@ async def stream_events(
     resumes exactly after that row: nothing lost, nothing twice. A
     ``: heartbeat`` comment comes after 15 s of silence."""
     tail = services.tail
-    if tail.unsupported:
-        raise ApiError(501, "not_implemented", tail.unsupported)
     if not tail.ready:
         raise Unavailable("the event stream waits for the database; retry later")
     start = after

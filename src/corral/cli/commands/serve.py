@@ -175,15 +175,14 @@ def _worker_jobs(engine: Engine, settings: Settings, workers: list[OperationWork
             lambda: engine.sweeper.expire_idempotency_keys(keep), IDEMPOTENCY_EXPIRY_INTERVAL)
     jobs["count_states"] = (engine.sweeper.refresh_state_counts,
                             settings.state_count_interval)
-    if engine.store.backend not in ("mysql", "mariadb"):  # no stream horizon there
-        from corral.webhooks import WebhookDelivery
+    from corral.webhooks import WebhookDelivery
 
-        delivery = WebhookDelivery(
-            engine.store, engine.clock, owner=settings.owner,
-            timeout=settings.webhook_timeout, lease_seconds=settings.webhook_lease,
-            failing_after=settings.webhook_failing_after,
-            max_backoff=settings.webhook_max_backoff)
-        jobs["webhooks"] = (delivery.deliver_pass, settings.webhook_interval)
+    delivery = WebhookDelivery(
+        engine.store, engine.clock, owner=settings.owner,
+        timeout=settings.webhook_timeout, lease_seconds=settings.webhook_lease,
+        failing_after=settings.webhook_failing_after,
+        max_backoff=settings.webhook_max_backoff)
+    jobs["webhooks"] = (delivery.deliver_pass, settings.webhook_interval)
     ages = retention(settings)
     if any(ages.values()):
         jobs["prune"] = (lambda: engine.sweeper.prune(**ages), PRUNE_INTERVAL)
