@@ -80,6 +80,15 @@ EVENT_NAME = DEFINITION_NAME.named("event name")
 # a machine event, so it may also hold '.' and '-'.
 SIGNAL_NAME = Identifier("signal name", r"[a-z][a-z0-9_.-]{0,62}")
 
+# An OS snapshot version MO rolls out to a pool (a job's osOverrideAction, a
+# Maize snapshot's release): no spaces, at most 200 characters.
+OS_VERSION = Identifier("OS version", r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+
+# A history row's id as the event stream sends it (its SSE ``id``), which a
+# reconnecting client returns in Last-Event-ID; at most 18 digits, so that
+# any value fits a signed 64-bit column.
+HISTORY_ID = Identifier("history id", r"[0-9]{1,18}")
+
 # A boot object's content address: the lowercase hex SHA-256 of its bytes.
 SHA256_HEX = Identifier("sha256", r"[0-9a-f]{64}")
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.callbacks import EVENT, NAME
 from corral.engine.core import FireResult
+from corral.names import OS_VERSION
 from corral.pools.service import Held
 
 # A job run's id, as the pools' holder (a CI pipeline's run id).
@@ -60,7 +61,8 @@ class SubmitIn(BaseModel):
 
 
 class MaizeSnapshot(BaseModel):
-    release: str
+    release: str = Field(pattern=OS_VERSION.pattern, description=(
+        "The OS snapshot version to roll out (osOverrideAction's osVersion)."))
 
 
 class MaizeIn(BaseModel):
