@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.callbacks import EVENT, NAME
 from corral.engine.core import FireResult
-from corral.names import OS_VERSION
+from corral.names import MAX_WEBHOOK_URL, OS_VERSION, WEBHOOK_URL
 from corral.pools.service import Held
 
 # A job run's id, as the pools' holder (a CI pipeline's run id).
@@ -224,13 +224,26 @@ class RetireIn(BaseModel):
 
 
 
+class WebhookFilters(BaseModel):
+    """What a subscription delivers: each filter a list of alternatives; a
+    filter left out matches everything (the stream's filters, corral.stream)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: list[str] = Field(default_factory=list)
+    name: list[str] = Field(default_factory=list)
+    state: list[str] = Field(default_factory=list, description="The state entered.")
+    event: list[str] = Field(default_factory=list)
+    source: list[str] = Field(default_factory=list)
+
+
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(description="Where deliveries are POSTed (http or https).")
+    url: str = Field(max_length=MAX_WEBHOOK_URL, pattern=WEBHOOK_URL.pattern, description=(
+        "Where deliveries are POSTed: http:// or https://, a host, and printable ASCII "
+        "(percent-encoded) with no spaces."))
     secret: str = Field(min_length=16, description="The HMAC-SHA256 key deliveries are "
                                                    "signed with (never shown again).")
     name: str | None = Field(None, pattern=NAME, description="Default: hook-N.")
-    filters: dict[str, list[str]] = Field(default_factory=dict, description=(
-        "kind, name, state, event, source: each a list of alternatives."))
+    filters: WebhookFilters = Field(default_factory=WebhookFilters)
     from_start: bool = Field(False, description="Deliver every event kept, not only "
                                                 "new ones.")
