@@ -10,6 +10,7 @@ from typing import Any
 
 from corral.errors import (
     AuthError,
+    Conflict,
     CorralError,
     EventNotAllowed,
     Forbidden,
@@ -127,15 +128,16 @@ def check_key_reuse(document: Mapping[str, Any], request: FireRequest) -> None:
     """An idempotency key answers only a repeat of the request it was first used for.
 
     Raises:
-        InvalidRequest: the key was used for another machine or event (keys
-            stored before the request was kept with them are not compared).
+        Conflict: the key was used for another machine or event (keys stored
+            before the request was kept with them are not compared). A 409,
+            not a 422: the request is well formed; what was stored refuses it.
     """
     first = document.get("request")
     if first is None:
         return
     now = {"kind": request.kind, "name": request.name, "event": request.event}
     if first != now:
-        raise InvalidRequest(
+        raise Conflict(
             f"Idempotency-Key {request.idempotency[1] if request.idempotency else ''!r} was "
             f"used for {first['kind']} {first['name']!r} event {first['event']!r}, not for "
             f"{now['kind']} {now['name']!r} event {now['event']!r}: use a new key for a "

@@ -28,6 +28,7 @@ from corral.engine.events import (
 )
 from corral.errors import (
     AuthError,
+    Conflict,
     CorralError,
     EventNotAllowed,
     InvalidRequest,
@@ -242,7 +243,7 @@ def plan_batch(
             document = stored[request.idempotency]
             try:
                 check_key_reuse(document, request)
-            except InvalidRequest as exc:
+            except Conflict as exc:
                 batch.outcomes.append(exc)
             else:
                 batch.outcomes.append(replay_outcome(document))
