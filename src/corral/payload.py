@@ -39,8 +39,10 @@ MAX_TEXT = 2000
 # the server's regex engine and a JSON Schema (ECMAScript) one read
 # differently (U+0085, U+FEFF).
 TEXT_PATTERN = r"^[^\x00]*$"
-# The same, holding something besides ASCII spaces (a reason that is required).
-NONBLANK_PATTERN = r"^[^\x00]*[^\x00\t\n\x0b\x0c\r ][^\x00]*$"
+# The same, holding something besides whitespace as str.strip() sees it (a
+# reason that is required), each whitespace character spelled out.
+_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NONBLANK_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
 
 # Integers beyond what a signed 64-bit column, a JavaScript client or a
 # MariaDB JSON document keeps exactly are refused rather than rounded.
