@@ -82,10 +82,33 @@ class ApiError(Exception):
                                       **self.extra}), headers
 
 
-def invalid(where: str, message: str) -> ApiError:
-    """A 422 shaped like the framework's own: one detail per problem."""
-    return ApiError(422, "invalid_request", f"{where}: {message}",
-                    details=[{"loc": where.split("."), "msg": message}])
+def invalid(where: str, message: str, *more: tuple[str, str]) -> ApiError:
+    """A 422 shaped like the framework's own (:func:`corral.api.errors.invalid`):
+    one detail per problem, the message all of them joined."""
+    problems = ((where, message), *more)
+    return ApiError(422, "invalid_request",
+                    ", ".join(f"{at}: {text}" for at, text in problems),
+                    details=[{"loc": at.split("."), "msg": text} for at, text in problems])
+
+
+def request_problems(name: str, event: str, idempotency_key: str | None
+                     ) -> list[tuple[str, str]]:
+    """What pydantic finds wrong with the route's path and headers, in its
+    order and its words (the FastAPI route declares the same constraints; a
+    test feeds both the same generated requests)."""
+    problems = []
+    if not _NAME.fullmatch(name):
+        problems.append(("path.name", f"String should match pattern '{NAME}'"))
+    if not _EVENT.fullmatch(event):
+        problems.append(("path.event", f"String should match pattern '{EVENT}'"))
+    if idempotency_key is not None:
+        if not idempotency_key:
+            problems.append(("header.Idempotency-Key", "String should have at least 1 "
+                                                       "character"))
+        elif len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            problems.append(("header.Idempotency-Key", "String should have at most "
+                             f"{MAX_IDEMPOTENCY_KEY} characters"))
+    return problems
 
 
 def corral_error_answer(exc: CorralError) -> Answer:
@@ -269,14 +292,9 @@ class Callbacks:
                 elif key == b"content-type":
                     content_type = value.decode("latin-1")
             # Checked in the framework's order: path, headers, token, body.
-            if not _NAME.fullmatch(name):
-                raise invalid("path.name", f"String should match pattern '{NAME}'")
-            if not _EVENT.fullmatch(event):
-                raise invalid("path.event", f"String should match pattern '{EVENT}'")
-            if idempotency_key is not None and not (
-                    0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
-                raise invalid("header.Idempotency-Key", "should have 1 to "
-                              f"{MAX_IDEMPOTENCY_KEY} characters")
+            problems = request_problems(name, event, idempotency_key)
+            if problems:
+                raise invalid(*problems[0], *problems[1:])
             who = await self.principal(bearer(authorization))
             payload = parse_payload(await read_body(), content_type)
             return 200, await self.respond(name, event, who, payload, idempotency_key), {}
