@@ -38,7 +38,7 @@ from corral.errors import (
     Unavailable,
     Unsupported,
 )
-from corral.names import EVENT_NAME, MACHINE_NAME
+from corral.names import EVENT_NAME, MACHINE_NAME, Role, Source
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import BOARD_ROLE, REIMAGE_ROLE, Principal, TokenStore
 
@@ -248,12 +248,12 @@ class Callbacks:
         if who.role in (BOARD_ROLE, REIMAGE_ROLE):
             if who.board != name:
                 raise ApiError(403, "forbidden", f"this token belongs to board {who.board!r}")
-            source = "callback"
+            source = Source.CALLBACK
             if who.role == REIMAGE_ROLE:
                 # The second stage's events (by: board), while it is reimaged.
                 only_in = REIMAGE_PATH
-        elif who.at_least("operator"):
-            source = "operator"
+        elif who.at_least(Role.OPERATOR):
+            source = Source.OPERATOR
         # The transition's `by` decides what this role may fire (the engine checks).
         else:
             raise ApiError(403, "forbidden", f"token {who.name!r} is {who.role}; firing "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from corral import names
 from corral.errors import (
     AuthError,
     Conflict,
@@ -22,9 +23,9 @@ Clock = Callable[[], datetime]
 FORCE_EVENT = "force_state"
 CREATE_EVENT = "create"
 # Who fires an event from each history source, when the caller names no role
-# (an admin token names "admin").
-SOURCE_ROLES = {"callback": "board", "operator": "operator", "operation": "operation",
-                "timeout": "timeout"}
+# (an admin token names Role.ADMIN): the one table, in corral.names.
+SOURCE_ROLES: dict[str, str] = {source.value: role.value
+                                for source, role in names.SOURCE_ROLES.items()}
 
 
 def utcnow() -> datetime:
