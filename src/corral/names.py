@@ -80,6 +80,42 @@ EVENT_NAME = DEFINITION_NAME.named("event name")
 # a machine event, so it may also hold '.' and '-'.
 SIGNAL_NAME = Identifier("signal name", r"[a-z][a-z0-9_.-]{0,62}")
 
+# An OS snapshot version MO rolls out to a pool (a job's osOverrideAction, a
+# Maize snapshot's release): no spaces, at most 200 characters.
+OS_VERSION = Identifier("OS version", r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+
+# A history row's id as the event stream sends it (its SSE ``id``), which a
+# reconnecting client returns in Last-Event-ID; at most 18 digits, so that
+# any value fits a signed 64-bit column.
+HISTORY_ID = Identifier("history id", r"[0-9]{1,18}")
+
+# Where a webhook delivers: http:// or https://, an optional user, a host (a
+# DNS name or an IPv6 literal in brackets, as RFC 3986 spells them), an
+# optional port (0-65535) and a path, query or fragment in printable ASCII
+# (no spaces or control characters: a URL is percent-encoded). Every URL it
+# takes gives urllib.parse.urlsplit a host and a port it can read.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32 = rf"(?:{_H16}:{_H16}|{_OCTET}(?:\.{_OCTET}){{3}})"
+_IPV6 = "(?:" + "|".join((
+    rf"(?:{_H16}:){{6}}{_LS32}",
+    rf"::(?:{_H16}:){{5}}{_LS32}",
+    rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+    *(rf"(?:(?:{_H16}:){{0,{n}}}{_H16})?::(?:{_H16}:){{{4 - n}}}{_LS32}"
+      for n in (1, 2)),
+    rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+    rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+    rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
+    rf"(?:(?:{_H16}:){{0,6}}{_H16})?::")) + ")"
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEBHOOK_URL = Identifier("webhook URL", (
+    "https?://"
+    "(?:[A-Za-z0-9._~!$&'()*+,;=%:-]*@)?"      # user (and password)
+    rf"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[{_IPV6}\])"   # host
+    f"(?::{_PORT})?"
+    "(?:[/?#][!-~]*)?"))                       # path, query, fragment
+MAX_WEBHOOK_URL = 2000
+
 # A boot object's content address: the lowercase hex SHA-256 of its bytes.
 SHA256_HEX = Identifier("sha256", r"[0-9a-f]{64}")
 

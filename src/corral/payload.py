@@ -33,6 +33,17 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_TEXT = 2000
 """A reason (or any one-line text an operator gives)."""
 
+# What a free text (a reason, a purpose, a secret) may hold, as the request
+# models declare it: no NUL, which PostgreSQL refuses (unpaired surrogates
+# never pass pydantic's str). Explicit classes rather than \s or \S, which
+# the server's regex engine and a JSON Schema (ECMAScript) one read
+# differently (U+0085, U+FEFF).
+TEXT_PATTERN = r"^[^\x00]*$"
+# The same, holding something besides whitespace as str.strip() sees it (a
+# reason that is required), each whitespace character spelled out.
+_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NONBLANK_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
+
 # Integers beyond what a signed 64-bit column, a JavaScript client or a
 # MariaDB JSON document keeps exactly are refused rather than rounded.
 MAX_INT = 2**63 - 1
@@ -61,9 +72,9 @@ def check_json(value: Any, where: str = "payload", *, max_depth: int = MAX_DEPTH
                max_bytes: int | None = MAX_PAYLOAD_BYTES) -> None:
     """Refuse a value that some backend would not store and read back equal.
 
-    Allowed: ``None``, booleans, integers within 64 bits, finite floats,
-    strings without NUL and with valid Unicode, lists, and mappings with
-    string keys, nested at most ``max_depth`` containers deep, and (with
+    Allowed: ``None``, booleans, integers and finite floats within the signed
+    64-bit range, strings without NUL and with valid Unicode, lists, and
+    mappings with string keys, nested at most ``max_depth`` containers deep, and (with
     ``max_bytes``) at most that many bytes once encoded as JSON.
 
     Raises:
@@ -86,6 +97,11 @@ def check_json(value: Any, where: str = "payload", *, max_depth: int = MAX_DEPTH
                 raise InvalidRequest(f"{_where(path, where)}: numbers must be finite, not "
                                      f"{item!r} (NaN, Infinity and overflowing numbers such "
                                      "as 1e400 are refused)")
+            # JSON (and so a JSON Schema) has one number type: 1e19 and
+            # 10000000000000000000 are the same number, held to the same range.
+            if not MIN_INT <= item <= MAX_INT:
+                raise InvalidRequest(f"{_where(path, where)}: the number is outside the "
+                                     "signed 64-bit range")
         elif isinstance(item, str):
             _check_text(item, _where(path, where), "the string")
         elif isinstance(item, dict | list):

@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from corral.errors import InvalidRequest, NotFound
-from corral.names import WEBHOOK_NAME
+from corral.names import MAX_WEBHOOK_URL, WEBHOOK_NAME, WEBHOOK_URL
 from corral.store.port import Store
 from corral.stream import FILTERS, PAGE, event_document, next_cursor, settled_horizon
 
@@ -87,22 +87,14 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
         InvalidRequest: a bad name, URL, filter or secret.
         Conflict: the name is taken.
     """
-    from urllib.parse import urlsplit
-
     from corral.errors import Conflict, DuplicateKey
     from corral.payload import check_json
 
     check_json({"name": name, "url": url, "filters": dict(filters), "secret": secret},
                "webhook", max_bytes=64 * 1024)
-    if len(url) > 2000:
-        raise InvalidRequest("a webhook URL has at most 2000 characters")
-    try:
-        parts = urlsplit(url)
-        host, scheme = parts.hostname, parts.scheme
-        _ = parts.port  # raises on a port that is not a number
-    except ValueError:
-        host, scheme = None, ""
-    if host is None or scheme not in ("http", "https"):
+    if len(url) > MAX_WEBHOOK_URL:
+        raise InvalidRequest(f"a webhook URL has at most {MAX_WEBHOOK_URL} characters")
+    if not WEBHOOK_URL.matches(url):
         raise InvalidRequest(f"a webhook URL is http:// or https:// with a host, not {url!r}")
     if len(secret) < 16:
         raise InvalidRequest("a webhook secret has at least 16 characters")

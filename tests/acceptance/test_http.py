@@ -208,7 +208,7 @@ def test_idempotency_key_returns_the_first_response(lab):
     # A key answers only its own board and event.
     reused = lab.post("/api/v1/boards/b1/events/install_ok", token,
                       headers={"Idempotency-Key": "req-1"})
-    assert reused.status_code == 422
+    assert reused.status_code == 409
     viewer = lab.cli("token", "create", "v", "--role", "viewer")
     history = lab.get("/api/v1/boards/b1/history", viewer).json()["entries"]
     assert [e["event"] for e in history].count("second_stage_started") == 1

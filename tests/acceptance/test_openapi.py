@@ -6,16 +6,22 @@ schema allows is not refused as malformed, and data it forbids is refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.openapi.checks import RejectedPositiveData
 
 from tests.acceptance.test_http import Lab
 
 # Positive and negative data, every check. Data the schema allows may still be
 # refused for what no schema says: the board's state (409), who may fire the
-# event (403), the payload check and declared vars (422: a NUL or an unpaired
-# surrogate in a string, say), a job spec's content (422).
+# event (403), a name that does not exist (404). Never as malformed (422): each
+# constraint the server checks is in the document, except in two bodies: a job
+# spec, which is text (YAML or JSON) in a versioned format checked after it is
+# parsed, and a lease request, whose longest duration and wait are the lab's
+# settings (lease_max_duration, lease_max_wait), not constants of the document.
 CONFIG = """
 [generation]
 mode = "all"
@@ -24,8 +30,37 @@ mode = "all"
 bearer = "{token}"
 
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+expected-statuses = ["2xx", "401", "403", "404", "409"]
+
+[[operations]]
+include-name = "POST /api/v1/jobs"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409",
+                                                     "422"]
+
+[[operations]]
+include-name = "POST /api/v1/leases"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409",
+                                                     "422"]
 """
+
+
+def _beyond_64_bits(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_beyond_64_bits(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_beyond_64_bits(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and \
+        not -(2**63) <= value < 2**63
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response) -> bool:
+    """Keep every failure but one that is the generator's: it takes integers
+    just past 2**63 (9223372036854775999, say) as within a payload's
+    documented maximum of 2**63 - 1, reading the bound as a float; the
+    server rightly refuses them, and tests/unit/test_payload_model.py holds
+    the payload check to the documented type exactly."""
+    return not (isinstance(failure, RejectedPositiveData) and _beyond_64_bits(case.body))
 
 
 @pytest.fixture

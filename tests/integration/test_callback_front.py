@@ -7,11 +7,15 @@ request alike."""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from corral.api.app import create_app
+from corral.api.callbacks import EVENT, NAME
 from corral.tokens import TokenStore
 from tests.serving import serving
 
@@ -116,9 +120,47 @@ def test_protocol_front_and_framework_route_answer_alike(engine, tmp_path):
     statuses = [s for s, _, _ in front_answers]
     # The text/plain payload is a 415 (send JSON), from both.
     assert statuses == [401, 401, 401, 401, 401, 403, 403, 404, 422, 422, 409, 422, 422, 415,
-                        422, 422, 422, 200, 200, 200, 422, 409, 403, 403, 200]
+                        422, 422, 422, 200, 200, 200, 409, 409, 403, 403, 200]
     assert [d.get("replayed") for _, _, d in front_answers[18:20]] == [False, True]
     # A refusal lists what this token may fire in the board's state.
     assert front_answers[10][2]["allowed_events"] == ["maintenance_requested",
                                                       "second_stage_started"]
     assert framework_answers[10][2]["allowed_events"] == front_answers[10][2]["allowed_events"]
+
+
+# Names and keys near the patterns' edges: valid ones, and text of any kind
+# but the path's own separators: a segment that is empty, '.' or '..', or
+# holds '/' (even escaped), names another path, which Front refuses without
+# a token before any route (and the framework alone answers 404).
+_SEGMENT = st.text(st.characters(blacklist_characters="/"), min_size=1,
+                   max_size=210).filter(lambda s: s not in (".", ".."))
+_NAMES = st.from_regex(NAME, fullmatch=True) | _SEGMENT
+_EVENTS = st.from_regex(EVENT, fullmatch=True) | _SEGMENT
+_KEYS = st.none() | st.text(st.characters(min_codepoint=0x21, max_codepoint=0xff),
+                            max_size=210)
+
+
+def test_the_fast_path_refuses_a_path_and_headers_as_the_framework_route_does(engine):
+    """The fast path's own check of the path and the Idempotency-Key
+    (corral.api.callbacks.request_problems) against pydantic's, which the
+    framework route applies: same status, message and details, on the same
+    generated requests (without a token: 401 once the request is well formed)."""
+    front = create_app(engine, TokenStore(engine.store, cache_seconds=0), CollectorRegistry())
+
+    async def answer(app, path: str, key: str | None) -> tuple[int, dict]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://corral") as client:
+            reply = await client.post(path, headers={} if key is None else {
+                "Idempotency-Key": key.encode("latin-1")})
+            return reply.status_code, reply.json()
+
+    @settings(max_examples=300, deadline=None)
+    @given(name=_NAMES, event=_EVENTS, key=_KEYS)
+    def same(name: str, event: str, key: str | None) -> None:
+        path = PATH.format(quote(name, safe=""), quote(event, safe=""))
+        fast = asyncio.run(answer(front, path, key))
+        framework = asyncio.run(answer(front.app, path, key))
+        assert fast == framework, (name, event, key)
+        assert fast[0] in (401, 404, 422)
+
+    same()

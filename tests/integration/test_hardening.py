@@ -255,7 +255,7 @@ def test_an_idempotency_key_is_bound_to_its_board_and_event(lab):
     before = snapshot(lab.engine)
     for board, event in (("b2", "reboot"), ("b1", "maintenance")):
         reply = call(lab, "POST", EVENT.format(board, event), "operator", headers=key)
-        assert reply.status_code == 422, reply.text
+        assert reply.status_code == 409, reply.text
         message = reply.json()["message"]
         assert "board 'b1' event 'reboot'" in message
         assert f"board {board!r} event {event!r}" in message

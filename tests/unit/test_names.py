@@ -4,6 +4,8 @@ replaced accepted and refused, and the enums hold the words the code stores."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field, ValidationError
 
 from corral import names
@@ -119,3 +121,39 @@ def test_names_imports_nothing_but_the_standard_library():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert imported <= {"__future__", "enum", "re", "dataclasses"}
+
+
+WEBHOOK_URLS = (
+    ["http://a", "https://hooks.example.com:8443/corral?x=1#y", "http://u:p%40ss@h/",
+     "http://10.0.0.7:0/", "http://[::1]:8080/", "http://[fe80::1:2]/x",
+     "http://[1:2:3:4:5:6:1.2.3.4]", "http://[1::2:3:4:5:6:7]", "http://[::]",
+     "http://h:65535", "http://h/" + "a" * 1990],
+    ["", "http://", "ftp://h", "HTTP://h", "http:/h", "http://h h", "http://h/a b",
+     "http://h/\x7f", "http://h\n", "http://h/\r\nX: 1", "http://h:65536", "http://h:x",
+     "http://[:]/", "http://[1.2.3.4]", "http://[1::2::3]", "http://a@b@c", "http://h/é"])
+
+
+def test_a_webhook_url_is_http_with_a_host():
+    good, bad = WEBHOOK_URLS
+    assert [u for u in good if not names.WEBHOOK_URL.matches(u)] == []
+    assert [u for u in bad if names.WEBHOOK_URL.matches(u)] == []
+
+    class Body(BaseModel):
+        url: str = Field(pattern=names.WEBHOOK_URL.pattern)
+
+    for url in good:
+        Body(url=url)
+    for url in bad:
+        with pytest.raises(ValidationError):
+            Body(url=url)
+
+
+@settings(max_examples=300)
+@given(st.from_regex(names.WEBHOOK_URL.regex, fullmatch=True))
+def test_every_webhook_url_the_pattern_takes_has_a_host_and_port_urllib_reads(url):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.scheme in ("http", "https")
+    assert parts.hostname
+    assert parts.port is None or 0 <= parts.port <= 65535

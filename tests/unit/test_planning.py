@@ -9,7 +9,7 @@ import pytest
 
 from corral.engine.events import FireRequest, FireResult, outcome_document
 from corral.engine.planning import plan_batch, plan_event, plan_timeout
-from corral.errors import EventNotAllowed, Forbidden, InvalidRequest, UnknownMachine
+from corral.errors import Conflict, EventNotAllowed, Forbidden, InvalidRequest, UnknownMachine
 from corral.machines import MachineSet, load_definitions
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store.values import MachineState
@@ -148,7 +148,7 @@ def test_a_batch_remembers_and_replays_idempotent_outcomes(machines):
     assert isinstance(replayed, FireResult)
     assert replayed.replayed
     assert replayed.to_state == fired.to_state
-    assert isinstance(reused, InvalidRequest)
+    assert isinstance(reused, Conflict)
     assert "use a new key" in str(reused)
     assert len(batch.writes) == 1
     [kept] = batch.remembered

@@ -38,7 +38,7 @@ from corral.errors import (
     Unavailable,
     Unsupported,
 )
-from corral.names import EVENT_NAME, MACHINE_NAME
+from corral.names import EVENT_NAME, MACHINE_NAME, Role, Source
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import BOARD_ROLE, REIMAGE_ROLE, Principal, TokenStore
 
@@ -82,10 +82,33 @@ class ApiError(Exception):
                                       **self.extra}), headers
 
 
-def invalid(where: str, message: str) -> ApiError:
-    """A 422 shaped like the framework's own: one detail per problem."""
-    return ApiError(422, "invalid_request", f"{where}: {message}",
-                    details=[{"loc": where.split("."), "msg": message}])
+def invalid(where: str, message: str, *more: tuple[str, str]) -> ApiError:
+    """A 422 shaped like the framework's own (:func:`corral.api.errors.invalid`):
+    one detail per problem, the message all of them joined."""
+    problems = ((where, message), *more)
+    return ApiError(422, "invalid_request",
+                    ", ".join(f"{at}: {text}" for at, text in problems),
+                    details=[{"loc": at.split("."), "msg": text} for at, text in problems])
+
+
+def request_problems(name: str, event: str, idempotency_key: str | None
+                     ) -> list[tuple[str, str]]:
+    """What pydantic finds wrong with the route's path and headers, in its
+    order and its words (the FastAPI route declares the same constraints; a
+    test feeds both the same generated requests)."""
+    problems = []
+    if not _NAME.fullmatch(name):
+        problems.append(("path.name", f"String should match pattern '{NAME}'"))
+    if not _EVENT.fullmatch(event):
+        problems.append(("path.event", f"String should match pattern '{EVENT}'"))
+    if idempotency_key is not None:
+        if not idempotency_key:
+            problems.append(("header.Idempotency-Key", "String should have at least 1 "
+                                                       "character"))
+        elif len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            problems.append(("header.Idempotency-Key", "String should have at most "
+                             f"{MAX_IDEMPOTENCY_KEY} characters"))
+    return problems
 
 
 def corral_error_answer(exc: CorralError) -> Answer:
@@ -225,12 +248,12 @@ class Callbacks:
         if who.role in (BOARD_ROLE, REIMAGE_ROLE):
             if who.board != name:
                 raise ApiError(403, "forbidden", f"this token belongs to board {who.board!r}")
-            source = "callback"
+            source = Source.CALLBACK
             if who.role == REIMAGE_ROLE:
                 # The second stage's events (by: board), while it is reimaged.
                 only_in = REIMAGE_PATH
-        elif who.at_least("operator"):
-            source = "operator"
+        elif who.at_least(Role.OPERATOR):
+            source = Source.OPERATOR
         # The transition's `by` decides what this role may fire (the engine checks).
         else:
             raise ApiError(403, "forbidden", f"token {who.name!r} is {who.role}; firing "
@@ -269,14 +292,9 @@ class Callbacks:
                 elif key == b"content-type":
                     content_type = value.decode("latin-1")
             # Checked in the framework's order: path, headers, token, body.
-            if not _NAME.fullmatch(name):
-                raise invalid("path.name", f"String should match pattern '{NAME}'")
-            if not _EVENT.fullmatch(event):
-                raise invalid("path.event", f"String should match pattern '{EVENT}'")
-            if idempotency_key is not None and not (
-                    0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
-                raise invalid("header.Idempotency-Key", "should have 1 to "
-                              f"{MAX_IDEMPOTENCY_KEY} characters")
+            problems = request_problems(name, event, idempotency_key)
+            if problems:
+                raise invalid(*problems[0], *problems[1:])
             who = await self.principal(bearer(authorization))
             payload = parse_payload(await read_body(), content_type)
             return 200, await self.respond(name, event, who, payload, idempotency_key), {}

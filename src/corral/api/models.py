@@ -11,13 +11,75 @@ annotations at run time.
 """
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from typing_extensions import TypeAliasType
 
 from corral.api.callbacks import EVENT, NAME
 from corral.engine.core import FireResult
+from corral.errors import InvalidRequest
+from corral.names import MAX_WEBHOOK_URL, OS_VERSION, WEBHOOK_URL
+from corral.payload import MAX_INT, MIN_INT, NONBLANK_PATTERN, TEXT_PATTERN, check_json
 from corral.pools.service import Held
+
+# A string a client chooses freely, with only the payload check's rule for text.
+Text = Annotated[str, Field(pattern=TEXT_PATTERN)]
+
+# A value in an event payload, as the payload check (corral.payload.check_json)
+# takes it: JSON whose numbers lie in the signed 64-bit range and whose strings
+# and keys hold no NUL. Two limits are not stated here, as JSON Schema has no
+# word for them: nesting (at most 32 deep) and size (a callback's body is at
+# most 64 KiB: a 413).
+def _not_an_integer(value: Any) -> Any:
+    # An integer out of range must not pass as the float it rounds to.
+    if isinstance(value, int):
+        raise ValueError("the integer is outside the signed 64-bit range")
+    return value
+
+
+def _closed_object(schema: dict[str, Any]) -> None:
+    # pydantic states a dict's key pattern as patternProperties, which leaves
+    # other keys free; say that every key has the pattern, and every value
+    # the values' schema.
+    ((pattern, values),) = schema.pop("patternProperties").items()
+    schema["propertyNames"] = {"pattern": pattern}
+    schema["additionalProperties"] = values
+
+
+# The largest float below 2**63: the same floats as "< 2**63", with a bound a
+# client's generator cannot round across.
+MAX_FLOAT = float(2**63 - 1024)
+Number = Annotated[float, Field(ge=MIN_INT, le=MAX_FLOAT, allow_inf_nan=False),
+                   BeforeValidator(_not_an_integer)]
+# mypy cannot follow a recursive TypeAliasType built around Annotated; the
+# alias is only read by pydantic (validation and the JSON Schema).
+PayloadValue = TypeAliasType(  # type: ignore[misc]
+    "PayloadValue", Union[  # noqa: UP007 (a recursive alias needs the Union form)
+        bool, Annotated[int, Field(ge=MIN_INT, le=MAX_INT)], Number, Text,
+        list["PayloadValue"],  # type: ignore[misc]
+        Annotated[dict[Text, "PayloadValue"],  # type: ignore[misc]
+                  Field(json_schema_extra=_closed_object)], None])
+Payload = Annotated[dict[Text, PayloadValue],  # type: ignore[misc]
+                    Field(json_schema_extra=_closed_object)]
+"""An event's payload: a JSON object, as its JSON Schema states it."""
+
+
+def _checked_payload(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"the payload must be a JSON object, not {type(value).__name__}")
+    try:
+        check_json(value, "payload")
+    except InvalidRequest as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+# A payload in a request body: checked by the payload check itself (whose
+# messages name the place), documented as Payload; a test holds the two to
+# the same answers.
+CheckedPayload = Annotated[dict[str, Any], PlainValidator(
+    _checked_payload, json_schema_input_type=Payload)]
 
 # A job run's id, as the pools' holder (a CI pipeline's run id).
 JOB = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -43,13 +105,13 @@ class AcquireIn(BaseModel):
 class ReleaseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job_run_id: str = Field(pattern=JOB)
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT_PATTERN)
 
 
 class OverrideIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job_run_id: str = Field(pattern=JOB)
-    os_version: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    os_version: str = Field(pattern=OS_VERSION.pattern)
     ttl_seconds: int | None = Field(default=None, ge=1, le=30 * 86400)
 
 
@@ -60,7 +122,8 @@ class SubmitIn(BaseModel):
 
 
 class MaizeSnapshot(BaseModel):
-    release: str
+    release: str = Field(pattern=OS_VERSION.pattern, description=(
+        "The OS snapshot version to roll out (osOverrideAction's osVersion)."))
 
 
 class MaizeIn(BaseModel):
@@ -78,7 +141,7 @@ class SubmittedOut(BaseModel):
 
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT_PATTERN)
 
 
 class SignalIn(BaseModel):
@@ -199,21 +262,21 @@ class HistoryPage(BaseModel):
 class ForceStateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state: str = Field(min_length=1, max_length=64)
-    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+    reason: str = Field(min_length=1, max_length=2000, pattern=NONBLANK_PATTERN)
     if_state: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class FireIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     event: str = Field(pattern=EVENT)
-    payload: dict[str, Any] | None = None
-    reason: str | None = Field(default=None, max_length=2000)
+    payload: CheckedPayload | None = None
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT_PATTERN)
 
 
 class MaintenanceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     on: bool
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT_PATTERN)
 
 
 class CheckIn(BaseModel):
@@ -221,24 +284,37 @@ class CheckIn(BaseModel):
     loop: int = Field(default=0, ge=0, le=1000, description=(
         "Burn-in: checks to run after this one, each as soon as the last passed "
         "(until one fails)."))
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000, pattern=TEXT_PATTERN)
 
 
 class RetireIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
+    reason: str = Field(min_length=1, max_length=2000, pattern=NONBLANK_PATTERN)
 
+
+
+class WebhookFilters(BaseModel):
+    """What a subscription delivers: each filter a list of alternatives; a
+    filter left out matches everything (the stream's filters, corral.stream)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: list[Text] = Field(default_factory=list)
+    name: list[Text] = Field(default_factory=list)
+    state: list[Text] = Field(default_factory=list, description="The state entered.")
+    event: list[Text] = Field(default_factory=list)
+    source: list[Text] = Field(default_factory=list)
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(description="Where deliveries are POSTed (http or https).")
-    secret: str = Field(min_length=16, description="The HMAC-SHA256 key deliveries are "
-                                                   "signed with (never shown again).")
+    url: str = Field(max_length=MAX_WEBHOOK_URL, pattern=WEBHOOK_URL.pattern, description=(
+        "Where deliveries are POSTed: http:// or https://, a host, and printable ASCII "
+        "(percent-encoded) with no spaces."))
+    secret: str = Field(min_length=16, pattern=TEXT_PATTERN, description=(
+        "The HMAC-SHA256 key deliveries are signed with (never shown again)."))
     name: str | None = Field(None, pattern=NAME, description="Default: hook-N.")
-    filters: dict[str, list[str]] = Field(default_factory=dict, description=(
-        "kind, name, state, event, source: each a list of alternatives."))
-    from_start: bool = Field(False, description="Deliver every event kept, not only "
+    filters: WebhookFilters = Field(default_factory=WebhookFilters)
+    from_start: bool = Field(False, strict=True, description="Deliver every event kept, not only "
                                                 "new ones.")
 
 

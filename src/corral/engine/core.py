@@ -43,6 +43,7 @@ from corral.engine.sweeping import Sweeper
 from corral.engine.transaction import Context, Transaction, transaction
 from corral.errors import Conflict, DuplicateKey
 from corral.machines import MachineSet, StateMachine
+from corral.names import Role
 from corral.store.port import Store
 from corral.store.values import HistoryEntry, MachineRow
 
@@ -170,7 +171,7 @@ class Engine:
         actor: str,
         reason: str,
         if_state: str | None = None,
-        role: str = "operator",
+        role: str = Role.OPERATOR,
     ) -> FireResult:
         """Put a machine into ``state`` whatever it is doing, running the state's
         entry operations; with ``if_state``, only if it is currently in that state.

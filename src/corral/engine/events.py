@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from corral import names
 from corral.errors import (
     AuthError,
+    Conflict,
     CorralError,
     EventNotAllowed,
     Forbidden,
@@ -21,9 +23,9 @@ Clock = Callable[[], datetime]
 FORCE_EVENT = "force_state"
 CREATE_EVENT = "create"
 # Who fires an event from each history source, when the caller names no role
-# (an admin token names "admin").
-SOURCE_ROLES = {"callback": "board", "operator": "operator", "operation": "operation",
-                "timeout": "timeout"}
+# (an admin token names Role.ADMIN): the one table, in corral.names.
+SOURCE_ROLES: dict[str, str] = {source.value: role.value
+                                for source, role in names.SOURCE_ROLES.items()}
 
 
 def utcnow() -> datetime:
@@ -127,15 +129,16 @@ def check_key_reuse(document: Mapping[str, Any], request: FireRequest) -> None:
     """An idempotency key answers only a repeat of the request it was first used for.
 
     Raises:
-        InvalidRequest: the key was used for another machine or event (keys
-            stored before the request was kept with them are not compared).
+        Conflict: the key was used for another machine or event (keys stored
+            before the request was kept with them are not compared). A 409,
+            not a 422: the request is well formed; what was stored refuses it.
     """
     first = document.get("request")
     if first is None:
         return
     now = {"kind": request.kind, "name": request.name, "event": request.event}
     if first != now:
-        raise InvalidRequest(
+        raise Conflict(
             f"Idempotency-Key {request.idempotency[1] if request.idempotency else ''!r} was "
             f"used for {first['kind']} {first['name']!r} event {first['event']!r}, not for "
             f"{now['kind']} {now['name']!r} event {now['event']!r}: use a new key for a "

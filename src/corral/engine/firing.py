@@ -23,7 +23,7 @@ from corral.engine.planning import Batch, plan_batch
 from corral.engine.transaction import Context, Transaction, transaction
 from corral.errors import Conflict, CorralError, Forbidden, StateMismatch
 from corral.machines import TIMEOUT_EVENT
-from corral.names import HUMAN_FIRERS
+from corral.names import HUMAN_FIRERS, Role
 from corral.payload import check_json, check_text
 from corral.steps import run_async, run_sync
 from corral.store.port import Store
@@ -185,7 +185,7 @@ class Firing:
         check_text(request.reason, "reason")
 
     def force_state(self, kind: str, name: str, state: str, *, actor: str, reason: str,
-                    if_state: str | None = None, role: str = "operator") -> FireResult:
+                    if_state: str | None = None, role: str = Role.OPERATOR) -> FireResult:
         """See :meth:`corral.engine.core.Engine.force_state`."""
         check_text(reason, "reason")
         if not reason or not reason.strip():
@@ -194,7 +194,7 @@ class Firing:
         needed = machine.force_role(state)
         if if_state is not None:
             machine.state(if_state)
-        if role not in ("operator", "admin") or (needed == "admin" and role != "admin"):
+        if role not in HUMAN_FIRERS or (needed == Role.ADMIN and role != Role.ADMIN):
             raise Forbidden(f"forcing {kind} state {state!r} needs the {needed} role (the "
                             f"role its transitions need), not {role}", role=role)
         guard = self._guards.get(kind)

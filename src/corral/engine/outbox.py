@@ -16,7 +16,7 @@ from corral.engine.events import FireResult
 from corral.engine.planning import ignored
 from corral.engine.transaction import Context, log, transaction
 from corral.errors import NotFound
-from corral.names import OPEN_OPERATION_STATUSES, OperationStatus
+from corral.names import OPEN_OPERATION_STATUSES, OperationStatus, Source
 from corral.store.values import Kinds, MachineRow, MachineState, OperationRow
 
 
@@ -90,7 +90,7 @@ class Outbox:
                          target=op.target, _event=event, note=note)
                 unit.after_commit(lambda: self.context.observer.operation(op.kind, "stale"))
                 return ignored(row, event, note)
-            unit.fire(row, event, source="operation", payload=result_doc, reason=error,
+            unit.fire(row, event, source=Source.OPERATION, payload=result_doc, reason=error,
                       operation_id=op.id, observe=False)
             tx.operations.finish(op.id, status=OperationStatus.DONE if ok
                                  else OperationStatus.FAILED,

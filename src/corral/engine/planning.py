@@ -28,6 +28,7 @@ from corral.engine.events import (
 )
 from corral.errors import (
     AuthError,
+    Conflict,
     CorralError,
     EventNotAllowed,
     InvalidRequest,
@@ -35,6 +36,7 @@ from corral.errors import (
     UnknownMachine,
 )
 from corral.machines import TIMEOUT_EVENT, MachineSet, Outcome
+from corral.names import Source
 from corral.store.values import MachineState, StateChange, VarsChange, WriteSet
 
 
@@ -211,7 +213,7 @@ def plan_timeout(machines: MachineSet, row: MachineState, now: datetime, *,
     # How late the sweep fired, for operators and the timeout-lag metric.
     payload = {"lag_seconds": round((now - row.deadline).total_seconds(), 3)
                if row.deadline else None}
-    return TimeoutPlan(plan(row, outcome, now=now, source="timeout", actor=None, reason=None,
+    return TimeoutPlan(plan(row, outcome, now=now, source=Source.TIMEOUT, actor=None, reason=None,
                             payload=payload, operation_id=None, timeout_scale=timeout_scale))
 
 
@@ -242,7 +244,7 @@ def plan_batch(
             document = stored[request.idempotency]
             try:
                 check_key_reuse(document, request)
-            except InvalidRequest as exc:
+            except Conflict as exc:
                 batch.outcomes.append(exc)
             else:
                 batch.outcomes.append(replay_outcome(document))

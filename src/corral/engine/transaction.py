@@ -35,6 +35,7 @@ from corral.engine.events import (
 from corral.engine.planning import Write, deadline_after, plan, plan_event, write_set
 from corral.errors import UnknownMachine
 from corral.machines import MachineSet
+from corral.names import Source
 from corral.payload import check_json, check_text
 from corral.store.port import Store
 from corral.store.values import MachineState
@@ -114,7 +115,7 @@ class Transaction:
         """Put the locked ``row`` into ``state`` whatever it is doing (a forced
         state), running the state's entry operations."""
         outcome = self.machines[row.kind].enter(row.state, state, FORCE_EVENT, row.counters)
-        write = plan(row, outcome, now=self.now, source="operator", actor=actor,
+        write = plan(row, outcome, now=self.now, source=Source.OPERATOR, actor=actor,
                      reason=reason, payload=None, operation_id=None,
                      timeout_scale=self.context.timeout_scale)
         self.write([write])
@@ -140,7 +141,7 @@ class Transaction:
             placeholder = MachineState(id=machine_id, kind=kind, name=name, state="",
                                        state_entered_at=self.now, deadline=None, counters={},
                                        epoch=0)
-            write = plan(placeholder, outcome, now=self.now, source="operator", actor=actor,
+            write = plan(placeholder, outcome, now=self.now, source=Source.OPERATOR, actor=actor,
                          reason=reason, payload=None, operation_id=None,
                          timeout_scale=self.context.timeout_scale)
             writes.append(write)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from corral.names import BOARD_NAME, Role
+from corral.payload import TEXT_PATTERN
 from corral.validation import Strict
 
 KIND = "lease"
@@ -24,11 +25,22 @@ Seconds = Annotated[int, Field(ge=1, le=366 * 86400)]
 ON_RETURN = ("reimage", "power_cycle")
 
 
+def _given(key: str) -> dict[str, Any]:
+    """JSON Schema: ``key`` is present and not null."""
+    return {"required": [key], "properties": {key: {"type": "string"}}}
+
+
 class LeaseRequest(Strict):
     """A request for boards: one by name, or ``count`` matching a selector."""
 
+    # What _one_way checks, stated in the JSON Schema (and so in /openapi.json):
+    # no board, or a board with count 1 and no selector.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"not": _given("board")},
+        {"properties": {"count": {"const": 1}}, "not": _given("selector")}]})
+
     board: Annotated[str, Field(pattern=BOARD_NAME.pattern)] | None = None
-    selector: Annotated[str, Field(max_length=1000)] | None = None
+    selector: Annotated[str, Field(max_length=1000, pattern=TEXT_PATTERN)] | None = None
     count: Annotated[int, Field(ge=1, le=100)] = 1
     duration: Seconds | None = None
     release: Annotated[str, Field(min_length=1, max_length=200,
@@ -37,7 +49,7 @@ class LeaseRequest(Strict):
     wait_timeout: Seconds | None = None
     heartbeat: Annotated[int, Field(ge=5, le=86400)] | None = None
     on_return: Literal["reimage", "power_cycle"] = "reimage"
-    purpose: Annotated[str, Field(max_length=500)] | None = None
+    purpose: Annotated[str, Field(max_length=500, pattern=TEXT_PATTERN)] | None = None
     project: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")] | None = None
 
     @model_validator(mode="after")

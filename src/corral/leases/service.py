@@ -324,20 +324,16 @@ class LeaseService:
              open_only: bool = False, ended_only: bool = False,
              limit: int = 500) -> list[dict[str, Any]]:
         """Leases newest first; ``open_only``: those that have not ended;
-        ``ended_only``: those that have, the last to end first.
-
-        Raises:
-            InvalidRequest: both ``open_only`` and ``ended_only``.
-        """
-        if open_only and ended_only:
-            raise InvalidRequest("open and ended leases exclude each other; ask for one")
-        if open_only:
+        ``ended_only``: those that have, the last to end first; both: every
+        lease, newest first (open or ended is any lease)."""
+        by_end = ended_only and not open_only
+        if open_only and not ended_only:
             states = list(OPEN)
-        elif ended_only:
+        elif by_end:
             states = [s for s in ENDED if states is None or s in states]
         with self.engine.store.unit() as tx:
             rows = tx.leases.list(kind=KIND, states=states, owner=owner, limit=limit,
-                                  by_end=ended_only)
+                                  by_end=by_end)
             boards = tx.leases.boards_of([r["id"] for r in rows])
         return [view({**r, "boards": boards[r["id"]]}) for r in rows]
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from corral.names import Source
+
 # Where a history row's event came from (the history.source column).
-HISTORY_SOURCES = ("callback", "timeout", "operation", "operator")
+HISTORY_SOURCES = tuple(Source)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -19,11 +19,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import TypeAdapter
 
 from corral.api.callbacks import EVENT, MAX_IDEMPOTENCY_KEY, MAX_PAYLOAD, NAME
 from corral.api.deps import Admin, EngineDep, Operator, ServicesDep, bearer
 from corral.api.errors import ERRORS
-from corral.api.models import CheckIn, ErrorOut, MaintenanceIn, RetireIn, TransitionOut
+from corral.api.models import CheckIn, ErrorOut, MaintenanceIn, Payload, RetireIn, TransitionOut
 from corral.api.routes.machines import MachineKind
 from corral.machines.needs import Needs
 from corral.tokens import BOARD_ROLE, Principal
@@ -33,6 +34,13 @@ MAINTENANCE, LEAVE_MAINTENANCE, RETIRE = "maintenance", "leave_maintenance", "re
 # The board events these routes fire (held against board.yaml at start-up).
 NEEDS = Needs(service="api", kind="board", events=(MAINTENANCE, LEAVE_MAINTENANCE, RETIRE,
                                                    "check"))
+
+# The body the fast path reads (corral.api.callbacks.parse_payload, then the
+# payload check), as the pydantic type that states the same rules. Its
+# PayloadValue is in the document's components: FireIn's payload has it too.
+PAYLOAD_SCHEMA = {**{k: v for k, v in TypeAdapter(Payload | None).json_schema(
+    ref_template="#/components/schemas/{model}").items() if k != "$defs"},
+    "title": "Payload", "description": "Optional JSON object recorded with the event."}
 
 BoardName = Annotated[str, Path(pattern=NAME, description="The board's name.")]
 
@@ -55,10 +63,8 @@ callback = APIRouter(tags=["callbacks"])
                               f"larger than {MAX_PAYLOAD} bytes."},
                         415: {"model": ErrorOut, "description": "The payload is "
                               "not sent as application/json."}},
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
-        "anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
-        "title": "Payload",
-        "description": "Optional JSON object recorded with the event."}}}}},
+    openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": PAYLOAD_SCHEMA}}}},
     summary="Report an event for a board (board token), or fire one (operator).")
 async def post_event(
     request: Request,

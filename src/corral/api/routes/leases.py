@@ -21,6 +21,7 @@ from corral.api.models import MachineOut
 from corral.api.routes.machines import MachineKind
 from corral.leases import Caller, LeaseEnded, LeaseRequest, LeaseService
 from corral.names import LEASE_NAME, Role
+from corral.payload import NONBLANK_PATTERN, TEXT_PATTERN
 from corral.tokens import Principal
 
 LeaseName = Annotated[str, Path(pattern=LEASE_NAME.pattern, description="The lease's id.")]
@@ -38,11 +39,11 @@ class RenewIn(BaseModel):
 
 
 class ReleaseIn(BaseModel):
-    reason: Annotated[str, Field(max_length=500)] | None = None
+    reason: Annotated[str, Field(max_length=500, pattern=TEXT_PATTERN)] | None = None
 
 
 class RevokeIn(BaseModel):
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=NONBLANK_PATTERN)]
     if_state: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")] | None = None
 
 
@@ -193,10 +194,11 @@ def request_lease(body: LeaseRequest, request: Request, who: AnyToken) -> dict[s
 def list_leases(
     request: Request, _: Viewer,
     state: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = None,
-    owner: Annotated[str | None, Query(max_length=200)] = None,
+    owner: Annotated[str | None, Query(max_length=200, pattern=TEXT_PATTERN)] = None,
     open: Annotated[bool, Query(description="Only leases that have not ended.")] = False,
     ended: Annotated[bool, Query(description=(
-        "Only leases that have ended, the last to end first."))] = False,
+        "Only leases that have ended, the last to end first. With open: every "
+        "lease, newest first."))] = False,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
     return service(request).list(states=[state] if state else None, owner=owner,

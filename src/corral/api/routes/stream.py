@@ -8,16 +8,15 @@ No ``from __future__ import annotations``: FastAPI reads the endpoint
 annotations at run time.
 """
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from corral.api.deps import ServicesDep, Viewer
 from corral.api.errors import ERRORS
 from corral.errors import Unavailable
+from corral.names import HISTORY_ID
 from corral.stream import event_frames
 
 router = APIRouter(tags=["events"])
@@ -41,7 +40,10 @@ async def stream_events(
     event: Annotated[list[str], Query(description="Only these events.")] = [],  # noqa: B006
     source: Annotated[list[str], Query(description=(
         "Only these sources: callback, timeout, operation, operator."))] = [],  # noqa: B006
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Header(
+        alias="Last-Event-ID", pattern=f"^({HISTORY_ID.body})?$",
+        description="The id of the last event received, as the stream sent it; "
+                    "empty is as if not sent.")] = None,
 ) -> StreamingResponse:
     """Each event's SSE ``id`` is its history id and its ``data`` the row
     as JSON (kind, name, from_state, to_state, event, source, actor,
@@ -51,13 +53,7 @@ async def stream_events(
     tail = services.tail
     if not tail.ready:
         raise Unavailable("the event stream waits for the database; retry later")
-    start = after
-    if last_event_id is not None and last_event_id.strip():
-        if not re.fullmatch(r"[0-9]{1,18}", last_event_id.strip()):
-            raise RequestValidationError([{
-                "loc": ("header", "Last-Event-ID"),
-                "msg": "must be a history id (a whole number), as the stream sent it"}])
-        start = int(last_event_id.strip())
+    start = int(last_event_id) if last_event_id else after
     if start is None:
         start = tail.horizon
     filters = {"kind": kind, "name": name, "state": state, "event": event, "source": source}

@@ -24,7 +24,8 @@ router = APIRouter(tags=["webhooks"])
 @router.post("/api/v1/webhooks", responses=ERRORS,
              summary="Subscribe a URL to matching events.", operation_id="add_webhook")
 def add_webhook(body: WebhookIn, engine: EngineDep, _: Admin) -> dict[str, Any]:
-    return add_subscription(engine, name=body.name, url=body.url, filters=body.filters,
+    return add_subscription(engine, name=body.name, url=body.url,
+                            filters=body.filters.model_dump(exclude_unset=True),
                             secret=body.secret, from_start=body.from_start)
 
 

@@ -5,14 +5,14 @@ ends in ``failed_override``."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from corral.jobs.actions.base import ActionType, Field, RunContext
 from corral.jobs.checks import Checker
+from corral.names import OS_VERSION
 
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+VERSION_RE = OS_VERSION.regex
 
 
 class OsOverrideAction(ActionType):
