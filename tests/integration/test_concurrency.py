@@ -94,4 +94,4 @@ def test_two_processes_sweep_ten_thousand_deadlines_exactly_once(server_engine, 
                               .group_by(machines.c.state)).all()
     assert len(per_machine) == 10_000
     assert {n for _, n in per_machine} == {1}
-    assert states == [("power_cycling", 10_000)]
+    assert states == [("check_queued", 10_000)]
