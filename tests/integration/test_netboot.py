@@ -220,3 +220,56 @@ def test_boot_networks_keep_scripts_from_other_networks(tmp_path, engine):
     assert allowed.text.splitlines()[-1] == "exit"
     with pytest.raises(ConfigError, match=r"'10\.0\.0\.0/33' is not a network"):
         parse_networks("10.0.0.0/24, 10.0.0.0/33")
+
+
+def test_a_symlink_in_the_boot_root_never_serves_a_file_from_elsewhere(netboot, tmp_path):
+    """A symlink placed in pxe_root (to /etc/passwd, or out by ``..``) is a 404
+    on every file route: never the file's bytes, never a 500."""
+    _engine, _worker, root, http, _operator = netboot
+    secret = Path("/etc/passwd").read_bytes()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not a boot file")
+    fake = "ab" * 32
+    (root / "objects" / fake).symlink_to("/etc/passwd")
+    (root / "objects" / ("cd" * 32)).symlink_to(Path("..") / ".." / "outside.txt")
+    (root / "ipxe" / "52-54-00-00-00-99.ipxe").symlink_to("/etc/passwd")
+    for url in (f"/boot/objects/{fake}", f"/boot/objects/{'cd' * 32}",
+                "/boot/ipxe/52:54:00:00:00:99"):
+        reply = http.get(url)
+        assert reply.status_code == 404, url
+        assert secret not in reply.content
+        assert b"not a boot file" not in reply.content
+    # A directory of the root that is a symlink pointing out is refused too.
+    (root / "ipxe").rename(root / "ipxe.real")
+    (root / "ipxe").symlink_to(tmp_path)
+    (tmp_path / "52-54-00-00-00-98.ipxe").write_text("#!ipxe\necho escaped\n")
+    assert http.get("/boot/ipxe/52:54:00:00:00:98").status_code == 404
+    # A symlink inside the root that stays inside it still serves.
+    (root / "objects" / ("01" * 32)).write_bytes(b"kernel")
+    (root / "objects" / ("ef" * 32)).symlink_to("01" * 32)
+    assert http.get(f"/boot/objects/{'ef' * 32}").content == b"kernel"
+
+
+@pytest.mark.parametrize("escape", ["object", "objects-directory"])
+def test_a_symlink_in_the_storage_root_is_not_published(tmp_path, escape):
+    """A storage object, or the storage's objects/ itself, made a symlink
+    pointing out: the reimage refuses it instead of publishing the file."""
+    import shutil
+
+    from corral.operations.base import OperationFailed
+
+    storage = _snapshot(tmp_path)
+    pxe = BootResourcePxe(storage, tmp_path / "tftp", callback_url="http://corral.lab:8080",
+                          tokens=None)  # type: ignore[arg-type]
+    _winner, files = pxe._winner(("amd64", "generic", "lab"))
+    kernel = files["boot-kernel"]
+    if escape == "object":
+        kernel.unlink()
+        kernel.symlink_to("/etc/passwd")
+    else:
+        elsewhere = tmp_path / "elsewhere"
+        shutil.copytree(storage / "objects", elsewhere)
+        shutil.rmtree(storage / "objects")
+        (storage / "objects").symlink_to(elsewhere)
+    with pytest.raises(OperationFailed, match="is not an object of"):
+        pxe._winner(("amd64", "generic", "lab"))

@@ -31,6 +31,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -196,22 +197,46 @@ def config_paths(root: Path, mac: str) -> dict[str, Path]:
             "ipxe": root / "ipxe" / f"{name}.ipxe"}
 
 
+def contained_file(root: Path, path: Path) -> Path | None:
+    """``path`` resolved (every symlink followed, its directories' too), if it
+    is a regular file inside ``root`` (itself resolved, so a boot root that is
+    a symlink still works); None for anything else: missing, not a regular
+    file, unreadable, or resolving outside the root (a symlink pointing out,
+    ``..``). What the file routes serve goes through this, so a symlink
+    placed in the root can never hand out a file from elsewhere."""
+    try:
+        base = root.resolve(strict=True)
+        found = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
+        return None
+    if not found.is_relative_to(base) or found == base:
+        return None
+    try:
+        return found if stat.S_ISREG(found.stat().st_mode) else None
+    except OSError:
+        return None
+
+
 def served_object(root: Path, sha256: str) -> Path | None:
-    """A published object (``GET /boot/objects/{sha256}``), or None."""
+    """A published object (``GET /boot/objects/{sha256}``), resolved, or None
+    (also where it resolves outside the root: :func:`contained_file`)."""
     if not SHA256_RE.fullmatch(sha256):
         return None
-    path = root / "objects" / sha256
-    return path if path.is_file() else None
+    return contained_file(root, root / "objects" / sha256)
 
 
 def served_ipxe(root: Path, mac: str) -> str | None:
-    """A board's iPXE script (``GET /boot/ipxe/{mac}``), or None."""
+    """A board's iPXE script (``GET /boot/ipxe/{mac}``), or None (also where
+    it resolves outside the root: :func:`contained_file`)."""
     found = normal_mac(mac)
     if found is None:
         return None
+    path = contained_file(root, config_paths(root, found)["ipxe"])
+    if path is None:
+        return None
     try:
-        return config_paths(root, found)["ipxe"].read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
         return None
 
 

@@ -133,11 +133,14 @@ class BootResourcePxe:
         for key in ("product", "version", "source"):
             _check_one_line(key, winner[key])
         control = self.storage.current / "control" / arch / subarch / release
-        objects = self.storage.objects.resolve()
+        # The storage root resolved, then its objects/ by name: an objects/
+        # that is itself a symlink pointing out does not widen what is taken.
+        objects = self.storage.root.resolve() / "objects"
         files: dict[str, Path] = {}
         for leaf in winner["items"]:
             path = (control / leaf).resolve()
-            if not path.is_relative_to(objects) or not path.is_file():
+            if (not path.is_relative_to(objects) or path.parent != objects
+                    or objects.is_symlink() or not path.is_file()):
                 raise OperationFailed(f"the current snapshot's {leaf!r} for "
                                       f"{arch}/{subarch}/{release} is not an object of "
                                       f"{self.storage.root}")
