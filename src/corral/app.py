@@ -131,7 +131,7 @@ def _health_handlers(settings: Settings, engine: Engine | None,
     return {HEALTH_CHECK: HealthSteps(
         store=store, definitions=health_definitions(settings), handlers=board,
         timeout_scale=settings.timeout_scale, pause=min(1.0, 10 * settings.timeout_scale),
-        console=on_console)}
+        console=on_console, lease_seconds=settings.operation_lease)}
 
 
 def health_definitions(settings: Settings) -> Definitions:
@@ -267,7 +267,7 @@ def build_worker(engine: Engine, settings: Settings, handlers: dict[str, Handler
 def build_workers(engine: Engine, settings: Settings, handlers: dict[str, Handler]
                   ) -> list[OperationWorker]:
     """``corral serve``'s workers: one for health checks (``health_threads``;
-    a check's lease lasts as long as its state may), one for the rest."""
+    a running check renews its lease at every try), one for the rest."""
     from corral.engine.worker import OperationWorker
 
     def worker(threads: int, lease: float, health: bool) -> OperationWorker:
@@ -277,8 +277,7 @@ def build_workers(engine: Engine, settings: Settings, handlers: dict[str, Handle
                                retry_delay=settings.operation_retry_delay)
 
     return [worker(settings.operation_threads, settings.operation_lease, False),
-            worker(settings.health_threads,
-                   max(settings.operation_lease, 3600 * settings.timeout_scale), True)]
+            worker(settings.health_threads, settings.operation_lease, True)]
 
 def console_capture(engine: Engine, settings: Settings) -> ConsoleCapture | None:
     """The console capture service of a worker process (None: no board machine).

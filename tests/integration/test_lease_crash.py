@@ -65,6 +65,10 @@ def _engine_process(url: str, log: Path, lab: dict[str, str]) -> subprocess.Pope
         "CORRAL_OPERATION_INTERVAL": "0.1", "CORRAL_OPERATION_THREADS": "16",
         "CORRAL_SWEEP_INTERVAL": "0.2",
         "CORRAL_LEASE_INTERVAL": "0.2", "CORRAL_LOG_FORMAT": "json", "CORRAL_LOG_LEVEL": "warning",
+        # Returned boards are health-checked before they are leased again.
+        "CORRAL_HEALTH_INTERVAL": "0.2", "CORRAL_HEALTH_THREADS": "16",
+        # A killed process's operations (checks too) are taken over within 5 s.
+        "CORRAL_OPERATION_LEASE": "5",
     }
     with log.open("a") as stderr:
         return subprocess.Popen([CORRAL, "serve", "--simulate", "--role", "worker"],

@@ -15,7 +15,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.health.definitions import (
@@ -75,6 +75,10 @@ class HealthSteps:
     console: Callable[[str, str, datetime], bool] | None = None
     pause: float = 1.0
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # The check's operation lease is renewed for this long at every try, so
+    # that a dead process's check is taken over within it, and a live one's
+    # never is.
+    lease_seconds: float | None = None
 
     def stop(self) -> None:
         """End running checks at their next try (the process stops): each
@@ -137,6 +141,7 @@ class HealthSteps:
         why = "never ran"
         while True:
             attempt += 1
+            self._renew(ctx)
             why = self._once(ctx, step, index, attempt, image, since) or ""
             if not why:
                 return
@@ -147,6 +152,12 @@ class HealthSteps:
                 raise Stopping("the process is stopping; the check runs again")
             if time.monotonic() >= deadline:  # no try after the step's timeout
                 raise StepFailed(f"{why} (for {step.timeout} s)")
+
+    def _renew(self, ctx: OperationContext) -> None:
+        if self.lease_seconds is not None:
+            with self.store.unit() as tx:
+                tx.operations.renew(ctx.operation_id, datetime.now(UTC) + timedelta(
+                    seconds=self.lease_seconds))
 
     def _once(self, ctx: OperationContext, step: Any, index: int, attempt: int,
               image: str | None, since: tuple[int, datetime]) -> str | None:

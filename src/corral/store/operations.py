@@ -63,6 +63,13 @@ class Operations(Repository):
                                    .returning(*operations.c))
         return sorted((OperationRow.from_row(r) for r in result), key=lambda op: op.id)
 
+    def renew(self, operation_id: int, until: datetime) -> None:
+        """Extend a running operation's lease (a long one, such as a health
+        check, is still being worked on)."""
+        self.conn.execute(update(operations).where(
+            operations.c.id == operation_id,
+            operations.c.status == OperationStatus.RUNNING.value).values(lease_expires_at=until))
+
     def lock(self, operation_id: int) -> OperationRow | None:
         row = self.conn.execute(select(operations).where(operations.c.id == operation_id)
                                 .with_for_update()).first()
