@@ -183,7 +183,8 @@ def _check_board_histories(engine: Engine) -> None:
         per_board[row.name].append(row)
     holds = returns = 0
     problems: list[str] = []
-    return_path = {"power_cycling", "rebooting", "pinging", "returning", "pxe_configuring"}
+    return_path = {"power_cycling", "rebooting", "pinging", "returning", "pxe_configuring",
+                   "check_queued", "checking", "judging"}
     for board, entries in per_board.items():
         holder: str | None = None
         going_home = False
