@@ -65,6 +65,19 @@ def _networks(value: str) -> str:
     return value
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
+
+
+def _boolean(text: str) -> bool:
+    """A variable's ``true``/``false`` (also 1/0, yes/no, on/off)."""
+    word = text.strip().lower()
+    if word not in _BOOLEANS:
+        raise ValueError(text)
+    return _BOOLEANS[word]
+
+
+Bool = Annotated[bool, _from_text(_boolean)]
 Int = Annotated[int, _from_text(int)]
 Float = Annotated[float, _from_text(float)]
 PositiveInt = Annotated[Int, Field(gt=0)]
@@ -142,6 +155,12 @@ class Settings(Strict):
     webhook_lease: PositiveFloat = 60.0
     webhook_failing_after: PositiveInt = 5
     webhook_max_backoff: PositiveFloat = 300.0
+    # Where deliveries may connect (docs/security.md#webhook-targets): private
+    # ranges only when allowed; networks allowed or refused whatever the
+    # default says (comma-separated, e.g. 127.0.0.1/32; deny wins).
+    webhook_allow_private: Bool = False
+    webhook_allow: Networks = ""
+    webhook_deny: Networks = ""
     # Seconds an operation waits for a free slot of its board's power
     # controller (a PDU, a relay bank) before trying again later.
     power_controller_wait: PositiveFloat = 60.0
@@ -244,7 +263,8 @@ class Settings(Strict):
 SETTINGS: tuple[str, ...] = tuple(Settings.model_fields)
 
 
-def parse_networks(value: str, origin: str = "boot_networks") -> list[Any]:
+def parse_networks(value: str, origin: str = "the configuration",
+                   name: str = "boot_networks") -> list[Any]:
     """``10.0.0.0/24, fd00::/64`` as address networks (empty: none).
 
     Raises:
@@ -252,7 +272,7 @@ def parse_networks(value: str, origin: str = "boot_networks") -> list[Any]:
     """
     wrong = _not_a_network(value)
     if wrong is not None:
-        raise ConfigError(f"boot_networks (from {origin}): {wrong!r} is not a network "
+        raise ConfigError(f"{name} (from {origin}): {wrong!r} is not a network "
                           "such as 10.0.0.0/24")
     return [ipaddress.ip_network(part, strict=False) for part in _parts(value)]
 

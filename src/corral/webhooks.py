@@ -30,13 +30,22 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
 from corral.errors import InvalidRequest, NotFound
-from corral.names import MAX_WEBHOOK_URL, WEBHOOK_NAME, WEBHOOK_URL
+from corral.names import WEBHOOK_NAME
 from corral.store.port import Store
 from corral.stream import FILTERS, PAGE, event_document, next_cursor, settled_horizon
+from corral.webhook_targets import (
+    Target,
+    TargetPolicy,
+    TargetRefused,
+    check_url,
+    excerpt,
+    redact_url,
+)
 
 log = structlog.get_logger("corral.webhooks")
 SIGNATURE = "Corral-Signature"
@@ -92,10 +101,7 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
 
     check_json({"name": name, "url": url, "filters": dict(filters), "secret": secret},
                "webhook", max_bytes=64 * 1024)
-    if len(url) > MAX_WEBHOOK_URL:
-        raise InvalidRequest(f"a webhook URL has at most {MAX_WEBHOOK_URL} characters")
-    if not WEBHOOK_URL.matches(url):
-        raise InvalidRequest(f"a webhook URL is http:// or https:// with a host, not {url!r}")
+    check_url(url)
     if len(secret) < 16:
         raise InvalidRequest("a webhook secret has at least 16 characters")
     clean = check_filters(filters)
@@ -112,7 +118,8 @@ def add_subscription(engine: Any, *, name: str | None, url: str, filters: Mappin
                            now=engine.clock())
     except DuplicateKey:
         raise Conflict(f"a webhook named {name!r} exists") from None
-    return {"name": name, "url": url, "filters": clean, "cursor": cursor}
+    return {"name": name, "url": redact_url(url), "filters": clean, "cursor": cursor}
+
 
 
 # What only delivery uses: the row's key and who holds its lease until when.
@@ -125,7 +132,8 @@ def list_subscriptions(store: Store) -> list[dict[str, Any]]:
     delivery lease)."""
     with store.unit() as tx:
         hooks = tx.webhooks.list()
-    return [{k: v for k, v in hook.items() if k not in _BOOKKEEPING} for hook in hooks]
+    return [{k: (redact_url(v) if k == "url" else v) for k, v in hook.items()
+             if k not in _BOOKKEEPING} for hook in hooks]
 
 
 def remove_subscription(store: Store, name: str) -> None:
@@ -140,10 +148,16 @@ def remove_subscription(store: Store, name: str) -> None:
         raise NotFound(f"no webhook {name!r}")
 
 
+# The most of a target's answer read (the rest is never downloaded); what is
+# kept of it in last_error is an excerpt of this.
+ANSWER_BYTES = 64 * 1024
+
+
 class WebhookDelivery:
     def __init__(self, store: Store, clock: Callable[[], datetime], *, owner: str,
                  timeout: float = 10.0, lease_seconds: float = 60.0, failing_after: int = 5,
-                 max_backoff: float = 300.0, batch: int = PAGE) -> None:
+                 max_backoff: float = 300.0, batch: int = PAGE,
+                 policy: TargetPolicy | None = None) -> None:
         self.store = store
         self.clock = clock
         self.owner = owner
@@ -152,10 +166,13 @@ class WebhookDelivery:
         self.failing_after = failing_after
         self.max_backoff = max_backoff
         self.batch = batch
+        self.policy = policy or TargetPolicy()
 
     def deliver_pass(self) -> int:
         """Deliver what is due for every subscription this process can lease;
-        returns how many events were accepted."""
+        returns how many events were accepted. One subscription's failure
+        (its target down or refused, its stored URL unusable) is its own: the
+        others are delivered all the same."""
         now = self.clock()
         with self.store.unit() as tx:
             hooks = tx.webhooks.claim(now=now, owner=self.owner, limit=16,
@@ -163,9 +180,25 @@ class WebhookDelivery:
         if not hooks:
             return 0
         horizon = settled_horizon(self.store)
-        return sum(self._deliver(hook, horizon) for hook in hooks)
+        delivered = 0
+        for hook in hooks:
+            try:
+                target = self.policy.target(hook["url"])
+            except TargetRefused as refused:
+                self._finish(hook, cursor=int(hook["cursor"]), delivered=0,
+                             error=excerpt(str(refused), 300), refused=True)
+                continue
+            try:
+                delivered += self._deliver(hook, target, horizon)
+            except Exception as exc:  # one subscription never stops the rest
+                # The type only: a message may carry the URL, password and all.
+                log.error("webhook_pass_failed", webhook=hook["name"],
+                          error=type(exc).__name__)
+                self._finish(hook, cursor=int(hook["cursor"]), delivered=0,
+                             error=f"delivery failed: {type(exc).__name__}")
+        return delivered
 
-    def _deliver(self, hook: Mapping[str, Any], horizon: int) -> int:
+    def _deliver(self, hook: Mapping[str, Any], target: Target, horizon: int) -> int:
         import httpx
 
         cursor = int(hook["cursor"])
@@ -175,31 +208,38 @@ class WebhookDelivery:
                                      filters=filters)
         delivered, error = 0, None
         deadline = time.monotonic() + self.lease_seconds / 2
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+        with httpx.Client(timeout=self.timeout, follow_redirects=False,
+                          trust_env=False) as client:
             for row in rows:
                 if time.monotonic() > deadline:
                     break  # the rest in the next pass, well within the lease
                 body = json.dumps(event_document(row), separators=(",", ":"),
                                   ensure_ascii=False).encode()
-                headers = {"Content-Type": "application/json", EVENT_ID: str(row.entry.id),
+                headers = {**target.headers, "Content-Type": "application/json",
+                           EVENT_ID: str(row.entry.id),
                            SIGNATURE: signature(hook["secret"], body, int(time.time())),
                            "User-Agent": "corral-webhook"}
-                try:
-                    answer = client.post(hook["url"], content=body, headers=headers)
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    break
-                if not 200 <= answer.status_code < 300:
-                    error = f"HTTP {answer.status_code}: {answer.text[:200]}"
+                error = _post(client, target, body, headers, deadline)
+                if error is not None:
                     break
                 cursor = row.entry.id
                 delivered += 1
             else:
                 # Every matching row up to the horizon is out: pass the others.
                 cursor = next_cursor(rows, cursor=cursor, horizon=horizon, limit=self.batch)
+        self._finish(hook, cursor=cursor, delivered=delivered,
+                     error=None if error is None else _without_password(error, hook["url"]))
+        return delivered
+
+    def _finish(self, hook: Mapping[str, Any], *, cursor: int, delivered: int,
+                error: str | None, refused: bool = False) -> None:
+        """Record the pass. A refused target is failing at once and looked at
+        again after the longest backoff (the policy, or the name's address,
+        may change)."""
         failures = 0 if error is None else int(hook["failures"]) + 1
-        status = "failing" if failures >= self.failing_after else "ok"
-        backoff = min(self.max_backoff, 2.0 ** (failures - 1)) if failures else 0.0
+        status = "failing" if failures >= self.failing_after or refused else "ok"
+        backoff = (self.max_backoff if refused
+                   else min(self.max_backoff, 2.0 ** (failures - 1)) if failures else 0.0)
         with self.store.unit() as tx:
             kept = tx.webhooks.finish_pass(
                 hook["id"], owner=self.owner, cursor=cursor, delivered=delivered,
@@ -211,4 +251,35 @@ class WebhookDelivery:
                         error=error, status=status)
         if not kept:
             log.warning("webhook_lease_lost", webhook=hook["name"])
-        return delivered
+
+
+def _post(client: Any, target: Target, body: bytes, headers: Mapping[str, str],
+          deadline: float) -> str | None:
+    """POST one event; None when accepted (any 2xx), else what went wrong:
+    the status line and an excerpt of the answer, of which at most
+    ANSWER_BYTES are read, and no longer than the pass may last."""
+    import httpx
+
+    try:
+        with client.stream("POST", target.url, content=body, headers=headers,
+                           extensions=target.extensions) as answer:
+            text = b""
+            for chunk in answer.iter_raw():
+                text += chunk
+                if len(text) >= ANSWER_BYTES or time.monotonic() > deadline:
+                    break
+            if 200 <= answer.status_code < 300:
+                return None
+            reason = excerpt(answer.reason_phrase, 40)
+            return excerpt(f"HTTP {answer.status_code} {reason}: "
+                           f"{text[:ANSWER_BYTES].decode('utf-8', 'replace')}", 300)
+    except httpx.HTTPError as exc:
+        return excerpt(f"{type(exc).__name__}: {exc}", 300)
+
+
+def _without_password(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text

@@ -6,6 +6,7 @@ with SIGKILL mid-delivery loses nothing."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -19,11 +20,21 @@ from prometheus_client import generate_latest
 
 from corral.api.metrics import build_registry
 from corral.errors import Conflict, InvalidRequest
-from corral.webhooks import EVENT_ID, SIGNATURE, WebhookDelivery, add_subscription, verify
+from corral.webhook_targets import TargetPolicy
+from corral.webhooks import (
+    EVENT_ID,
+    SIGNATURE,
+    WebhookDelivery,
+    add_subscription,
+    list_subscriptions,
+    verify,
+)
 from tests.acceptance.test_http import CORRAL
 from tests.integration.helpers import history_count
 
 SECRET = "whsec-0123456789abcdef"
+# The receivers here listen on loopback, which the default policy refuses.
+LOCAL = TargetPolicy(allow=(ipaddress.ip_network("127.0.0.0/8"),))
 
 
 class Receiver:
@@ -31,8 +42,10 @@ class Receiver:
     ``fail_first`` deliveries (or all, with ``always_fail``)."""
 
     def __init__(self, *, fail_first: int = 0, always_fail: bool = False,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, error_body: bytes = b"") -> None:
         self.fail_first, self.always_fail, self.delay = fail_first, always_fail, delay
+        self.error_body = error_body
+        self.authorizations: list[str | None] = []
         self.accepted: list[int] = []
         self.requests = 0
         self.bad_signatures = 0
@@ -43,6 +56,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests += 1
+                receiver.authorizations.append(self.headers.get("Authorization"))
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 if not verify(SECRET, body, self.headers.get(SIGNATURE, "")):
@@ -57,9 +71,11 @@ class Receiver:
                     receiver.accepted.append(event)
                     receiver.documents[event] = document
                     status = 204
+                answer = receiver.error_body if status == 500 else b""
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -91,7 +107,7 @@ def test_every_event_arrives_once_in_order_after_retries(engine, clock):
         for n in range(24):
             engine.force_state("board", f"w{n % 4}", "maintenance" if n % 2 else "ready",
                                actor="t", reason=f"event {n}")
-        delivery = WebhookDelivery(engine.store, clock, owner="t")
+        delivery = WebhookDelivery(engine.store, clock, owner="t", policy=LOCAL)
         for _ in range(20):
             delivery.deliver_pass()
             clock.advance(10)  # past any backoff
@@ -117,7 +133,8 @@ def test_a_receiver_that_keeps_failing_marks_the_subscription_failing(engine, cl
         engine.create("board", "f1")
         add_subscription(engine, name="broken", url=receiver.url, filters={}, secret=SECRET,
                          from_start=True)
-        delivery = WebhookDelivery(engine.store, clock, owner="t", failing_after=3)
+        delivery = WebhookDelivery(engine.store, clock, owner="t", failing_after=3,
+                                   policy=LOCAL)
         waits = []
         for _ in range(4):
             delivery.deliver_pass()
@@ -177,7 +194,8 @@ def test_no_event_is_lost_when_the_worker_is_killed_mid_delivery(migrated_url, t
                      from_start=True)
     env = os.environ | {"CORRAL_DATABASE_URL": migrated_url, "CORRAL_LOG_FORMAT": "json",
                         "CORRAL_WEBHOOK_LEASE": "3", "CORRAL_WEBHOOK_INTERVAL": "0.1",
-                        "CORRAL_COMMAND_BOOT_LOCAL": "true"}
+                        "CORRAL_COMMAND_BOOT_LOCAL": "true",
+                        "CORRAL_WEBHOOK_ALLOW": "127.0.0.1/32"}
 
     def worker() -> subprocess.Popen:
         with (tmp_path / "worker.log").open("a") as log:
@@ -245,7 +263,7 @@ def test_lease_transitions_and_the_expiry_warning_reach_a_lease_subscription(eng
         scheduler.run_pass()                               # the warning
         clock.advance(60)
         engine.sweeper.sweep_timeouts()                    # the expiry
-        delivery = WebhookDelivery(engine.store, clock, owner="t")
+        delivery = WebhookDelivery(engine.store, clock, owner="t", policy=LOCAL)
         delivery.deliver_pass()
         documents = [receiver.documents[e] for e in receiver.accepted]
         assert {d["kind"] for d in documents} == {"lease"}
@@ -256,5 +274,93 @@ def test_lease_transitions_and_the_expiry_warning_reach_a_lease_subscription(eng
         warning = documents[4]
         assert warning["to_state"] == "active"
         assert receiver.accepted == sorted(receiver.accepted)
+    finally:
+        receiver.close()
+
+
+def _hook(engine, name):  # type: ignore[no-untyped-def]
+    with engine.store.unit() as tx:
+        return next(h for h in tx.webhooks.list() if h["name"] == name)
+
+
+def test_the_default_policy_refuses_a_loopback_receiver_before_connecting(engine, clock):
+    receiver = Receiver()
+    try:
+        engine.create("board", "p1")
+        add_subscription(engine, name="inside", url=receiver.url, filters={}, secret=SECRET,
+                         from_start=True)
+        assert WebhookDelivery(engine.store, clock, owner="t").deliver_pass() == 0
+        hook = _hook(engine, "inside")
+        assert receiver.requests == 0                       # never connected
+        assert hook["status"] == "failing"
+        assert hook["last_error"].startswith("127.0.0.1 is a loopback address")
+        assert hook["cursor"] == 0
+        assert (hook["next_attempt_at"] - clock()).total_seconds() == 300   # longest backoff
+    finally:
+        receiver.close()
+
+
+def test_a_poisoned_stored_url_is_marked_failing_and_the_others_still_deliver(engine, clock):
+    """Rows stored before the URL check (or by hand) with CR/LF, spaces or
+    control characters in the URL: the pass marks each failing with a reason
+    and delivers the good subscription all the same."""
+    receiver = Receiver()
+    poisoned = ["http://x/\r\nX-Injected: 1", "http://x y/", "http://x/\x01", "gopher://x/"]
+    try:
+        engine.create("board", "g1")
+        with engine.store.unit() as tx:
+            for n, url in enumerate(poisoned):
+                tx.webhooks.add(name=f"bad-{n}", url=url, filters={}, secret=SECRET, cursor=0,
+                                now=clock())
+        add_subscription(engine, name="good", url=receiver.url, filters={}, secret=SECRET,
+                         from_start=True)
+        delivered = WebhookDelivery(engine.store, clock, owner="t", policy=LOCAL).deliver_pass()
+        assert delivered == len(_history_ids(engine))
+        assert receiver.accepted == _history_ids(engine)
+        for n in range(len(poisoned)):
+            hook = _hook(engine, f"bad-{n}")
+            assert hook["status"] == "failing"
+            assert hook["last_error"].startswith("a webhook URL is http:// or https://")
+            assert not any(ord(c) < 32 for c in hook["last_error"])
+        assert _hook(engine, "good")["status"] == "ok"
+    finally:
+        receiver.close()
+
+
+def test_last_error_keeps_only_the_status_line_and_a_short_clean_excerpt(engine, clock):
+    body = b"\x1b[31mboom\r\n\tat line 1\x00" + b"A" * 2_000_000
+    receiver = Receiver(always_fail=True, error_body=body)
+    try:
+        engine.create("board", "e1")
+        add_subscription(engine, name="noisy", url=receiver.url, filters={}, secret=SECRET,
+                         from_start=True)
+        WebhookDelivery(engine.store, clock, owner="t", policy=LOCAL).deliver_pass()
+        error = _hook(engine, "noisy")["last_error"]
+        assert error.startswith("HTTP 500 Internal Server Error: [31mboom at line 1 AAA")
+        assert len(error) <= 300
+        assert error.endswith("…")
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in error)
+    finally:
+        receiver.close()
+
+
+def test_a_password_in_the_url_is_used_but_never_shown(engine, clock, tmp_path, capsys):
+    receiver = Receiver(always_fail=True)
+    url = receiver.url.replace("http://", "http://relay:hunter2-not-shown@")
+    try:
+        engine.create("board", "u1")
+        added = add_subscription(engine, name="basic", url=url, filters={}, secret=SECRET,
+                                 from_start=True)
+        assert added["url"] == receiver.url.replace("http://", "http://relay:***@")
+        [listed] = list_subscriptions(engine.store)
+        assert listed["url"] == added["url"]
+        with pytest.raises(InvalidRequest) as refused:
+            add_subscription(engine, name="b2", url=url + " x", filters={}, secret=SECRET)
+        assert "hunter2" not in str(refused.value)
+        assert "relay:***@" in str(refused.value)
+        WebhookDelivery(engine.store, clock, owner="t", policy=LOCAL).deliver_pass()
+        assert receiver.authorizations[0] == "Basic cmVsYXk6aHVudGVyMi1ub3Qtc2hvd24="
+        assert "hunter2" not in _hook(engine, "basic")["last_error"]
+        assert "hunter2" not in capsys.readouterr().out
     finally:
         receiver.close()

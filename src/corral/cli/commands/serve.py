@@ -175,13 +175,14 @@ def _worker_jobs(engine: Engine, settings: Settings, workers: list[OperationWork
             lambda: engine.sweeper.expire_idempotency_keys(keep), IDEMPOTENCY_EXPIRY_INTERVAL)
     jobs["count_states"] = (engine.sweeper.refresh_state_counts,
                             settings.state_count_interval)
+    from corral.webhook_targets import TargetPolicy
     from corral.webhooks import WebhookDelivery
 
     delivery = WebhookDelivery(
         engine.store, engine.clock, owner=settings.owner,
         timeout=settings.webhook_timeout, lease_seconds=settings.webhook_lease,
         failing_after=settings.webhook_failing_after,
-        max_backoff=settings.webhook_max_backoff)
+        max_backoff=settings.webhook_max_backoff, policy=TargetPolicy.from_settings(settings))
     jobs["webhooks"] = (delivery.deliver_pass, settings.webhook_interval)
     ages = retention(settings)
     if any(ages.values()):
