@@ -175,6 +175,31 @@ def test_an_operator_watches_the_fleet_live_and_forces_a_state(console):
     assert _refused_by_policy(driver) == []
 
 
+def test_an_operator_health_checks_a_failed_board_from_its_page(console):
+    """The board page's health check: b3 (failed_pinging) queues for a check
+    with a burn-in of two more, and the history says so."""
+    driver, base, tokens, engine = console
+    _login(driver, base, tokens["operator"])
+    driver.get(f"{base}/#/board/b3")
+    _wait(driver, lambda d: d.find_element("id", "check"), what="the health check form")
+    # The check is the form's, not a bare event button beside it.
+    fired = [b.text for b in driver.find_elements("css selector", "button.fire")]
+    assert "check" not in fired
+    loop = driver.find_element("id", "check-loop")
+    loop.clear()
+    loop.send_keys("2")
+    driver.find_element("id", "check-reason").send_keys("NIC reseated")
+    driver.find_element("css selector", "#check button").click()
+    _wait(driver, lambda d: "check_queued" in d.find_element("id", "action-result").text,
+          what="the check's answer")
+    assert engine.get("board", "b3").state == "check_queued"
+    [entry] = engine.history("board", "b3", limit=1)
+    assert (entry.event, entry.reason, entry.actor) == ("check", "NIC reseated", "olga")
+    with engine.store.unit() as tx:
+        assert tx.health.board("b3")["loop"] == 2
+    assert _refused_by_policy(driver) == []
+
+
 def test_a_viewer_sees_no_actions(console):
     driver, base, tokens, _engine = console
     _login(driver, base, tokens["viewer"])

@@ -16,7 +16,7 @@ import pytest
 from corral.app import build_handlers, build_worker
 from corral.config import Settings
 from corral.health.definitions import Definition as Check
-from corral.health.definitions import Definitions, PingStep, PowerCycleStep, Rules
+from corral.health.definitions import Definitions, NetbootStep, PingStep, PowerCycleStep, Rules
 from corral.health.service import HealthPass, install
 from corral.health.steps import HealthSteps
 
@@ -35,9 +35,10 @@ class Lab:
         self.health = HealthPass(engine, settings, definitions)
         handlers = build_handlers(settings, simulate=True, engine=engine)
         # The checks' own definitions, as statemachines/health/ would give them.
-        handlers["health_check"] = HealthSteps(store=engine.store, definitions=definitions,
-                                               handlers=dict(handlers),
-                                               timeout_scale=settings.timeout_scale, pause=0.01)
+        self.steps = HealthSteps(store=engine.store, definitions=definitions,
+                                 handlers=dict(handlers), timeout_scale=settings.timeout_scale,
+                                 pause=0.01)
+        handlers["health_check"] = self.steps
         self.worker = build_worker(engine, settings, handlers)
         self.peak = 0
 
@@ -144,6 +145,51 @@ def test_one_failure_makes_a_board_suspect_and_k_of_n_fail_it(make_lab):
     lab.until(lambda: lab.state("b2") in ("suspect", "failed_health"))
     assert lab.state("b2") == "suspect"
     assert "1 of its last 3 checks failed" in lab.results("b2")[-1]["rule"]
+
+
+def test_an_operator_check_fired_as_a_plain_event_starts_the_count_over_too(make_lab):
+    """The console's and `corral board event NAME check`'s way (the generic
+    event route) repairs like `corral board check`: earlier failures no
+    longer count."""
+    lab = make_lab(sim_dead_boards="b2")
+    enrol(lab, {"b2": BOARDS["b2"]})
+    lab.until(lambda: lab.state("b2") == "failed_health")
+    lab.engine.fire("board", "b2", "check", source="operator", actor="op",
+                    reason="relay replaced (not really)")
+    lab.until(lambda: lab.state("b2") in ("suspect", "failed_health"))
+    assert lab.state("b2") == "suspect"
+    assert "1 of its last 3 checks failed" in lab.results("b2")[-1]["rule"]
+
+
+def test_an_image_that_fails_on_several_boards_is_blamed_and_the_next_one_tried(make_lab):
+    """Boards that netboot image bad-1 never answer a ping; once it failed on
+    health_image_threshold other boards within the window, the next board's
+    failure on it is the image's: suspect, re-checked with good-2, ready."""
+    checks = Definitions.of_list([Check(name="images", images=["bad-1", "good-2"], steps=[
+        NetbootStep(step="netboot"), PingStep(step="ping")], rules=Rules(max_checking=1))])
+    lab = make_lab(checks, health_image_threshold=2)
+    ping = lab.steps.handlers["ping"]
+
+    def ping_unless_bad_image(ctx: Any) -> Any:
+        from corral.operations.base import OperationFailed
+
+        if ctx.vars.get("release") == "bad-1":
+            raise OperationFailed("no answer (the image did not boot)")
+        return ping(ctx)
+
+    lab.steps.handlers["ping"] = ping_unless_bad_image
+    boards = {b: BOARDS[b] for b in ("b1", "b2", "b3", "b5")}
+    enrol(lab, boards)
+    lab.until(lambda: all(lab.state(b) == "ready" for b in boards), rounds=200)
+    first = [lab.results(b)[0] for b in sorted(boards, key=lambda b: lab.results(b)[0]["id"])]
+    assert all(r["image"] == "bad-1" and r["outcome"] == "failed" for r in first)
+    # The first two are the boards' (nothing else failed on bad-1 yet); from
+    # the third on, bad-1 had failed on two other boards: the image's.
+    assert [r["blame"] for r in first] == ["board", "board", "image", "image"]
+    assert "blamed on the image" in first[2]["rule"]
+    for board in boards:
+        assert [(r["image"], r["decision"]) for r in lab.results(board)] == [
+            ("bad-1", "suspect"), ("good-2", "passed")]
 
 
 def test_a_hard_fault_fails_a_board_at_once(make_lab):

@@ -396,6 +396,12 @@ class _Pass:
             if busy.get(check, 0) >= cap:
                 continue
             busy[check] = busy.get(check, 0) + 1
+            newest = self.tx.history.newest_of(board.id)
+            if newest is not None and newest.event == "check":
+                # An operator's check, however it was fired (request_check,
+                # the generic event route, the console): the board's earlier
+                # failures no longer count.
+                self.tx.health.put(board.name, counted_after=self.tx.health.newest_result())
             self.fire(board.name, "admit", f"{check}: {busy[check]} of at most {cap} boards "
                       f"in checks", {"check": check})
             self.report["admitted"].append(board.name)

@@ -299,10 +299,18 @@ function addHistory(page) {
 function actions(kind, name, e) {
   const states = state.definitions[kind].states.map((s) => s.name)
     .filter((s) => isAdmin() || s !== "retired");
-  const events = e.allowed_events.map((ev) =>
+  // A board's health check has its own route (burn-in loops, docs/health.md).
+  const checkable = kind === "board" && e.allowed_events.includes("check");
+  const events = e.allowed_events.filter((ev) => !(checkable && ev === "check")).map((ev) =>
     `<button class="fire" data-event="${esc(ev)}">${esc(ev)}</button>`).join("");
+  const check = checkable ? `<form id="check">
+      <label>burn-in: <input id="check-loop" type="number" min="0" max="1000" value="0">
+        more checks</label>
+      <input id="check-reason" placeholder="reason (optional)">
+      <button type="submit">health check</button></form>` : "";
   return `<div class="card actions" id="actions"><h3>actions</h3>
-    <div>${events || '<span class="muted">no event you may fire here</span>'}</div>
+    <div>${events || (checkable ? "" : '<span class="muted">no event you may fire here</span>')}</div>
+    ${check}
     <form id="force"><select id="force-state">${states.map((s) =>
       `<option>${esc(s)}</option>`).join("")}</select>
       <input id="force-reason" placeholder="reason (required)" required>
@@ -324,6 +332,15 @@ function wireActions(kind, name, e) {
         report(`${body.from_state} -> ${body.state}`);
       } catch (error) { report(error.message, true); }
     }));
+  if ($("check")) $("check").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {loop: Number($("check-loop").value) || 0};
+    if ($("check-reason").value) body.reason = $("check-reason").value;
+    try {
+      const answer = await api(`${path}/check`, {method: "POST", body: JSON.stringify(body)});
+      report(`${answer.body.from_state} -> ${answer.body.state} (a health check is queued)`);
+    } catch (error) { report(error.message, true); }
+  });
   $("force").addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = {state: $("force-state").value, reason: $("force-reason").value};
