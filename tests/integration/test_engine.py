@@ -341,3 +341,32 @@ def test_import_is_all_or_nothing(engine):
     created = engine.import_machines("board", {"b1": {"arch": "x"}, "b2": {"arch": "y"}})
     assert [r.name for r in created] == ["b1"]
     assert engine.get("board", "b2").attrs == {"arch": "y"}
+
+
+def test_a_batch_of_machine_rows_is_rewritten_each_with_its_own_values(engine, clock):
+    """One statement rewrites a sweep batch on MariaDB (an UPDATE joined to
+    the new values); each row gets exactly its own state, deadline (NULL
+    included), counters, epoch and times, and rows outside the batch none."""
+    from datetime import timedelta
+
+    from corral.store.values import StateChange
+
+    engine.import_machines("board", {f"r{i}": {} for i in range(7)})
+    with engine.store.unit() as tx:
+        rows = {r.name: r for r in tx.machines.list("board")}
+        at = clock() + timedelta(microseconds=123456)
+        changes = [StateChange(id=rows[f"r{i}"].id, state=f"state-{i}",
+                               state_entered_at=at + timedelta(seconds=i),
+                               deadline=None if i % 2 == 0 else at + timedelta(hours=i),
+                               counters={"tries": i, **({"other": 1} if i == 3 else {})},
+                               epoch=rows[f"r{i}"].epoch + i, updated_at=at)
+                   for i in range(6)]
+        tx.machines.update(changes)
+    with engine.store.unit() as tx:
+        after = {r.name: r for r in tx.machines.list("board")}
+    for i, change in enumerate(changes):
+        row = after[f"r{i}"]
+        assert (row.state, row.state_entered_at, row.deadline, row.counters, row.epoch) == (
+            change.state, change.state_entered_at, change.deadline, dict(change.counters),
+            change.epoch), i
+    assert (after["r6"].state, after["r6"].epoch) == (rows["r6"].state, rows["r6"].epoch)

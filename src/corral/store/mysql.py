@@ -9,6 +9,9 @@ differently:
   not fit is an error, never silently cut); with the session time zone UTC;
 - no ``UPDATE ... RETURNING``: a lease selects its rows first (``FOR UPDATE
   SKIP LOCKED``), then changes and reads them by id;
+- many machine rows (a sweep batch's) are rewritten by one ``UPDATE`` joined
+  to their new values, not one statement per row (PyMySQL's
+  ``executemany`` batches only ``INSERT``);
 - a named lock (the scheduler's, the state recount's) is ``GET_LOCK``,
   released when the transaction ends;
 - history ids come from one counter row (``history_counter``), taken as the
@@ -25,22 +28,56 @@ Which driver, and why: ``bench/mariadb_drivers.py`` and docs/performance.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text, union_all, update
 
 from corral.errors import Unavailable
+from corral.store.machines import Machines
 from corral.store.operations import Operations
-from corral.store.schema import history_counter, operations
+from corral.store.schema import history_counter, machines, operations
 from corral.store.sql import SqlStore, SqlTx, translated
 from corral.store.stream import Stream
-from corral.store.values import Kinds, OperationRow, WriteSet
+from corral.store.values import Kinds, OperationRow, StateChange, WriteSet
 
 # How long a lock's taker waits for another process to let go (seconds).
 LOCK_WAIT = 60
+
+
+# The columns an event rewrites, and the most rows one statement carries.
+_CHANGED = ("state", "state_entered_at", "deadline", "counters", "epoch", "updated_at")
+UPDATE_CHUNK = 500
+
+
+class MysqlMachines(Machines):
+    """Many rows in one statement: ``UPDATE machines, (SELECT ... UNION ALL
+    SELECT ...) AS v SET ... WHERE machines.id = v.id`` (the derived table
+    works on MariaDB and MySQL alike, where their ``VALUES`` constructors
+    differ)."""
+
+    def update(self, changes: Sequence[StateChange]) -> None:
+        if len(changes) <= 1:
+            super().update(changes)
+            return
+        for start in range(0, len(changes), UPDATE_CHUNK):
+            self._update_joined(changes[start:start + UPDATE_CHUNK])
+
+    def _update_joined(self, changes: Sequence[StateChange]) -> None:
+        rows, params = [], {}
+        for n, change in enumerate(changes):
+            values = {"id": change.id, "state": change.state,
+                      "state_entered_at": change.state_entered_at,
+                      "deadline": change.deadline, "counters": dict(change.counters),
+                      "epoch": change.epoch, "updated_at": change.updated_at}
+            rows.append(select(*(bindparam(f"{column}_{n}", type_=machines.c[column].type)
+                                 .label(column) for column in values)))
+            params.update({f"{column}_{n}": value for column, value in values.items()})
+        new = union_all(*rows).subquery("v")
+        self.conn.execute(update(machines).where(machines.c.id == new.c.id)
+                          .values({column: new.c[column] for column in _CHANGED}), params)
 
 
 class MysqlOperations(Operations):
@@ -78,6 +115,7 @@ class MysqlStream(Stream):
 class MysqlTx(SqlTx):
     """One transaction on MariaDB or MySQL (see the module docstring)."""
 
+    machines_class = MysqlMachines
     operations_class = MysqlOperations
     stream_class = MysqlStream
 
