@@ -23,6 +23,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -30,6 +31,7 @@ from sqlalchemy import text
 
 from corral.store.db import RECYCLE_SECONDS
 from corral.store.driver import DriverErrors, loads_json
+from corral.store.notifier import HistoryNotifier
 from corral.store.sql import SqlStore, SqlTx, translated, translated_async
 from corral.store.stream import Stream
 from corral.store.values import MachineState, WriteSet
@@ -140,9 +142,9 @@ WHERE id = %(id)s
 
 PG_LOCK_NAMED = "SELECT pg_advisory_xact_lock(hashtext(:name))"
 
-# Wakes the event stream's readers (LISTEN corral_history) when the write
-# commits; the table stays the truth, so a lost notification only delays.
-PG_NOTIFY_HISTORY = "SELECT pg_notify('corral_history', '')"
+# Wakes the event stream's readers (LISTEN corral_history) once writes have
+# committed: sent by the process's notifier after the commit, never inside
+# a writer's transaction (corral.store.notifier says why).
 HISTORY_CHANNEL = "corral_history"
 
 # The event stream's horizon, in two statements (see PgTx.history_horizon_candidate).
@@ -214,8 +216,6 @@ def _write_statements(batch: WriteSet) -> list[tuple[str, Mapping[str, Any]]]:
     statements += [(PG_UPDATE_VARS, {"id": change.id, "replace": change.replace,
                                      "values": _dumps(change.values)})
                    for change in batch.vars_changes]
-    if history:
-        statements.append((PG_NOTIFY_HISTORY, {}))
     return statements
 
 
@@ -309,6 +309,7 @@ class PgEventTx:
 
     def __init__(self, cursor: Any, run: Callable[[Any, Step], Any] = _run) -> None:
         self.wrote = False
+        self.wrote_history = False
 
         def runner(steps: Step) -> Any:
             return run(cursor, steps)
@@ -320,6 +321,7 @@ class PgEventTx:
     def write(self, batch: WriteSet) -> Any:
         if batch:
             self.wrote = True
+            self.wrote_history |= bool(batch.history)
         return self._run(_write(batch))
 
 
@@ -354,10 +356,12 @@ class PgTx(SqlTx):
     tables, the event writer for events (on the same connection)."""
 
     stream_class = PgStream
+    wrote_history = False
 
     def write(self, batch: WriteSet) -> None:
         if not batch:
             return
+        self.wrote_history |= bool(batch.history)
         driver = self.conn.connection.driver_connection
         assert driver is not None
         with driver.cursor() as cursor:
@@ -414,6 +418,29 @@ class PgStore(SqlStore):
     #: Seconds an asyncio connection may live (as the pool's recycle).
     recycle_seconds = float(RECYCLE_SECONDS)
 
+    @cached_property
+    def notifier(self) -> HistoryNotifier:
+        """Sends the stream's NOTIFY after commits (corral.store.notifier)."""
+        def connect() -> psycopg.Connection[Any]:
+            return psycopg.connect(self._libpq_url(), autocommit=True,
+                                   application_name="corral-notify")
+        return HistoryNotifier(connect, HISTORY_CHANNEL)
+
+    def _libpq_url(self) -> str:
+        return self.sa.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @contextmanager
+    def unit(self) -> Iterator[SqlTx]:
+        with super().unit() as tx:
+            yield tx
+        if getattr(tx, "wrote_history", False):
+            self.notifier.poke()
+
+    def dispose(self) -> None:
+        if "notifier" in self.__dict__:
+            self.notifier.close()
+        super().dispose()
+
     @contextmanager
     def events(self) -> Iterator[PgEventTx]:
         """One event transaction: commit on success, roll back on error."""
@@ -439,6 +466,8 @@ class PgStore(SqlStore):
                             # server rolls back.
                             fairy.invalidate()
                         raise
+                if tx.wrote_history:
+                    self.notifier.poke()
             except BaseException:
                 if pg.broken and fairy.is_valid:
                     # The server went away: never hand this connection out again.
@@ -451,9 +480,8 @@ class PgStore(SqlStore):
 
     def history_listener(self) -> Any:
         """LISTENs for committed history (writers NOTIFY); see SqlStore's."""
-        url = self.sa.url.set(drivername="postgresql")
         with translated(PSYCOPG_ERRORS):
-            conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
+            conn = psycopg.connect(self._libpq_url(), autocommit=True,
                                    application_name="corral-events")
             conn.execute(f"LISTEN {HISTORY_CHANNEL}")
         return _PgListener(conn)
@@ -492,6 +520,8 @@ class PgStore(SqlStore):
                         if tx.wrote:
                             await conn.close()
                         raise
+                if tx.wrote_history:
+                    self.notifier.poke()
             except BaseException:
                 if conn.broken:
                     await conn.close()

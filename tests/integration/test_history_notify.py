@@ -1,0 +1,121 @@
+"""On PostgreSQL the event stream's readers are woken by a NOTIFY sent after
+each burst of commits by the writing process's notifier, never from inside a
+writer's transaction (where it would make every commit of the cluster take
+the notification lock in turn): every event path wakes a listener, a burst
+of commits is coalesced, and a disposed store leaves no connection behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from corral.engine.core import Engine
+from corral.store import open_store
+from corral.store.postgres import HISTORY_CHANNEL, _write_statements
+from corral.store.values import WriteSet
+
+pytestmark = pytest.mark.postgres
+
+
+def _listener(url: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True)
+    conn.execute(f"LISTEN {HISTORY_CHANNEL}")
+    return conn
+
+
+def _woken(conn: psycopg.Connection[Any]) -> int:
+    """Notifications that arrive within 10 s (the first), then any others at once."""
+    first = list(conn.notifies(timeout=10, stop_after=1))
+    return len(first) + len(list(conn.notifies(timeout=0.5)))
+
+
+def test_every_event_path_wakes_a_listener_after_its_commit(pg_migrated_url, machines):
+    store = open_store(pg_migrated_url)
+    engine = Engine(store, machines)
+    listener = _listener(pg_migrated_url)
+    try:
+        engine.import_machines("board", {"n1": {}, "n2": {}})      # a general transaction
+        assert _woken(listener) >= 1
+        engine.force_state("board", "n1", "ready", actor="t", reason="set-up")
+        assert _woken(listener) >= 1
+        engine.fire("board", "n1", "reboot", source="operator", actor="t")   # the event path
+        assert _woken(listener) >= 1
+
+        async def one_async_event() -> None:
+            conn = await store.connect_async()
+            try:
+                async with store.async_events(conn) as tx:
+                    row = await tx.machines.lock("board", "n2")
+                    assert row is not None
+            finally:
+                await store.close_async(conn)
+        asyncio.run(one_async_event())          # locked, wrote nothing: nobody is woken
+        assert _woken(listener) == 0
+    finally:
+        listener.close()
+        store.dispose()
+
+
+def test_pokes_while_a_notify_is_on_its_way_are_sent_as_one():
+    """The coalescing itself, with a connection whose NOTIFY is held up: the
+    50 pokes that arrive meanwhile make one more NOTIFY, not 50."""
+    from corral.store.notifier import HistoryNotifier
+
+    release, sending = threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    class Held:
+        closed = False
+
+        def execute(self, sql: str) -> None:
+            sending.set()
+            release.wait(10)
+            sent.append(sql)
+
+        def close(self) -> None:
+            self.closed = True
+
+    notifier = HistoryNotifier(Held, "corral_history")
+    notifier.poke()
+    assert sending.wait(10)
+    for _ in range(50):
+        notifier.poke()
+    release.set()
+    deadline = time.monotonic() + 10
+    while notifier.sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    notifier.close()
+    assert sent == ["NOTIFY corral_history"] * 2
+
+
+def test_the_write_itself_sends_no_notification():
+    from datetime import UTC, datetime
+
+    from corral.store.values import StateChange
+
+    now = datetime.now(UTC)
+    batch = WriteSet(changes=[StateChange(id=1, state="ready", state_entered_at=now,
+                                          deadline=None, counters={}, epoch=2, updated_at=now)],
+                     history=[{"machine_id": 1, "from_state": "new", "to_state": "ready",
+                               "event": "e", "source": "operator", "actor": None,
+                               "reason": None, "at": now, "payload": None,
+                               "operation_id": None}])
+    assert not any("notify" in sql.lower() for sql, _ in _write_statements(batch))
+
+
+def test_a_disposed_store_leaves_no_notifier_connection(pg_migrated_url, machines):
+    store = open_store(pg_migrated_url)
+    Engine(store, machines).import_machines("board", {"d1": {}})
+    assert store.notifier.sent >= 0
+    store.dispose()
+    with psycopg.connect(pg_migrated_url.replace("postgresql+psycopg", "postgresql"),
+                         autocommit=True) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                            "WHERE application_name = 'corral-notify' "
+                            "AND datname = current_database()").fetchone()
+    assert left == (0,)
