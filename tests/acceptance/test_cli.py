@@ -109,7 +109,7 @@ def test_disallowed_event_exits_nonzero_with_allowed_events(corral, inventory):
     result = corral("board", "event", "b1", "install_ok", check=False)
     assert result.returncode == 7
     assert result.stderr.strip() == (
-        "error: board event 'install_ok' is reported by the board itself, not by an admin; "
+        "error: install_ok is reported by the board itself; "
         "operators can force a state with `corral board force-state`")
     assert json.loads(corral("board", "history", "b1", "--json").stdout)[0]["event"] == "create"
 
