@@ -367,3 +367,41 @@ def test_job_submit_refuses_hostile_specs_with_their_field(corral, tmp_path):
         assert result.stderr.startswith("error: invalid job spec:\n")
         assert message in result.stderr
     assert json.loads(corral("job", "list", "--json").stdout) == []
+
+
+# `corral` as `pip install corral` (without the power extra) runs it: the
+# named packages do not import, whatever this environment has installed.
+WITHOUT = """import sys
+for package in sys.argv[1].split(","):
+    for name in [n for n in sys.modules if n.startswith(package + ".")] + [package]:
+        sys.modules[name] = None
+from corral.cli.main import cli
+cli(sys.argv[2:], prog_name="corral")
+"""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_without_the_power_extra_a_redfish_board_is_refused_not_retried(corral, tmp_path):
+    lab = tmp_path / "bmc.yaml"
+    lab.write_text('boards:\n  - name: rf-1\n    mac: "02:00:00:00:00:11"\n'
+                   '    power: {driver: redfish, address: "https://bmc-1.lab"}\n')
+
+    def without_sushy(*args: str) -> subprocess.CompletedProcess:
+        env = os.environ | {"CORRAL_DATABASE_URL": corral.url, "CORRAL_LOG_FORMAT": "json"}
+        return subprocess.run([sys.executable, "-c", WITHOUT, "sushy", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    refused = without_sushy("board", "import", str(lab))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        f"error: {lab}:4: boards[0].power.driver: driver redfish needs the power extra: "
+        "pip install 'corral[power]'")
+    assert json.loads(corral("board", "list", "--json").stdout) == []
+    # Imported where the extra is installed, then served where it is not.
+    corral("board", "import", str(lab))
+    for args in (("serve", "--simulate", "--role", "worker"), ("sweep", "--once")):
+        started = without_sushy(*args)
+        assert started.returncode == 2, started.stderr
+        assert started.stderr.strip().endswith(
+            "error: driver redfish needs the power extra: pip install 'corral[power]' "
+            "(board rf-1 names it)"), started.stderr

@@ -126,11 +126,18 @@ class _Background:
     checks apart), the periodic jobs and the console capture."""
 
     def __init__(self, engine: Engine, settings: Settings, simulate: bool) -> None:
-        from corral.app import build_handlers, build_workers, check_operations, console_capture
+        from corral.app import (
+            build_handlers,
+            build_workers,
+            check_operations,
+            check_power_libraries,
+            console_capture,
+        )
         from corral.engine.scheduler import build_scheduler
 
         self.handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
         check_operations(engine.machines, self.handlers)
+        check_power_libraries(engine)
         self.workers = build_workers(engine, settings, self.handlers)
         jobs = _worker_jobs(engine, settings, self.workers)
         self.capture = console_capture(engine, settings)
@@ -213,13 +220,20 @@ def _worker_jobs(engine: Engine, settings: Settings, workers: list[OperationWork
 @click.pass_obj
 def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
     """One sweep pass, for tests and cron."""
-    from corral.app import build_handlers, build_worker, check_operations, health_pass
+    from corral.app import (
+        build_handlers,
+        build_worker,
+        check_operations,
+        check_power_libraries,
+        health_pass,
+    )
 
     settings = obj.settings
     configure_logging(settings.log_level, settings.log_format)
     engine = obj.engine()
     handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
     check_operations(engine.machines, handlers)
+    check_power_libraries(engine)
     fired = engine.sweeper.sweep_timeouts(batch=settings.sweep_batch,
                                           threads=settings.sweep_threads)
     assigned = 0
