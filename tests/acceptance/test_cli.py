@@ -405,3 +405,28 @@ def test_without_the_power_extra_a_redfish_board_is_refused_not_retried(corral, 
         assert started.stderr.strip().endswith(
             "error: driver redfish needs the power extra: pip install 'corral[power]' "
             "(board rf-1 names it)"), started.stderr
+
+
+def test_commands_without_an_http_form_refuse_a_server_instead_of_a_local_database(tmp_path):
+    """`--url` / CORRAL_URL names a server; a command that can only work on
+    the database says so, and creates no ./var/corral.db beside the user."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CORRAL_DATABASE_URL", "CORRAL_CONFIG", "CORRAL_URL")}
+    (tmp_path / "lab.yaml").write_text("boards:\n  - name: b1\n")
+    for args, via_env in ((("token", "create", "alice", "--role", "admin"), False),
+                          (("token", "list"), True), (("board", "import", "lab.yaml"), False),
+                          (("board", "token", "b1"), True), (("webhook", "list"), False),
+                          (("db", "upgrade"), True), (("serve", "--role", "worker"), False)):
+        argv = [CORRAL, *args] if via_env else [CORRAL, "--url", "http://corral.lab:8080",
+                                                *args]
+        extra = {"CORRAL_URL": "http://corral.lab:8080"} if via_env else {}
+        result = subprocess.run(argv, cwd=tmp_path, env=env | extra, capture_output=True,
+                                text=True, timeout=60)
+        given, unset = ("CORRAL_URL", "with CORRAL_URL unset") if via_env else (
+            "--url", "without --url")
+        assert (result.returncode, result.stderr.strip()) == (2, (
+            f"error: `corral {' '.join(args[:2] if args[0] != 'serve' else args[:1])}` works "
+            f"on the database itself (it has no HTTP form), but {given} names the server "
+            f"http://corral.lab:8080: run it where the database is (on the server's host), "
+            f"{unset}, and with --database-url or --config naming the database")), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.yaml"]
