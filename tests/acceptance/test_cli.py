@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -430,3 +431,59 @@ def test_commands_without_an_http_form_refuse_a_server_instead_of_a_local_databa
             f"http://corral.lab:8080: run it where the database is (on the server's host), "
             f"{unset}, and with --database-url or --config naming the database")), args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.yaml"]
+
+
+def _first_lines_on_a_terminal(argv: list[str], env: dict, cwd: Path, until: str) -> str:
+    """What ``argv`` writes to a terminal (a pty) until ``until`` appears."""
+    import pty
+    import select
+
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=terminal,
+                               stderr=terminal, env=env, cwd=cwd)
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while until.encode() not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(main, 65536)
+                except OSError:  # the process has gone: its terminal is closed
+                    break
+    finally:
+        stop(process)
+        os.close(main)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_on_a_terminal_logs_readable_lines_and_json_when_asked(corral, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("CORRAL_LOG_FORMAT", "CORRAL_URL")}
+    env |= {"CORRAL_DATABASE_URL": corral.url}
+    serve = [CORRAL, "serve", "--simulate", "--role", "worker"]
+    shown = _first_lines_on_a_terminal(serve, env, tmp_path, "serving")
+    line = next(line for line in shown.splitlines() if "serving" in line)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    assert "\x1b[" in line, line  # coloured
+    # The message is the headline, after the time and the level; no JSON.
+    assert re.match(r"\S+Z \[info\s*\] serving\s+\S+=", plain), plain
+    assert "msg=" not in plain
+    assert not plain.lstrip().startswith("{")
+    asked = _first_lines_on_a_terminal([*serve, "--log-format", "json"], env, tmp_path,
+                                       '"serving"')
+    line = next(line for line in asked.splitlines() if '"serving"' in line)
+    assert json.loads(line)["msg"] == "serving"
+    # Not a terminal: JSON, as a service manager's journal wants it.
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(serve, env=env, cwd=tmp_path, stdout=out, stderr=out,
+                                   stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while '"serving"' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop(process, log=log)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines
+    assert all(isinstance(json.loads(line), dict) for line in lines), lines
