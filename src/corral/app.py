@@ -232,6 +232,32 @@ def _state_of(engine: Engine, name: str) -> str | None:
         return None
 
 
+def check_power_libraries(engine: Engine) -> None:
+    """Every board's power driver must be able to run here (its library, from
+    the power extra, imports); only when one does not are the boards read.
+
+    Raises:
+        ConfigError: naming the driver, the extra and the boards that name it.
+    """
+    from corral.power.drivers import DRIVERS, drivers_missing_extra, missing_extra
+
+    if "board" not in engine.machines or all(missing_extra(d) is None for d in DRIVERS):
+        return
+    missing = drivers_missing_extra(
+        (row.name, row.attrs) for row in engine.list_machines("board"))
+    if missing:
+        raise ConfigError("; ".join(
+            f"{message} ({_naming(names)})" for message, names in missing.items()))
+
+
+def _naming(names: list[str], shown: int = 5) -> str:
+    """"board b1 names it", "boards b1, b2 and 4 more name it"."""
+    if len(names) == 1:
+        return f"board {names[0]} names it"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"boards {', '.join(names[:shown])}{more} name it"
+
+
 def check_operations(machines: MachineSet, handlers: Iterable[str]) -> None:
     """Every entry operation a definition names must have a backend.
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 from corral.errors import ConfigError
+from corral.operations.command import template_fields
 from corral.paths import DEFAULT_STATEMACHINES_DIR
 from corral.store import DEFAULT_DATABASE_URL
 from corral.validation import Strict, refuse
@@ -78,6 +79,20 @@ def _boolean(text: str) -> bool:
 
 
 Bool = Annotated[bool, _from_text(_boolean)]
+
+
+def _command_template(value: str) -> str:
+    # The same rule as a board's own commands (corral.inventory): plain names
+    # only, so that no template reaches past the board's values
+    # ({name.__class__}, {power[0]}); checked when the settings load, not
+    # when a board's operation first runs.
+    try:
+        template_fields(value)
+    except ValueError as exc:
+        raise refuse("holds a template that is not allowed: {reason}", reason=str(exc)) from None
+    return value
+
+
 Int = Annotated[int, _from_text(int)]
 Float = Annotated[float, _from_text(float)]
 PositiveInt = Annotated[Int, Field(gt=0)]
@@ -87,6 +102,7 @@ Seconds = Annotated[Float, Field(ge=0)]
 Probability = Annotated[Float, AfterValidator(_probability)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 Networks = Annotated[str, AfterValidator(_networks)]
+Template = Annotated[str, AfterValidator(_command_template)]
 
 
 class Settings(Strict):
@@ -134,13 +150,13 @@ class Settings(Strict):
     operation_max_attempts: PositiveInt = 5
     operation_retry_delay: Seconds = 5.0
     command_timeout: PositiveFloat = 60.0
-    command_power_cycle: str = ""
-    command_power_on: str = ""
-    command_power_off: str = ""
-    command_set_boot_device: str = ""
-    command_ping: str = "ping -c 1 -W 2 {hostname}"
-    command_poll: str = "ping -c 1 -W 2 {hostname}"
-    command_write_pxe_config: str = ""
+    command_power_cycle: Template = ""
+    command_power_on: Template = ""
+    command_power_off: Template = ""
+    command_set_boot_device: Template = ""
+    command_ping: Template = "ping -c 1 -W 2 {hostname}"
+    command_poll: Template = "ping -c 1 -W 2 {hostname}"
+    command_write_pxe_config: Template = ""
     worker_id: str = ""
     # The event stream: a comment every events_heartbeat seconds of silence;
     # the horizon looked at every events_interval seconds (PostgreSQL's
@@ -175,7 +191,7 @@ class Settings(Strict):
     # objects): comma-separated networks, e.g. 10.0.0.0/24; empty: anyone.
     boot_networks: Networks = ""
     # Switching a board to local boot when no backend can (command backend).
-    command_boot_local: str = ""
+    command_boot_local: Template = ""
     # Jobs: how often the scheduler gives free pools to queued jobs (seconds).
     job_dispatch_interval: PositiveFloat = 1.0
     # Maintenance Orchestrator (gRPC)

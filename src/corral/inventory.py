@@ -18,7 +18,9 @@ boards:
 
 A board's ``power.driver`` (see docs/power.md) has its settings checked here,
 by that driver's settings model, and so has its ``console:`` (where its
-serial console is captured from, docs/console-capture.md).
+serial console is captured from, docs/console-capture.md); the driver's
+library must import too (``sushy`` and ``pysnmp`` come with the ``power``
+extra).
 
 The whole file is validated before anything is written, and every problem is
 reported with its line: :class:`Board` is the shape of one board; what no
@@ -38,7 +40,7 @@ from corral.console.settings import BoardConsole, from_url
 from corral.machines.loader import DefinitionError
 from corral.names import BOARD_NAME
 from corral.operations.command import template_fields
-from corral.power.drivers import BoardPower
+from corral.power.drivers import BoardPower, missing_extra
 from corral.power.settings import SECRET_KEYS
 from corral.validation import Omittable, Problem, Strict, refuse, validate
 from corral.yamlio import LineDict, LineList, YamlSyntaxError, load_yaml
@@ -131,6 +133,7 @@ def load_inventory(path: Path) -> dict[str, dict[str, Any]]:
                 result.setdefault(board["name"], _attributes(board))
         if not problems:
             problems += _unknown_template_fields(boards, result, where)
+        problems += _drivers_not_installed(boards, where)
     if problems:
         raise InventoryError(sorted(problems, key=lambda p: p.line))
     return result
@@ -186,6 +189,25 @@ def _unknown_template_fields(boards: LineList, result: dict[str, dict[str, Any]]
                         path=where, line=commands.line_of(kind),
                         message=f"boards[{index}].commands.{kind}: template field {{{field}}} "
                         f"is not one of the board's values ({', '.join(known)})"))
+    return problems
+
+
+def _drivers_not_installed(boards: LineList, where: str) -> list[Problem]:
+    """A board whose power driver's library does not import here: accepted,
+    it would be retried for ever at its first power operation."""
+    problems = []
+    missing: dict[str, str | None] = {}
+    for index, board in enumerate(boards):
+        power = board.get("power") if isinstance(board, LineDict) else None
+        if not isinstance(power, LineDict) or not isinstance(power.get("driver"), str):
+            continue
+        driver = power["driver"]
+        if driver not in missing:
+            missing[driver] = missing_extra(driver)
+        message = missing[driver]
+        if message is not None:
+            problems.append(Problem(path=where, line=power.line_of("driver"),
+                                    message=f"boards[{index}].power.driver: {message}"))
     return problems
 
 

@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 from corral.errors import InvalidRequest
+from corral.validation import describe
 
 MAX_DEPTH = 32
 """Containers inside containers: a board's report needs two or three levels; a
@@ -112,15 +113,15 @@ def check_json(value: Any, where: str = "payload", *, max_depth: int = MAX_DEPTH
                 for key, child in item.items():
                     if not isinstance(key, str):
                         raise InvalidRequest(f"{_where(path, where)}: keys must be strings, "
-                                             f"not {type(key).__name__}")
+                                             f"not {describe(key)}")
                     _check_text(key, _where([*path, key], where), "the key")
                     stack.append((child, [*path, key], depth + 1))
             else:
                 stack.extend((child, [*path, index], depth + 1)
                              for index, child in enumerate(item))
         else:
-            raise InvalidRequest(f"{_where(path, where)}: {type(item).__name__} is not a "
-                                 "JSON value")
+            raise InvalidRequest(f"{_where(path, where)}: not a JSON value (a string, a "
+                                 "number, true, false, null, a list or an object)")
     if max_bytes is not None:
         size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
         if size > max_bytes:
@@ -136,7 +137,7 @@ def check_text(text: str | None, where: str, *, max_length: int = MAX_TEXT) -> N
     if text is None:
         return
     if not isinstance(text, str):
-        raise InvalidRequest(f"{where}: must be a string, not {type(text).__name__}")
+        raise InvalidRequest(f"{where}: must be a string, not {describe(text)}")
     _check_text(text, where, "the text")
     if len(text) > max_length:
         raise InvalidRequest(f"{where}: {len(text)} characters; at most {max_length}")

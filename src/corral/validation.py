@@ -17,8 +17,9 @@ already in those words (use :func:`refuse`); the adapter passes it through.
 
 from __future__ import annotations
 
+import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
@@ -123,6 +124,33 @@ def problems_of(error: ValidationError, schema: Any, doc: Any, path: str, *,
     return sorted(problems, key=lambda p: p.line)
 
 
+# pydantic's labels for a union's members in an error's location
+# ("function-after[_a_url(), str]", "list[str]"): not a key the client wrote.
+_MEMBER_LABEL = re.compile(r"^[\w-]+\[.*\]$", re.DOTALL)
+
+
+def request_problem(detail: Mapping[str, Any], schema: Any = None, doc: Any = None, *,
+                    hidden: Collection[str] = ()) -> tuple[list[str | int], str]:
+    """(where, the message) for one pydantic error of a request (a body, a
+    query parameter, a header), in the words a file's problems use.
+
+    ``detail["loc"]`` starts inside that part of the request, ``schema`` is
+    its declared type and ``doc`` what the client sent; ``where`` is that
+    location without pydantic's labels of union members. Values of
+    ``hidden`` keys are never repeated."""
+    loc = [part for part in detail.get("loc", ())
+           if not (isinstance(part, str) and _MEMBER_LABEL.match(part))]
+    if "type" not in detail:
+        return loc, str(detail.get("msg", ""))  # raised by Corral itself, in its words
+    if detail["type"] == "missing":
+        return loc, "is required"
+    spot = _locate(schema, doc, tuple(loc))
+    if detail["type"] == "extra_forbidden":
+        # ``where`` ends with the key already.
+        return loc, f"unknown key (allowed: {_allowed(spot.parent)})"
+    return loc, _message({**detail, "loc": tuple(loc)}, spot, secrets=hidden)[1]
+
+
 @dataclass
 class _Spot:
     """Where an error's location leads, in the document and in the schema."""
@@ -210,7 +238,7 @@ def _allowed(model: type[BaseModel] | None) -> str:
     return ", ".join(field.alias or name for name, field in model.model_fields.items())
 
 
-def _message(detail: Any, spot: _Spot) -> tuple[str, str]:
+def _message(detail: Any, spot: _Spot, *, secrets: Collection[str] = ()) -> tuple[str, str]:
     """(the path shown, the message) for one pydantic error."""
     kind, value, ctx = detail["type"], detail.get("input"), detail.get("ctx") or {}
     keys = spot.keys
@@ -223,11 +251,12 @@ def _message(detail: Any, spot: _Spot) -> tuple[str, str]:
     if kind.startswith("unknown_"):
         tag = value.get(key) if isinstance(value, Mapping) else value
         return where, f"{detail['msg']}, not {describe(tag)}"
-    hidden = key in getattr(spot.parent, "hidden_keys", ())
+    hidden = key in getattr(spot.parent, "hidden_keys", ()) or key in secrets
     shown = "" if hidden else f", not {describe(value)}"
     if kind in ("model_type", "model_attributes_type") and _is_model(spot.leaf):
         return where, f"must be a mapping with keys {_allowed(spot.leaf)}{shown}"
-    if hidden and kind in ("string_type", "string_too_short"):
+    if hidden and (kind == "string_type"
+                   or (kind == "string_too_short" and ctx.get("min_length") == 1)):
         # The value may be the secret itself: never repeat it.
         return where, "must be a non-empty string"
     if kind in _TYPE_WORDS:
@@ -249,7 +278,43 @@ def _message(detail: Any, spot: _Spot) -> tuple[str, str]:
         return where, f"must be one of {_choices(spot)}{shown}"
     if kind in ("value_error", "assertion_error"):
         return where, str(ctx.get("error", detail["msg"]))
-    return where, detail["msg"]
+    if kind == "corral":
+        return where, detail["msg"]  # refuse(): already in the project's words
+    if kind == "string_pattern_mismatch":
+        pattern = str(ctx.get("pattern", ""))
+        if len(pattern) > MAX_PATTERN_SHOWN:
+            return where, f"is not of the form the API documents (/openapi.json){shown}"
+        return where, f"must match {pattern}{shown}"
+    if kind == "string_too_short":
+        return where, f"must be at least {ctx.get('min_length')} characters long{shown}"
+    if kind == "too_long":
+        return where, f"must have at most {ctx.get('max_length')} items"
+    if kind == "json_invalid":
+        return where, f"is not valid JSON ({ctx.get('error', 'unreadable')})"
+    if kind == "enum":
+        return where, f"must be one of {ctx.get('expected', 'the allowed values')}{shown}"
+    return where, _own_words(str(detail["msg"]))
+
+
+# The longest pattern a message quotes (a URL's is a page long).
+MAX_PATTERN_SHOWN = 80
+# What only Python or pydantic would say: a message holding one is replaced.
+_INTERNAL = re.compile(r"class '|<class|typing|pydantic|builtins|_type\b|instance of|"
+                       r"dictionary|function-", re.IGNORECASE)
+
+
+def _own_words(message: str) -> str:
+    """pydantic's message for an error no branch above knows, said the way
+    the others are ("must be ..."), or a plain refusal when it names Python."""
+    for theirs, ours in (("Input should be", "must be"), ("Input should", "must"),
+                         ("String should", "must"), ("Value should", "must"),
+                         ("List should", "must"), ("Value error, ", "")):
+        if message.startswith(theirs):
+            message = ours + message[len(theirs):]
+            break
+    if _INTERNAL.search(message):
+        return "is not a valid value here"
+    return message
 
 
 _TYPE_WORDS = {

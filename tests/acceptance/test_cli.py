@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_disallowed_event_exits_nonzero_with_allowed_events(corral, inventory):
     result = corral("board", "event", "b1", "install_ok", check=False)
     assert result.returncode == 7
     assert result.stderr.strip() == (
-        "error: board event 'install_ok' is reported by the board itself, not by an admin; "
+        "error: install_ok is reported by the board itself; "
         "operators can force a state with `corral board force-state`")
     assert json.loads(corral("board", "history", "b1", "--json").stdout)[0]["event"] == "create"
 
@@ -367,3 +368,122 @@ def test_job_submit_refuses_hostile_specs_with_their_field(corral, tmp_path):
         assert result.stderr.startswith("error: invalid job spec:\n")
         assert message in result.stderr
     assert json.loads(corral("job", "list", "--json").stdout) == []
+
+
+# `corral` as `pip install corral` (without the power extra) runs it: the
+# named packages do not import, whatever this environment has installed.
+WITHOUT = """import sys
+for package in sys.argv[1].split(","):
+    for name in [n for n in sys.modules if n.startswith(package + ".")] + [package]:
+        sys.modules[name] = None
+from corral.cli.main import cli
+cli(sys.argv[2:], prog_name="corral")
+"""
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_without_the_power_extra_a_redfish_board_is_refused_not_retried(corral, tmp_path):
+    lab = tmp_path / "bmc.yaml"
+    lab.write_text('boards:\n  - name: rf-1\n    mac: "02:00:00:00:00:11"\n'
+                   '    power: {driver: redfish, address: "https://bmc-1.lab"}\n')
+
+    def without_sushy(*args: str) -> subprocess.CompletedProcess:
+        env = os.environ | {"CORRAL_DATABASE_URL": corral.url, "CORRAL_LOG_FORMAT": "json"}
+        return subprocess.run([sys.executable, "-c", WITHOUT, "sushy", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    refused = without_sushy("board", "import", str(lab))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        f"error: {lab}:4: boards[0].power.driver: driver redfish needs the power extra: "
+        "pip install 'corral[power]'")
+    assert json.loads(corral("board", "list", "--json").stdout) == []
+    # Imported where the extra is installed, then served where it is not.
+    corral("board", "import", str(lab))
+    for args in (("serve", "--simulate", "--role", "worker"), ("sweep", "--once")):
+        started = without_sushy(*args)
+        assert started.returncode == 2, started.stderr
+        assert started.stderr.strip().endswith(
+            "error: driver redfish needs the power extra: pip install 'corral[power]' "
+            "(board rf-1 names it)"), started.stderr
+
+
+def test_commands_without_an_http_form_refuse_a_server_instead_of_a_local_database(tmp_path):
+    """`--url` / CORRAL_URL names a server; a command that can only work on
+    the database says so, and creates no ./var/corral.db beside the user."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CORRAL_DATABASE_URL", "CORRAL_CONFIG", "CORRAL_URL")}
+    (tmp_path / "lab.yaml").write_text("boards:\n  - name: b1\n")
+    for args, via_env in ((("token", "create", "alice", "--role", "admin"), False),
+                          (("token", "list"), True), (("board", "import", "lab.yaml"), False),
+                          (("board", "token", "b1"), True), (("webhook", "list"), False),
+                          (("db", "upgrade"), True), (("serve", "--role", "worker"), False)):
+        argv = [CORRAL, *args] if via_env else [CORRAL, "--url", "http://corral.lab:8080",
+                                                *args]
+        extra = {"CORRAL_URL": "http://corral.lab:8080"} if via_env else {}
+        result = subprocess.run(argv, cwd=tmp_path, env=env | extra, capture_output=True,
+                                text=True, timeout=60)
+        given, unset = ("CORRAL_URL", "with CORRAL_URL unset") if via_env else (
+            "--url", "without --url")
+        assert (result.returncode, result.stderr.strip()) == (2, (
+            f"error: `corral {' '.join(args[:2] if args[0] != 'serve' else args[:1])}` works "
+            f"on the database itself (it has no HTTP form), but {given} names the server "
+            f"http://corral.lab:8080: run it where the database is (on the server's host), "
+            f"{unset}, and with --database-url or --config naming the database")), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.yaml"]
+
+
+def _first_lines_on_a_terminal(argv: list[str], env: dict, cwd: Path, until: str) -> str:
+    """What ``argv`` writes to a terminal (a pty) until ``until`` appears."""
+    import pty
+    import select
+
+    main, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=terminal,
+                               stderr=terminal, env=env, cwd=cwd)
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while until.encode() not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(main, 65536)
+                except OSError:  # the process has gone: its terminal is closed
+                    break
+    finally:
+        stop(process)
+        os.close(main)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_on_a_terminal_logs_readable_lines_and_json_when_asked(corral, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("CORRAL_LOG_FORMAT", "CORRAL_URL")}
+    env |= {"CORRAL_DATABASE_URL": corral.url}
+    serve = [CORRAL, "serve", "--simulate", "--role", "worker"]
+    shown = _first_lines_on_a_terminal(serve, env, tmp_path, "serving")
+    line = next(line for line in shown.splitlines() if "serving" in line)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    assert "\x1b[" in line, line  # coloured
+    # The message is the headline, after the time and the level; no JSON.
+    assert re.match(r"\S+Z \[info\s*\] serving\s+\S+=", plain), plain
+    assert "msg=" not in plain
+    assert not plain.lstrip().startswith("{")
+    asked = _first_lines_on_a_terminal([*serve, "--log-format", "json"], env, tmp_path,
+                                       '"serving"')
+    line = next(line for line in asked.splitlines() if '"serving"' in line)
+    assert json.loads(line)["msg"] == "serving"
+    # Not a terminal: JSON, as a service manager's journal wants it.
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(serve, env=env, cwd=tmp_path, stdout=out, stderr=out,
+                                   stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while '"serving"' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop(process, log=log)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines
+    assert all(isinstance(json.loads(line), dict) for line in lines), lines

@@ -297,8 +297,8 @@ def test_a_person_firing_a_board_s_own_event_is_told_so(lab):
     reply = call(lab, "POST", EVENT.format("b2", "second_stage_started"), "operator")
     assert (reply.status_code, reply.json()["error"]) == (403, "forbidden")
     assert reply.json()["message"] == (
-        "board event 'second_stage_started' is reported by the board itself, not by an "
-        "operator; operators can force a state with `corral board force-state`")
+        "second_stage_started is reported by the board itself; "
+        "operators can force a state with `corral board force-state`")
     assert lab.engine.get("board", "b2").state == "pxe_booting"
 
 

@@ -122,6 +122,9 @@ def test_a_reimage_from_first_fetch_to_local_boot(netboot):
     assert "send the payload as JSON with Content-Type: application/json" in refused.text
     assert http.get("/api/v1/boards/q1", headers={
         "Authorization": f"Bearer {args['corral.token']}"}).status_code == 403
+    # Any valid token may ask who it is (docs/lab.md: the one read it may make).
+    who = http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {args['corral.token']}"})
+    assert (who.status_code, who.json()) == (200, {"name": "reimage:q1", "role": "reimage"})
     assert _report(http, args, "second_stage_started").status_code == 200
     done = _report(http, args, "install_ok", body=b'{"disk": "/dev/vda"}')
     assert (done.status_code, done.json()["state"]) == (200, "rebooting")
@@ -140,6 +143,8 @@ def test_a_reimage_from_first_fetch_to_local_boot(netboot):
     assert http.get(f"/boot/ipxe/{MAC}").text.splitlines()[-1] == "exit"
     assert _report(http, args, "maintenance_requested").json()["message"] == (
         "the token is not valid")
+    assert http.get("/api/v1/whoami", headers={
+        "Authorization": f"Bearer {args['corral.token']}"}).status_code == 401
     history = engine.history("board", "q1", limit=50)
     seen = [(e.event, e.actor) for e in reversed(history)]
     assert ("second_stage_started", "reimage:q1") in seen
@@ -273,3 +278,15 @@ def test_a_symlink_in_the_storage_root_is_not_published(tmp_path, escape):
         (storage / "objects").symlink_to(elsewhere)
     with pytest.raises(OperationFailed, match="is not an object of"):
         pxe._winner(("amd64", "generic", "lab"))
+
+
+def test_the_docs_name_whoami_as_the_one_read_a_reimage_token_may_make():
+    """A reimage token answers whoami, as every token does (its own name and
+    role, nothing about the lab): no page says it reads nothing at all."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for page in ("lab.md", "architecture.md", "http-api.md"):
+        text = " ".join((docs / page).read_text().split())
+        assert "cannot read the API at all" not in text, page
+        assert "including reading the API" not in text, page
+    section = (docs / "lab.md").read_text().partition("## The reimage token")[2]
+    assert "GET /api/v1/whoami" in section.partition("\n## ")[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 
 import pytest
 from structlog.testing import capture_logs
@@ -84,6 +85,25 @@ def test_a_refusing_bmc_is_not_retried_and_the_counter_gives_up(engine, clock, r
     # One attempt per state entry (the counter's max is 3: four entries).
     assert [op.attempts for op in cycles] == [1, 1, 1, 1]
     assert all("refused the credentials (HTTP 401)" in op.error for op in cycles)
+
+
+def test_a_driver_whose_library_is_gone_fails_at_once_saying_which_extra(engine, clock,
+                                                                          monkeypatch):
+    # A board imported where the power extra was installed, run where it is
+    # not (serve refuses such a lab; this is the library going away under it).
+    for name in [n for n in sys.modules if n.startswith("sushy.")] + ["sushy"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    engine.create("board", "rf-3", attrs={"power": {"driver": "redfish",
+                                                    "address": "https://bmc-3.lab"}})
+    engine.force_state("board", "rf-3", "power_cycling", actor="t", reason="t")
+    worker = _worker(engine)
+    for _ in range(6):
+        worker.run_pending()
+    assert engine.get("board", "rf-3").state == "failed_power_cycling"
+    cycles = [op for op in operations_of(engine, "rf-3") if op.kind == "power_cycle"]
+    assert [op.attempts for op in cycles] == [1, 1, 1, 1]
+    assert {op.error for op in cycles} == {
+        "board rf-3: driver redfish needs the power extra: pip install 'corral[power]'"}
 
 
 def test_a_silent_pdu_is_retried_with_backoff_then_the_counter_gives_up(engine, clock):

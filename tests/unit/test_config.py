@@ -34,6 +34,16 @@ def test_file_then_environment_then_command_line(tmp_path):
         ({"CORRAL_SWEEP_INTERVAL": "0"}, "must be greater than 0"),
         ({"CORRAL_LOG_LEVEL": "loud"}, "must be one of debug, info, warning, error"),
         ({"CORRAL_SIM_PING_FAILURE": "2"}, "must be between 0 and 1"),
+        # A configured command template fills in the board's values by name
+        # only: attribute access, indexing and positions are refused at load.
+        ({"CORRAL_COMMAND_POWER_CYCLE": "relay-ctl {name.__class__.__mro__}"},
+         "command_power_cycle (from CORRAL_COMMAND_POWER_CYCLE) holds a template that is not "
+         "allowed: template field {name.__class__.__mro__} is not a board attribute's name"),
+        ({"CORRAL_COMMAND_PING": "ping {hostname[0]}"}, "template field {hostname[0]}"),
+        ({"CORRAL_COMMAND_BOOT_LOCAL": "boot-local {}"}, "template field {}"),
+        ({"CORRAL_COMMAND_POLL": "poll {hostname"},
+         "command_poll (from CORRAL_COMMAND_POLL) holds a template that is not allowed: "
+         "not a template (expected '}' before end of string; write {{ and }} for a brace)"),
     ],
 )
 def test_bad_values_are_clear_errors(env, message):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from corral.inventory import InventoryError, load_inventory
@@ -133,3 +135,36 @@ def test_every_drivers_secrets_are_hidden():
     from corral.power.settings import SECRET_KEYS
 
     assert {s for cls in DRIVERS.values() for s in cls.Settings.SECRETS} == SECRET_KEYS
+
+
+def _uninstalled(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """``package`` as if pip had never installed it: importing it (or any of
+    its modules, loaded or not) raises ModuleNotFoundError."""
+    for name in [n for n in sys.modules if n.startswith(f"{package}.")] + [package]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_a_driver_whose_library_is_not_installed_is_refused_at_import(tmp_path, monkeypatch):
+    path = tmp_path / "lab.yaml"
+    path.write_text("""boards:
+  - name: s1
+    power: {driver: redfish, address: "https://bmc-1"}
+  - name: s2
+    power:
+      driver: snmp
+      address: pdu-1
+      outlet: 3
+      pdu: apc_rackpdu
+  - name: s3
+    power: {driver: ipmi, address: 10.0.0.3}
+""")
+    assert set(load_inventory(path)) == {"s1", "s2", "s3"}  # the power extra is installed
+    _uninstalled(monkeypatch, "sushy")
+    _uninstalled(monkeypatch, "pysnmp")
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:3: boards[0].power.driver: driver redfish needs the power extra: "
+        "pip install 'corral[power]'",
+        f"{path}:6: boards[1].power.driver: driver snmp needs the power extra: "
+        "pip install 'corral[power]'"]

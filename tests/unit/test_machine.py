@@ -56,16 +56,16 @@ def test_disallowed_event_names_the_allowed_ones(machines):
 REFUSALS = [
     # A person firing what only the board reports is pointed to force-state.
     ("board", "install_ok", "admin", None,
-     "board event 'install_ok' is reported by the board itself, not by an admin; "
+     "install_ok is reported by the board itself; "
      "operators can force a state with `corral board force-state`"),
     ("board", "install_ok", "operator", "installing",
-     "board event 'install_ok' in state 'installing' is reported by the board itself, "
-     "not by an operator; operators can force a state with `corral board force-state`"),
+     "in state 'installing', install_ok is reported by the board itself; "
+     "operators can force a state with `corral board force-state`"),
     ("board", "ping_ok", "operator", None,
-     "board event 'ping_ok' is reported by the worker that ran its operation, not by an "
-     "operator; operators can force a state with `corral board force-state`"),
+     "ping_ok is reported by the worker that ran its operation; "
+     "operators can force a state with `corral board force-state`"),
     ("board", "lease_hold", "admin", None,
-     "board event 'lease_hold' is fired by the lease service, not by an admin; "
+     "lease_hold is fired by the lease service; "
      "operators can force a state with `corral board force-state`"),
     # An event a person may fire, refused to another role: no force-state hint.
     ("board", "retire", "operator", None,

@@ -41,6 +41,7 @@ from corral.errors import (
 from corral.names import EVENT_NAME, MACHINE_NAME, Role, Source
 from corral.payload import MAX_PAYLOAD_BYTES, readable, readable_text
 from corral.tokens import BOARD_ROLE, REIMAGE_ROLE, Principal, TokenStore
+from corral.validation import describe, request_problem
 
 log = structlog.get_logger("corral.api")
 
@@ -94,20 +95,25 @@ def invalid(where: str, message: str, *more: tuple[str, str]) -> ApiError:
 def request_problems(name: str, event: str, idempotency_key: str | None
                      ) -> list[tuple[str, str]]:
     """What pydantic finds wrong with the route's path and headers, in its
-    order and its words (the FastAPI route declares the same constraints; a
-    test feeds both the same generated requests)."""
+    order, said as corral.api.errors.invalid says it (the FastAPI route
+    declares the same constraints; a test feeds both the same generated
+    requests)."""
     problems = []
+
+    def refuse(where: str, kind: str, value: str, **ctx: Any) -> None:
+        problems.append((where, request_problem({"type": kind, "input": value, "ctx": ctx,
+                                                 "msg": ""})[1]))
+
     if not _NAME.fullmatch(name):
-        problems.append(("path.name", f"String should match pattern '{NAME}'"))
+        refuse("path.name", "string_pattern_mismatch", name, pattern=NAME)
     if not _EVENT.fullmatch(event):
-        problems.append(("path.event", f"String should match pattern '{EVENT}'"))
+        refuse("path.event", "string_pattern_mismatch", event, pattern=EVENT)
     if idempotency_key is not None:
         if not idempotency_key:
-            problems.append(("header.Idempotency-Key", "String should have at least 1 "
-                                                       "character"))
+            refuse("header.Idempotency-Key", "string_too_short", idempotency_key, min_length=1)
         elif len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            problems.append(("header.Idempotency-Key", "String should have at most "
-                             f"{MAX_IDEMPOTENCY_KEY} characters"))
+            refuse("header.Idempotency-Key", "string_too_long", idempotency_key,
+                   max_length=MAX_IDEMPOTENCY_KEY)
     return problems
 
 
@@ -175,8 +181,7 @@ def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any] | Non
     except (ValueError, RecursionError) as exc:
         raise invalid("body", f"not valid JSON: {exc}") from None
     if payload is not None and not isinstance(payload, dict):
-        raise invalid("body", f"the payload must be a JSON object, not "
-                              f"{type(payload).__name__}")
+        raise invalid("body", f"the payload must be a JSON object, not {describe(payload)}")
     # Whether a database stores it is the engine's payload check (corral.payload).
     return payload
 

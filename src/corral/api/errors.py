@@ -27,6 +27,7 @@ from corral.api.callbacks import INTERNAL, ApiError, corral_error_answer
 from corral.api.models import ErrorOut
 from corral.errors import CorralError
 from corral.payload import readable
+from corral.validation import request_problem
 
 log = structlog.get_logger("corral.api")
 
@@ -90,13 +91,54 @@ def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
                         headers=headers or None)
 
 
-def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Said as corral.validation says a file's problems: "must be a whole
+    # number, not 'x'", "unknown key 'colour' (allowed: ...)", never
+    # pydantic's "Input should be a valid dictionary" or a type's name.
+    inputs = _inputs(request)
+    details = []
+    for error in exc.errors():
+        source, *inside = error.get("loc") or ("body",)
+        if source == "body":
+            schema, doc, prefix = inputs.get("body"), getattr(exc, "body", None), []
+        elif inside:
+            name, *inside = inside
+            schema, doc, prefix = inputs.get(str(source), {}).get(name), None, [name]
+        else:
+            schema, doc, prefix = None, None, []
+        where, message = request_problem({**error, "loc": tuple(inside)}, schema, doc,
+                                         hidden=SECRET_FIELDS)
+        details.append({"loc": [source, *prefix, *where], "msg": message})
     # Locations may hold the client's own keys: made valid text first.
-    details = readable([{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-                        for e in exc.errors()])
-    where = ", ".join(".".join(str(p) for p in d["loc"]) + ": " + d["msg"] for d in details)
-    return JSONResponse({"error": "invalid_request", "message": where or "invalid request",
+    details = readable(details)
+    text = ", ".join(".".join(str(p) for p in d["loc"]) + ": " + d["msg"] for d in details)
+    return JSONResponse({"error": "invalid_request", "message": text or "invalid request",
                          "details": details}, status_code=422)
+
+
+# Request fields whose values a refusal never repeats.
+SECRET_FIELDS = frozenset({"secret", "password", "token"})
+
+
+def _inputs(request: Request) -> dict[str, Any]:
+    """The route's declared inputs: ``{"body": its type, "query": {name:
+    type}, "path": ..., "header": ...}`` (empty off a route)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return {}
+    inputs: dict[str, Any] = {"query": {}, "path": {}, "header": {}, "cookie": {}}
+    pending = [route.dependant]
+    while pending:  # the route's parameters and its dependencies'
+        dependant = pending.pop()
+        pending.extend(dependant.dependencies)
+        for source, fields in (("query", dependant.query_params),
+                               ("path", dependant.path_params),
+                               ("header", dependant.header_params),
+                               ("cookie", dependant.cookie_params)):
+            inputs[source].update({f.alias: f.field_info.annotation for f in fields})
+    if route.body_field is not None:
+        inputs["body"] = route.body_field.field_info.annotation
+    return inputs
 
 
 def internal(_: Request, exc: Exception) -> JSONResponse:

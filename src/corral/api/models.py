@@ -22,6 +22,7 @@ from corral.errors import InvalidRequest
 from corral.names import MAX_WEBHOOK_URL, OS_VERSION, WEBHOOK_URL
 from corral.payload import MAX_INT, MIN_INT, NONBLANK_PATTERN, TEXT_PATTERN, check_json
 from corral.pools.service import Held
+from corral.validation import describe
 
 # A string a client chooses freely, with only the payload check's rule for text.
 Text = Annotated[str, Field(pattern=TEXT_PATTERN)]
@@ -67,7 +68,7 @@ Payload = Annotated[dict[Text, PayloadValue],  # type: ignore[misc]
 
 def _checked_payload(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ValueError(f"the payload must be a JSON object, not {type(value).__name__}")
+        raise ValueError(f"the payload must be a JSON object, not {describe(value)}")
     try:
         check_json(value, "payload")
     except InvalidRequest as exc:

@@ -47,8 +47,9 @@ class CorralGroup(click.Group):
               help="Directory of state machine definitions (overrides statemachines_dir).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--url", envvar="CORRAL_URL", metavar="URL",
-              help="Talk to a Corral server instead of the database (board commands); the "
-                   "token comes from $CORRAL_TOKEN.")
+              help="Talk to a Corral server instead of the database (board, pool, job, "
+                   "lease, console and stream commands; the others refuse it); the token "
+                   "comes from $CORRAL_TOKEN.")
 @click.version_option(package_name="corral")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, database_url: str | None,
@@ -56,9 +57,11 @@ def cli(ctx: click.Context, config_file: str | None, database_url: str | None,
     """Corral: persistent state machines for hardware test labs."""
     # Commands other than serve/sweep only log problems, on stderr.
     configure_logging(log_level or "warning", "auto")
+    from_env = ctx.get_parameter_source("url") is click.core.ParameterSource.ENVIRONMENT
     ctx.obj = CliContext(config_file, {"database_url": database_url,
                                        "statemachines_dir": statemachines_dir,
-                                       "log_level": log_level}, url=url)
+                                       "log_level": log_level}, url=url,
+                         url_given_as="CORRAL_URL" if from_env else "--url")
 
 
 # The modules of corral.cli.commands, one per domain; each adds its commands to

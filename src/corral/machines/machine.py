@@ -183,12 +183,16 @@ class StateMachine:
         if not candidates or any(t.fired_by(role) for t in candidates):
             return
         by = {r for t in candidates for r in t.by}
-        where = f" in state {state!r}" if state is not None else ""
-        hint = ""
         if role in HUMAN_FIRERS and by.isdisjoint(HUMAN_FIRERS) and self.kind in FORCED_BY_HAND:
-            hint = f"; operators can force a state with `corral {self.kind} force-state`"
+            # A person asked for what only a machine reports: say who does,
+            # and what a person does instead (not "not by an admin", which
+            # an operator at the CLI did not know they were).
+            when = f"in state {state!r}, " if state is not None else ""
+            raise Forbidden(f"{when}{event} is {_fired_by(by)}; operators can force a state "
+                            f"with `corral {self.kind} force-state`", role=role)
+        where = f" in state {state!r}" if state is not None else ""
         raise Forbidden(f"{self.kind} event {event!r}{where} is {_fired_by(by)}, "
-                        f"not by {_as_firer(role)}{hint}", role=role)
+                        f"not by {_as_firer(role)}", role=role)
 
     def is_failed(self, state: str) -> bool:
         s = self.definition.states.get(state)

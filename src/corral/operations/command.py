@@ -53,7 +53,11 @@ def template_fields(template: str) -> list[str]:
             ``{power[0]}`` reach past the board's values, so none is allowed.
     """
     names = []
-    for _, field, spec, _ in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"not a template ({exc}; write {{{{ and }}}} for a brace)") from None
+    for _, field, spec, _ in parsed:
         if field is None:
             continue
         # A format spec may hold fields of its own: {hostname:{width}}.

@@ -25,6 +25,7 @@ action and the controller's own words, never from the request they sent.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -32,6 +33,9 @@ from typing import Any, ClassVar, Protocol
 from corral.operations.base import OperationContext, OperationFailed
 
 ON, OFF, UNKNOWN = "on", "off", "unknown"
+# What `pip install corral` lacks for the drivers that speak a protocol
+# through a library (the power extra of pyproject.toml).
+POWER_EXTRA = "pip install 'corral[power]'"
 
 
 class PowerFailed(OperationFailed):
@@ -67,6 +71,8 @@ class PowerDriver(Protocol):
     Settings: ClassVar[type[Any]]
     # Whether power_state tells the truth (a relay script does not know).
     reports_state: ClassVar[bool]
+    # The modules the driver imports when it runs (from the power extra).
+    needs: ClassVar[tuple[str, ...]]
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]: ...
 
@@ -81,3 +87,16 @@ class PowerDriver(Protocol):
         """Returns None when the controller has no notion of a boot device
         (a PDU): the operation then reports that it had nothing to do."""
         ...
+
+
+def missing_library(driver: str, needs: tuple[str, ...]) -> str | None:
+    """Why ``driver`` cannot run in this Python, or None when it can: each
+    module of ``needs`` is imported (a real import, so a library that is
+    installed but broken counts as missing too; a loaded one costs nothing)."""
+    for module in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"driver {driver} needs the power extra: {POWER_EXTRA}"
+    return None
+

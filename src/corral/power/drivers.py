@@ -4,13 +4,15 @@ the one list of them; :data:`BoardPower` validates a board's ``power:``
 mapping with the settings model of the driver it names.
 
 Importing this module imports no protocol library: each driver imports
-``sushy``, ``pyghmi`` or ``pysnmp`` when it first runs, so an inventory is
-checked (and a lab without BMCs runs) without them installed.
+``sushy`` or ``pysnmp`` (the ``power`` extra) when it first runs, so a lab
+without BMCs runs without them installed. A board naming a driver whose
+library is missing is refused at inventory import and by ``serve``
+(:func:`missing_extra`), not retried for ever.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
@@ -19,7 +21,7 @@ from pydantic import Discriminator, Tag
 from corral.operations.base import Handler
 from corral.operations.command import CommandBackend
 from corral.operations.simulated import SimulatedLab
-from corral.power.base import UNKNOWN, PowerDriver, PowerTarget
+from corral.power.base import UNKNOWN, PowerDriver, PowerTarget, missing_library
 from corral.power.ipmi import IpmiDriver
 from corral.power.qemu import QemuDriver
 from corral.power.redfish import RedfishDriver
@@ -41,6 +43,7 @@ class SimulatedPower:
 
     Settings: ClassVar[type[PowerSettings]] = SimulatedSettings
     reports_state: ClassVar[bool] = False
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, lab: SimulatedLab) -> None:
         self.lab = lab
@@ -69,6 +72,7 @@ class CommandPower:
 
     Settings: ClassVar[type[PowerSettings]] = CommandSettings
     reports_state: ClassVar[bool] = False
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backend: CommandBackend) -> None:
         self.backend = backend
@@ -124,6 +128,31 @@ BoardPower = Annotated[  # type: ignore[valid-type]
                   custom_error_message=f"must be one of {', '.join(sorted(DRIVERS))}"),
 ]
 """A board's ``power:`` mapping: the settings model of the driver it names."""
+
+
+def missing_extra(driver: str) -> str | None:
+    """Why boards of ``driver`` cannot be powered by this installation (its
+    library, from the power extra, does not import), or None."""
+    cls = DRIVERS.get(driver)
+    return missing_library(driver, cls.needs) if cls is not None else None
+
+
+def drivers_missing_extra(boards: Iterable[tuple[str, Any]]) -> dict[str, list[str]]:
+    """``{message: [board, ...]}`` for the boards of ``(name, attributes)``
+    whose driver cannot run here; each driver is imported once."""
+    missing: dict[str, list[str]] = {}
+    known: dict[str, str | None] = {}
+    for name, attrs in boards:
+        power = attrs.get("power") if isinstance(attrs, Mapping) else None
+        driver = power.get("driver") if isinstance(power, Mapping) else None
+        if not isinstance(driver, str):
+            continue
+        if driver not in known:
+            known[driver] = missing_extra(driver)
+        message = known[driver]
+        if message is not None:
+            missing.setdefault(message, []).append(name)
+    return missing
 
 
 def protocol_drivers() -> dict[str, PowerDriver]:

@@ -65,6 +65,7 @@ class IpmiSettings(PowerSettings):
 class IpmiDriver:
     Settings: ClassVar[type[PowerSettings]] = IpmiSettings
     reports_state: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:
         if self.power_state(target) == OFF:

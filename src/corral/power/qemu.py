@@ -37,6 +37,7 @@ class QemuDriver:
 
     Settings: ClassVar[type[PowerSettings]] = QemuSettings
     reports_state: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:
         self._execute(target, "system_reset", "cont")

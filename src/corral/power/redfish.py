@@ -63,6 +63,7 @@ class RedfishSettings(PowerSettings):
 class RedfishDriver:
     Settings: ClassVar[type[PowerSettings]] = RedfishSettings
     reports_state: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("sushy",)
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:
         import sushy

@@ -26,7 +26,15 @@ from typing import Any
 import structlog
 
 from corral.operations.base import Handler, OperationContext
-from corral.power.base import ON, UNKNOWN, PowerDriver, PowerFailed, PowerTarget, PowerUnavailable
+from corral.power.base import (
+    ON,
+    UNKNOWN,
+    PowerDriver,
+    PowerFailed,
+    PowerTarget,
+    PowerUnavailable,
+    missing_library,
+)
 from corral.power.controllers import ControllerSlots
 from corral.power.settings import (
     concurrency_of,
@@ -99,6 +107,11 @@ class PowerOperations:
         if driver is None:
             raise PowerFailed(f"board {ctx.name} names power driver {name!r}, which this "
                               f"engine does not have ({', '.join(sorted(self.drivers))})")
+        missing = missing_library(name, getattr(driver, "needs", ()))
+        if missing is not None:
+            # Definite: retrying cannot install it (serve refuses such boards
+            # at start-up; this covers a library removed while it runs).
+            raise PowerFailed(f"board {ctx.name}: {missing}")
         raw = ctx.attrs.get("power")
         settings: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
         target = PowerTarget(ctx=ctx, settings=settings, secret=secret_reader(ctx.name,

@@ -120,6 +120,7 @@ class SnmpSettings(PowerSettings):
 class SnmpDriver:
     Settings: ClassVar[type[PowerSettings]] = SnmpSettings
     reports_state: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("pysnmp.hlapi.v3arch.asyncio", "pysnmp.proto.rfc1902")
 
     def power_cycle(self, target: PowerTarget) -> Mapping[str, Any]:
         self._set(target, "off")

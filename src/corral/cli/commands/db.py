@@ -22,7 +22,7 @@ def db_upgrade(obj: CliContext) -> None:
     """Create or migrate the schema to the newest revision."""
     from corral.store import open_store
 
-    store = open_store(obj.settings.database_url)
+    store = open_store(obj.database_url)
     store.upgrade()
     click.echo(f"database at revision {store.current_revision()}")
 
@@ -33,5 +33,5 @@ def db_current(obj: CliContext) -> None:
     """Show the schema revision of the database and the one this Corral needs."""
     from corral.store import head_revision, open_store
 
-    store = open_store(obj.settings.database_url)
+    store = open_store(obj.database_url)
     click.echo(f"current: {store.current_revision() or 'none'}  head: {head_revision()}")

@@ -58,7 +58,7 @@ def lab_up(obj: CliContext, directory: Path, boards: int, listen: str, accel: st
     the_lab.build()
     # The configured database, so that `corral board ...` in another terminal sees the lab.
     env = {**os.environ, **the_lab.settings(port),
-           "CORRAL_DATABASE_URL": obj.settings.database_url}
+           "CORRAL_DATABASE_URL": obj.database_url}
     corral = [sys.executable, "-m", "corral.cli.main"]
     for args in (["db", "upgrade"],
                  ["bootres", "import", "--config", str(the_lab.directory / "import.yaml")],

@@ -17,7 +17,7 @@ import click
 
 from corral.cli.context import CliContext
 from corral.cli.signals import wait_for_stop_signal
-from corral.config import Settings
+from corral.config import LOG_FORMATS, Settings
 from corral.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 IDEMPOTENCY_EXPIRY_INTERVAL = 60.0
 # How often `corral serve` (worker roles) prunes by the retention settings.
 PRUNE_INTERVAL = 300.0
+
+
+# serve's and sweep's --log-format, over the log_format setting.
+LOG_FORMAT = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS),
+    help="console: readable and coloured; json: one object per line; auto: console on a "
+         "terminal, else JSON (setting log_format, default auto).")
 
 
 def register(root: click.Group) -> None:
@@ -66,9 +73,10 @@ def retention(settings: Settings) -> Retention:
               "(setting listen, default 127.0.0.1:8080).")
 @click.option("--processes", type=click.IntRange(1, 64), help="API processes sharing the "
               "address (setting http_processes, default 1).")
+@LOG_FORMAT
 @click.pass_obj
 def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
-          processes: int | None) -> None:
+          processes: int | None, log_format: str | None) -> None:
     """Run the engine until SIGTERM or Ctrl-C: HTTP API, deadline sweeps, operation workers."""
     import structlog
 
@@ -84,6 +92,8 @@ def serve(obj: CliContext, simulate: bool, role: str, listen: str | None,
         obj.override("listen", listen)
     if processes is not None:
         obj.override("http_processes", processes)
+    if log_format is not None:
+        obj.override("log_format", log_format)
     settings = obj.settings
     parse_listen(settings.listen)
     configure_logging(settings.log_level, settings.log_format)
@@ -126,11 +136,18 @@ class _Background:
     checks apart), the periodic jobs and the console capture."""
 
     def __init__(self, engine: Engine, settings: Settings, simulate: bool) -> None:
-        from corral.app import build_handlers, build_workers, check_operations, console_capture
+        from corral.app import (
+            build_handlers,
+            build_workers,
+            check_operations,
+            check_power_libraries,
+            console_capture,
+        )
         from corral.engine.scheduler import build_scheduler
 
         self.handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
         check_operations(engine.machines, self.handlers)
+        check_power_libraries(engine)
         self.workers = build_workers(engine, settings, self.handlers)
         jobs = _worker_jobs(engine, settings, self.workers)
         self.capture = console_capture(engine, settings)
@@ -211,16 +228,26 @@ def _worker_jobs(engine: Engine, settings: Settings, workers: list[OperationWork
 @click.option("--once", is_flag=True, required=True,
               help="Run one pass: fire every due timeout, then run every runnable operation.")
 @click.option("--simulate", is_flag=True, help="Run operations on the simulated backend.")
+@LOG_FORMAT
 @click.pass_obj
-def sweep(obj: CliContext, once: bool, simulate: bool) -> None:
+def sweep(obj: CliContext, once: bool, simulate: bool, log_format: str | None) -> None:
     """One sweep pass, for tests and cron."""
-    from corral.app import build_handlers, build_worker, check_operations, health_pass
+    from corral.app import (
+        build_handlers,
+        build_worker,
+        check_operations,
+        check_power_libraries,
+        health_pass,
+    )
 
+    if log_format is not None:
+        obj.override("log_format", log_format)
     settings = obj.settings
     configure_logging(settings.log_level, settings.log_format)
     engine = obj.engine()
     handlers = build_handlers(settings, simulate=simulate or None, engine=engine)
     check_operations(engine.machines, handlers)
+    check_power_libraries(engine)
     fired = engine.sweeper.sweep_timeouts(batch=settings.sweep_batch,
                                           threads=settings.sweep_threads)
     assigned = 0

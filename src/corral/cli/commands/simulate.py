@@ -50,8 +50,9 @@ def simulate_boards(obj: CliContext, count: int, prefix: str, server: str,
     from corral.simulate.boards import BoardBehaviour, run_boards
     from corral.tokens import TokenStore
 
+    server = _server(obj, server)
     settings = obj.settings
-    engine = obj.engine()
+    engine = obj.engine(beside_server=True)
     names = [f"{prefix}{i:04d}" for i in range(1, count + 1)]
     existing = {row.name for row in engine.list_machines("board")}
     missing = {n: {"arch": "amd64", "subarch": "generic"} for n in names if n not in existing}
@@ -118,7 +119,8 @@ def simulate_runs(obj: CliContext, owners: str, parallel: int, runs_per_owner: i
         raise InvalidRequest(f"--owners must name one or more different owners, not {owners!r}")
     if forget_rate + abandon_rate > 1:
         raise InvalidRequest("--forget-rate and --abandon-rate add up to more than 1")
-    tokens = TokenStore(obj.engine().store)
+    server = _server(obj, server)
+    tokens = TokenStore(obj.engine(beside_server=True).store)
     issued = {name: tokens.issue(name, "user") for name in names}
     behaviour = RunBehaviour(parallel=parallel, forget_rate=forget_rate,
                              abandon_rate=abandon_rate, seed=seed)
@@ -136,3 +138,13 @@ def simulate_runs(obj: CliContext, owners: str, parallel: int, runs_per_owner: i
     tally = run_runs(server, issued, behaviour, stop, runs_per_owner=runs_per_owner)
     for line in format_tally(tally):
         click.echo(line)
+
+
+def _server(obj: CliContext, server: str) -> str:
+    """The server the simulation talks to: its own --url, else the root
+    ``corral --url`` (which names the same thing), else the default."""
+    given = click.get_current_context().get_parameter_source("server")
+    if obj.url and given is click.core.ParameterSource.DEFAULT:
+        return obj.url
+    return server
+
