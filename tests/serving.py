@@ -18,13 +18,20 @@ from corral.api.server import uvicorn_config
 
 
 @contextmanager
-def serving(app: Front, **config: float) -> Iterator[tuple[tuple[str, int], uvicorn.Server]]:
+def serving(app: Front, *, http: str | None = None, **config: float
+            ) -> Iterator[tuple[tuple[str, int], uvicorn.Server]]:
     """Serve ``app`` on a free loopback port until the block ends; yields the
-    address and the server. ``config``: :func:`uvicorn_config`'s keywords.
-    Stopping is uvicorn's graceful shutdown, as on SIGTERM (``server.should_exit``)."""
+    address and the server. ``config``: :func:`uvicorn_config`'s keywords;
+    ``http``: one of uvicorn's own protocols ("httptools", "h11") instead of
+    corral's (the callback route is then answered by :class:`Front`, as under
+    any other ASGI server). Stopping is uvicorn's graceful shutdown, as on
+    SIGTERM (``server.should_exit``)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, **config))
+    settings = uvicorn_config(app, **config)
+    if http is not None:
+        settings.http = http
+    server = uvicorn.Server(settings)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

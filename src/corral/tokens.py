@@ -93,6 +93,10 @@ class TokenStore:
         self.cache_seconds = cache_seconds
         self.timer = timer
         self._cache: dict[str, _Cached] = {}
+        # Counts the times the cache was emptied (a token revoked or issued
+        # here): a verification whose query began before one caches nothing,
+        # since what it read may already be revoked.
+        self._generation = 0
         self._stop = threading.Event()
         self._revalidator: threading.Thread | None = None
 
@@ -137,7 +141,7 @@ class TokenStore:
         """Revoke board ``board``'s reimage token; False if it had none."""
         with self.store.unit() as tx:
             revoked = tx.tokens.revoke(f"reimage:{board}", self.clock())
-        self._cache.clear()
+        self._forget_all()
         return revoked
 
     def _save(self, name: str, role: str, machine_id: int | None) -> str:
@@ -146,7 +150,7 @@ class TokenStore:
                 token = mint(tx, name=name, role=role, machine_id=machine_id, now=self.clock())
         except DuplicateKey:
             raise Conflict(f"token {name!r} was created concurrently; try again") from None
-        self._cache.clear()
+        self._forget_all()
         return token
 
     def revoke(self, name: str) -> None:
@@ -154,6 +158,10 @@ class TokenStore:
         with self.store.unit() as tx:
             if not tx.tokens.revoke(name, self.clock()):
                 raise NotFound(f"no live token named {name!r}")
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        self._generation += 1
         self._cache.clear()
 
     def list(self) -> list[TokenRow]:
@@ -183,6 +191,7 @@ class TokenStore:
                 or int(token_id) > MAX_TOKEN_ID:
             return None
         started = self.timer()
+        generation = self._generation
         with self.store.unit() as tx:
             row = tx.tokens.get(int(token_id))
         if row is None or row.revoked_at is not None:
@@ -190,7 +199,7 @@ class TokenStore:
         if not hmac.compare_digest(row.secret_hash, _digest(secret)):
             return None
         principal = _principal(row)
-        if self.cache_seconds > 0:
+        if self.cache_seconds > 0 and generation == self._generation:
             self._cache[_digest(presented)] = _Cached(
                 principal, row.secret_hash, started + self.cache_seconds, started)
         return principal

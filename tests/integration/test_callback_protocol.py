@@ -116,22 +116,28 @@ def test_expect_100_continue(lab, engine, connect):
     assert entry.payload == {"uptime": 7}
 
 
-def test_oversized_payload_is_refused_and_the_connection_goes_on(lab, engine, connect):
+def test_refusals_before_the_body_and_the_connection(lab, engine, connect):
+    """A refusal whose body came whole with its headers leaves the connection
+    open; one for the body's size closes it (its rest is not read). The
+    announced bodies never sent: test_callback_refusals."""
     address, tokens = lab
     sock, stream = connect(address)
-    big = json.dumps({"log": "x" * 70_000}).encode()
     json_type = {"Content-Type": "application/json"}
     # The token is checked before the body.
     sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token="corral_1_wrong",
-                         body=big, headers=json_type))
-    status, _, answer = read_response(stream)
+                         body=b'{"uptime": 7}', headers=json_type))
+    status, fields, answer = read_response(stream)
     assert (status, json.loads(answer)["error"]) == (401, "unauthorized")
+    assert "connection" not in fields
+    big = json.dumps({"log": "x" * 70_000}).encode()
     sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"],
                          body=big, headers=json_type))
-    status, _, answer = read_response(stream)
+    status, fields, answer = read_response(stream)
     assert (status, json.loads(answer)["error"]) == (413, "payload_too_large")
+    assert fields["connection"] == "close"
+    assert stream.read() == b""
     assert engine.get("board", "b1").state == "pxe_booting"
-    # The rest of the big body was read and dropped: the next request parses.
+    sock, stream = connect(address)
     sock.sendall(request("POST", EVENT.format("b1", "second_stage_started"), token=tokens["b1"]))
     status, _, answer = read_response(stream)
     assert (status, json.loads(answer)["state"]) == (200, "installing")

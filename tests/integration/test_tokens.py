@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import event, select
@@ -133,3 +134,31 @@ def test_revalidation_thread_keeps_tokens_in_use_cached(engine):
         assert store.cached(token) is None
     finally:
         store.close()
+
+
+def test_a_token_revoked_while_it_is_being_verified_is_not_cached(engine):
+    """A verification that read the row just before the server revoked the
+    token (a board's reimage token, say) must not cache it afterwards: the
+    revoked token would then pass for cache_seconds more."""
+    engine.create("board", "b1")
+    tokens = TokenStore(engine.store, cache_seconds=600)
+    token = tokens.issue_for_board("b1")
+    real = engine.store
+
+    class RevokedAfterTheRead:
+        armed = True
+
+        @contextmanager
+        def unit(self):
+            with real.unit() as tx:
+                yield tx
+            if self.armed:
+                self.armed = False
+                tokens.revoke("board:b1")
+
+    tokens.store = RevokedAfterTheRead()  # type: ignore[assignment]
+    # Valid when it was read: this one verification passes...
+    assert tokens.verify(token) is not None
+    # ...but the revocation that followed holds from now on.
+    assert tokens.cached(token) is None
+    assert tokens.verify(token) is None

@@ -277,7 +277,10 @@ class Callbacks:
 
         ``headers`` are the request's, names in lower case (as in an ASGI
         scope); ``read_body`` returns the body, or raises the 413 ``ApiError``
-        of :func:`too_large`. It is called only once the token has passed.
+        of :func:`too_large`. It is called only once the token has passed and
+        the ``Content-Length`` (if any) is within :data:`MAX_PAYLOAD`: a
+        request refused for its headers is answered without waiting for its
+        body (so a parser sends ``100 Continue`` only from ``read_body``).
         Refusals (4xx, 503) are logged through :class:`RefusalLog`.
         """
         answer = await self._answer(name, event, headers, read_body)
@@ -288,7 +291,7 @@ class Callbacks:
     async def _answer(self, name: str, event: str, headers: Iterable[tuple[bytes, bytes]],
                       read_body: Callable[[], Awaitable[bytes]]) -> Answer:
         try:
-            authorization = idempotency_key = content_type = None
+            authorization = idempotency_key = content_type = length = None
             for key, value in headers:
                 if key == b"authorization":
                     authorization = value.decode("latin-1")
@@ -296,11 +299,16 @@ class Callbacks:
                     idempotency_key = value.decode("latin-1")
                 elif key == b"content-type":
                     content_type = value.decode("latin-1")
+                elif key == b"content-length":
+                    length = value
             # Checked in the framework's order: path, headers, token, body.
             problems = request_problems(name, event, idempotency_key)
             if problems:
                 raise invalid(*problems[0], *problems[1:])
             who = await self.principal(bearer(authorization))
+            # A body announced too large is refused before a byte of it is read.
+            if length is not None and (not length.isdigit() or int(length) > MAX_PAYLOAD):
+                raise too_large()
             payload = parse_payload(await read_body(), content_type)
             return 200, await self.respond(name, event, who, payload, idempotency_key), {}
         except ApiError as exc:
@@ -340,6 +348,30 @@ async def _body(receive: Receive, limit: int = MAX_PAYLOAD, what: str = "payload
     return b"".join(chunks)
 
 
+class _Body:
+    """A request's body read through ASGI ``receive`` (by :func:`_body`),
+    remembering whether it was read to its end."""
+
+    __slots__ = ("complete", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.complete = False
+
+    async def read(self) -> bytes:
+        data = await _body(self.receive)
+        self.complete = True
+        return data
+
+
+def _announces_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's headers say a body follows."""
+    for key, value in headers:
+        if key == b"transfer-encoding" or (key == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
 class Front:
     """The ASGI application ``corral serve`` runs: callbacks here, the rest to
     ``app``; every HTTP answer carries :data:`SECURITY_HEADERS`."""
@@ -353,12 +385,7 @@ class Front:
         if scope["type"] == "http" and scope["method"] in BODY_METHODS:
             found = PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
             if found is not None:
-                try:
-                    answer = await self.callbacks.serve(scope, receive, *found.groups())
-                except Exception:
-                    log.exception("callback_failed", board=found[1], _event=found[2])
-                    answer = INTERNAL
-                await _send_answer(send, answer)
+                await self._callback(scope, receive, send, *found.groups())
                 return
             try:
                 receive = await self._screen(scope, receive)
@@ -370,6 +397,21 @@ class Front:
         if scope["type"] == "http":
             send = _secured(send)
         await self.app(scope, receive, send)
+
+    async def _callback(self, scope: Scope, receive: Receive, send: Send, name: str,
+                        event: str) -> None:
+        body = _Body(receive)
+        try:
+            answer = await self.callbacks.answer(name, event, scope["headers"], body.read)
+        except Exception:
+            log.exception("callback_failed", board=name, _event=event)
+            answer = INTERNAL
+        if answer[0] == 413 or (not body.complete and _announces_body(scope["headers"])):
+            # Refused before its body was read (a 401 from the headers alone)
+            # or for its size: the server would otherwise read the rest to
+            # reach the next request, however long it is.
+            answer = (answer[0], answer[1], answer[2] | {"Connection": "close"})
+        await _send_answer(send, answer)
 
     async def _screen(self, scope: Scope, receive: Receive) -> Receive:
         """Refuse a request with a body before the framework reads it: one to

@@ -8,9 +8,11 @@ two ``send`` messages) and to writing the response in two system calls.
 
 :class:`CallbackProtocol` is uvicorn's httptools protocol with that one route
 taken out of ASGI: once the request line and headers name the route, the
-request becomes an :class:`_Exchange` instead of an ASGI request cycle, its
-body is collected (up to :data:`MAX_PAYLOAD`), and :meth:`Callbacks.answer`
-answers it; the response goes out in one write. Everything else (the
+request becomes an :class:`_Exchange` instead of an ASGI request cycle and
+:meth:`Callbacks.answer` starts on it at once: a request it refuses from the
+headers (the token, the ``Content-Length``) is answered without waiting for
+its body, and the connection closed; one it accepts waits for its body
+(collected up to :data:`MAX_PAYLOAD`). The response goes out in one write. Everything else (the
 operator API, metrics, a callback whose path is percent-encoded) takes
 uvicorn's own path to the FastAPI app unchanged.
 
@@ -18,7 +20,8 @@ An exchange stands in the connection's place of uvicorn's request cycle
 (``self.cycle``), so keep-alive, HTTP/1.1 pipelining (responses in request
 order, whatever route each request took), graceful shutdown (which waits for
 answers in flight) and ``Expect: 100-continue`` keep working as uvicorn does
-them. It relies on the protocol's hooks, so :func:`callback_protocol` uses it
+them, except that ``100 Continue`` is sent only once the token and length
+have passed. It relies on the protocol's hooks, so :func:`callback_protocol` uses it
 only on the uvicorn releases it was written against, and the acceptance tests
 run every callback through it.
 """
@@ -39,6 +42,7 @@ from corral.api.callbacks import (
     MAX_PAYLOAD,
     Callbacks,
     encode_answer,
+    invalid,
     too_large,
 )
 
@@ -55,6 +59,12 @@ HEADER_TIMEOUT = 10.0
 a kept-alive connection), to send a request's line and headers."""
 BODY_TIMEOUT = 30.0
 """Seconds a client has, once the headers are in, to send the whole body."""
+LINGER = 2.0
+"""Seconds a connection refused in the middle of a body stays half-open (the
+answer and a FIN sent, what still comes read and dropped): closing it at once
+with bytes unread makes the kernel reset it, and a client still sending may
+then lose the answer. Two seconds is far longer than an answer takes to reach
+a board on the lab network and the board to stop (Apache waits as long)."""
 # The uvicorn releases (major, minor) whose protocol hooks this module was
 # checked against: the acceptance tests pass through it on each.
 SUPPORTED_UVICORN = ((0, 54), (0, 54))
@@ -70,7 +80,7 @@ class _Exchange:
 
     __slots__ = ("body", "complete", "disconnected", "event", "expect_continue",
                  "headers", "keep_alive", "name", "response_complete", "size", "started",
-                 "turn")
+                 "turn", "waiter")
 
     def __init__(self, name: str, event: str, headers: list[tuple[bytes, bytes]],
                  keep_alive: bool, expect_continue: bool) -> None:
@@ -83,18 +93,20 @@ class _Exchange:
         self.size = 0
         self.complete = False  # the whole body has arrived
         self.turn = False  # the requests before it on the connection are answered
-        self.started = False
+        self.started = False  # its answer is being worked out
         self.response_complete = False
         self.disconnected = False
+        # Resolved when the body is complete, passes the limit or cannot come.
+        self.waiter: asyncio.Future[None] | None = None
 
     @property
     def too_large(self) -> bool:
         return self.size > MAX_PAYLOAD
 
-    async def read_body(self) -> bytes:
-        if self.too_large:
-            raise too_large()
-        return bytes(self.body)
+    def wake(self) -> None:
+        """The body is in, or too large, or the client is gone."""
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 def callback_protocol(callbacks: Callbacks, *, header_timeout: float = HEADER_TIMEOUT,
@@ -132,6 +144,8 @@ class CallbackProtocol(HttpToolsProtocol):
     _read_timer: asyncio.TimerHandle | None = None
     # A request has begun and its headers are not all in yet.
     _in_headers = True
+    # Answered and half-closed (_linger): what comes is dropped unparsed.
+    _lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -167,20 +181,40 @@ class CallbackProtocol(HttpToolsProtocol):
                  headers_read=current is not None)
         if current is not None:
             if current.response_complete:
-                # Answered already (a 413): the rest of its body is not awaited.
+                # Answered already: the rest of its body is not awaited.
                 self.transport.close()
                 return
-            if current.started if type(current) is _Exchange else getattr(
-                    current, "response_started", False):
+            if type(current) is not _Exchange and getattr(current, "response_started", False):
                 # An answer is on its way: it ends the connection.
                 current.keep_alive = False
                 return
             # The application reading the body sees a disconnect; nothing it
-            # sends afterwards is written.
+            # sends afterwards is written. (A callback is answered only once
+            # its body is in, which it is not.)
             current.response_complete = True
             current.disconnected = True
+            if type(current) is _Exchange:
+                current.wake()
         self.transport.write(TIMED_OUT)
         self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        super().data_received(data)
+
+    def _linger(self) -> None:
+        """End a connection whose request was answered before all its body
+        came: the answer is followed by a FIN at once; the socket is closed
+        when the client closes its end (eof_received) or :data:`LINGER`
+        seconds later."""
+        self._lingering = True
+        self._cancel_read_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
 
     # ---------------------------------------------------- parser callbacks
 
@@ -208,13 +242,12 @@ class CallbackProtocol(HttpToolsProtocol):
         if type(exchange) is not _Exchange:
             super().on_body(body)
             return
-        if exchange.started:
-            return  # answered already (413): the rest is read and dropped
+        if exchange.response_complete or exchange.too_large:
+            return  # refused already: the rest is dropped
         exchange.size += len(body)
         if exchange.too_large:
             exchange.body.clear()
-            if exchange.turn:
-                self._start(exchange)
+            exchange.wake()
         else:
             exchange.body += body
 
@@ -225,8 +258,7 @@ class CallbackProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         exchange.complete = True
-        if exchange.turn and not exchange.started:
-            self._start(exchange)
+        exchange.wake()
 
     # ---------------------------------------------------- uvicorn's hooks
 
@@ -244,6 +276,7 @@ class CallbackProtocol(HttpToolsProtocol):
             # An answer in flight still commits its event (the board may retry
             # with its Idempotency-Key); it is just not written.
             exchange.disconnected = not exchange.response_complete
+            exchange.wake()
             self.cycle = None  # type: ignore[assignment]
         super().connection_lost(exc)
 
@@ -266,24 +299,36 @@ class CallbackProtocol(HttpToolsProtocol):
 
     def _take_turn(self, exchange: _Exchange) -> None:
         exchange.turn = True
-        # Even once a 413 is decided, the rest of the body must come in time.
         self._read_body_in_time(not exchange.complete)
-        if exchange.complete or exchange.too_large:
-            self._start(exchange)
-        elif exchange.expect_continue and not self.transport.is_closing():
-            self.transport.write(CONTINUE)
-
-    def _start(self, exchange: _Exchange) -> None:
+        # The answer is worked out from the headers at once, while the body
+        # comes (on one packet with the headers, it is in before the task runs).
         exchange.started = True
         task = self.loop.create_task(self._answer(exchange))
         # Graceful shutdown waits for these, as for uvicorn's own tasks.
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
+    async def _read_body(self, exchange: _Exchange) -> bytes:
+        """The exchange's body, once the token and length have passed
+        (:meth:`Callbacks.answer`): only now is a client that waits for
+        ``100 Continue`` told to send it."""
+        if not exchange.complete and not exchange.too_large and not exchange.disconnected:
+            if exchange.expect_continue and not self.transport.is_closing():
+                exchange.expect_continue = False
+                self.transport.write(CONTINUE)
+            exchange.waiter = self.loop.create_future()
+            await exchange.waiter
+        if exchange.too_large:
+            raise too_large()
+        if not exchange.complete:
+            raise invalid("body", "the client went away before sending all of it")
+        return bytes(exchange.body)
+
     async def _answer(self, exchange: _Exchange) -> None:
         try:
             answer = await self.callbacks.answer(exchange.name, exchange.event,
-                                                 exchange.headers, exchange.read_body)
+                                                 exchange.headers,
+                                                 lambda: self._read_body(exchange))
         except Exception:
             # Callbacks.answer turns every error into an answer; should that
             # fail too, the client still gets one and the connection goes on.
@@ -291,6 +336,11 @@ class CallbackProtocol(HttpToolsProtocol):
             answer = INTERNAL
         status, fields, data = encode_answer(*answer)
         exchange.response_complete = True
+        if not exchange.complete or status == 413:
+            # Refused before all its body came (a 401 from the headers alone)
+            # or for its size: the connection would otherwise have to read the
+            # rest of it, however long, to reach the next request.
+            exchange.keep_alive = False
         if not exchange.disconnected and not self.transport.is_closing():
             # One write for the whole response: one system call, and on
             # loopback one wake-up of the reader, instead of two.
@@ -301,7 +351,9 @@ class CallbackProtocol(HttpToolsProtocol):
                 parts.append(b"connection: close\r\n")
             parts += (b"\r\n", data)
             self.transport.write(b"".join(parts))
-            if not exchange.keep_alive:
+            if not exchange.complete:
+                self._linger()
+            elif not exchange.keep_alive:
                 self.transport.close()
         # Starts the next pipelined request, or arms the keep-alive timeout.
         self.on_response_complete()
