@@ -261,39 +261,46 @@ def _message(detail: Any, spot: _Spot, *, secrets: Collection[str] = ()) -> tupl
         return where, "must be a non-empty string"
     if kind in _TYPE_WORDS:
         return where, f"must be {_TYPE_WORDS[kind]}{shown}"
+    return where, _constraint_message(kind, detail, ctx, spot, shown)
+
+
+def _constraint_message(kind: str, detail: Any, ctx: Mapping[str, Any], spot: _Spot,
+                        shown: str) -> str:
+    """The message for a value of the right type that breaks a constraint
+    (a length, a bound, a pattern, a choice), or pydantic's in our words."""
     if kind in ("string_too_short", "too_short") and ctx.get("min_length") == 1:
-        return where, "must not be empty"
+        return "must not be empty"
     if kind == "too_short":
-        return where, f"must have at least {ctx.get('min_length')} items"
+        return f"must have at least {ctx.get('min_length')} items"
     if kind == "string_too_long":
-        return where, f"must be at most {ctx.get('max_length')} characters long{shown}"
+        return f"must be at most {ctx.get('max_length')} characters long{shown}"
     if kind in _BOUND_WORDS:
         words, bound = _BOUND_WORDS[kind]
         number = "a whole number" if spot.leaf is int else "a number"
         limit = ctx.get(bound)
         if isinstance(limit, float) and limit.is_integer():
             limit = int(limit)
-        return where, f"must be {number} {words} {limit}{shown}"
+        return f"must be {number} {words} {limit}{shown}"
     if kind == "literal_error":
-        return where, f"must be one of {_choices(spot)}{shown}"
+        return f"must be one of {_choices(spot)}{shown}"
     if kind in ("value_error", "assertion_error"):
-        return where, str(ctx.get("error", detail["msg"]))
+        return str(ctx.get("error", detail["msg"]))
     if kind == "corral":
-        return where, detail["msg"]  # refuse(): already in the project's words
+        return detail["msg"]  # refuse(): already in the project's words
     if kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
         if len(pattern) > MAX_PATTERN_SHOWN:
-            return where, f"is not of the form the API documents (/openapi.json){shown}"
-        return where, f"must match {pattern}{shown}"
+            return f"is not of the form the API documents (/openapi.json){shown}"
+        return f"must match {pattern}{shown}"
     if kind == "string_too_short":
-        return where, f"must be at least {ctx.get('min_length')} characters long{shown}"
+        return f"must be at least {ctx.get('min_length')} characters long{shown}"
     if kind == "too_long":
-        return where, f"must have at most {ctx.get('max_length')} items"
+        return f"must have at most {ctx.get('max_length')} items"
     if kind == "json_invalid":
-        return where, f"is not valid JSON ({ctx.get('error', 'unreadable')})"
+        return f"is not valid JSON ({ctx.get('error', 'unreadable')})"
     if kind == "enum":
-        return where, f"must be one of {ctx.get('expected', 'the allowed values')}{shown}"
-    return where, _own_words(str(detail["msg"]))
+        return f"must be one of {ctx.get('expected', 'the allowed values')}{shown}"
+    return _own_words(str(detail["msg"]))
 
 
 # The longest pattern a message quotes (a URL's is a page long).
