@@ -102,7 +102,8 @@ def lab(lab_host, tmp_path_factory):
     lab = Lab(tmp_path / "lab", boards=4, network=NETWORK)
     print(f"the lab's network: {lab.network}"
           + (f" (namespace {lab.namespace.name}, {lab.namespace.subnet})" if lab.namespace
-             else " (QEMU's user network: ip netns add is refused here)"))
+             else " (QEMU's user network" + ("" if NETWORK == "user" else
+                                              ": ip netns add is refused here") + ")"))
     server = log = None
     try:
         lab.build()

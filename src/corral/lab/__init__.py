@@ -27,8 +27,8 @@ sockets, so taking it away (:meth:`Lab.controller_down`) leaves every board
 behind it unswitchable, as a PDU that stops answering does.
 
 QEMU runs with TCG (software emulation) unless a probe shows KVM works here
-(:func:`corral.lab.kvm.kvm_works`): iPXE resets under KVM on some hosts, nested VMs among
-them.
+(:func:`corral.lab.kvm.kvm_works`): iPXE resets under KVM on some hosts,
+nested VMs among them.
 """
 
 from __future__ import annotations
@@ -101,9 +101,8 @@ NETNS_PACKAGES = {"dnsmasq": "dnsmasq", "ip": "iproute2"}
 
 
 def missing(network: str = USER) -> list[str]:
-    """What this host lacks to run the lab with ``network`` (``user``, or
-    ``netns``, which needs dnsmasq) (empty: nothing), as ``thing (Debian
-    package)``."""
+    """What this host lacks to run the lab on ``network`` (``netns`` needs
+    dnsmasq and ip besides), as ``thing (Debian package)``; empty: nothing."""
     absent = []
     wanted = {**PACKAGES, **(NETNS_PACKAGES if network == NETNS else {})}
     for thing, package in wanted.items():
