@@ -8,6 +8,7 @@ import pytest
 
 from corral import lab
 from corral.errors import CorralError
+from corral.lab import kvm
 
 START = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)\n"
          "iPXE (http://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM+0EFCF130+0EF0F130 CA00\n"
@@ -26,8 +27,8 @@ def test_the_probe_reads_the_console(console, verdict):
 
 
 def test_no_kvm_device_means_tcg(monkeypatch, tmp_path):
-    monkeypatch.setattr(lab, "KVM_DEVICE", tmp_path / "no-kvm")
-    assert lab.kvm_works() is False
+    monkeypatch.setattr(kvm, "KVM_DEVICE", tmp_path / "no-kvm")
+    assert kvm.kvm_works() is False
 
 
 def test_an_unknown_accelerator_is_refused(tmp_path):

@@ -11,19 +11,24 @@
   UEFI): the one each board starts with and the one a reimage installs;
 - ``mirror/`` and ``import.yaml``: a simplestreams mirror offering that
   kernel, initramfs and image as amd64/generic/``lab``;
-- ``lab.yaml``: the inventory, each board's power driven over QMP and its
-  ping an HTTP check of the installed system through QEMU's port forward;
+- ``lab.yaml``: the inventory, each board's power driven over IPMI or QMP
+  and its ping an HTTP check of the installed system;
 
-then starts one VM per board. Each VM has a network of its own: QEMU's
-user-mode network, whose built-in DHCP and TFTP server offers the boot root
-(pxelinux.0 to BIOS boards, grubx64.efi to UEFI ones) and whose host address
-10.0.2.2 is the Corral host's loopback, where boards report. This needs no
-privileges, bridges or DHCP server; a lab of physical boards uses dnsmasq or
-tftpd-hpa the same way (docs/lab.md).
+then starts one VM per board on the lab's network (:mod:`corral.lab.network`):
+as root, a network namespace with a bridge, a tap per VM and dnsmasq serving
+DHCP and TFTP with docs/lab.md's configuration, Corral reaching it over a
+veth pair; without the privilege, QEMU's user-mode network, whose built-in
+DHCP and TFTP server offers the boot root and whose 10.0.2.2 is the host's
+loopback.
+
+The QMP-powered boards sit behind the lab's power controllers, two boards
+each (``lab-pdu-N``): a controller is the directory of its boards' QMP
+sockets, so taking it away (:meth:`Lab.controller_down`) leaves every board
+behind it unswitchable, as a PDU that stops answering does.
 
 QEMU runs with TCG (software emulation) unless a probe shows KVM works here
-(:func:`kvm_works`): iPXE resets under KVM on some hosts, nested VMs among
-them.
+(:func:`corral.lab.kvm.kvm_works`): iPXE resets under KVM on some hosts,
+nested VMs among them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import CorralError
+from corral.lab.kvm import kvm_works
+from corral.lab.kvm import probe_verdict as probe_verdict
+from corral.lab.network import MODES, NETNS, USER, Namespace, netns_works
 from corral.paths import SECOND_STAGE_DIR
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -58,11 +66,17 @@ GRUB_MODULES = Path("/usr/lib/grub/x86_64-efi")
 BUSYBOX = Path("/bin/busybox")
 # What grubx64.efi needs: TFTP over the firmware's network, the shipped
 # grub.cfg (regexp, test, configfile), Linux, and chainloading the disk.
-# The lab boards' health check (docs/health.md): all three at once.
+# The lab boards' health check (docs/health.md), all of them at once. A QMP
+# reset answers at once and ipmi_sim's cycle within its 10 s of waits
+# (poweroff_wait + kill_wait): a controller silent for 20 s is down. A board
+# boots from its disk to answering HTTP in 30-40 s under TCG on two busy
+# cores: one not up in 120 s does not boot.
 LAB_HEALTH = """name: lab
-steps: [{step: power_cycle, timeout: 120}, {step: ping, timeout: 300}, {step: poll}]
+steps: [{step: power_cycle, timeout: 20}, {step: ping, timeout: 120}, {step: poll}]
 rules: {max_checking: 1.0}
 """
+# The lab's QMP-powered boards share power controllers, this many each.
+BOARDS_PER_CONTROLLER = 2
 GRUB_IMAGE_MODULES = ("normal", "configfile", "linux", "echo", "test", "regexp", "tftp",
                       "efinet", "boot", "gzio", "minicmd", "search", "search_fs_file",
                       "chain", "part_msdos", "fat", "efi_gop")
@@ -82,13 +96,16 @@ PACKAGES = {
     # The IPMI-powered boards' BMC, and the client Corral's ipmi driver runs.
     "ipmi_sim": "openipmi", "ipmitool": "ipmitool",
 }
+# What the netns network adds: its DHCP/TFTP daemon and the namespace tools.
+NETNS_PACKAGES = {"dnsmasq": "dnsmasq", "ip": "iproute2"}
 
 
-def missing() -> list[str]:
-    """What this host lacks to run the lab (empty: nothing), as
-    ``thing (Debian package)``."""
+def missing(network: str = USER) -> list[str]:
+    """What this host lacks to run the lab on ``network`` (``netns`` needs
+    dnsmasq and ip besides), as ``thing (Debian package)``; empty: nothing."""
     absent = []
-    for thing, package in PACKAGES.items():
+    wanted = {**PACKAGES, **(NETNS_PACKAGES if network == NETNS else {})}
+    for thing, package in wanted.items():
         if thing.startswith("/boot/"):
             found = bool(_kernels())
         elif thing.startswith("/"):
@@ -100,52 +117,6 @@ def missing() -> list[str]:
     if BUSYBOX.exists() and not _static(BUSYBOX):
         absent.append(f"a static {BUSYBOX} (busybox-static)")
     return absent
-
-
-KVM_DEVICE = Path("/dev/kvm")
-# What SeaBIOS prints once per (re)start, and what iPXE prints when it has
-# tried every network device and found nothing to boot.
-_BANNER = "SeaBIOS (version"
-_IPXE_DONE = ("Nothing to boot", "No more network devices")
-
-
-def probe_verdict(console: str) -> bool | None:
-    """Read a probe VM's console: False once SeaBIOS has started twice (iPXE
-    reset the machine), True once iPXE finished with SeaBIOS started once,
-    None while neither."""
-    if console.count(_BANNER) >= 2:
-        return False
-    if console.count(_BANNER) == 1 and any(done in console for done in _IPXE_DONE):
-        return True
-    return None
-
-
-def kvm_works(seconds: float = 30.0) -> bool:
-    """Whether QEMU's iPXE ROM runs under KVM on this host: a VM with no disk
-    and no boot server must reach iPXE's "nothing to boot" without a reset."""
-    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK) or shutil.which("qemu-system-x86_64") is None:
-        return False
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="corral-kvm-probe-") as scratch:
-        console = Path(scratch) / "console.log"
-        vm = subprocess.Popen(
-            ["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nographic",
-             "-monitor", "none", "-serial", f"file:{console}", "-netdev", "user,id=n0",
-             "-device", "e1000,netdev=n0", "-boot", "n"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline and vm.poll() is None:
-                time.sleep(0.5)
-                text = console.read_bytes().decode("latin-1") if console.exists() else ""
-                verdict = probe_verdict(text)
-                if verdict is not None:
-                    return verdict
-            return False
-        finally:
-            vm.kill()
-            vm.wait()
 
 
 def _kernels() -> list[Path]:
@@ -174,13 +145,18 @@ class LabBoard:
     mac: str
     port: int
     directory: Path
+    # Its VM's QMP socket: in the directory of its power controller (QMP
+    # boards) or its own (the BMC's VM).
+    qmp: Path
+    # Where its installed system answers HTTP, as host:port (its address on
+    # the lab's bridge, or QEMU's port forward on the host's loopback).
+    http: str
     # The UDP port of the board's BMC (OpenIPMI's ipmi_sim, which runs the
     # VM and is its only way to switch it), or 0: power goes over QMP.
     ipmi_port: int = 0
-
-    @property
-    def qmp(self) -> Path:
-        return self.directory / "qmp.sock"
+    # The power controller a QMP board is behind (lab-pdu-N).
+    controller: str = ""
+    index: int = 0
 
     @property
     def console(self) -> Path:
@@ -195,27 +171,49 @@ class Lab:
     """The lab in ``directory``: ``bios``, ``uefi`` and ``ipxe`` boards, in turn."""
 
     def __init__(self, directory: Path, *, boards: int = 3, accel: str = "auto",
-                 first_port: int = 0, ipmi_boards: int = 1) -> None:
+                 first_port: int = 0, ipmi_boards: int = 1, network: str = "auto") -> None:
         """``accel``: ``tcg``, ``kvm``, or ``auto`` (KVM where :func:`kvm_works`).
         The first ``ipmi_boards`` boards are powered over IPMI through a BMC of
-        their own (``ipmi_sim``); the others over QMP."""
-        if boards < 1 or boards > 250:
-            raise CorralError("a lab has 1 to 250 boards")
+        their own (``ipmi_sim``); the others over QMP. ``network``: ``netns``,
+        ``user``, or ``auto`` (netns where :func:`netns_works`).
+
+        Raises:
+            CorralError: a bad argument, or ``netns`` where namespaces are refused.
+        """
+        if boards < 1 or boards > 240:
+            raise CorralError("a lab has 1 to 240 boards")
         if accel not in ("auto", "tcg", "kvm"):
             raise CorralError(f"accel must be auto, tcg or kvm, not {accel!r}")
+        if network not in MODES:
+            raise CorralError(f"network must be {', '.join(MODES)}, not {network!r}")
+        if network == NETNS and not netns_works():
+            raise CorralError("the netns network needs ip, dnsmasq and the right to create "
+                              "network namespaces (root or CAP_NET_ADMIN)")
+        if network == "auto":
+            network = NETNS if netns_works() else USER
+        self.network = network
         self.directory = directory.resolve()
+        self.namespace = Namespace(self.directory) if network == NETNS else None
         self.accel = accel
         self.tftp = self.directory / "tftp"
         self.assets = self.directory / "assets"
         kinds = len(FIRMWARES)
-        names = [f"lab-{FIRMWARES[i % kinds]}-{i // kinds + 1}" for i in range(boards)]
-        self.boards = [
-            LabBoard(name=name, firmware=FIRMWARES[i % kinds],
-                     mac=f"52:54:00:c0:{i // 256:02x}:{i % 256:02x}",
-                     port=first_port + i if first_port else _free_port(),
-                     directory=self.directory / "vm" / name,
-                     ipmi_port=_free_udp_port() if i < ipmi_boards else 0)
-            for i, name in enumerate(names)]
+        self.boards = []
+        for i in range(boards):
+            name = f"lab-{FIRMWARES[i % kinds]}-{i // kinds + 1}"
+            port = first_port + i if first_port else _free_port()
+            qmp_board = i - ipmi_boards  # its place among the QMP boards
+            controller = (f"lab-pdu-{qmp_board // BOARDS_PER_CONTROLLER + 1}"
+                          if qmp_board >= 0 else "")
+            self.boards.append(LabBoard(
+                name=name, firmware=FIRMWARES[i % kinds], index=i,
+                mac=f"52:54:00:c0:{i // 256:02x}:{i % 256:02x}", port=port,
+                directory=self.directory / "vm" / name,
+                qmp=(self.directory / "power" / controller / f"{name}.qmp" if controller
+                     else self.directory / "vm" / name / "qmp.sock"),
+                http=(f"{self.namespace.board_address(i)}:80" if self.namespace
+                      else f"127.0.0.1:{port}"),
+                ipmi_port=0 if controller else _free_udp_port(), controller=controller))
         self._vms: dict[str, subprocess.Popen[bytes]] = {}
 
     # ------------------------------------------------------------ building
@@ -226,7 +224,8 @@ class Lab:
         if absent:
             raise CorralError("the lab needs " + ", ".join(absent))
         for path in (self.tftp / "grub", self.assets, self.directory / "vm",
-                     self.directory / "health"):
+                     self.directory / "health",
+                     *{board.qmp.parent for board in self.boards}):
             path.mkdir(parents=True, exist_ok=True)
         (self.directory / "health" / "lab.yaml").write_text(LAB_HEALTH)
         kernel = _kernels()[-1]
@@ -291,25 +290,26 @@ class Lab:
         probe = f"{sys.executable} -m corral.lab.probe"
         lines = ["# The lab's boards (written by `corral lab up`).", "boards:"]
         for board in self.boards:
-            check = f"{probe} http://127.0.0.1:{board.port}/ corral-installed"
+            check = f"{probe} http://{board.http}/ corral-installed"
             if board.ipmi_port:
                 # A VM boots the network first and the netboot configuration
                 # decides what it runs, so its boot device is left alone
                 # (ipmi_sim's VM interface refuses boot flags anyway).
-                power = (f"{{driver: ipmi, address: 127.0.0.1, port: {board.ipmi_port}, "
-                         f"username: {IPMI_USER}, password_file: \"{self.ipmi_password}\", "
-                         "set_boot_device: false}")
+                power = (f"{{driver: ipmi, address: {self.bmc_address}, "
+                         f"port: {board.ipmi_port}, username: {IPMI_USER}, "
+                         f"password_file: \"{self.ipmi_password}\", set_boot_device: false}}")
             else:
-                power = f"{{driver: qemu, qmp: \"{board.qmp}\"}}"
+                power = (f"{{driver: qemu, qmp: \"{board.qmp}\", "
+                         f"controller: {board.controller}}}")
             lines += [f"  - name: {board.name}", "    arch: amd64", "    subarch: generic",
                       "    release: lab", f"    mac: \"{board.mac}\"",
-                      "    hostname: 127.0.0.1",
+                      f"    hostname: {board.http.rpartition(':')[0]}",
                       f"    power: {power}",
                       # The VM's serial port, as QEMU writes it (-serial file:).
                       f"    console: {{type: file, path: \"{board.console}\"}}",
                       f"    commands: {{ping: \"{check}\", poll: \"{check}\"}}",
                       f"    labels: {{firmware: {board.firmware}, "
-                      f"http: \"127.0.0.1:{board.port}\"}}"]
+                      f"http: \"{board.http}\"}}"]
         (self.directory / "lab.yaml").write_text("\n".join(lines) + "\n")
 
     @property
@@ -321,23 +321,72 @@ class Lab:
         """The lab BMCs' password, in a file only its owner reads."""
         return self.directory / "ipmi.pass"
 
+    @property
+    def bmc_address(self) -> str:
+        """Where the lab's BMCs listen: the bridge, or the host's loopback."""
+        return self.namespace.lab_address if self.namespace else "127.0.0.1"
+
+    @property
+    def corral_host(self) -> str:
+        """Where Corral listens for this lab: the host's end of the veth pair
+        (netns), or the loopback, which QEMU's user network reaches as 10.0.2.2."""
+        return self.namespace.host_address if self.namespace else "127.0.0.1"
+
     def settings(self, http_port: int) -> dict[str, str]:
-        """The environment ``corral serve`` needs to drive this lab."""
+        """The environment ``corral serve`` (listening on :attr:`corral_host`)
+        needs to drive this lab."""
+        ns = self.namespace
         return {"CORRAL_PXE_ROOT": str(self.tftp),
                 "CORRAL_BOOTRES_STORAGE": str(self.directory / "boot-resources"),
-                "CORRAL_BOOT_CALLBACK_URL": f"http://10.0.2.2:{http_port}",
-                # QEMU's user-mode network reaches the host from its loopback.
-                "CORRAL_BOOT_NETWORKS": "127.0.0.0/8",
-                "CORRAL_HEALTH_DIR": str(self.directory / "health")}
+                "CORRAL_BOOT_CALLBACK_URL":
+                    f"http://{ns.host_address if ns else '10.0.2.2'}:{http_port}",
+                # The lab's subnet, or QEMU's user network, which reaches the
+                # host from its loopback.
+                "CORRAL_BOOT_NETWORKS": str(ns.subnet) if ns else "127.0.0.0/8",
+                "CORRAL_HEALTH_DIR": str(self.directory / "health"),
+                # A lab controller has two boards: both failing there is the
+                # controller's fault. Probed again after 10 s at first, then 20,
+                # 40...: a lab's outage is short.
+                "CORRAL_HEALTH_EQUIPMENT_THRESHOLD": str(BOARDS_PER_CONTROLLER),
+                "CORRAL_HEALTH_BACKOFF": "10"}
+
+    def controller_down(self, controller: str) -> None:
+        """Take the power controller away: no board behind it can be switched
+        (its QMP sockets are gone); its VMs keep running."""
+        (self.directory / "power" / controller).rename(
+            self.directory / "power" / f"{controller}.away")
+
+    def controller_up(self, controller: str) -> None:
+        """Bring the power controller back."""
+        (self.directory / "power" / f"{controller}.away").rename(
+            self.directory / "power" / controller)
 
     # ------------------------------------------------------------ running
 
     def start(self, http_port: int) -> None:
-        """Start every board's VM with the disk it was installed with; Corral
-        serves HTTP on the host's ``http_port`` (where ``ipxe`` boards fetch
-        their scripts)."""
+        """Bring up the lab's network and start every board's VM with the disk
+        it was installed with; Corral serves HTTP on :attr:`corral_host`'s
+        ``http_port`` (where ``ipxe`` boards fetch their scripts).
+
+        Raises:
+            CorralError: a VM or the network did not start (what had started
+                is stopped again).
+        """
         if self.accel == "auto":
             self.accel = "kvm" if kvm_works() else "tcg"
+        try:
+            self._start(http_port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, http_port: int) -> None:
+        if self.namespace:
+            self.namespace.up(taps=len(self.boards))
+            self.namespace.start_dnsmasq(
+                tftp_root=self.tftp, corral_url=f"http://{self.corral_host}:{http_port}",
+                hosts=[(b.mac, b.http.rpartition(":")[0], b.firmware == "bios")
+                       for b in self.boards])
         for board in self.boards:
             board.directory.mkdir(parents=True, exist_ok=True)
             if not board.disk.exists():
@@ -346,6 +395,9 @@ class Lab:
             argv = self.command(board, http_port)
             if board.ipmi_port:
                 argv = self._bmc(board, argv)
+            if self.namespace:
+                # The VM (or its BMC, and the VMs it starts) in the lab's namespace.
+                argv = self.namespace.exec(argv)
             with open(board.directory / "qemu.log", "wb") as errors:
                 self._vms[board.name] = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
@@ -378,7 +430,7 @@ class Lab:
         config.write_text(f"""name "{board.name}-bmc"
 set_working_mc 0x20
   startlan 1
-    addr 127.0.0.1 {board.ipmi_port}
+    addr {self.bmc_address} {board.ipmi_port}
     priv_limit admin
     allowed_auths_callback none md2 md5 straight
     allowed_auths_user none md2 md5 straight
@@ -402,9 +454,16 @@ set_working_mc 0x20
                 "-s", str(board.directory / "bmc-state")]
 
     def command(self, board: LabBoard, http_port: int) -> list[str]:
-        bootfile = {"bios": "pxelinux.0", "uefi": "grub/grubx64.efi",
-                    "ipxe": f"http://10.0.2.2:{http_port}/boot/ipxe/{board.mac}"
-                    }[board.firmware]
+        if self.namespace:
+            # The board's tap on the lab's bridge, where dnsmasq answers.
+            netdev = (f"tap,id=net0,ifname={self.namespace.tap(board.index)},"
+                      "script=no,downscript=no")
+        else:
+            bootfile = {"bios": "pxelinux.0", "uefi": "grub/grubx64.efi",
+                        "ipxe": f"http://10.0.2.2:{http_port}/boot/ipxe/{board.mac}"
+                        }[board.firmware]
+            netdev = (f"user,id=net0,tftp={self.tftp},bootfile={bootfile},"
+                      f"hostfwd=tcp:127.0.0.1:{board.port}-:80")
         # A BMC-run VM is a new process after each power cycle: its console
         # is appended to, so that every boot's output stays.
         console = (["-chardev", f"file,id=console0,path={board.console},append=on",
@@ -415,8 +474,7 @@ set_working_mc 0x20
                 "-qmp", f"unix:{board.qmp},server=on,wait=off",
                 "-drive", f"file={board.disk},format=raw,if=none,id=disk0",
                 "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
-                "-netdev", f"user,id=net0,tftp={self.tftp},bootfile={bootfile},"
-                           f"hostfwd=tcp:127.0.0.1:{board.port}-:80"]
+                "-netdev", netdev]
         if board.firmware in ("bios", "ipxe"):
             # SeaBIOS, and QEMU's iPXE ROM on the NIC, which chains pxelinux.0
             # (bios) or runs the script Corral serves (ipxe).
@@ -431,6 +489,8 @@ set_working_mc 0x20
                 "-device", f"virtio-net-pci,netdev=net0,mac={board.mac},bootindex=1,romfile="]
 
     def stop(self) -> None:
+        """Stop the VMs and BMCs, then take the lab's network down (dnsmasq,
+        the namespace and everything in it). Safe after a partial start."""
         for board in self.boards:
             if board.ipmi_port and board.qmp.exists():
                 _quit(board.qmp)  # the BMC's VM, which is not in its process group
@@ -444,6 +504,8 @@ set_working_mc 0x20
                 os.killpg(vm.pid, signal.SIGKILL)
                 vm.wait()
         self._vms.clear()
+        if self.namespace:
+            self.namespace.down()
 
 
 def build_disk(path: Path, kernel: Path, initrd: Path, *, os_name: str) -> None:
