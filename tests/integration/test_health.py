@@ -248,6 +248,38 @@ def test_a_dead_controller_is_blamed_its_boards_wait_unknown_and_come_back(make_
         assert tx.health.equipment()[equipment]["state"] == "ok"
 
 
+def test_the_probe_backoff_keeps_doubling_while_the_canary_is_out_checking(make_lab):
+    """A probe's check can outlast the backoff. When the next probe comes due
+    meanwhile, no board is unknown (the canary is out checking), and the
+    controller must not be forgotten then: that started its backoff over at
+    every failure (20, 20, 20 s instead of 20, 40, 80)."""
+    checks = Definitions.of_list([Check(name="all", steps=[
+        PowerCycleStep(step="power_cycle"), PingStep(step="ping")], rules=Rules(max_checking=1))])
+    lab = make_lab(checks, sim_controller_outage="relay-9@0+30000", health_backoff=20,
+                   health_equipment_threshold=1)
+    enrol(lab, {"b5": BOARDS["b5"]})
+    equipment = "controller:relay:relay-9"
+
+    def controller() -> dict[str, Any]:
+        with lab.engine.store.unit() as tx:
+            return tx.health.equipment().get(equipment) or {}
+
+    lab.until(lambda: lab.state("b5") == "unknown")
+    backoffs = [controller()["backoff_s"]]
+    for _ in range(3):
+        lab.clock.advance(controller()["backoff_s"] + 1)
+        lab.health.run_pass()                  # the probe: the canary queues and is admitted
+        assert lab.state("b5") in ("check_queued", "checking")
+        backoffs.append(controller()["backoff_s"])
+        lab.clock.advance(controller()["backoff_s"] + 1)
+        lab.health.run_pass()                  # due again, the canary still out checking
+        assert controller()["state"] == "degraded", controller()
+        # Its check fails: unknown again, the controller still to blame.
+        lab.until(lambda: lab.state("b5") == "unknown", seconds=1)
+        assert controller()["state"] == "degraded"
+    assert backoffs == [20, 40, 80, 160]
+
+
 def test_an_operator_checks_a_board_on_demand_and_a_burn_in_keeps_pass_rates(make_lab):
     lab = make_lab()
     enrol(lab)

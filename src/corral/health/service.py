@@ -24,7 +24,7 @@ so a pass missed or killed is made up by the next one. In order:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -264,6 +264,15 @@ class _Pass:
             self.degraded[verdict.degrade] = {
                 "retry_at": self.now + timedelta(seconds=backoff), "backoff_s": backoff}
             log.warning("equipment_degraded", equipment=verdict.degrade, board=result.board)
+        elif verdict.decision == "unknown" and result.equipment in self.degraded:
+            # A probe failed through it again: the next one waits its whole
+            # backoff from now, not from when this one was sent.
+            row = self.degraded[result.equipment]
+            retry = self.now + timedelta(seconds=int(row.get("backoff_s")
+                                                     or self.settings.health_backoff))
+            if row.get("retry_at") is None or row["retry_at"] < retry:
+                self.tx.health.set_equipment(result.equipment, retry_at=retry)
+                row["retry_at"] = retry
         for equipment in verdict.recovered:
             self.tx.health.set_equipment(equipment, state="ok", since=self.now,
                                          retry_at=None, backoff_s=0,
@@ -311,10 +320,12 @@ class _Pass:
                 self.report["judged"].append(board.name)
 
     # -- 2. degraded equipment
-    def _waiting_for(self, equipment: str) -> list[str]:
-        """The unknown boards whose last check failed through ``equipment``."""
+    def _waiting_for(self, equipment: str, states: Sequence[str] = ("unknown",)
+                     ) -> list[str]:
+        """The boards in ``states`` (unknown: waiting for it) whose last check
+        failed through ``equipment``."""
         found = []
-        for board in self.tx.machines.list(BOARD, states=["unknown"]):
+        for board in self.tx.machines.list(BOARD, states=list(states)):
             last = self.tx.health.results(board.name, limit=1)
             if last and last[0]["equipment"] == equipment:
                 found.append(board.name)
@@ -326,6 +337,11 @@ class _Pass:
             if retry is None or retry > self.now:
                 continue
             boards = self._waiting_for(equipment)
+            if not boards and self._waiting_for(
+                    equipment, ("check_queued", *IN_CHECKS, "suspect")):
+                # The last probe (or a suspect board's re-check) through it is
+                # under way: its result decides, and the backoff keeps growing.
+                continue
             if not boards:
                 # Nothing waits for it any more (operators moved them): forget it.
                 self.tx.health.set_equipment(equipment, state="ok", since=self.now,
