@@ -336,12 +336,13 @@ class _Pass:
             retry = row.get("retry_at")
             if retry is None or retry > self.now:
                 continue
-            boards = self._waiting_for(equipment)
-            if not boards and self._waiting_for(
-                    equipment, ("check_queued", *IN_CHECKS, "suspect")):
-                # The last probe (or a suspect board's re-check) through it is
-                # under way: its result decides, and the backoff keeps growing.
+            if self._waiting_for(equipment, ("check_queued", *IN_CHECKS)):
+                # The last probe (or another check) through it is under way:
+                # its result decides, and no second canary is sent meanwhile.
                 continue
+            boards = self._waiting_for(equipment)
+            if not boards and self._waiting_for(equipment, ("suspect",)):
+                continue  # a suspect board's re-check comes by itself
             if not boards:
                 # Nothing waits for it any more (operators moved them): forget it.
                 self.tx.health.set_equipment(equipment, state="ok", since=self.now,
