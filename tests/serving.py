@@ -70,3 +70,21 @@ def read_response(stream: BinaryIO) -> tuple[int, dict[str, str], bytes]:
         fields[name.strip().lower()] = value.strip()
     body = stream.read(int(fields.get("content-length", "0")))
     return int(status_line.split()[1]), fields, body
+
+
+def raw_connections(timeout: float):  # type: ignore[no-untyped-def]
+    """A fixture body: yields ``connect(address) -> (socket, reader)`` and
+    closes every connection it opened when the test ends, however it ends."""
+    import socket as _socket
+
+    opened: list = []
+
+    def connect(address: tuple[str, int]):  # type: ignore[no-untyped-def]
+        sock = _socket.create_connection(address, timeout=timeout)
+        stream = sock.makefile("rb")
+        opened.extend((stream, sock))
+        return sock, stream
+
+    yield connect
+    for each in opened:
+        each.close()

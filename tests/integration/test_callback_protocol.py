@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
-from typing import BinaryIO
 
 import pytest
 import structlog
@@ -22,7 +20,7 @@ from corral.api.app import create_app
 from corral.api.protocol import CallbackProtocol
 from corral.api.server import uvicorn_config
 from corral.tokens import TokenStore
-from tests.serving import read_response, request, serving
+from tests.serving import raw_connections, read_response, request, serving
 
 EVENT = "/api/v1/boards/{}/events/{}"
 
@@ -45,17 +43,7 @@ def lab(engine):
 @pytest.fixture
 def connect():
     """Opens connections, closed when the test ends however it ends."""
-    opened: list[socket.socket | BinaryIO] = []
-
-    def connect(address: tuple[str, int]) -> tuple[socket.socket, BinaryIO]:
-        sock = socket.create_connection(address, timeout=30)
-        stream = sock.makefile("rb")
-        opened.extend((stream, sock))
-        return sock, stream
-
-    yield connect
-    for each in opened:
-        each.close()
+    yield from raw_connections(30)
 
 
 def test_serve_answers_callbacks_in_the_protocol(engine):

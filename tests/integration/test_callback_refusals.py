@@ -13,7 +13,6 @@ and by :class:`corral.api.callbacks.Front` under uvicorn's own protocols.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from corral.api.app import create_app
 from corral.api.callbacks import MAX_PAYLOAD
 from corral.engine.core import Engine
 from corral.tokens import TokenStore
-from tests.serving import read_response, serving
+from tests.serving import raw_connections, read_response, serving
 
 EVENT = "/api/v1/boards/b1/events/second_stage_started"
 GIGABYTE = 1_000_000_000
@@ -67,17 +66,7 @@ def lab(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Lab]:
 @pytest.fixture
 def connect() -> Iterator[object]:
     """Opens connections with :data:`SOCKET_TIMEOUT`, closed when the test ends."""
-    opened: list[socket.socket | BinaryIO] = []
-
-    def connect(address: tuple[str, int]) -> tuple[socket.socket, BinaryIO]:
-        sock = socket.create_connection(address, timeout=SOCKET_TIMEOUT)
-        stream = sock.makefile("rb")
-        opened.extend((stream, sock))
-        return sock, stream
-
-    yield connect
-    for each in opened:
-        each.close()
+    yield from raw_connections(SOCKET_TIMEOUT)
 
 
 def head(*, token: str | None, length: int | None = GIGABYTE, expect: bool = True,
