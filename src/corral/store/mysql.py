@@ -9,8 +9,8 @@ differently:
   not fit is an error, never silently cut); with the session time zone UTC;
 - no ``UPDATE ... RETURNING``: a lease selects its rows first (``FOR UPDATE
   SKIP LOCKED``), then changes and reads them by id;
-- many machine rows (a sweep batch's) are rewritten by one ``UPDATE`` joined
-  to their new values, not one statement per row (PyMySQL's
+- many machine rows (a sweep batch's) are rewritten by one ``UPDATE`` whose
+  values are ``CASE id WHEN ...``, not one statement per row (PyMySQL's
   ``executemany`` batches only ``INSERT``);
 - a named lock (the scheduler's, the state recount's) is ``GET_LOCK``,
   released when the transaction ends;
@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, union_all, update
+from sqlalchemy import bindparam, case, select, text, update
 
 from corral.errors import Unavailable
 from corral.store.machines import Machines
@@ -53,31 +53,42 @@ UPDATE_CHUNK = 500
 
 
 class MysqlMachines(Machines):
-    """Many rows in one statement: ``UPDATE machines, (SELECT ... UNION ALL
-    SELECT ...) AS v SET ... WHERE machines.id = v.id`` (the derived table
-    works on MariaDB and MySQL alike, where their ``VALUES`` constructors
-    differ)."""
+    """Many rows in one statement: ``UPDATE machines SET state = CASE id WHEN
+    :id_0 THEN :state_0 ... END, ... WHERE id IN (...)``.
+
+    A single-table ``UPDATE``, on purpose: at ``READ COMMITTED`` InnoDB reads a
+    row another transaction holds semi-consistently (its committed version,
+    matched against the ``WHERE`` without waiting for the lock), so the
+    statement waits only for the rows it changes, which its batch has locked
+    already. An ``UPDATE`` joined to a derived table of the new values locks
+    every row its join reads: with few rows the optimizer scans the table,
+    and two batches locking disjoint boards deadlock on each other's rows."""
 
     def update(self, changes: Sequence[StateChange]) -> None:
         if len(changes) <= 1:
             super().update(changes)
             return
         for start in range(0, len(changes), UPDATE_CHUNK):
-            self._update_joined(changes[start:start + UPDATE_CHUNK])
+            self._update_by_case(changes[start:start + UPDATE_CHUNK])
 
-    def _update_joined(self, changes: Sequence[StateChange]) -> None:
-        rows, params = [], {}
+    def _update_by_case(self, changes: Sequence[StateChange]) -> None:
+        params: dict[str, Any] = {}
+        whens: dict[str, list[tuple[Any, Any]]] = {column: [] for column in _CHANGED}
         for n, change in enumerate(changes):
-            values = {"id": change.id, "state": change.state,
-                      "state_entered_at": change.state_entered_at,
+            key = bindparam(f"row_{n}", type_=machines.c.id.type)
+            params[f"row_{n}"] = change.id
+            values = {"state": change.state, "state_entered_at": change.state_entered_at,
                       "deadline": change.deadline, "counters": dict(change.counters),
                       "epoch": change.epoch, "updated_at": change.updated_at}
-            rows.append(select(*(bindparam(f"{column}_{n}", type_=machines.c[column].type)
-                                 .label(column) for column in values)))
-            params.update({f"{column}_{n}": value for column, value in values.items()})
-        new = union_all(*rows).subquery("v")
-        self.conn.execute(update(machines).where(machines.c.id == new.c.id)
-                          .values({column: new.c[column] for column in _CHANGED}), params)
+            for column, value in values.items():
+                whens[column].append(
+                    (key, bindparam(f"{column}_{n}", type_=machines.c[column].type)))
+                params[f"{column}_{n}"] = value
+        ids = [change.id for change in changes]
+        self.conn.execute(
+            update(machines).where(machines.c.id.in_(ids))
+            .values({column: case(*whens[column], value=machines.c.id)
+                     for column in _CHANGED}), params)
 
 
 class MysqlOperations(Operations):
