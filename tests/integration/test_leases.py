@@ -4,6 +4,7 @@ waits, renewals, heartbeats, revokes, fencing and the return path."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -15,11 +16,14 @@ from prometheus_client import CollectorRegistry
 from corral.api.app import create_app
 from corral.app import build_handlers, build_worker
 from corral.config import Settings
+from corral.engine.events import FireRequest
+from corral.errors import Conflict
 from corral.health.definitions import Definitions
 from corral.health.service import HealthPass
 from corral.health.service import install as install_health
 from corral.leases import LeaseService, install
 from corral.leases.scheduler import LeaseScheduler
+from corral.names import Role
 from corral.tokens import TokenStore
 from tests.serving import serving
 
@@ -140,6 +144,52 @@ def test_a_lease_is_granted_held_alone_and_given_back(lab: Lab) -> None:
                      lease["token"])
     assert stale.status_code == 409
     assert "has ended" in stale.text
+
+
+def test_a_held_board_refuses_people_inside_a_shared_batch(lab: Lab, backend: str) -> None:
+    """People's events share group-commit batches with everyone else's: in
+    one batch the held board refuses the operator, a free board takes the
+    operator's event, and the holder's event on the held board goes through
+    (synchronously, through the committer threads and, on PostgreSQL, on the
+    event loop's own connection)."""
+    lease = lab.ask("alice", selector="arch=amd64", count=1, purpose="batch")
+    assert lease["boards"] == ["x86-1"]
+
+    def person(board: str, event: str) -> FireRequest:
+        return FireRequest(kind="board", name=board, event=event, source="operator",
+                           actor="op", reason="r", role=Role.OPERATOR)
+
+    holder = FireRequest(kind="board", name="x86-1", event="reboot", source="operator",
+                         actor="alice", reason="r", role=Role.HOLDER)
+    outcomes = lab.engine.fire_batch([person("x86-1", "maintenance"), holder,
+                                      person("arm-1", "maintenance")])
+    assert isinstance(outcomes[0], Conflict)
+    assert "held by lease" in str(outcomes[0])
+    assert [type(o).__name__ for o in outcomes[1:]] == ["FireResult", "FireResult"]
+    assert (lab.state("x86-1"), lab.state("arm-1")) == ("power_cycling", "maintenance")
+
+    lab.engine.group.start(threads=2)
+    with pytest.raises(Conflict, match="held by lease"):
+        lab.engine.fire("board", "x86-1", "maintenance", source="operator", actor="op",
+                        reason="r", role=Role.OPERATOR)
+    lab.engine.fire("board", "arm-1", "leave_maintenance", source="operator", actor="op",
+                    reason="r", role=Role.OPERATOR)
+    if backend == "postgres":
+        async def on_the_loop() -> list[Any]:
+            conn = await lab.engine.store.connect_async()
+            try:
+                return await lab.engine.firing.fire_batch_async(
+                    conn, [person("x86-1", "maintenance"), person("arm-1", "maintenance")])
+            finally:
+                await lab.engine.store.close_async(conn)
+
+        looped = asyncio.run(on_the_loop())
+        assert isinstance(looped[0], Conflict)
+        assert "held by lease" in str(looped[0])
+        assert type(looped[1]).__name__ == "FireResult"
+    assert lab.state("x86-1") == "power_cycling"
+    assert lab.call("GET", "/api/v1/boards/x86-1/holder", "viewer").json()["lease"] == \
+        lease["id"]
 
 
 def test_the_return_path_reimages_to_the_baseline(lab: Lab) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Generator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from corral.engine.events import FireRequest, FireResult, outcome_label
@@ -30,6 +31,21 @@ from corral.store.port import Store
 from corral.store.values import HISTORY_SOURCES
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A check of people's events on a kind of machine (see :meth:`Firing.guard`).
+
+    Attributes:
+        read: ``read(tx, names)``, a store call (on the event path too) for
+            what the check needs of the named machines.
+        refusal: ``refusal(read, name)``, the error refusing a person's event
+            on ``name``, or None.
+    """
+
+    read: Callable[[Any, list[str]], Any]
+    refusal: Callable[[Any, str], CorralError | None]
+
+
 class Firing:
     """Events fired by callers (boards, operators, services) and forced states."""
 
@@ -42,7 +58,7 @@ class Firing:
         # kind -> a check of a person's event or forced state on a machine of
         # that kind, run in the transaction after the machine's row is locked
         # (a board a lease holds: docs/leases.md).
-        self._guards: dict[str, Callable[[Any, str, str], None]] = {}
+        self._guards: dict[str, Guard] = {}
 
     @property
     def store(self) -> Store:
@@ -54,31 +70,38 @@ class Firing:
         for event in events:
             self._reserved[(kind, event)] = instead
 
-    def guard(self, kind: str, check: Callable[[Any, str, str], None]) -> None:
-        """Run ``check(tx, name, role)`` before a person's (an operator's or an
-        admin's) event or forced state on a machine of ``kind``, with the row
-        locked; it raises to refuse. Such events leave the group commit for a
-        transaction of their own (people fire few)."""
-        self._guards[kind] = check
+    def guard(self, kind: str, guard: Guard) -> None:
+        """Refuse a person's (an operator's or an admin's) event or forced
+        state on a machine of ``kind`` when ``guard`` says so, judged in the
+        transaction after the rows are locked. A batch reads what its guards
+        need once, for all its people's events."""
+        self._guards[kind] = guard
 
-    def _guarded(self, request: FireRequest) -> bool:
-        return request.kind in self._guards and request.firer in HUMAN_FIRERS
-
-    def _fire_guarded(self, request: FireRequest) -> FireResult | CorralError:
-        started = time.perf_counter()
-        with transaction(self.context) as unit:
-            if unit.tx.machines.lock(request.kind, request.name) is not None:
-                self._guards[request.kind](unit.tx, request.name, request.firer)
-            batch = run_sync(self._batch_steps(unit, [request], started))
-        return batch.outcomes[0]
+    def _guard_reads(self, tx: Any, requests: list[FireRequest],
+                     rows: dict[tuple[str, str], Any]
+                     ) -> Generator[Any, Any, dict[tuple[str, str], CorralError]]:
+        """Why each guarded machine of the batch refuses a person's event,
+        by (kind, name): one read per guarded kind, of the locked machines
+        people aim at (usually none, and then no read)."""
+        aimed: dict[str, set[str]] = {}
+        for r in requests:
+            if r.kind in self._guards and r.firer in HUMAN_FIRERS and (r.kind, r.name) in rows:
+                aimed.setdefault(r.kind, set()).add(r.name)
+        refusals: dict[tuple[str, str], CorralError] = {}
+        for kind, names in aimed.items():
+            guard = self._guards[kind]
+            found = yield guard.read(tx, sorted(names))
+            for name in names:
+                error = guard.refusal(found, name)
+                if error is not None:
+                    refusals[(kind, name)] = error
+        return refusals
 
     def fire(self, request: FireRequest) -> FireResult:
         """See :meth:`corral.engine.core.Engine.fire`."""
         self.check(request)
         committer = self.group.committer
-        if self._guarded(request):
-            outcome = self._fire_guarded(request)
-        elif committer is not None:
+        if committer is not None:
             outcome = committer.submit(request)
         else:
             [outcome] = self.fire_batch([request])
@@ -93,9 +116,7 @@ class Firing:
         in a worker thread."""
         self.check(request)
         on_loop, threaded = self.group.loop_committer, self.group.committer
-        if self._guarded(request):
-            outcome = await asyncio.to_thread(self._fire_guarded, request)
-        elif on_loop is not None and on_loop.loop is asyncio.get_running_loop():
+        if on_loop is not None and on_loop.loop is asyncio.get_running_loop():
             outcome = await on_loop.submit(request)
         elif threaded is not None:
             outcome = await threaded.submit_async(request)
@@ -150,8 +171,16 @@ class Firing:
         # serialize on its row, so a key is never fired twice.
         wanted = [r.idempotency for r in requests if r.idempotency]
         stored = (yield tx.idempotency.outcomes(wanted)) if wanted else {}
+        refusals = yield from self._guard_reads(tx, requests, rows)
+
+        def check(request: FireRequest) -> None:
+            self.check(request)
+            refusal = refusals.get((request.kind, request.name))
+            if refusal is not None and request.firer in HUMAN_FIRERS:
+                raise refusal
+
         batch = plan_batch(self.context.machines, requests, rows, stored, now=unit.now,
-                           check=self.check, timeout_scale=self.context.timeout_scale)
+                           check=check, timeout_scale=self.context.timeout_scale)
         written = batch.write_set()
         if written:
             yield tx.write(written)
@@ -200,8 +229,9 @@ class Firing:
         guard = self._guards.get(kind)
         with transaction(self.context, events=guard is None) as unit:
             row = unit.lock(kind, name)
-            if guard is not None:
-                guard(unit.tx, name, role)
+            refusal = guard.refusal(guard.read(unit.tx, [name]), name) if guard else None
+            if refusal is not None:
+                raise refusal
             if if_state is not None and row.state != if_state:
                 raise StateMismatch(kind, name, if_state, row.state)
             write = unit.enter(row, state, actor=actor, reason=reason)

@@ -19,6 +19,7 @@ import structlog
 
 from corral.config import Settings
 from corral.engine.core import Engine
+from corral.engine.firing import Guard
 from corral.errors import Conflict, Forbidden, InvalidRequest, NotFound, StateMismatch
 from corral.leases import selector as selectors
 from corral.leases.model import (
@@ -33,7 +34,7 @@ from corral.leases.model import (
     iso,
 )
 from corral.machines.needs import Needs, check_needs
-from corral.names import HUMAN_FIRERS, LEASE_NAME, Role
+from corral.names import LEASE_NAME, Role
 from corral.tokens import HOLDER_ROLE, mint
 
 log = structlog.get_logger("corral.leases")
@@ -65,7 +66,8 @@ def install(engine: Engine) -> None:
     engine.firing.reserve_events(KIND, LEASE_EVENTS, "use `corral lease ...` or the lease "
                                  "routes")
     engine.firing.reserve_events(BOARD, BOARD_EVENTS, "the lease scheduler fires it")
-    engine.firing.guard(BOARD, refuse_held)
+    engine.firing.guard(BOARD, Guard(read=lambda tx, names: tx.leases.holds(names),
+                                     refusal=held_refusal))
     engine.explainers.setdefault(BOARD, []).append(explain_holder)
 
 
@@ -95,16 +97,14 @@ def holder_of(engine: Engine, board: str) -> dict[str, Any] | None:
             "epoch": epoch, "purpose": found["purpose"], "expires_at": iso(found["expires_at"])}
 
 
-def refuse_held(tx: Any, name: str, role: str) -> None:
-    """The guard on a board's events and forced states: a person may not
-    change a board a lease holds (the lease must be revoked first)."""
-    if role not in HUMAN_FIRERS:
-        return
-    holds = tx.leases.holds([name])
-    if name in holds:
-        lease_id, _ = holds[name]
-        raise Conflict(f"board {name!r} is held by lease lease-{lease_id}; an admin revokes "
-                       f"it first (corral lease revoke lease-{lease_id})")
+def held_refusal(holds: Mapping[str, tuple[int, int]], name: str) -> Conflict | None:
+    """The guard on people's events and forced states on boards: a person
+    may not change a board a lease holds (the lease must be revoked first)."""
+    if name not in holds:
+        return None
+    lease_id, _ = holds[name]
+    return Conflict(f"board {name!r} is held by lease lease-{lease_id}; an admin revokes "
+                    f"it first (corral lease revoke lease-{lease_id})")
 
 
 class LeaseService:

@@ -68,14 +68,24 @@ class EventIdempotency(Protocol):
         """Stored outcomes of earlier requests, by (scope, key)."""
 
 
+class EventLeases(Protocol):
+    def holds(self, boards: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``{board: (lease id, epoch)}`` of the held boards among ``boards``."""
+
+
 class EventTx(Protocol):
-    """What firing an event needs: lock, read stored outcomes, write once."""
+    """What firing an event needs: lock, read stored outcomes and which
+    boards leases hold (a person's event on a held board is refused), write
+    once."""
 
     @property
     def machines(self) -> EventMachines: ...
 
     @property
     def idempotency(self) -> EventIdempotency: ...
+
+    @property
+    def leases(self) -> EventLeases: ...
 
     def write(self, batch: WriteSet) -> None:
         """Write a planned change of locked machines: their new state, the
@@ -88,6 +98,7 @@ class AsyncEventTx(Protocol):
 
     machines: Any
     idempotency: Any
+    leases: Any
 
     def write(self, batch: WriteSet) -> Awaitable[None]: ...
 

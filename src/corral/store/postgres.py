@@ -63,6 +63,12 @@ SELECT scope, key, outcome FROM idempotency_keys
 WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
+# The held boards among some (a person's event on one is refused).
+PG_BOARD_HOLDS = """
+SELECT board, lease_id, epoch FROM board_holds
+WHERE lease_id IS NOT NULL AND board = ANY(%s::text[])
+"""
+
 PG_CLAIM_DUE_MACHINES = f"""
 SELECT {_STATE_COLUMNS} FROM machines
 WHERE deadline <= %s ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED
@@ -271,6 +277,11 @@ def _outcomes(keys: Sequence[tuple[str, str]]) -> Step:
     return {(scope, key): outcome for scope, key, outcome in rows}
 
 
+def _holds(boards: Sequence[str]) -> Step:
+    rows = yield PG_BOARD_HOLDS, (list(boards),), True
+    return {board: (lease_id, epoch) for board, lease_id, epoch in rows}
+
+
 def _write(batch: WriteSet) -> Step:
     if batch:
         for statement, params in _write_statements(batch):
@@ -303,6 +314,16 @@ class _EventIdempotency:
         return self._run(_outcomes(keys))
 
 
+class _EventLeases:
+    """``tx.leases`` on the event path: which boards are held."""
+
+    def __init__(self, run: Callable[[Step], Any]) -> None:
+        self._run = run
+
+    def holds(self, boards: Sequence[str]) -> Any:
+        return self._run(_holds(boards))
+
+
 class PgEventTx:
     """The event path on a psycopg connection in pipeline mode, sync or
     asyncio by the runner it is given (see :class:`~corral.store.port.EventTx`)."""
@@ -317,6 +338,7 @@ class PgEventTx:
         self._run = runner
         self.machines = _EventMachines(runner)
         self.idempotency = _EventIdempotency(runner)
+        self.leases = _EventLeases(runner)
 
     def write(self, batch: WriteSet) -> Any:
         if batch:
