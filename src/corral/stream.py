@@ -26,6 +26,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -67,6 +68,10 @@ class HistoryTail:
         self._thread: threading.Thread | None = None
         # Whether a first horizon was read (not while the database is away).
         self.ready = False
+        # Clients reading the stream (counted on the loop); the thread
+        # follows the history only while there are some (:meth:`reading`).
+        self._readers = 0
+        self._wanted = threading.Event()
 
     def start_in(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start following (in a worker thread: the first horizon is read
@@ -81,8 +86,30 @@ class HistoryTail:
         self._thread = threading.Thread(target=self._follow, name="corral-events", daemon=True)
         self._thread.start()
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """While a client reads the stream, on the loop: the thread follows
+        the history (an API process nobody reads the stream from does not
+        query it after every commit)."""
+        self._readers += 1
+        self._wanted.set()
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._wanted.clear()
+
+    async def current(self) -> int:
+        """The settled horizon now (read afresh: the thread may have been
+        idle), for a client that starts from the present."""
+        newest = await anyio.to_thread.run_sync(self._settle)
+        self._move(newest)
+        return self.horizon
+
     def stop(self) -> None:
         self._stop.set()
+        self._wanted.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
 
@@ -109,6 +136,13 @@ class HistoryTail:
     def _follow(self) -> None:
         listener = None
         while not self._stop.is_set():
+            if self.ready and not self._wanted.is_set():
+                # Nobody reads: let go of the listener and wait for a reader.
+                if listener is not None:
+                    listener.close()
+                    listener = None
+                self._wanted.wait(self.interval)
+                continue
             try:
                 if listener is None:
                     listener = self.store.history_listener()
@@ -174,16 +208,17 @@ async def event_frames(tail: HistoryTail, *, after: int,
         with store.unit() as tx:
             return tx.stream.read(after=start, upto=upto, limit=PAGE, filters=filters)
 
-    while True:
-        horizon = tail.horizon
-        if horizon > cursor:
-            rows = await anyio.to_thread.run_sync(page, cursor, horizon)
-            for row in rows:
-                yield sse_frame(event_document(row))
-            cursor = next_cursor(rows, cursor=cursor, horizon=horizon)
-            continue
-        if not await tail.wait_beyond(cursor, heartbeat):
-            yield b": heartbeat\n\n"
+    with tail.reading():
+        while True:
+            horizon = tail.horizon
+            if horizon > cursor:
+                rows = await anyio.to_thread.run_sync(page, cursor, horizon)
+                for row in rows:
+                    yield sse_frame(event_document(row))
+                cursor = next_cursor(rows, cursor=cursor, horizon=horizon)
+                continue
+            if not await tail.wait_beyond(cursor, heartbeat):
+                yield b": heartbeat\n\n"
 
 
 def follow(store: Store, *, after: int | None, filters: Mapping[str, Sequence[str]],

@@ -119,3 +119,83 @@ def test_a_disposed_store_leaves_no_notifier_connection(pg_migrated_url, machine
                             "WHERE application_name = 'corral-notify' "
                             "AND datname = current_database()").fetchone()
     assert left == (0,)
+
+
+def test_pokes_in_the_gap_after_a_notify_are_sent_as_one():
+    """After each NOTIFY the notifier lets the pokes of the next moment
+    gather (under load one comes after every commit): 20 of them make one
+    more NOTIFY once the gap has passed, not 20."""
+    from corral.store.notifier import HistoryNotifier
+
+    first = threading.Event()
+    sent: list[str] = []
+
+    class Quick:
+        closed = False
+
+        def execute(self, sql: str) -> None:
+            sent.append(sql)
+            first.set()
+
+        def close(self) -> None:
+            self.closed = True
+
+    notifier = HistoryNotifier(Quick, "corral_history", gap=3.0)
+    notifier.poke()
+    assert first.wait(10)
+    for _ in range(20):
+        notifier.poke()
+    deadline = time.monotonic() + 10
+    while notifier.sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    notifier.close()
+    assert sent == ["NOTIFY corral_history"] * 2
+
+
+def _stream_listeners(url: str) -> int:
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        return int(conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE application_name = 'corral-events'").fetchone()[0])
+
+
+def test_an_api_process_follows_the_history_only_while_the_stream_is_read(
+        pg_migrated_url, machines):
+    """Nobody reading the stream: the process's tail neither listens nor
+    reads the horizon after each commit (under load it had queried the
+    database after every notification). A reader that starts from now gets
+    the present horizon and the next event as soon as it commits."""
+    from corral.stream import HistoryTail
+
+    store = open_store(pg_migrated_url)
+    engine = Engine(store, machines)
+    engine.import_machines("board", {"t1": {}})
+    engine.force_state("board", "t1", "ready", actor="t", reason="set-up")
+
+    async def scenario() -> tuple[int, int, bool, int]:
+        tail = HistoryTail(store, interval=0.2)
+        await asyncio.to_thread(tail.start_in, asyncio.get_running_loop())
+        try:
+            for _ in range(5):
+                await asyncio.to_thread(engine.fire, "board", "t1", "poll_ok",
+                                        source="operation")
+            await asyncio.sleep(0.5)
+            idle = _stream_listeners(pg_migrated_url)
+            with tail.reading():
+                start = await tail.current()
+                newest = max(e.id for e in engine.history("board", "t1"))
+                await asyncio.to_thread(engine.fire, "board", "t1", "reboot",
+                                        source="operator", actor="t")
+                woken = await tail.wait_beyond(start, 10)
+                reading = _stream_listeners(pg_migrated_url)
+            return idle, start - newest, woken, reading
+        finally:
+            await asyncio.to_thread(tail.stop)
+
+    try:
+        idle, behind, woken, reading = asyncio.run(scenario())
+    finally:
+        store.dispose()
+    assert idle == 0
+    assert behind == 0
+    assert woken
+    assert reading == 1

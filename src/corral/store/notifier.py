@@ -6,7 +6,8 @@ notification queue lock, one committer of the whole cluster at a time, so
 every event path would queue behind every other's commit. Instead a writer,
 *after* its commit, pokes this process's notifier; the notifier's thread,
 on a connection of its own in autocommit, sends one ``NOTIFY`` for all the
-pokes that arrived while it was sending the last one. A reader is woken
+pokes that arrived while it was sending the last one and in the
+``NOTIFY_GAP`` after it. A reader is woken
 no later than before (the rows are visible once the writer's commit
 returned, which is when the poke comes), and the table stays the truth: a
 notification lost with a connection only delays a reader until its next
@@ -25,13 +26,22 @@ import structlog
 
 log = structlog.get_logger("corral.store")
 
+# The least time between two NOTIFYs of a process (seconds). Under load a
+# poke comes after every commit; waking this thread for each one took the
+# interpreter lock from the event loop's callbacks often enough to cost a
+# fifth of their rate (docs/performance.md). A reader is woken at most this
+# much later; an idle process sends a burst's first NOTIFY at once.
+NOTIFY_GAP = 0.01
+
 
 class HistoryNotifier:
     """One per store and process: :meth:`poke` never blocks and never fails."""
 
-    def __init__(self, connect: Callable[[], Any], channel: str) -> None:
+    def __init__(self, connect: Callable[[], Any], channel: str, *,
+                 gap: float = NOTIFY_GAP) -> None:
         self._connect = connect
         self._channel = channel
+        self._gap = gap
         self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -76,6 +86,8 @@ class HistoryNotifier:
                     conn = self._connect()
                 conn.execute(f"NOTIFY {self._channel}")
                 self.sent += 1
+                # The pokes of the next few milliseconds wait and go as one.
+                time.sleep(self._gap)
             except Exception as exc:  # the database away: readers poll meanwhile
                 log.warning("history_notify_failed", error=type(exc).__name__)
                 if conn is not None:

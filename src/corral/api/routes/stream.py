@@ -55,7 +55,7 @@ async def stream_events(
         raise Unavailable("the event stream waits for the database; retry later")
     start = int(last_event_id) if last_event_id else after
     if start is None:
-        start = tail.horizon
+        start = await tail.current()
     filters = {"kind": kind, "name": name, "state": state, "event": event, "source": source}
     return StreamingResponse(
         event_frames(tail, after=start, filters=filters, heartbeat=services.events_heartbeat),
